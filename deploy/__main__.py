@@ -1,0 +1,4 @@
+"""python -m deploy: the mediai command."""
+from deploy.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""The ``mediai`` command: run the local stack, serve one service, and operator tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import click
+import msgspec
+
+from shared.config import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One clear line on stderr, no traceback."""
+    click.echo(f"mediai: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        fail(f"configuration: {error}", code=2)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(main())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """MediAI: AI agents in real-time medical consultations."""
+
+
+@cli.command()
+def up() -> None:
+    """Start the whole stack on this machine (data under MEDIAI_DATA_DIR, default .mediai/)."""
+    from deploy.stack import Stack
+    from deploy.supervisor import StackError
+
+    settings = settings_or_exit()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (settings.data_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fail(f"a stack is already running on {settings.data_dir} (see 'mediai status')")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stack = Stack(settings)
+        click.echo(f"starting the MediAI stack in {settings.data_dir.resolve()} ...")
+        start = asyncio.create_task(stack.start())
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if start in done and start.exception() is None:
+            state = start.result()
+            click.echo(
+                "\nMediAI is ready.\n"
+                f"  gateway      {state.gateway_url}\n"
+                f"  LiveKit      {state.livekit_url}"
+                f"{' (local dev server)' if state.livekit_local else ''}\n"
+                f"  NATS         {state.nats_url}\n"
+                f"  Postgres     {state.database_url}\n"
+                f"  dev API key  {state.dev_api_key}\n"
+                f"  logs         {settings.data_dir / 'logs'}\n"
+                "\nTry:  curl -s -X POST "
+                f"{state.gateway_url}/v1/tokens -H 'Authorization: Bearer {state.dev_api_key}' "
+                "-H 'Content-Type: application/json' -d '{\"room\":\"demo\",\"identity\":\"patient-1\"}'\n"
+                "Ctrl-C stops everything.",
+            )
+            await waiter
+        else:
+            waiter.cancel()
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+            error = None if start.cancelled() else start.exception()
+            if error is not None and not isinstance(error, StackError):
+                raise error
+            if error is not None:
+                fail(str(error))
+        click.echo("stopping ...")
+        await stack.stop()
+        click.echo("stopped.")
+
+    run(main)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def status(as_json: bool) -> None:
+    """Show each part of the local stack: state, URL and pid."""
+    from deploy.stack import read_state
+
+    settings = settings_or_exit()
+    state = read_state(settings.data_dir)
+    if state is None or not _alive(state.supervisor_pid):
+        if as_json:
+            click.echo(msgspec.json.encode({"running": False, "data_dir": str(settings.data_dir)}))
+        else:
+            click.echo(f"no stack is running on {settings.data_dir} (start it with 'make up')")
+        sys.exit(3)
+    parts = [
+        {"name": p.name, "state": "running" if p.pid and _alive(p.pid) else "stopped",
+         "url": p.url, "pid": p.pid, "log": p.log}
+        for p in state.parts
+    ]
+    if as_json:
+        document = {
+            "running": True,
+            "data_dir": str(settings.data_dir),
+            "gateway_url": state.gateway_url,
+            "nats_url": state.nats_url,
+            "database_url": state.database_url,
+            "livekit": {"url": state.livekit_url, "api_key": state.livekit_api_key,
+                        "api_secret": state.livekit_api_secret, "local": state.livekit_local},
+            "dev_api_key": state.dev_api_key,
+            "supervisor_pid": state.supervisor_pid,
+            "parts": parts,
+        }
+        click.echo(msgspec.json.encode(document))
+        return
+    click.echo(f"{'part':<12} {'state':<8} {'pid':>7}  url")
+    for p in parts:
+        click.echo(f"{p['name']:<12} {p['state']:<8} {p['pid'] or '-':>7}  {p['url']}")
+    click.echo(f"\ndev API key: {state.dev_api_key}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@cli.command()
+@click.argument("service")
+def serve(service: str) -> None:
+    """Run one HTTP service (token, rooms, ...) in this process."""
+    import uvicorn
+
+    from services import HTTP_SERVICES
+
+    if service not in HTTP_SERVICES:
+        fail(f"unknown service {service!r}; one of: {', '.join(sorted(HTTP_SERVICES))}", code=2)
+    settings = settings_or_exit()
+    module_name, factory = HTTP_SERVICES[service].split(":")
+    app = getattr(importlib.import_module(module_name), factory)(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.service_port(service),
+        log_level=settings.log_level.lower(),
+        access_log=False,  # request lines are traced; logging them could leak identities
+        timeout_graceful_shutdown=5,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending database migrations (idempotent)."""
+    from shared.db import migrate as apply
+
+    settings = settings_or_exit()
+    try:
+        applied = run(lambda: apply(settings))
+    except OSError as error:
+        fail(f"cannot reach Postgres at DATABASE_URL: {error}")
+    click.echo("\n".join(applied) if applied else "database is up to date")
+
+
+@cli.group()
+def tenants() -> None:
+    """Manage tenants (clinics) and their API keys."""
+
+
+@tenants.command("create")
+@click.argument("name")
+def tenants_create(name: str) -> None:
+    """Create a tenant and print its API key (shown only this once)."""
+    from shared.bus import connect_bus
+    from shared.db import create_pool
+    from shared.outbox import relay_outbox
+    from shared.tenants import create_tenant
+
+    settings = settings_or_exit()
+
+    async def main() -> tuple[str, str]:
+        pool = await create_pool(settings, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                tenant, key = await create_tenant(conn, name)
+            # Publish now if the bus is there; otherwise any service's relay will.
+            with contextlib.suppress(Exception):
+                bus = await asyncio.wait_for(connect_bus(settings, "platform"), timeout=3)
+                await relay_outbox(pool, bus)
+                await bus.close()
+            return tenant.id, key
+        finally:
+            await pool.close()
+
+    try:
+        tenant_id, key = run(main)
+    except ValueError as error:
+        fail(str(error), code=2)
+    except OSError as error:
+        fail(f"cannot reach Postgres at DATABASE_URL: {error}")
+    click.echo(f"tenant {tenant_id} created; its API key (shown only now):\n{key}")
+
+
+@cli.group()
+def livekit() -> None:
+    """The local LiveKit server."""
+
+
+@livekit.command("build")
+def livekit_build() -> None:
+    """Build the pinned LiveKit server into the cache (once; later calls return at once)."""
+    from deploy import livekit as lk
+
+    try:
+        path = lk.ensure_binary()
+    except lk.LiveKitUnavailableError as error:
+        fail(str(error))
+    click.echo(str(path))
+
+
+def main() -> None:
+    from deploy import operations
+
+    operations.register(cli)
+    cli()

@@ -1,0 +1,93 @@
+"""The local LiveKit server: built once from the Go module proxy, run with a generated config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from shared.config import Settings
+
+# The one place the LiveKit server version is pinned.
+LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
+LIVEKIT_SERVER_VERSION = "v1.13.5"
+
+
+class LiveKitUnavailableError(Exception):
+    """No way to get a LiveKit server here; the message says how to fix it, in one line."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MEDIAI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mediai"
+    )
+    return Path(base)
+
+
+def binary_path() -> Path:
+    return cache_dir() / f"livekit-server-{LIVEKIT_SERVER_VERSION}" / "livekit-server"
+
+
+def _go() -> str | None:
+    return shutil.which("go") or next(
+        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
+    )
+
+
+def ensure_binary(announce: bool = True) -> Path:
+    """The LiveKit server binary, building it with ``go install`` on first use."""
+    target = binary_path()
+    if target.is_file():
+        return target
+    go = _go()
+    if go is None:
+        raise LiveKitUnavailableError(
+            "LiveKit server: Go is not installed and LIVEKIT_URL is not set; install Go 1.23+ "
+            "(https://go.dev/dl) or set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
+        )
+    if announce:
+        print(f"building LiveKit server {LIVEKIT_SERVER_VERSION} once (a few minutes)...", flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
+        env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
+        result = subprocess.run(
+            [go, "install", f"{LIVEKIT_SERVER_MODULE}@{LIVEKIT_SERVER_VERSION}"],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LiveKitUnavailableError(f"LiveKit server: go install failed: {last}")
+        # Rename atomically, so an interrupted build never leaves a half-written binary.
+        os.replace(Path(gobin) / "server", target)
+    return target
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """The server's config: loopback only, our keys, webhooks to our gateway.
+
+    Loopback needs ``node_ip`` 127.0.0.1, no external IP discovery and ICE limited to ``lo``,
+    or peers take seconds to connect or time out (livekit/agents #2386, livekit/livekit #3990).
+    """
+    config = {
+        "port": settings.livekit_port,
+        "bind_addresses": [settings.host],
+        "rtc": {
+            "tcp_port": settings.livekit_rtc_tcp_port,
+            "udp_port": settings.livekit_rtc_udp_port,
+            "use_external_ip": False,
+            "node_ip": settings.host,
+            "interfaces": {"includes": ["lo"]},
+        },
+        "keys": {settings.livekit_api_key: settings.livekit_api_secret},
+        "webhook": {
+            "api_key": settings.livekit_api_key,
+            "urls": [f"{settings.gateway_url}/v1/webhooks/livekit"],
+        },
+        "logging": {"level": "info", "json": False},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,84 @@
+"""The token service: LiveKit access tokens scoped to one room of the caller's tenant."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Litestar, post
+from livekit import api as livekit_api
+
+from services.token.core import TokenRequestError, token_ttl
+from shared.bus import Bus
+from shared.config import Settings
+from shared.events import TokenIssued
+from shared.http import ApiError, create_service_app
+from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, livekit_room
+from shared.tenants import Tenant
+
+RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
+Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+
+
+class CreateTokenRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The spec's CreateTokenRequest."""
+
+    room: RoomName
+    identity: Identity
+    name: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    can_publish: bool = True
+    can_subscribe: bool = True
+    ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
+
+
+class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    token: str
+    ws_url: str
+
+
+@post("/v1/tokens", operation_id="createToken", summary="Issue a LiveKit access token")
+async def create_token(
+    data: CreateTokenRequest, tenant: Tenant, bus: Bus, settings: Settings
+) -> TokenResponse:
+    try:
+        ttl = token_ttl(data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max)
+    except TokenRequestError as error:
+        raise ApiError(str(error), code="invalid_ttl") from None
+    grants = livekit_api.VideoGrants(
+        room_join=True,
+        room=livekit_room(tenant.id, data.room),
+        can_publish=data.can_publish,
+        can_subscribe=data.can_subscribe,
+        can_publish_data=data.can_publish,
+    )
+    jwt = (
+        livekit_api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
+        .with_identity(data.identity)
+        .with_name(data.name or data.identity)
+        .with_ttl(ttl)
+        .with_grants(grants)
+        .to_jwt()
+    )
+    await bus.publish(
+        TokenIssued(
+            room=data.room,
+            identity=data.identity,
+            can_publish=data.can_publish,
+            can_subscribe=data.can_subscribe,
+            ttl_seconds=int(ttl.total_seconds()),
+            expires_at=datetime.now(UTC) + ttl,
+        ),
+        tenant=tenant.id,
+        key=data.room,
+    )
+    return TokenResponse(token=jwt, ws_url=settings.livekit_url)
+
+
+def create_app(settings: Settings) -> Litestar:
+    return create_service_app(
+        service="token",
+        settings=settings,
+        route_handlers=[create_token],
+        description="LiveKit access tokens, each scoped to one room of the caller's tenant.",
+    )

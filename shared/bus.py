@@ -1,0 +1,353 @@
+"""The event bus: streams declared in code, one publish function, durable consumers.
+
+Publishing sets ``Nats-Msg-Id`` to the event id (JetStream drops duplicates inside the
+stream's window) and carries the trace context in the ``traceparent`` header. Consumers are
+durable pull consumers with explicit ack, bounded redelivery with backoff, and a dead-letter
+path: a message a handler cannot take is published whole as a ``DeadLettered`` event on the
+dead-letter stream, logged, and can be replayed (see ``shared.deadletters``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared import attributes as attr
+from shared import subjects
+from shared.config import Settings
+from shared.events import (
+    CODEC,
+    DEADLETTER_STREAM,
+    EVENTS_STREAM,
+    PHI_STREAM,
+    DeadLettered,
+    Envelope,
+    Event,
+    EventDecodeError,
+    envelope,
+)
+from shared.telemetry import current_traceparent, extract, inject, tracer
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+DUPLICATE_WINDOW_SECONDS = 3600.0  # LiveKit retries webhooks for minutes; keep an hour
+
+
+class BusUnavailableError(Exception):
+    """JetStream did not acknowledge a publish after the retries (NATS down or unreachable)."""
+
+
+class PoisonMessageError(Exception):
+    """Raised by a handler for a message that can never succeed: dead-letter it at once."""
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """Every stream of the system. File storage, explicit retention, replicas per settings."""
+
+    def stream(name: str, max_age: float, description: str) -> StreamConfig:
+        return StreamConfig(
+            name=subjects.stream_name(name),
+            description=description,
+            subjects=[subjects.stream_subjects(name)],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=max_age,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=settings.nats_replicas,
+        )
+
+    return [
+        stream(EVENTS_STREAM, 0, "Business events; kept for billing audits (0 = no age limit)"),
+        stream(PHI_STREAM, float(settings.phi_retention), "Personal health data in transit"),
+        stream(DEADLETTER_STREAM, 0, "Messages consumers gave up on, for operators to replay"),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream; safe to call from every process at start-up."""
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # The stream exists with another configuration: bring it to the declared one.
+            await js.update_stream(config)
+
+
+@dataclass
+class Bus:
+    """A NATS connection with JetStream, publishing as one service (``mediai/<service>``)."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    source: str
+    publish_timeout: float = 2.0
+    publish_attempts: int = 3
+
+    async def publish(
+        self,
+        data: Event,
+        *,
+        tenant: str,
+        key: str,
+        event_id: str | None = None,
+        time: datetime | None = None,
+        expected_last_subject_sequence: int | None = None,
+    ) -> Envelope:
+        """Publish one event and wait for JetStream's ack; returns the envelope published.
+
+        ``key`` is the aggregate the event is about (a room name, a dispatch id); it becomes the
+        CloudEvents ``subject``. Pass ``event_id`` when the event has a natural dedup key (a
+        LiveKit webhook id): a second publish of the same id is dropped by JetStream.
+        """
+        event = envelope(
+            data,
+            source=self.source,
+            tenant=tenant,
+            subject=key,
+            event_id=event_id,
+            time=time,
+            traceparent=current_traceparent(),
+        )
+        await self.publish_envelope(
+            event, expected_last_subject_sequence=expected_last_subject_sequence
+        )
+        return event
+
+    async def publish_envelope(
+        self, event: Envelope, *, expected_last_subject_sequence: int | None = None
+    ) -> PubAck:
+        subject = subjects.event_subject(event.data, tenant=event.tenant, key=event.subject)
+        headers = {"Nats-Msg-Id": event.id}
+        inject(headers)
+        if expected_last_subject_sequence is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
+        payload = CODEC.encode(event)
+        with _tracer.start_as_current_span(
+            f"publish {event.type}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                attr.MESSAGING_SYSTEM: "nats",
+                attr.MESSAGING_OPERATION: "send",
+                attr.MESSAGING_MESSAGE_ID: event.id,
+                attr.EVENT_TYPE: event.type,
+                attr.TENANT: event.tenant,
+            },
+        ):
+            return await self._publish_with_retry(subject, payload, headers)
+
+    async def _publish_with_retry(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> PubAck:
+        # Retrying with the same Nats-Msg-Id is safe: if the first attempt did land, JetStream
+        # recognises the id and the retry changes nothing.
+        for attempt in range(1, self.publish_attempts + 1):
+            try:
+                return await self.js.publish(
+                    subject, payload, timeout=self.publish_timeout, headers=headers
+                )
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+            ) as error:
+                log.warning(
+                    "publish attempt %d/%d failed: %s",
+                    attempt, self.publish_attempts, type(error).__name__,
+                )
+                if attempt < self.publish_attempts:
+                    await asyncio.sleep(0.1 * attempt)
+        raise BusUnavailableError(f"JetStream did not acknowledge a publish to {subject}")
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
+    """Connect to NATS as ``service`` and make sure the streams exist."""
+    nc = await nats.connect(
+        servers=settings.nats_url.split(","),
+        name=f"mediai-{service}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+    )
+    js = nc.jetstream()
+    if declare:
+        await ensure_streams(js, settings)
+    return Bus(nc=nc, js=js, source=f"mediai/{service}")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a consumed event came from, for positions and idempotency records."""
+
+    consumer: str
+    stream_sequence: int
+    deliveries: int
+
+
+Handler = Callable[[Envelope, Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable consumer of some event types; filter subjects derive from the types."""
+
+    durable: str
+    events: Sequence[type[Event]]
+    max_deliver: int = 5
+    # Delay before each redelivery after a failure, in seconds (the last one repeats).
+    backoff: Sequence[float] = field(default=(0.5, 2.0, 10.0, 30.0))
+    ack_wait: float = 30.0
+    tenant: str | None = None
+
+    @property
+    def stream(self) -> str:
+        streams = {event.STREAM for event in self.events}
+        if len(streams) != 1:
+            raise ValueError(f"consumer {self.durable} mixes streams {sorted(streams)}")
+        return subjects.stream_name(streams.pop())
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            filter_subjects=[subjects.type_filter(e, self.tenant) for e in self.events],
+        )
+
+
+class Consumer:
+    """Runs one durable consumer: fetch, decode, handle, then ack, nak-with-delay or dead-letter."""
+
+    def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler, batch: int = 32) -> None:
+        self.bus, self.spec, self.handler, self.batch = bus, spec, handler, batch
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self.bus.js.add_consumer(self.spec.stream, self.spec.config())
+        subscription = await self.bus.js.pull_subscribe_bind(
+            durable=self.spec.durable, stream=self.spec.stream
+        )
+        while True:
+            try:
+                messages = await subscription.fetch(self.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            for message in messages:
+                await self.process(message)
+
+    async def process(self, message: Msg) -> None:
+        metadata = message.metadata
+        delivery = Delivery(
+            consumer=self.spec.durable,
+            stream_sequence=metadata.sequence.stream,
+            deliveries=metadata.num_delivered,
+        )
+        try:
+            event = CODEC.decode(message.data)
+        except EventDecodeError as error:
+            await self._dead_letter(message, delivery, None, f"undecodable: {error}")
+            return
+        with _tracer.start_as_current_span(
+            f"process {event.type}",
+            context=extract(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                attr.MESSAGING_SYSTEM: "nats",
+                attr.MESSAGING_OPERATION: "process",
+                attr.MESSAGING_CONSUMER_GROUP: self.spec.durable,
+                attr.MESSAGING_MESSAGE_ID: event.id,
+                attr.EVENT_TYPE: event.type,
+                attr.TENANT: event.tenant,
+                attr.STREAM_SEQUENCE: delivery.stream_sequence,
+                attr.DELIVERIES: delivery.deliveries,
+            },
+        ) as span:
+            try:
+                await self.handler(event, delivery)
+            except PoisonMessageError as error:
+                span.set_status(trace.StatusCode.ERROR, "poison message")
+                await self._dead_letter(message, delivery, event, f"poison: {error}")
+                return
+            except Exception as error:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                if delivery.deliveries >= self.spec.max_deliver:
+                    reason = f"failed {delivery.deliveries} times: {type(error).__name__}: {error}"
+                    await self._dead_letter(message, delivery, event, reason)
+                else:
+                    log.warning(
+                        "consumer %s: %s (seq %d) failed on delivery %d: %s; will retry",
+                        self.spec.durable, event.type, delivery.stream_sequence,
+                        delivery.deliveries, type(error).__name__,
+                    )
+                    backoff = self.spec.backoff
+                    await message.nak(delay=backoff[min(delivery.deliveries, len(backoff)) - 1])
+                return
+        await message.ack()
+
+    async def _dead_letter(
+        self, message: Msg, delivery: Delivery, event: Envelope | None, reason: str
+    ) -> None:
+        try:
+            payload, encoding = message.data.decode(), "utf-8"
+        except UnicodeDecodeError:
+            import base64
+
+            payload, encoding = base64.b64encode(message.data).decode(), "base64"
+        record = DeadLettered(
+            consumer=self.spec.durable,
+            stream=self.spec.stream,
+            stream_sequence=delivery.stream_sequence,
+            original_subject=message.subject,
+            original_type=event.type if event else None,
+            original_event_id=event.id if event else None,
+            original_headers=dict(message.headers or {}),
+            original_payload=payload,
+            payload_encoding=encoding,
+            deliveries=delivery.deliveries,
+            reason=reason,
+        )
+        # Publish the dead letter before terminating: if this publish fails, the message stays
+        # unacknowledged and comes back, so nothing is lost.
+        await self.bus.publish(
+            record, tenant=event.tenant if event else "system", key=self.spec.durable
+        )
+        await message.term()
+        log.error(
+            "consumer %s dead-lettered stream seq %d (%s) after %d deliveries: %s",
+            self.spec.durable, delivery.stream_sequence,
+            event.type if event else "undecodable", delivery.deliveries,
+            reason.split(":", 1)[0],
+        )

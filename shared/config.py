@@ -1,0 +1,195 @@
+"""Configuration: one frozen Settings value built from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from dotenv import dotenv_values
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+def parse_duration(text: str) -> int:
+    """Parse a duration such as ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` or ``"3600"`` into seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 2h or 1d")
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    return amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a MediAI process needs, validated once at start-up and passed down."""
+
+    data_dir: Path = Path(".mediai")
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_replicas: int = 1
+    database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
+
+    livekit_url: str = "ws://127.0.0.1:7880"
+    livekit_api_key: str = "mediai-dev"
+    livekit_api_secret: str = "mediai-dev-secret-please-change-0123456789"
+    # True when the LiveKit server is ours to start (no LIVEKIT_URL given).
+    livekit_local: bool = True
+
+    otel_endpoint: str | None = None
+
+    gateway_port: int = 8080
+    nats_port: int = 4222
+    postgres_port: int = 54329
+    livekit_port: int = 7880
+    livekit_rtc_tcp_port: int = 7881
+    livekit_rtc_udp_port: int = 7882
+    token_port: int = 8101
+    rooms_port: int = 8102
+    webhooks_port: int = 8103
+    dispatcher_port: int = 8104
+    billing_port: int = 8105
+    scheduling_port: int = 8106
+
+    token_ttl_default: int = 3600
+    token_ttl_max: int = 6 * 3600
+
+    # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
+    phi_retention: int = 30 * 86400
+
+    def service_port(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        for part in value.split(","):
+            parsed = urlsplit(part.strip())
+            if parsed.scheme not in schemes or not parsed.netloc:
+                raise ValueError(f"{part!r} is not a {'/'.join(schemes)} URL")
+        return value
+
+    return parse
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value} is not a port number (1-65535)")
+    return port
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} must be 1 or more")
+    return number
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+# Environment variable -> (Settings field, parser). The names follow the seeds and LiveKit's
+# own conventions where they exist (LIVEKIT_*, DATABASE_URL); ours start with MEDIAI_.
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "MEDIAI_DATA_DIR": ("data_dir", Path),
+    "MEDIAI_HOST": ("host", str),
+    "MEDIAI_LOG_LEVEL": ("log_level", _log_level),
+    "NATS_URL": ("nats_url", _url("nats", "tls")),
+    "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
+    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "LIVEKIT_URL": ("livekit_url", _url("ws", "wss", "http", "https")),
+    "LIVEKIT_API_KEY": ("livekit_api_key", str),
+    "LIVEKIT_API_SECRET": ("livekit_api_secret", str),
+    # The key pair of a LiveKit server we start ourselves (LIVEKIT_* means an external one).
+    "MEDIAI_LIVEKIT_API_KEY": ("livekit_api_key", str),
+    "MEDIAI_LIVEKIT_API_SECRET": ("livekit_api_secret", str),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _url("http", "https")),
+    "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
+    "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
+    "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
+    **{
+        f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port)
+        for name in (
+            "gateway", "nats", "postgres", "livekit", "livekit_rtc_tcp", "livekit_rtc_udp",
+            "token", "rooms", "webhooks", "dispatcher", "billing", "scheduling",
+        )
+    },
+}
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``load_settings`` rebuild ``settings`` in a child process."""
+    environ = {
+        variable: str(getattr(settings, field))
+        for variable, (field, _) in _VARIABLES.items()
+        if getattr(settings, field) is not None
+    }
+    # LIVEKIT_* name an external server; the key pair of a local one travels as MEDIAI_LIVEKIT_*.
+    drop = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if settings.livekit_local else (
+        "MEDIAI_LIVEKIT_API_KEY", "MEDIAI_LIVEKIT_API_SECRET")
+    for variable in drop:
+        environ.pop(variable, None)
+    return environ
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Build Settings from ``environ`` (default: the process environment) over ``env_file``.
+
+    Raises ConfigError with one line naming the first bad setting.
+    """
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+
+    fields: dict[str, Any] = {}
+    for variable, (field, parse) in _VARIABLES.items():
+        raw = values.get(variable, "").strip()
+        if not raw:
+            continue
+        try:
+            fields[field] = parse(raw)
+        except ValueError as error:
+            raise ConfigError(f"{variable}: {error}") from None
+
+    livekit_given = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if values.get(v)]
+    if livekit_given and len(livekit_given) < 3:
+        missing = sorted({"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"} - set(livekit_given))
+        raise ConfigError(f"{missing[0]}: required when {livekit_given[0]} is set (set all three)")
+    settings = Settings(**fields)
+    # The URLs of the local stack follow its host and ports unless given outright.
+    host = settings.host
+    derived: dict[str, Any] = {}
+    if "NATS_URL" not in values:
+        derived["nats_url"] = f"nats://{host}:{settings.nats_port}"
+    if "DATABASE_URL" not in values:
+        derived["database_url"] = f"postgresql://postgres@{host}:{settings.postgres_port}/mediai"
+    if livekit_given:
+        derived["livekit_local"] = False
+    else:
+        derived["livekit_url"] = f"ws://{host}:{settings.livekit_port}"
+    settings = msgspec.structs.replace(settings, **derived)
+    if settings.token_ttl_default > settings.token_ttl_max:
+        raise ConfigError("MEDIAI_TOKEN_TTL_DEFAULT: longer than MEDIAI_TOKEN_TTL_MAX")
+    if len(settings.livekit_api_secret) < 32:
+        raise ConfigError("LIVEKIT_API_SECRET: must be at least 32 characters")
+    return settings

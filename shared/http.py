@@ -1,0 +1,231 @@
+"""The Litestar app factory every HTTP service uses.
+
+It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS and Postgres
+reachable), OpenAPI at ``/schema``, API-key auth through the ``tenant`` dependency, errors as
+``{"error": {"code", "message", "details"}}`` with a stable code, tracing of every request, and a
+lifespan that owns the NATS connection, the database pool and the outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ControllerRouterHandler
+
+from shared.bus import Bus, BusUnavailableError, connect_bus
+from shared.config import Settings
+from shared.db import create_pool
+from shared.outbox import run_outbox_relay
+from shared.telemetry import setup_telemetry
+from shared.tenants import Tenant, authenticate
+
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """A domain error with its HTTP status and stable machine-readable code.
+
+    Services subclass it (``RoomNotFoundError(ApiError)``) or raise it directly.
+    """
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class UnauthorizedError(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFoundError(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class ServiceUnavailableError(ApiError):
+    status_code = 503
+    code = "unavailable"
+
+
+def _error(status: int, code: str, message: str, details: Any = None) -> Response[ErrorBody]:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(body, status_code=status, headers=headers)
+
+
+def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
+    """The one place that turns exceptions into HTTP answers. Tracebacks stay in our logs."""
+    if isinstance(error, ApiError):
+        return _error(error.status_code, error.code, error.message, error.details)
+    if isinstance(error, BusUnavailableError):
+        return _error(503, "bus_unavailable", "the event bus is unavailable; retry shortly")
+    if isinstance(error, ValidationException):
+        details = [
+            {"field": str(item.get("key", "")), "problem": str(item.get("message", ""))}
+            for item in (error.extra if isinstance(error.extra, list) else [])
+            if isinstance(item, dict)
+        ]
+        return _error(400, "invalid_request", "the request is not valid", details or None)
+    if isinstance(error, NotFoundException):
+        return _error(404, "not_found", "no such resource")
+    if isinstance(error, HTTPException) and error.status_code < 500:
+        code = {401: "unauthorized", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        return _error(error.status_code, code, error.detail)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
+    """The caller's tenant, from ``Authorization: Bearer <API key>``; 401 otherwise."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
+    tenant = await authenticate(request.app.state.pool, key.strip())
+    if tenant is None:
+        raise UnauthorizedError("invalid or revoked API key")
+    return tenant
+
+
+def _provide_bus(state: State) -> Bus:
+    bus: Bus = state.bus
+    return bus
+
+
+def _provide_pool(state: State) -> asyncpg.Pool:
+    pool: asyncpg.Pool = state.pool
+    return pool
+
+
+def _provide_settings(state: State) -> Settings:
+    settings: Settings = state.settings
+    return settings
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    checks: dict[str, str] = {}
+    bus: Bus = state.bus
+    try:
+        await asyncio.wait_for(bus.js.account_info(), timeout=1.0)
+        checks["nats"] = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means not ready
+        checks["nats"] = f"unreachable: {type(error).__name__}"
+    try:
+        await asyncio.wait_for(state.pool.fetchval("SELECT 1"), timeout=1.0)
+        checks["postgres"] = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means not ready
+        checks["postgres"] = f"unreachable: {type(error).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+Background = Callable[[Litestar], Any]
+
+
+def create_service_app(
+    *,
+    service: str,
+    settings: Settings,
+    route_handlers: Sequence[ControllerRouterHandler],
+    background: Sequence[Background] = (),
+    dependencies: dict[str, Provide] | None = None,
+    description: str = "",
+) -> Litestar:
+    """A Litestar app for one MediAI service.
+
+    ``background`` functions get the app and return coroutines that run for the app's
+    lifetime (consumers, relays); they are cancelled on shutdown.
+    """
+    setup_telemetry(service, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = await create_pool(settings)
+        app.state.bus = await connect_bus(settings, service)
+        tasks = [asyncio.create_task(run_outbox_relay(app.state.pool, app.state.bus))]
+        tasks += [asyncio.create_task(start(app)) for start in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.bus.close()
+            await app.state.pool.close()
+
+    return Litestar(
+        route_handlers=[healthz, readyz, *route_handlers],
+        lifespan=[lifespan],
+        dependencies={
+            "tenant": Provide(provide_tenant),
+            "bus": Provide(_provide_bus, sync_to_thread=False),
+            "pool": Provide(_provide_pool, sync_to_thread=False),
+            "settings": Provide(_provide_settings, sync_to_thread=False),
+            **(dependencies or {}),
+        },
+        exception_handlers={Exception: _handle_exception},
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(exclude=["/healthz", "/readyz"]))],
+        openapi_config=OpenAPIConfig(
+            title=f"MediAI {service}",
+            version="1",
+            description=description,
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="A tenant API key (mk_...)"
+                    )
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+    )

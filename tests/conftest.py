@@ -1,0 +1,76 @@
+"""Fixtures: one real stack (NATS, Postgres, LiveKit, services, gateway) per test session,
+started by the same code as ``mediai up``, on free ports under a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from deploy.stack import Stack, StackState
+from shared.bus import Bus, connect_bus
+from shared.config import Settings
+from shared.db import create_pool
+from shared.tenants import create_tenant
+from tests.support import stack_settings
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return stack_settings(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+async def stack(settings: Settings) -> AsyncIterator[StackState]:
+    running = Stack(settings)
+    state = await running.start()
+    try:
+        yield state
+    finally:
+        await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def bus(stack: StackState, settings: Settings) -> AsyncIterator[Bus]:
+    connected = await connect_bus(settings, "tests")
+    yield connected
+    await connected.close()
+
+
+@pytest.fixture(scope="session")
+async def pool(stack: StackState, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(settings)
+    yield created
+    await created.close()
+
+
+@pytest.fixture(scope="session")
+async def tenant_key(stack: StackState) -> str:
+    """The development tenant's key, made by the stack as for ``mediai up``."""
+    return stack.dev_api_key
+
+
+@pytest.fixture(scope="session")
+async def other_tenant_key(pool: asyncpg.Pool) -> str:
+    async with pool.acquire() as conn:
+        _, key = await create_tenant(conn, "Another clinic")
+    return key
+
+
+@pytest.fixture
+async def api(stack: StackState, tenant_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client to the gateway, authenticated as the development tenant."""
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url,
+        headers={"Authorization": f"Bearer {tenant_key}"},
+        timeout=10,
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,98 @@
+"""Helpers for tests: free ports, settings for a private stack, and waiting on events."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared import subjects
+from shared.bus import Bus
+from shared.config import Settings
+from shared.events import CODEC, Envelope, Event
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stack_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a stack on free ports under ``data_dir``, as ``mediai up`` would run it."""
+    ports = {
+        f"{name}_port": free_port()
+        for name in (
+            "gateway", "nats", "postgres", "livekit", "livekit_rtc_tcp", "livekit_rtc_udp",
+            "token", "rooms", "webhooks", "dispatcher", "billing", "scheduling",
+        )
+    }
+    host = "127.0.0.1"
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "host": host,
+        **ports,
+        "nats_url": f"nats://{host}:{ports['nats_port']}",
+        "database_url": f"postgresql://postgres@{host}:{ports['postgres_port']}/mediai",
+        "livekit_url": f"ws://{host}:{ports['livekit_port']}",
+        "livekit_api_key": "mediai-test",
+        "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class EventStream:
+    """Events of some types published after it was opened, in order."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def next(self, timeout: float = 10.0) -> Envelope:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def wait_for(self, predicate: object = None, timeout: float = 10.0) -> Envelope:
+        """The next event for which ``predicate(event)`` is true."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.queue.get()
+                if predicate is None or predicate(event):  # type: ignore[operator]
+                    return event
+
+    def drain(self) -> list[Envelope]:
+        events = []
+        while not self.queue.empty():
+            events.append(self.queue.get_nowait())
+        return events
+
+
+@asynccontextmanager
+async def watch(
+    bus: Bus, *types: type[Event], tenant: str | None = None
+) -> AsyncIterator[EventStream]:
+    """Subscribe (an ordered, ephemeral JetStream consumer) to new events of ``types``."""
+    stream = EventStream()
+
+    async def on_message(msg: object) -> None:
+        stream.queue.put_nowait(CODEC.decode(msg.data))  # type: ignore[attr-defined]
+
+    subscriptions = []
+    for event_type in types:
+        subscriptions.append(
+            await bus.js.subscribe(
+                subjects.type_filter(event_type, tenant),
+                cb=on_message,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            )
+        )
+    try:
+        yield stream
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
