@@ -156,13 +156,12 @@ def serve(service: str) -> None:
     """Run one HTTP service (token, rooms, ...) in this process."""
     import uvicorn
 
-    from services import HTTP_SERVICES
+    from services import http_services
 
-    if service not in HTTP_SERVICES:
-        fail(f"unknown service {service!r}; one of: {', '.join(sorted(HTTP_SERVICES))}", code=2)
+    if service not in http_services():
+        fail(f"unknown service {service!r}; one of: {', '.join(http_services())}", code=2)
     settings = settings_or_exit()
-    module_name, factory = HTTP_SERVICES[service].split(":")
-    app = getattr(importlib.import_module(module_name), factory)(settings)
+    app = importlib.import_module(f"services.{service}.app").create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,

@@ -23,7 +23,7 @@ import nats
 
 from deploy import livekit
 from deploy.supervisor import Part, StackError, Supervisor
-from services import HTTP_SERVICES
+from services import http_services
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
 from shared.tenants import authenticate, create_tenant
@@ -226,7 +226,7 @@ def stack_parts(settings: Settings, services: list[str] | None = None) -> list[P
     parts = [nats_part(settings), postgres_part(settings)]
     if settings.livekit_local:
         parts.append(livekit_part(settings))
-    parts += [service_part(settings, s) for s in (services if services is not None else HTTP_SERVICES)]
+    parts += [service_part(settings, s) for s in (services if services is not None else http_services())]
     parts.append(gateway_part(settings))
     return parts
 

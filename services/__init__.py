@@ -1,6 +1,10 @@
 """MediAI's services. Each is its own process; they talk only through events on NATS."""
 
-# Service name -> "module:factory" of its Litestar app, for `mediai serve` and `mediai up`.
-HTTP_SERVICES: dict[str, str] = {
-    "token": "services.token.app:create_app",
-}
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def http_services() -> list[str]:
+    """Every service with an HTTP app (``services/<name>/app.py`` with ``create_app``)."""
+    return sorted(p.parent.name for p in Path(__file__).parent.glob("*/app.py"))

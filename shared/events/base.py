@@ -22,6 +22,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     TYPE: ClassVar[str]
+    # The service that publishes it (for docs/events.md).
+    PRODUCER: ClassVar[str]
     STREAM: ClassVar[str] = EVENTS_STREAM
 
 

@@ -12,6 +12,7 @@ class TenantCreated(Event, frozen=True, kw_only=True):
     """A clinic became a tenant of the platform."""
 
     TYPE: ClassVar[str] = "mediai.tenant.created.v1"
+    PRODUCER: ClassVar[str] = "platform (mediai tenants create, mediai up)"
     tenant_id: str
     name: str
 
@@ -20,6 +21,7 @@ class ApiKeyCreated(Event, frozen=True, kw_only=True):
     """An API key was issued to a tenant (only its prefix is recorded, never the key)."""
 
     TYPE: ClassVar[str] = "mediai.tenant.api_key_created.v1"
+    PRODUCER: ClassVar[str] = "platform (mediai tenants create, mediai up)"
     key_prefix: str
 
 
@@ -27,6 +29,7 @@ class TokenIssued(Event, frozen=True, kw_only=True):
     """A LiveKit access token was issued (the audit record; never the JWT itself)."""
 
     TYPE: ClassVar[str] = "mediai.token.issued.v1"
+    PRODUCER: ClassVar[str] = "token"
     room: str
     identity: str
     can_publish: bool
@@ -39,6 +42,7 @@ class DeadLettered(Event, frozen=True, kw_only=True):
     """A consumer gave up on a message: it is kept here, whole, for an operator to replay."""
 
     TYPE: ClassVar[str] = "mediai.bus.deadlettered.v1"
+    PRODUCER: ClassVar[str] = "any consumer (shared.bus)"
     STREAM: ClassVar[str] = DEADLETTER_STREAM
     consumer: str
     stream: str
@@ -52,3 +56,6 @@ class DeadLettered(Event, frozen=True, kw_only=True):
     payload_encoding: str  # "utf-8" | "base64"
     deliveries: int
     reason: str
+
+
+EVENTS: tuple[type[Event], ...] = (TenantCreated, ApiKeyCreated, TokenIssued, DeadLettered)
