@@ -173,7 +173,6 @@ async def test_tts_synthesizes_real_audio(
     text = "Your appointment is on Monday."
     fmt = {"response_format": response_format} if response_format else {}
     tts = openai.TTS(base_url=standin.base_url, api_key="test", model=model, **fmt)
-    frames = []
     async with tts, tts.synthesize(text) as stream:
         frames = [ev.frame async for ev in stream]
 
