@@ -61,7 +61,7 @@ def up() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stack = Stack(settings)
+        stack = Stack(settings, services=list(settings.services) if settings.services else None)
         click.echo(f"starting the MediAI stack in {settings.data_dir.resolve()} ...")
         start = asyncio.create_task(stack.start())
         waiter = asyncio.create_task(stop.wait())
@@ -85,9 +85,10 @@ def up() -> None:
             await waiter
         else:
             waiter.cancel()
-            start.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await start
+            if not start.done():
+                start.cancel()  # Ctrl-C while starting: the stack stops what it started
+                with contextlib.suppress(asyncio.CancelledError):
+                    await start
             error = None if start.cancelled() else start.exception()
             if error is not None and not isinstance(error, StackError):
                 raise error

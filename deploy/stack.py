@@ -22,7 +22,7 @@ import msgspec
 import nats
 
 from deploy import livekit
-from deploy.supervisor import Part, StackError, Supervisor
+from deploy.supervisor import Part, StackError, Supervisor, as_user
 from services import http_services
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
@@ -120,7 +120,7 @@ def postgres_part(settings: Settings) -> Part:
         process = await asyncio.create_subprocess_exec(
             str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
             "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, user=user,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, **as_user(user),
         )
         output, _ = await process.communicate()
         if process.returncode != 0:
@@ -223,6 +223,10 @@ def gateway_part(settings: Settings) -> Part:
 
 def stack_parts(settings: Settings, services: list[str] | None = None) -> list[Part]:
     """The parts of the stack in start order (they stop in reverse)."""
+    known = http_services()
+    unknown = sorted(set(services or ()) - set(known))
+    if unknown:
+        raise StackError(f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}")
     parts = [nats_part(settings), postgres_part(settings)]
     if settings.livekit_local:
         parts.append(livekit_part(settings))

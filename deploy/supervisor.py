@@ -48,6 +48,14 @@ class Part:
     process: asyncio.subprocess.Process | None = None
 
 
+def as_user(user: str | None) -> dict[str, object]:
+    """Popen arguments that run a child as ``user`` with that user's group only (keeping root's
+    group would make group permission bits, not the user's, decide what it may open)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": user, "extra_groups": []}
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -94,7 +102,7 @@ class Supervisor:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, **part.env},
-                user=part.user,
+                **as_user(part.user),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )

@@ -10,6 +10,7 @@ dead-letter stream, logged, and can be replayed (see ``shared.deadletters``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -184,8 +185,12 @@ class Bus:
         raise BusUnavailableError(f"JetStream did not acknowledge a publish to {subject}")
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        if self.nc.is_closed:
+            return
+        try:
             await self.nc.drain()
+        except (nats.errors.Error, TimeoutError):
+            await self.nc.close()
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
@@ -196,6 +201,7 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=2,
+        drain_timeout=5,
     )
     js = nc.jetstream()
     if declare:
@@ -257,10 +263,21 @@ class Consumer:
         subscription = await self.bus.js.pull_subscribe_bind(
             durable=self.spec.durable, stream=self.spec.stream
         )
+        try:
+            await self._consume(subscription)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+
+    async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         while True:
             try:
                 messages = await subscription.fetch(self.batch, timeout=1.0)
             except nats.errors.TimeoutError:
+                # nats-py's fetch turns a cancellation into a timeout: honour the cancellation.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 await asyncio.sleep(0.5)

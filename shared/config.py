@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     livekit_local: bool = True
 
     otel_endpoint: str | None = None
+    # The services `mediai up` starts (default: all of them).
+    services: tuple[str, ...] = ()
 
     gateway_port: int = 8080
     nats_port: int = 4222
@@ -63,6 +65,47 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
     phi_retention: int = 30 * 86400
+
+    # AI providers of the agent workers (services/agent). OpenAI-compatible means OpenAI itself
+    # or an on-premises server (Ollama, vLLM, speaches) so patient audio never leaves the clinic.
+    google_api_key: str | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+
+    # Agents: the name workers register under, the default models ("<provider>/<model>"), and
+    # extra models a deployment allows (e.g. the ones of its on-premises server).
+    agent_name: str = "mediai-agent"
+    agent_stt: str = "google/gemini-3.5-transcribe-live"
+    agent_llm: str = "google/gemini-2.5-flash"
+    agent_tts: str = "google/gemini-2.5-flash-preview-tts"
+    agent_realtime: str = "google/gemini-2.5-flash-native-audio-preview-12-2025"
+    # Comma-separated, like the variable (MEDIAI_AGENT_MODELS), so it travels to child processes.
+    agent_models: str = ""
+    # A dispatch with no agent in the room after this many seconds fails (reason no_worker).
+    agent_dispatch_deadline: int = 10
+    # Seconds between usage reports of a running session (a crash loses at most one).
+    agent_usage_period: int = 15
+    # Seconds an agent waits for someone to join an empty room before it leaves.
+    agent_empty_room_timeout: int = 300
+    # The worker pool the dispatcher runs (0/0 when an orchestrator runs the workers instead).
+    agent_pool_min: int = 1
+    agent_pool_max: int = 2
+    agent_jobs_per_worker: int = 4
+    agent_scale_up_load: float = 0.75
+    agent_idle_processes: int = 1
+    agent_drain_timeout: int = 5
+
+    # Billing: the time zone of billing months and days (invoices, usage by day), how long after
+    # a month ends its invoices are issued (late events land first), and how far before an
+    # audit's period its replay starts reading the stream (a session may begin before it).
+    billing_timezone: str = "America/Sao_Paulo"
+    billing_invoice_grace: int = 2 * 86400
+    billing_audit_lookback: int = 31 * 86400
+
+    # Rooms: seconds between reconciliations of the read model against LiveKit (it heals after
+    # dropped webhooks), and how long an egress start may wait for an egress worker to answer.
+    rooms_reconcile_interval: int = 30
+    rooms_egress_timeout: int = 10
 
     def service_port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")
@@ -98,6 +141,41 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} must be 0 or more")
+    return number
+
+
+def _load(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError(f"{value} must be a load between 0 (exclusive) and 1")
+    return number
+
+
+def _model(value: str) -> str:
+    provider, slash, model = value.strip().partition("/")
+    if not slash or provider not in ("google", "openai") or not model:
+        raise ValueError(f"{value!r} is not <provider>/<model> with provider google or openai")
+    return value.strip()
+
+
+def _models(value: str) -> str:
+    return ",".join(_model(part) for part in value.split(",") if part.strip())
+
+
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone like America/Sao_Paulo") from None
+    return value.strip()
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -109,6 +187,7 @@ def _log_level(value: str) -> str:
 # own conventions where they exist (LIVEKIT_*, DATABASE_URL); ours start with MEDIAI_.
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_DATA_DIR": ("data_dir", Path),
+    "MEDIAI_SERVICES": ("services", lambda v: tuple(s.strip() for s in v.split(",") if s.strip())),
     "MEDIAI_HOST": ("host", str),
     "MEDIAI_LOG_LEVEL": ("log_level", _log_level),
     "NATS_URL": ("nats_url", _url("nats", "tls")),
@@ -124,6 +203,29 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
+    "GOOGLE_API_KEY": ("google_api_key", str),
+    "OPENAI_API_KEY": ("openai_api_key", str),
+    "OPENAI_BASE_URL": ("openai_base_url", _url("http", "https")),
+    "MEDIAI_AGENT_NAME": ("agent_name", str),
+    "MEDIAI_AGENT_STT": ("agent_stt", _model),
+    "MEDIAI_AGENT_LLM": ("agent_llm", _model),
+    "MEDIAI_AGENT_TTS": ("agent_tts", _model),
+    "MEDIAI_AGENT_REALTIME": ("agent_realtime", _model),
+    "MEDIAI_AGENT_MODELS": ("agent_models", _models),
+    "MEDIAI_AGENT_DISPATCH_DEADLINE": ("agent_dispatch_deadline", parse_duration),
+    "MEDIAI_AGENT_USAGE_PERIOD": ("agent_usage_period", parse_duration),
+    "MEDIAI_AGENT_EMPTY_ROOM_TIMEOUT": ("agent_empty_room_timeout", parse_duration),
+    "MEDIAI_AGENT_POOL_MIN": ("agent_pool_min", _non_negative_int),
+    "MEDIAI_AGENT_POOL_MAX": ("agent_pool_max", _non_negative_int),
+    "MEDIAI_AGENT_JOBS_PER_WORKER": ("agent_jobs_per_worker", _positive_int),
+    "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
+    "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
+    "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
+    "MEDIAI_BILLING_TIMEZONE": ("billing_timezone", _timezone),
+    "MEDIAI_BILLING_INVOICE_GRACE": ("billing_invoice_grace", parse_duration),
+    "MEDIAI_BILLING_AUDIT_LOOKBACK": ("billing_audit_lookback", parse_duration),
+    "MEDIAI_ROOMS_RECONCILE_INTERVAL": ("rooms_reconcile_interval", parse_duration),
+    "MEDIAI_ROOMS_EGRESS_TIMEOUT": ("rooms_egress_timeout", parse_duration),
     **{
         f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port)
         for name in (
@@ -136,10 +238,13 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 def to_environ(settings: Settings) -> dict[str, str]:
     """The environment that makes ``load_settings`` rebuild ``settings`` in a child process."""
+    def text(value: object) -> str:
+        return ",".join(value) if isinstance(value, tuple) else str(value)
+
     environ = {
-        variable: str(getattr(settings, field))
+        variable: text(getattr(settings, field))
         for variable, (field, _) in _VARIABLES.items()
-        if getattr(settings, field) is not None
+        if getattr(settings, field) not in (None, ())
     }
     # LIVEKIT_* name an external server; the key pair of a local one travels as MEDIAI_LIVEKIT_*.
     drop = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if settings.livekit_local else (
@@ -190,6 +295,8 @@ def load_settings(
     settings = msgspec.structs.replace(settings, **derived)
     if settings.token_ttl_default > settings.token_ttl_max:
         raise ConfigError("MEDIAI_TOKEN_TTL_DEFAULT: longer than MEDIAI_TOKEN_TTL_MAX")
+    if settings.agent_pool_min > settings.agent_pool_max:
+        raise ConfigError("MEDIAI_AGENT_POOL_MIN: larger than MEDIAI_AGENT_POOL_MAX")
     if len(settings.livekit_api_secret) < 32:
         raise ConfigError("LIVEKIT_API_SECRET: must be at least 32 characters")
     return settings

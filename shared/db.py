@@ -80,6 +80,14 @@ def discover_migrations(root: Path = ROOT) -> list[Migration]:
 
 async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     """Apply the migrations not yet applied; returns their names. Safe to run concurrently."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    try:
+        return await _apply_locked(conn, migrations)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+
+
+async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     await conn.execute(
         """
         CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -93,30 +101,26 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
         """
     )
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
-    try:
-        rows = await conn.fetch("SELECT component, version, checksum FROM schema_migrations")
-        applied = {(r["component"], r["version"]): r["checksum"] for r in rows}
-        for migration in migrations:
-            key = (migration.component, migration.version)
-            if key in applied:
-                if applied[key] != migration.checksum:
-                    raise MigrationError(
-                        f"{migration.component}/{migration.name}: changed after it was applied; "
-                        "add a new migration instead"
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (component, version, name, checksum)"
-                    " VALUES ($1, $2, $3, $4)",
-                    migration.component, migration.version, migration.name, migration.checksum,
+    rows = await conn.fetch("SELECT component, version, checksum FROM schema_migrations")
+    applied = {(r["component"], r["version"]): r["checksum"] for r in rows}
+    for migration in migrations:
+        key = (migration.component, migration.version)
+        if key in applied:
+            if applied[key] != migration.checksum:
+                raise MigrationError(
+                    f"{migration.component}/{migration.name}: changed after it was applied; "
+                    "add a new migration instead"
                 )
-            applied_now.append(f"{migration.component}/{migration.name}")
-            log.info("applied migration %s/%s", migration.component, migration.name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+            continue
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (component, version, name, checksum)"
+                " VALUES ($1, $2, $3, $4)",
+                migration.component, migration.version, migration.name, migration.checksum,
+            )
+        applied_now.append(f"{migration.component}/{migration.name}")
+        log.info("applied migration %s/%s", migration.component, migration.name)
     return applied_now
 
 

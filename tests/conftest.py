@@ -3,7 +3,9 @@ started by the same code as ``mediai up``, on free ports under a temporary folde
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -14,13 +16,24 @@ from deploy.stack import Stack, StackState
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
+from shared.telemetry import setup_telemetry
 from shared.tenants import create_tenant
 from tests.support import stack_settings
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return stack_settings(tmp_path_factory.mktemp("stack"))
+def settings() -> Iterator[Settings]:
+    # Not under pytest's tmp_path: pytest resets its root folder to mode 0700 at every session
+    # start, which would lock Postgres (running as its own system user) out of its data.
+    data_dir = Path(tempfile.mkdtemp(prefix="mediai-test-"))
+    yield stack_settings(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def telemetry(settings: Settings) -> None:
+    """The test process traces like a service does, so trace propagation can be checked."""
+    setup_telemetry("tests", settings)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,82 @@
+"""Configuration: environment and .env, validated, one clear line per problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_settings, parse_duration, to_environ
+
+
+def test_defaults_describe_the_local_stack() -> None:
+    settings = load_settings({}, env_file=None)
+    assert settings.livekit_local is True
+    assert settings.nats_url == "nats://127.0.0.1:4222"
+    assert settings.database_url.endswith(":54329/mediai")
+
+
+def test_ports_move_the_derived_urls() -> None:
+    settings = load_settings({"MEDIAI_NATS_PORT": "5000", "MEDIAI_LIVEKIT_PORT": "7990"}, env_file=None)
+    assert settings.nats_url == "nats://127.0.0.1:5000"
+    assert settings.livekit_url == "ws://127.0.0.1:7990"
+
+
+def test_livekit_url_with_credentials_means_an_external_server() -> None:
+    settings = load_settings(
+        {"LIVEKIT_URL": "wss://x.livekit.cloud", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32},
+        env_file=None,
+    )
+    assert settings.livekit_local is False
+    assert settings.livekit_url == "wss://x.livekit.cloud"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MEDIAI_GATEWAY_PORT": "eighty"}, "MEDIAI_GATEWAY_PORT"),
+        ({"MEDIAI_GATEWAY_PORT": "70000"}, "MEDIAI_GATEWAY_PORT: 70000 is not a port number"),
+        ({"NATS_URL": "http://x"}, "NATS_URL"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"MEDIAI_TOKEN_TTL_MAX": "forever"}, "MEDIAI_TOKEN_TTL_MAX"),
+        ({"LIVEKIT_URL": "wss://x.livekit.cloud"}, "LIVEKIT_API_KEY: required"),
+        ({"MEDIAI_LOG_LEVEL": "loud"}, "MEDIAI_LOG_LEVEL"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ, env_file=None)
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("MEDIAI_GATEWAY_PORT=9001\nMEDIAI_TOKEN_PORT=9002\n")
+    settings = load_settings({"MEDIAI_TOKEN_PORT": "9003"}, env_file=env_file)
+    assert (settings.gateway_port, settings.token_port) == (9001, 9003)
+
+
+def test_to_environ_round_trips() -> None:
+    settings = load_settings({"MEDIAI_GATEWAY_PORT": "9100", "MEDIAI_PHI_RETENTION": "7d"}, env_file=None)
+    assert load_settings(to_environ(settings), env_file=None) == settings
+
+
+def test_durations() -> None:
+    assert [parse_duration(x) for x in ("90", "90s", "15m", "2h", "1d")] == [90, 90, 900, 7200, 86400]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("2 hours")
+
+
+def test_cli_reports_a_bad_setting_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy", "status"],
+        env={"PATH": "/usr/bin:/bin", "MEDIAI_NATS_PORT": "nope"},
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mediai: configuration: MEDIAI_NATS_PORT: invalid literal for int() with base 10: 'nope'"
+    ]

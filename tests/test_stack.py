@@ -1,0 +1,133 @@
+"""`mediai up` as a user runs it: start, ready, status, resume with data intact, stop clean."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.stack import child_environ
+from shared.config import Settings
+from tests.support import stack_settings
+
+READY_TIMEOUT = 120  # the first start may build nothing, but the machine may be busy
+
+
+@pytest.fixture
+def up_settings() -> Iterator[Settings]:
+    data_dir = Path(tempfile.mkdtemp(prefix="mediai-up-"))
+    yield stack_settings(data_dir, services=tuple(os.environ.get("TEST_UP_SERVICES", "").split(",")) if os.environ.get("TEST_UP_SERVICES") else ())
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def environ(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **child_environ(settings)}
+
+
+def mediai(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args], env=environ(settings),
+        cwd=settings.data_dir.parent, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+async def start_up(settings: Settings) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "deploy", "up", env=environ(settings),
+        cwd=settings.data_dir.parent, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    async with asyncio.timeout(READY_TIMEOUT):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            seen.append(line)
+            assert line, f"mediai up exited before it was ready: {''.join(seen[-5:])}"
+            if line.startswith("MediAI is ready"):
+                return process
+
+
+async def stop_up(process: asyncio.subprocess.Process) -> str:
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):  # the issue's bound for a clean stop
+        output, _ = await process.communicate()
+    assert process.returncode == 0
+    return output.decode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Settings) -> None:
+    process = await start_up(up_settings)
+    try:
+        status = mediai(up_settings, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        document = json.loads(status.stdout)
+        assert document["gateway_url"] == up_settings.gateway_url
+        assert document["nats_url"] == up_settings.nats_url
+        assert document["livekit"] == {
+            "url": up_settings.livekit_url, "api_key": up_settings.livekit_api_key,
+            "api_secret": up_settings.livekit_api_secret, "local": True,
+        }
+        assert {p["name"] for p in document["parts"]} >= {"nats", "postgres", "livekit", "token", "gateway"}
+        assert all(p["state"] == "running" for p in document["parts"])
+        pids = [p["pid"] for p in document["parts"]]
+
+        created = mediai(up_settings, "tenants", "create", "Clínica Exemplo")
+        assert created.returncode == 0, created.stderr
+        clinic_key = created.stdout.strip().splitlines()[-1]
+    finally:
+        await stop_up(process)
+    assert not [pid for pid in pids if alive(pid)], "a part outlived mediai up"
+    assert mediai(up_settings, "status").returncode == 3
+
+    # A second start on the same folder resumes: same dev key, the tenant is still there.
+    process = await start_up(up_settings)
+    try:
+        assert json.loads(mediai(up_settings, "status", "--json").stdout)["dev_api_key"] == document["dev_api_key"]
+        async with httpx.AsyncClient(base_url=up_settings.gateway_url) as client:
+            response = await client.post(
+                "/v1/tokens", json={"room": "r1", "identity": "p1"},
+                headers={"Authorization": f"Bearer {clinic_key}"},
+            )
+        assert response.status_code == 201, response.text
+    finally:
+        output = await stop_up(process)
+    assert "stopped." in output
+
+
+async def test_a_busy_port_is_one_clear_line(up_settings: Settings) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", up_settings.nats_port))
+        squatter.listen()
+        result = await asyncio.to_thread(mediai, up_settings, "up")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mediai: nats: port {up_settings.nats_port} is already in use; free it or set "
+        "MEDIAI_NATS_PORT to another port"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_status_without_a_stack_says_so(up_settings: Settings) -> None:
+    result = mediai(up_settings, "status")
+    assert result.returncode == 3
+    assert "no stack is running" in result.stdout
