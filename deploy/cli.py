@@ -61,7 +61,7 @@ def up() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stack = Stack(settings, services=list(settings.services) if settings.services else None)
+        stack = Stack(settings, services=list(settings.services) or None)
         click.echo(f"starting the MediAI stack in {settings.data_dir.resolve()} ...")
         start = asyncio.create_task(stack.start())
         waiter = asyncio.create_task(stop.wait())

@@ -11,7 +11,7 @@ from msgspec import inspect
 
 import services
 from shared.bus import ConsumerSpec
-from shared.events import CODEC
+from shared.events import CODEC, Event
 from shared.events.legacy import LEGACY
 
 HEADER = """# Events
@@ -68,7 +68,7 @@ def _type_name(info: inspect.Type) -> str:
 def render() -> str:
     consumers = _consumers()
     lines = [HEADER]
-    by_area: dict[str, list[type]] = defaultdict(list)
+    by_area: dict[str, list[type[Event]]] = defaultdict(list)
     for cls in CODEC.types.values():
         by_area[cls.TYPE.split(".")[1]].append(cls)
     lines.append("| type | stream | producer | consumers |\n|---|---|---|---|")

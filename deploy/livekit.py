@@ -66,11 +66,32 @@ def ensure_binary(announce: bool = True) -> Path:
     return target
 
 
+def ice_interfaces() -> list[str]:
+    """Loopback plus the interfaces of the default route.
+
+    WebRTC clients built on libwebrtc (the ``livekit`` rtc SDK, livekit-agents, browsers) never
+    offer loopback candidates, so a server whose ICE is limited to ``lo`` is unreachable for
+    them (``wait_pc_connection timed out``); the default route's interface is the one their
+    host candidates come from. Other interfaces (container bridges) stay out.
+    """
+    names = ["lo"]
+    try:
+        routes = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return names
+    for line in routes:
+        fields = line.split()
+        if len(fields) > 1 and fields[1] == "00000000" and fields[0] not in names:
+            names.append(fields[0])
+    return names
+
+
 def write_config(settings: Settings, path: Path) -> Path:
     """The server's config: loopback only, our keys, webhooks to our gateway.
 
-    Loopback needs ``node_ip`` 127.0.0.1, no external IP discovery and ICE limited to ``lo``,
-    or peers take seconds to connect or time out (livekit/agents #2386, livekit/livekit #3990).
+    Loopback needs ``node_ip`` 127.0.0.1, no external IP discovery and ICE limited to ``lo`` and
+    the default route's interface (``ice_interfaces``), or peers take seconds to connect or time
+    out (livekit/agents #2386, livekit/livekit #3990).
     """
     config = {
         "port": settings.livekit_port,
@@ -80,7 +101,7 @@ def write_config(settings: Settings, path: Path) -> Path:
             "udp_port": settings.livekit_rtc_udp_port,
             "use_external_ip": False,
             "node_ip": settings.host,
-            "interfaces": {"includes": ["lo"]},
+            "interfaces": {"includes": ice_interfaces()},
         },
         "keys": {settings.livekit_api_key: settings.livekit_api_secret},
         "webhook": {

@@ -15,6 +15,9 @@ def register(cli: click.Group) -> None:
     from services.agent.command import agent_worker
 
     cli.add_command(agent_worker)
+    from services.billing.cli import billing
+
+    cli.add_command(billing)
 
 
 @click.group()

@@ -8,6 +8,7 @@ ever left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 STOP_BUDGET_SECONDS = 10.0
@@ -48,7 +50,7 @@ class Part:
     process: asyncio.subprocess.Process | None = None
 
 
-def as_user(user: str | None) -> dict[str, object]:
+def as_user(user: str | None) -> dict[str, Any]:
     """Popen arguments that run a child as ``user`` with that user's group only (keeping root's
     group would make group permission bits, not the user's, decide what it may open)."""
     if user is None:
@@ -151,7 +153,5 @@ class Supervisor:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -283,7 +283,15 @@ class Consumer:
                 await asyncio.sleep(0.5)
                 continue
             for message in messages:
-                await self.process(message)
+                try:
+                    await self.process(message)
+                except (nats.errors.Error, BusUnavailableError) as error:
+                    # Could not ack, nak or dead-letter (NATS away): the message stays
+                    # unacknowledged and JetStream redelivers it after ack_wait.
+                    log.warning(
+                        "consumer %s: could not settle a message: %s",
+                        self.spec.durable, type(error).__name__,
+                    )
 
     async def process(self, message: Msg) -> None:
         metadata = message.metadata

@@ -39,7 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     livekit_url: str = "ws://127.0.0.1:7880"
     livekit_api_key: str = "mediai-dev"
-    livekit_api_secret: str = "mediai-dev-secret-please-change-0123456789"
+    # The local dev server's pair; a real deployment sets LIVEKIT_API_KEY/LIVEKIT_API_SECRET.
+    livekit_api_secret: str = "mediai-dev-secret-please-change-0123456789"  # noqa: S105
     # True when the LiveKit server is ours to start (no LIVEKIT_URL given).
     livekit_local: bool = True
 

@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.bus import Delivery
 from shared.config import Settings
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 0x6D65646961  # "media": one migration runner at a time across processes
+
+
+# A connection as code receives it: straight from asyncpg.connect or borrowed from the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 class MigrationError(Exception):
@@ -136,7 +142,7 @@ async def migrate(settings: Settings) -> list[str]:
 @asynccontextmanager
 async def projection(
     pool: asyncpg.Pool, delivery: Delivery, event_id: str
-) -> AsyncIterator[asyncpg.Connection | None]:
+) -> AsyncIterator[Connection | None]:
     """A transaction for one consumed event, or ``None`` if this consumer already applied it.
 
     The event id and the stream position are written in the same transaction as the read

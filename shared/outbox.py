@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from shared.bus import Bus, BusUnavailableError
+from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.telemetry import current_traceparent
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 async def add_to_outbox(
-    conn: asyncpg.Connection,
+    conn: Connection,
     data: Event,
     *,
     source: str,

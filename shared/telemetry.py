@@ -25,7 +25,7 @@ def setup_telemetry(service: str, settings: Settings) -> None:
 
     Idempotent: a process serves one service, and tests may build several apps in one process.
     """
-    global _configured  # noqa: PLW0603 - the OpenTelemetry provider is process-global by design
+    global _configured  # the OpenTelemetry provider is process-global by design
     setup_logging(settings.log_level)
     if _configured:
         return

@@ -9,6 +9,7 @@ import string
 import asyncpg
 import msgspec
 
+from shared.db import Connection
 from shared.events import ApiKeyCreated, TenantCreated
 from shared.outbox import add_to_outbox
 
@@ -30,7 +31,7 @@ def new_tenant_id() -> str:
     return "t" + "".join(secrets.choice(_TENANT_ALPHABET) for _ in range(10))
 
 
-async def create_tenant(conn: asyncpg.Connection, name: str) -> tuple[Tenant, str]:
+async def create_tenant(conn: Connection, name: str) -> tuple[Tenant, str]:
     """Create a tenant with its first API key; returns the tenant and the key (shown once)."""
     name = name.strip()
     if not name or len(name) > 200:
@@ -46,7 +47,7 @@ async def create_tenant(conn: asyncpg.Connection, name: str) -> tuple[Tenant, st
     return tenant, key
 
 
-async def create_api_key(conn: asyncpg.Connection, tenant_id: str) -> str:
+async def create_api_key(conn: Connection, tenant_id: str) -> str:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     async with conn.transaction():
         await conn.execute(

@@ -18,15 +18,25 @@ from shared.config import Settings
 from shared.db import create_pool
 from shared.telemetry import setup_telemetry
 from shared.tenants import create_tenant
+from tests.standin import OpenAIStandin
 from tests.support import stack_settings
 
 
 @pytest.fixture(scope="session")
-def settings() -> Iterator[Settings]:
+def openai_standin() -> Iterator[OpenAIStandin]:
+    """The OpenAI-compatible stand-in the stack's agent workers use (their OPENAI_BASE_URL);
+    tests script it, and reset it first (tests/standin)."""
+    with OpenAIStandin() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
     # Not under pytest's tmp_path: pytest resets its root folder to mode 0700 at every session
     # start, which would lock Postgres (running as its own system user) out of its data.
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-test-"))
-    yield stack_settings(data_dir)
+    yield stack_settings(data_dir, openai_base_url=openai_standin.base_url,
+                         openai_api_key="standin-key")
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -38,7 +48,7 @@ def telemetry(settings: Settings) -> None:
 
 @pytest.fixture(scope="session")
 async def stack(settings: Settings) -> AsyncIterator[StackState]:
-    running = Stack(settings)
+    running = Stack(settings, services=list(settings.services) or None)
     state = await running.start()
     try:
         yield state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,9 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "livekit_api_key": "mediai-test",
         "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
     }
+    # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
+    selected = os.environ.get("MEDIAI_SERVICES", "")
+    values["services"] = tuple(s for s in selected.split(",") if s)
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -53,10 +57,10 @@ class EventStream:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Envelope] = asyncio.Queue()
 
-    async def next(self, timeout: float = 10.0) -> Envelope:
+    async def next(self, timeout: float = 20.0) -> Envelope:
         return await asyncio.wait_for(self.queue.get(), timeout)
 
-    async def wait_for(self, predicate: object = None, timeout: float = 10.0) -> Envelope:
+    async def wait_for(self, predicate: object = None, timeout: float = 20.0) -> Envelope:
         """The next event for which ``predicate(event)`` is true."""
         async with asyncio.timeout(timeout):
             while True:

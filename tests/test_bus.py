@@ -74,12 +74,12 @@ async def test_a_failing_handler_is_retried_with_backoff_then_succeeds(bus: Bus)
 async def test_a_handler_that_keeps_failing_is_dead_lettered_and_can_be_replayed(bus: Bus) -> None:
     tenant = fresh_tenant()
     healthy = asyncio.Event()
-    received: list[str] = []
+    received: asyncio.Queue[str] = asyncio.Queue()
 
     async def broken_then_fixed(event: Envelope, delivery: Delivery) -> None:
         if not healthy.is_set():
             raise RuntimeError("bug in the handler")
-        received.append(event.id)
+        received.put_nowait(event.id)
 
     spec = ConsumerSpec(durable=f"test-dlq-{tenant}", events=(TokenIssued,), tenant=tenant,
                         max_deliver=3, backoff=(0.05,))
@@ -97,10 +97,7 @@ async def test_a_handler_that_keeps_failing_is_dead_lettered_and_can_be_replayed
         sequence = next(seq for seq, ev in listed if ev.id == letter.id)
         healthy.set()
         await replay(bus, sequence)
-        async with asyncio.timeout(10):
-            while not received:
-                await asyncio.sleep(0.02)
-    assert received == [published.id]
+        assert await asyncio.wait_for(received.get(), 10) == published.id
 
 
 async def test_a_poison_message_is_dead_lettered_at_once(bus: Bus) -> None:

@@ -53,7 +53,7 @@ def test_golden_files_still_decode(path: Path) -> None:
     """A breaking edit of an event (a renamed or retyped field) fails here."""
     event = CODEC.decode(path.read_bytes())
     assert event.type in CODEC.types  # old versions come back upcast to a current type
-    assert event.data.TYPE == event.type
+    assert event.type == event.data.TYPE
 
 
 def test_unknown_or_malformed_events_are_rejected_clearly() -> None:

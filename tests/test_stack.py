@@ -27,7 +27,7 @@ READY_TIMEOUT = 120  # the first start may build nothing, but the machine may be
 @pytest.fixture
 def up_settings() -> Iterator[Settings]:
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-up-"))
-    yield stack_settings(data_dir, services=tuple(os.environ.get("TEST_UP_SERVICES", "").split(",")) if os.environ.get("TEST_UP_SERVICES") else ())
+    yield stack_settings(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -1,0 +1,50 @@
+# The two commands that matter: `make up` runs the whole stack, `make test` runs every check.
+# Both install what they need first, from package registries only (PyPI, the Go module proxy,
+# Debian), so they work on a fresh Linux machine with Python 3.11+, Go and make.
+
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+# Use the machine's Python; never download one.
+export UV_PYTHON_DOWNLOADS := never
+# Nothing at run time may fetch models from a hub (they ship inside the wheels).
+export HF_HUB_OFFLINE := 1
+
+.PHONY: up test install system-packages livekit lint typecheck docs clean
+
+up: install livekit
+	$(UV) run mediai up
+
+test: install livekit lint typecheck docs
+	$(UV) run pytest
+
+install: $(UV) system-packages
+	$(UV) sync --frozen
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# espeak-ng makes the speech the end-to-end tests' "patient" says.
+system-packages:
+	@command -v espeak-ng >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; fi; }
+
+# Builds the pinned LiveKit server once into ~/.cache/mediai (skipped when LIVEKIT_URL is set).
+livekit: install
+	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: install
+	$(UV) run mypy
+
+docs: install
+	$(UV) run mediai docs events --check
+
+clean:
+	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
