@@ -221,18 +221,18 @@ def gateway_part(settings: Settings) -> Part:
     )
 
 
-def stack_parts(settings: Settings, services: list[str] | None = None) -> list[Part]:
-    """The parts of the stack in start order (they stop in reverse)."""
+def stack_stages(settings: Settings, services: list[str] | None = None) -> list[list[Part]]:
+    """The parts of the stack in stages: a stage's parts start together, stages in order, and
+    they stop in reverse. The servers first, then the services, then the gateway."""
     known = http_services()
     unknown = sorted(set(services or ()) - set(known))
     if unknown:
         raise StackError(f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}")
-    parts = [nats_part(settings), postgres_part(settings)]
+    servers = [nats_part(settings), postgres_part(settings)]
     if settings.livekit_local:
-        parts.append(livekit_part(settings))
-    parts += [service_part(settings, s) for s in (services if services is not None else http_services())]
-    parts.append(gateway_part(settings))
-    return parts
+        servers.append(livekit_part(settings))
+    selected = services if services is not None else known
+    return [servers, [service_part(settings, s) for s in selected], [gateway_part(settings)]]
 
 
 async def ensure_dev_key(settings: Settings) -> str:
@@ -289,10 +289,11 @@ class Stack:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             dev_key = ""
-            for part in stack_parts(self.settings, self.services):
-                await self.supervisor.start(part)
-                if part.name == "postgres":
-                    dev_key = await ensure_dev_key(self.settings)
+            servers, services, gateway = stack_stages(self.settings, self.services)
+            await self.supervisor.start_together(servers)
+            dev_key = await ensure_dev_key(self.settings)
+            await self.supervisor.start_together(services)
+            await self.supervisor.start_together(gateway)
         except BaseException:
             await self.supervisor.stop()
             raise

@@ -132,6 +132,13 @@ class Supervisor:
         if part.after_ready is not None:
             await part.after_ready()
 
+    async def start_together(self, parts: list[Part]) -> None:
+        """Start parts concurrently; the first failure is raised once all have settled."""
+        results = await asyncio.gather(*(self.start(p) for p in parts), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     async def stop(self, budget: float = STOP_BUDGET_SECONDS) -> None:
         """Stop every part in reverse order; whatever is still running at its share of the
         budget gets SIGKILL, so the whole stop takes at most ``budget`` seconds."""
