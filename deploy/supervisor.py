@@ -121,7 +121,7 @@ class Supervisor:
             try:
                 if await asyncio.wait_for(part.ready(), timeout=2.0):
                     break
-            except (OSError, TimeoutError):
+            except Exception:  # noqa: BLE001, S110 - any probe failure only means "not ready yet"
                 pass
             if time.monotonic() > deadline:
                 raise StackError(
