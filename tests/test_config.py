@@ -80,3 +80,16 @@ def test_cli_reports_a_bad_setting_in_one_line_with_exit_code_2(tmp_path: Path) 
     assert result.stderr.strip().splitlines() == [
         "mediai: configuration: MEDIAI_NATS_PORT: invalid literal for int() with base 10: 'nope'"
     ]
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from shared.config import _VARIABLES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = [
+        variable for variable in _VARIABLES
+        if variable not in readme and not variable.endswith("_PORT")
+    ]
+    ports = [v.removeprefix("MEDIAI_").removesuffix("_PORT") for v in _VARIABLES if v.endswith("_PORT")]
+    undocumented += [f"MEDIAI_{p}_PORT" for p in ports if f"`{p}`" not in readme]
+    assert not undocumented, f"add to the README's configuration table: {undocumented}"
