@@ -18,13 +18,14 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
+from opentelemetry import trace
 
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
@@ -34,6 +35,13 @@ from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
 
 log = logging.getLogger(__name__)
+
+# The dependencies every service's handlers can ask for, by these parameter names:
+# ``tenant: CallerTenant``, ``bus: BusDep``, ``pool: PoolDep``, ``settings: SettingsDep``.
+CallerTenant = NamedDependency[Tenant]
+BusDep = NamedDependency[Bus]
+PoolDep = NamedDependency[asyncpg.Pool]
+SettingsDep = NamedDependency[Settings]
 
 
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +151,33 @@ def _provide_settings(state: State) -> Settings:
     return settings
 
 
+def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
+    """A request span starts named by its method only: paths carry room names and identities.
+    ``_name_span_by_route`` renames it by route template once the request is routed."""
+    return str(scope.get("method", "HTTP")), {}
+
+
+def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
+    route = f"{request.method} {request.scope.get('path_template', '')}"
+    span = trace.get_current_span()
+    span.update_name(route)
+    span.set_attribute("http.route", route)
+
+
+# Request attributes that can identify a person (their address, their browser, identities in
+# paths and query strings); their values never leave the process.
+_PERSONAL_REQUEST_ATTRIBUTES = (
+    "http.url", "http.target", "url.full", "url.path", "url.query", "http.user_agent",
+    "user_agent.original", "net.peer.ip", "net.peer.port", "client.address", "client.port",
+    "http.client_ip",
+)
+
+
+def _scrub_request_span(span: Any, scope: Any) -> None:
+    for name in _PERSONAL_REQUEST_ATTRIBUTES:
+        span.set_attribute(name, "[redacted]")
+
+
 @get("/healthz", include_in_schema=False, sync_to_thread=False)
 def healthz() -> dict[str, str]:
     return {"status": "alive"}
@@ -212,7 +247,16 @@ def create_service_app(
             **(dependencies or {}),
         },
         exception_handlers={Exception: _handle_exception},
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(exclude=["/healthz", "/readyz"]))],
+        before_request=_name_span_by_route,
+        plugins=[
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(
+                    exclude=["/healthz", "/readyz"],
+                    scope_span_details_extractor=_span_details,
+                    server_request_hook_handler=_scrub_request_span,
+                )
+            )
+        ],
         openapi_config=OpenAPIConfig(
             title=f"MediAI {service}",
             version="1",

@@ -10,12 +10,10 @@ from litestar import Litestar, post
 from livekit import api as livekit_api
 
 from services.token.core import TokenRequestError, token_ttl
-from shared.bus import Bus
 from shared.config import Settings
 from shared.events import TokenIssued
-from shared.http import ApiError, create_service_app
+from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
 from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, livekit_room
-from shared.tenants import Tenant
 
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
 Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
@@ -39,7 +37,7 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 @post("/v1/tokens", operation_id="createToken", summary="Issue a LiveKit access token")
 async def create_token(
-    data: CreateTokenRequest, tenant: Tenant, bus: Bus, settings: Settings
+    data: CreateTokenRequest, tenant: CallerTenant, bus: BusDep, settings: SettingsDep
 ) -> TokenResponse:
     try:
         ttl = token_ttl(data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max)

@@ -1,0 +1,87 @@
+"""Traces leave nothing personal behind, and go to an OTLP collector when one is configured."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+from litestar.testing import AsyncTestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from deploy.stack import StackState
+from services.token.app import create_app
+from shared.config import Settings
+
+PERSONAL = ("Maria da Silva", "paciente-cpf-12345678900", "203.0.113.9", "Mozilla/5.0 (Maria)")
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
+    yield exporter
+    exporter.shutdown()
+
+
+async def test_request_spans_carry_no_personal_data(
+    stack: StackState, settings: Settings, tenant_key: str, spans: InMemorySpanExporter
+) -> None:
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post(
+            f"/v1/tokens?who={PERSONAL[1]}",
+            json={"room": "consulta-9", "identity": PERSONAL[1], "name": PERSONAL[0]},
+            headers={"Authorization": f"Bearer {tenant_key}", "X-Forwarded-For": PERSONAL[2],
+                     "User-Agent": PERSONAL[3]},
+        )
+    assert response.status_code == 201
+    finished = spans.get_finished_spans()
+    assert any(s.name == "POST /v1/tokens" for s in finished), [s.name for s in finished]
+    assert any(s.name.startswith("publish mediai.token.issued") for s in finished)
+    for span in finished:
+        text = f"{span.name} {dict(span.attributes or {})} {[e.attributes for e in span.events]}"
+        for value in PERSONAL:
+            assert value not in text, f"{value!r} leaked into span {span.name}"
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, self.headers["Content-Type"], body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    program = (
+        "from shared.config import load_settings\n"
+        "from shared.telemetry import setup_telemetry, tracer\n"
+        "from opentelemetry import trace\n"
+        "setup_telemetry('probe', load_settings(env_file=None))\n"
+        "with tracer('probe').start_as_current_span('otlp-probe-span'): pass\n"
+        "trace.get_tracer_provider().force_flush()\n"
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-c", program], check=True, timeout=60,
+            env={"PATH": "/usr/bin:/bin",
+                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}"},
+        )
+    finally:
+        server.shutdown()
+    paths = [(path, kind) for path, kind, body in _Collector.received if b"otlp-probe-span" in body]
+    assert paths == [("/v1/traces", "application/x-protobuf")]
