@@ -48,3 +48,25 @@ def type_filter(event_type: type[Event], tenant: str | None = None) -> str:
     tenant_token = "*" if tenant is None else token(tenant)
     return f"{PREFIX}.{event_type.STREAM}.{_type_tokens(event_type.TYPE)}.{tenant_token}.*"
 
+
+def scheduling_request_subject(operation: str) -> str:
+    """Where the scheduling service answers one request/reply operation (``book``, ...).
+
+    A core NATS subject, ``mediai.rpc.scheduling.<operation>``: outside every stream's subjects,
+    so JetStream never stores or acknowledges a request; the service answers in a queue group.
+    """
+    return f"{PREFIX}.rpc.scheduling.{token(operation)}"
+
+
+def any_version_filter(event_type: type[Event], tenant: str | None = None) -> str:
+    """A filter matching every version of one event type (``…usage_reported.*``): replays read
+    old versions too, and the codec upcasts them to the current one."""
+    tenant_token = "*" if tenant is None else token(tenant)
+    unversioned = _type_tokens(event_type.TYPE).rsplit(".", 1)[0]
+    return f"{PREFIX}.{event_type.STREAM}.{unversioned}.*.{tenant_token}.*"
+
+
+def key_filter(event_type: type[Event], *, tenant: str, key: str) -> str:
+    """A filter matching the events of one type about one aggregate (e.g. one dispatch)."""
+    type_tokens = _type_tokens(event_type.TYPE)
+    return f"{PREFIX}.{event_type.STREAM}.{type_tokens}.{token(tenant)}.{token(key)}"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Litestar, post
+from litestar.params import JSONBody
 from livekit import api as livekit_api
 
 from services.token.core import TokenRequestError, token_ttl
@@ -37,7 +38,7 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 @post("/v1/tokens", operation_id="createToken", summary="Issue a LiveKit access token")
 async def create_token(
-    data: CreateTokenRequest, tenant: CallerTenant, bus: BusDep, settings: SettingsDep
+    data: JSONBody[CreateTokenRequest], tenant: CallerTenant, bus: BusDep, settings: SettingsDep
 ) -> TokenResponse:
     try:
         ttl = token_ttl(data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max)

@@ -1,11 +1,270 @@
-"""Events of agent dispatches, the worker pool and agent sessions."""
+"""Events of agent dispatches, the worker pool and agent sessions.
+
+A dispatch (key: its ``dispatch_id``) goes requested → dispatched → joined → ended, or → failed
+with a reason; the dispatcher's read model is built from these events only. Worker events are
+keyed by the pool's worker id and published under the ``system`` tenant. What patients and
+agents say (transcripts, spoken commands) lives only on the PHI stream.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import ClassVar
 
-from shared.events.base import Event
+import msgspec
+
+from shared.events.base import PHI_STREAM, Event
+
+# The tenant under which events that belong to no clinic (the worker pool) are published.
+SYSTEM_TENANT = "system"
+
+# ---------------------------------------------------------------------------------------------
+# Dispatches (published by the dispatcher)
+
+
+class AgentDispatchRequested(Event, frozen=True, kw_only=True):
+    """A clinic asked for an agent of ``role`` in ``room`` (``POST /v1/agents``).
+
+    Models are ``<provider>/<model>`` (``google/gemini-2.5-flash``, ``openai/gpt-4o-mini``);
+    ``realtime``, when set, replaces the STT/LLM/TTS pipeline with a speech-to-speech model.
+    ``instructions`` are the clinic's prompt for this dispatch; ``instructions_mode`` says
+    whether they are appended to the role's template or replace it (when the role allows).
+    They are configuration written by the clinic, not patient data, and are kept with the
+    business log. ``participant`` is the identity the agent listens to ("" = the role's rule).
+    A dispatch that has not joined by ``deadline_at`` fails.
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.dispatch_requested.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    dispatch_id: str
+    room: str
+    role: str
+    instructions: str = ""
+    instructions_mode: str = "append"
+    language: str = "pt-BR"
+    stt: str = ""
+    llm: str = ""
+    tts: str = ""
+    realtime: str = ""
+    participant: str = ""
+    requested_at: datetime
+    deadline_at: datetime
+
+
+class AgentDispatched(Event, frozen=True, kw_only=True):
+    """LiveKit accepted the dispatch (``AgentDispatchService.CreateDispatch``); a worker of
+    ``agent_name`` will be offered the job."""
+
+    TYPE: ClassVar[str] = "mediai.agent.dispatched.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    dispatch_id: str
+    room: str
+    role: str
+    livekit_dispatch_id: str
+    agent_name: str
+    dispatched_at: datetime
+
+
+class AgentDispatchFailed(Event, frozen=True, kw_only=True):
+    """The dispatch failed and no agent is (or will stay) in the room.
+
+    ``reason`` is a stable code: ``no_worker`` (nobody joined before the deadline),
+    ``livekit_unavailable`` (LiveKit refused or did not answer), ``worker_lost`` (the worker
+    running the session died), ``over_limit`` (the tenant's usage cap); ``detail`` is one
+    human-readable line. A failed dispatch is never retried by itself: the caller dispatches
+    again if it still wants an agent.
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.dispatch_failed.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    dispatch_id: str
+    room: str
+    role: str
+    reason: str
+    detail: str = ""
+    failed_at: datetime
+
+
+class AgentEndRequested(Event, frozen=True, kw_only=True):
+    """Someone asked the dispatch's agent to end (``DELETE /v1/agents/{id}``, or a draining
+    worker); the agent says goodbye, reports its final usage and leaves."""
+
+    TYPE: ClassVar[str] = "mediai.agent.end_requested.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    dispatch_id: str
+    room: str
+    # "api", "worker_draining", ...
+    requested_by: str = "api"
+    requested_at: datetime
+
+
+class AgentCommandIssued(Event, frozen=True, kw_only=True):
+    """A command for a running agent, addressed by dispatch id (``POST /v1/agents/{id}/commands``).
+
+    ``command`` is ``say`` (speak ``text`` now) or ``update_instructions`` (``text`` becomes
+    the dispatch's instructions, combined with the role template as at the start). On the PHI
+    stream: what an agent is told to say to a patient is part of the conversation.
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.command_issued.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    STREAM: ClassVar[str] = PHI_STREAM
+    dispatch_id: str
+    room: str
+    command: str
+    text: str = ""
+    allow_interruptions: bool = True
+    issued_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker pool (keyed by worker id, tenant "system")
+
+
+class AgentWorkerStarted(Event, frozen=True, kw_only=True):
+    """The dispatcher's pool started an agent worker process.
+
+    ``reason``: ``minimum`` (keeping the pool at its minimum), ``scale_up`` (every worker was
+    loaded above the threshold) or ``restart`` (replacing one that died; ``attempt`` counts
+    consecutive restarts of that slot).
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.worker_started.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    worker_id: str
+    pid: int
+    reason: str
+    attempt: int = 0
+    started_at: datetime
+
+
+class AgentWorkerExited(Event, frozen=True, kw_only=True):
+    """An agent worker process ended. ``expected`` is true when the pool stopped it (drain,
+    scale down); otherwise it died (``signal`` set when killed by one) and, unless the pool is
+    stopping, it is restarted after ``restart_delay_seconds``. Sessions it was running fail
+    with ``worker_lost``."""
+
+    TYPE: ClassVar[str] = "mediai.agent.worker_exited.v1"
+    PRODUCER: ClassVar[str] = "dispatcher"
+    worker_id: str
+    pid: int
+    exit_code: int | None = None
+    signal: int | None = None
+    expected: bool = False
+    uptime_seconds: float = 0.0
+    restart_delay_seconds: float | None = None
+    exited_at: datetime
+
+
+class AgentWorkerRegistered(Event, frozen=True, kw_only=True):
+    """An agent worker registered with LiveKit and can take jobs.
+
+    ``providers_missing`` maps a provider the worker cannot use to the setting it lacks
+    (e.g. ``{"google": "GOOGLE_API_KEY is not set"}``): jobs asking for it fail at once.
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.worker_registered.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    worker_id: str
+    livekit_worker_id: str
+    pid: int
+    agent_name: str
+    roles: list[str] = msgspec.field(default_factory=list)
+    providers_missing: dict[str, str] = msgspec.field(default_factory=dict)
+    registered_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent sessions (published by the agent worker; keyed by dispatch id)
+
+
+class AgentSessionStarted(Event, frozen=True, kw_only=True):
+    """The agent joined the room and its session is running (the dispatch is ``joined``)."""
+
+    TYPE: ClassVar[str] = "mediai.agent.session_started.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    worker_id: str = ""
+    job_id: str = ""
+    agent_identity: str = ""
+    language: str = "pt-BR"
+    stt: str = ""
+    llm: str = ""
+    tts: str = ""
+    realtime: str = ""
+    started_at: datetime
+
+
+class AgentSessionFailed(Event, frozen=True, kw_only=True):
+    """The agent could not run the job: the metadata was invalid (``invalid_metadata``), the
+    provider has no credentials (``missing_credentials``), the role or model is unknown
+    (``unknown_role``, ``unknown_model``) or starting the session failed (``start_failed``).
+    The job ends at once; no half-configured agent stays in the room."""
+
+    TYPE: ClassVar[str] = "mediai.agent.session_failed.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str = ""
+    role: str = ""
+    reason: str
+    detail: str = ""
+    worker_id: str = ""
+    failed_at: datetime
+
+
+class AgentSessionEnded(Event, frozen=True, kw_only=True):
+    """The agent left the room. ``reason``: ``end_requested``, ``room_empty``,
+    ``participant_left``, ``worker_draining``, ``job_shutdown`` or ``error`` (then the
+    dispatch counts as failed and ``detail`` says why)."""
+
+    TYPE: ClassVar[str] = "mediai.agent.session_ended.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    reason: str
+    detail: str = ""
+    worker_id: str = ""
+    duration_seconds: float = 0.0
+    ended_at: datetime
+
+
+class AgentStateChanged(Event, frozen=True, kw_only=True):
+    """A state of the session worth keeping: ``ready`` (listening for the first time),
+    ``user_away`` / ``user_back``, ``error`` (a provider error; ``detail`` says which, the
+    session may recover) and ``ending``. The per-turn listening/thinking/speaking cycle is not
+    published."""
+
+    TYPE: ClassVar[str] = "mediai.agent.state_changed.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    state: str
+    detail: str = ""
+    changed_at: datetime
+
+
+class AgentTranscribed(Event, frozen=True, kw_only=True):
+    """One final transcript segment: what a participant said (``speaker`` ``user``) or what
+    the agent said (``speaker`` ``agent``; ``interrupted`` when cut off). Personal health
+    data: PHI stream only, never logged. ``segment_id`` is what clinical records cite."""
+
+    TYPE: ClassVar[str] = "mediai.agent.transcribed.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    STREAM: ClassVar[str] = PHI_STREAM
+    dispatch_id: str
+    room: str
+    role: str
+    segment_id: str
+    speaker: str
+    participant_identity: str = ""
+    text: str
+    language: str = ""
+    interrupted: bool = False
+    spoken_at: datetime
 
 
 class AgentUsageReported(Event, frozen=True, kw_only=True):
@@ -13,6 +272,8 @@ class AgentUsageReported(Event, frozen=True, kw_only=True):
 
     Published every period while the session runs and once more (``final``) at its end, so a
     crash loses at most one period. Billing sums these; each report counts once (by event id).
+    ``sequence`` numbers the reports of one dispatch from 1; ``provider``, ``stt_model`` and
+    ``tts_model`` name what was used (``llm_model`` is the LLM or realtime model).
     """
 
     TYPE: ClassVar[str] = "mediai.agent.usage_reported.v1"
@@ -37,6 +298,25 @@ class AgentUsageReported(Event, frozen=True, kw_only=True):
     session_seconds: float = 0.0
     video_seconds: float = 0.0
     avatar_seconds: float = 0.0
+    sequence: int = 0
+    provider: str = ""
+    stt_model: str = ""
+    tts_model: str = ""
 
 
-EVENTS: tuple[type[Event], ...] = (AgentUsageReported,)
+EVENTS: tuple[type[Event], ...] = (
+    AgentDispatchRequested,
+    AgentDispatched,
+    AgentDispatchFailed,
+    AgentEndRequested,
+    AgentCommandIssued,
+    AgentWorkerStarted,
+    AgentWorkerExited,
+    AgentWorkerRegistered,
+    AgentSessionStarted,
+    AgentSessionFailed,
+    AgentSessionEnded,
+    AgentStateChanged,
+    AgentTranscribed,
+    AgentUsageReported,
+)

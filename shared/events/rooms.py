@@ -1,15 +1,51 @@
 """Events of rooms, participants, tracks, egress and ingress, and the LiveKit webhook edge.
 
 The webhook events carry the tenant's room name (not LiveKit's ``<tenant>~<room>``) and the
-time LiveKit stamped on the webhook, so projections are deterministic under replay.
+time LiveKit stamped on the webhook, so projections are deterministic under replay. A room that
+is not a tenant's (no ``<tenant>~`` prefix) is still recorded, under the tenant ``system``, with
+LiveKit's whole name as ``room``. Webhook events use LiveKit's webhook id as their event id, so a
+webhook LiveKit delivers twice is one event.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import msgspec
 
 from shared.events.base import Event
+
+# ---------------------------------------------------------------------------------------------
+# From LiveKit's webhooks (producer: webhooks)
+
+
+class RoomStarted(Event, frozen=True, kw_only=True):
+    """A LiveKit room started (``room_started``): created through the API or by a first join."""
+
+    TYPE: ClassVar[str] = "mediai.room.started.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    room_sid: str
+    # LiveKit's time the room was created (millisecond precision where LiveKit gives it).
+    started_at: datetime
+    empty_timeout: int = 0
+    departure_timeout: int = 0
+    max_participants: int = 0
+    metadata: str = ""
+
+
+class RoomFinished(Event, frozen=True, kw_only=True):
+    """A LiveKit room ended (``room_finished``): deleted, idle, or the server shut down."""
+
+    TYPE: ClassVar[str] = "mediai.room.finished.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    room_sid: str
+    started_at: datetime | None = None
+    finished_at: datetime
+    # LiveKit's RoomEndReason without its prefix: "api_delete", "idle_timeout", "unknown", ...
+    end_reason: str = ""
 
 
 class ParticipantJoined(Event, frozen=True, kw_only=True):
@@ -23,6 +59,9 @@ class ParticipantJoined(Event, frozen=True, kw_only=True):
     # "standard", "agent", "egress", "ingress", "sip" (LiveKit's ParticipantInfo.Kind)
     kind: str = "standard"
     joined_at: datetime
+    room_sid: str = ""
+    name: str = ""
+    metadata: str = ""
 
 
 class ParticipantLeft(Event, frozen=True, kw_only=True):
@@ -34,8 +73,46 @@ class ParticipantLeft(Event, frozen=True, kw_only=True):
     participant_sid: str
     identity: str
     kind: str = "standard"
+    # LiveKit stamps webhooks in whole seconds; never earlier than ``joined_at``.
     left_at: datetime
     aborted: bool = False
+    room_sid: str = ""
+    joined_at: datetime | None = None
+    # LiveKit's DisconnectReason, lower case: "client_initiated", "participant_removed", ...
+    disconnect_reason: str = ""
+
+
+class TrackPublished(Event, frozen=True, kw_only=True):
+    """A participant published a track (``track_published``)."""
+
+    TYPE: ClassVar[str] = "mediai.track.published.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    room_sid: str = ""
+    participant_sid: str
+    identity: str
+    track_sid: str
+    track_type: str  # "audio" | "video" | "data"
+    source: str = "unknown"  # "camera" | "microphone" | "screen_share" | "screen_share_audio"
+    name: str = ""
+    mime_type: str = ""
+    muted: bool = False
+    published_at: datetime
+
+
+class TrackUnpublished(Event, frozen=True, kw_only=True):
+    """A participant's track was unpublished (``track_unpublished``), or went with its owner."""
+
+    TYPE: ClassVar[str] = "mediai.track.unpublished.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    room_sid: str = ""
+    participant_sid: str
+    identity: str
+    track_sid: str
+    track_type: str
+    source: str = "unknown"
+    unpublished_at: datetime
 
 
 class EgressStarted(Event, frozen=True, kw_only=True):
@@ -46,6 +123,25 @@ class EgressStarted(Event, frozen=True, kw_only=True):
     room: str
     egress_id: str
     started_at: datetime
+    room_sid: str = ""
+    # "room_composite", "web", "participant", "track_composite", "track"
+    kind: str = ""
+    status: str = ""
+
+
+class EgressUpdated(Event, frozen=True, kw_only=True):
+    """An egress changed status (``egress_updated``: e.g. starting -> active -> ending)."""
+
+    TYPE: ClassVar[str] = "mediai.egress.updated.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    egress_id: str
+    room_sid: str = ""
+    kind: str = ""
+    # LiveKit's EgressStatus without "EGRESS_": "starting", "active", "ending", "complete", ...
+    status: str
+    updated_at: datetime
+    error: str = ""
 
 
 class EgressEnded(Event, frozen=True, kw_only=True):
@@ -57,7 +153,262 @@ class EgressEnded(Event, frozen=True, kw_only=True):
     egress_id: str
     started_at: datetime | None = None
     ended_at: datetime
+    # "complete", "failed", "aborted", "limit_reached"
     status: str
+    room_sid: str = ""
+    kind: str = ""
+    error: str = ""
 
 
-EVENTS: tuple[type[Event], ...] = (ParticipantJoined, ParticipantLeft, EgressStarted, EgressEnded)
+class IngressStarted(Event, frozen=True, kw_only=True):
+    """An ingress began receiving media and publishing it into its room (``ingress_started``)."""
+
+    TYPE: ClassVar[str] = "mediai.ingress.started.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    ingress_id: str
+    input_type: str  # "rtmp" | "whip" | "url"
+    participant_identity: str = ""
+    # LiveKit's IngressState.Status without "ENDPOINT_": "buffering", "publishing", ...
+    status: str = ""
+    started_at: datetime
+
+
+class IngressEnded(Event, frozen=True, kw_only=True):
+    """An ingress stopped receiving media (``ingress_ended``); it can start again later."""
+
+    TYPE: ClassVar[str] = "mediai.ingress.ended.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    room: str
+    ingress_id: str
+    input_type: str
+    participant_identity: str = ""
+    status: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime
+    error: str = ""
+
+
+class LiveKitWebhookReceived(Event, frozen=True, kw_only=True):
+    """A verified LiveKit webhook of a type MediAI has no dedicated event for: kept, not dropped.
+
+    ``payload`` is LiveKit's webhook document as sent (JSON, camelCase), minus credentials
+    (``turnPassword``), so a consumer written later can still read it.
+    """
+
+    TYPE: ClassVar[str] = "mediai.livekit.webhook_received.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    webhook_event: str
+    room: str = ""
+    room_sid: str = ""
+    occurred_at: datetime
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class WebhooksDropped(Event, frozen=True, kw_only=True):
+    """LiveKit reported that it dropped webhooks (its queue was full) before this one.
+
+    The events of those webhooks are missing from the log; the rooms service's reconciliation
+    heals the read model, and an operator may want to check usage around ``reported_at``.
+    """
+
+    TYPE: ClassVar[str] = "mediai.livekit.webhooks_dropped.v1"
+    PRODUCER: ClassVar[str] = "webhooks"
+    num_dropped: int
+    # The webhook that carried the report (its type and id).
+    webhook_event: str
+    webhook_id: str
+    reported_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions of the rooms service (producer: rooms)
+
+
+class RoomCreated(Event, frozen=True, kw_only=True):
+    """A tenant created a room through ``POST /v1/rooms``."""
+
+    TYPE: ClassVar[str] = "mediai.room.created.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    room_sid: str
+    empty_timeout: int = 0
+    departure_timeout: int = 0
+    max_participants: int = 0
+    metadata: str = ""
+
+
+class RoomDeleted(Event, frozen=True, kw_only=True):
+    """A tenant deleted a room through ``DELETE /v1/rooms/{name}`` (everyone is disconnected)."""
+
+    TYPE: ClassVar[str] = "mediai.room.deleted.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    room_sid: str = ""
+
+
+class ParticipantRemoved(Event, frozen=True, kw_only=True):
+    """A tenant removed a participant from a room (the participant is disconnected)."""
+
+    TYPE: ClassVar[str] = "mediai.participant.removed.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    identity: str
+    participant_sid: str = ""
+
+
+class ParticipantPermission(msgspec.Struct, frozen=True, kw_only=True):
+    """What a participant may do in its room (a subset of LiveKit's ParticipantPermission)."""
+
+    can_subscribe: bool
+    can_publish: bool
+    can_publish_data: bool
+    hidden: bool = False
+    # Track sources it may publish ("camera", "microphone", ...); empty = any.
+    can_publish_sources: list[str] = msgspec.field(default_factory=list)
+
+
+class ParticipantUpdated(Event, frozen=True, kw_only=True):
+    """A tenant changed a participant's name, metadata, attributes or permissions.
+
+    Only the parts that were changed are set; ``None`` means unchanged.
+    """
+
+    TYPE: ClassVar[str] = "mediai.participant.updated.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    identity: str
+    participant_sid: str = ""
+    name: str | None = None
+    metadata: str | None = None
+    attributes: dict[str, str] | None = None
+    permission: ParticipantPermission | None = None
+
+
+class TrackMuted(Event, frozen=True, kw_only=True):
+    """A tenant muted (``muted``) or unmuted a participant's published track."""
+
+    TYPE: ClassVar[str] = "mediai.track.muted.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    identity: str
+    track_sid: str
+    muted: bool
+
+
+class DataMessageSent(Event, frozen=True, kw_only=True):
+    """A data message was sent into a room (to everyone, or to ``destination_identities``).
+
+    The payload itself is not recorded: it may carry clinical content.
+    """
+
+    TYPE: ClassVar[str] = "mediai.room.data_sent.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    topic: str = ""
+    destination_identities: list[str] = msgspec.field(default_factory=list)
+    reliable: bool = True
+    size_bytes: int
+
+
+class EgressRequested(Event, frozen=True, kw_only=True):
+    """A tenant started an egress: LiveKit accepted it; ``mediai.egress.started`` follows."""
+
+    TYPE: ClassVar[str] = "mediai.egress.requested.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    egress_id: str
+    kind: str  # "room_composite" | "track"
+    # What it writes: "mp4", "ogg", "hls", "rtmp" (one entry per output).
+    outputs: list[str] = msgspec.field(default_factory=list)
+    track_sid: str = ""
+
+
+class EgressStopRequested(Event, frozen=True, kw_only=True):
+    """A tenant asked LiveKit to stop an egress; ``mediai.egress.ended`` follows."""
+
+    TYPE: ClassVar[str] = "mediai.egress.stop_requested.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    egress_id: str
+
+
+class IngressCreated(Event, frozen=True, kw_only=True):
+    """A tenant created an ingress (an RTMP/WHIP endpoint or a URL pull) into a room.
+
+    The stream key is a credential and is never recorded.
+    """
+
+    TYPE: ClassVar[str] = "mediai.ingress.created.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    ingress_id: str
+    input_type: str  # "rtmp" | "whip" | "url"
+    participant_identity: str
+    name: str = ""
+
+
+class IngressDeleted(Event, frozen=True, kw_only=True):
+    """A tenant deleted an ingress; media sent to it afterwards is refused."""
+
+    TYPE: ClassVar[str] = "mediai.ingress.deleted.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    ingress_id: str
+
+
+class ReconciledParticipant(msgspec.Struct, frozen=True, kw_only=True):
+    """A participant whose presence the reconciliation corrected."""
+
+    participant_sid: str
+    identity: str
+    kind: str = "standard"
+
+
+class RoomReconciled(Event, frozen=True, kw_only=True):
+    """The rooms service found its read model out of step with LiveKit and corrected it.
+
+    This happens when webhooks were dropped or lost. ``participants_gone`` were shown as present
+    but LiveKit no longer lists them: they left at some time before ``observed_at`` (usage that
+    ends on a ``mediai.participant.left`` never seen should end here). ``participants_found``
+    were present in LiveKit without a ``mediai.participant.joined``. ``room_gone`` means the
+    room itself no longer exists in LiveKit.
+    """
+
+    TYPE: ClassVar[str] = "mediai.room.reconciled.v1"
+    PRODUCER: ClassVar[str] = "rooms"
+    room: str
+    room_sid: str
+    observed_at: datetime
+    room_gone: bool = False
+    room_found: bool = False
+    participants_gone: list[ReconciledParticipant] = msgspec.field(default_factory=list)
+    participants_found: list[ReconciledParticipant] = msgspec.field(default_factory=list)
+
+
+EVENTS: tuple[type[Event], ...] = (
+    RoomStarted,
+    RoomFinished,
+    ParticipantJoined,
+    ParticipantLeft,
+    TrackPublished,
+    TrackUnpublished,
+    EgressStarted,
+    EgressUpdated,
+    EgressEnded,
+    IngressStarted,
+    IngressEnded,
+    LiveKitWebhookReceived,
+    WebhooksDropped,
+    RoomCreated,
+    RoomDeleted,
+    ParticipantRemoved,
+    ParticipantUpdated,
+    TrackMuted,
+    DataMessageSent,
+    EgressRequested,
+    EgressStopRequested,
+    IngressCreated,
+    IngressDeleted,
+    RoomReconciled,
+)
