@@ -10,6 +10,8 @@ UV := $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 # Nothing at run time may fetch models from a hub (they ship inside the wheels).
 export HF_HUB_OFFLINE := 1
+# Go's own installer puts it here, not always on PATH.
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: up test install system-packages livekit lint typecheck docs clean
 

@@ -33,9 +33,7 @@ def binary_path() -> Path:
 
 
 def _go() -> str | None:
-    return shutil.which("go") or next(
-        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
-    )
+    return shutil.which("go")
 
 
 def ensure_binary(announce: bool = True) -> Path:

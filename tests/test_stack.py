@@ -131,3 +131,19 @@ def test_status_without_a_stack_says_so(up_settings: Settings) -> None:
     result = mediai(up_settings, "status")
     assert result.returncode == 3
     assert "no stack is running" in result.stdout
+
+
+def test_without_go_or_livekit_url_the_build_says_how_to_fix_it(tmp_path: Path) -> None:
+    no_go = tmp_path / "bin"
+    no_go.mkdir()
+    (no_go / "python3").symlink_to(sys.executable)
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy", "livekit", "build"],
+        env={"PATH": str(no_go), "MEDIAI_CACHE_DIR": str(tmp_path / "cache")},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "mediai: LiveKit server: Go is not installed and LIVEKIT_URL is not set; install Go "
+        "1.23+ (https://go.dev/dl) or set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
+    ]
