@@ -273,7 +273,10 @@ class Consumer:
         while True:
             try:
                 messages = await subscription.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # nats-py raises its own TimeoutError, or a plain asyncio one when the wait ran
+                # out after its first probe (under load); either is "no message yet", and not
+                # catching both let the consumer task die unseen.
                 # nats-py's fetch turns a cancellation into a timeout: honour the cancellation.
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():

@@ -204,6 +204,26 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 Background = Callable[[Litestar], Any]
 
 
+async def _relay_outbox(app: Litestar) -> None:
+    await run_outbox_relay(app.state.pool, app.state.bus)
+
+
+async def _supervised(start: Background, app: Litestar) -> None:
+    """Run a background loop for the app's lifetime, restarting it (and logging why) when it
+    fails: a consumer that died unseen would leave events unhandled while the service still
+    answered ready."""
+    name = getattr(start, "__name__", repr(start))
+    delay = 0.5
+    while True:
+        try:
+            await start(app)
+            log.warning("background task %s returned; restarting it", name)
+        except Exception:
+            log.exception("background task %s failed; restarting it in %.1fs", name, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
 def create_service_app(
     *,
     service: str,
@@ -216,7 +236,7 @@ def create_service_app(
     """A Litestar app for one MediAI service.
 
     ``background`` functions get the app and return coroutines that run for the app's
-    lifetime (consumers, relays); they are cancelled on shutdown.
+    lifetime (consumers, relays): restarted if they fail, cancelled on shutdown.
     """
     setup_telemetry(service, settings)
 
@@ -225,8 +245,9 @@ def create_service_app(
         app.state.settings = settings
         app.state.pool = await create_pool(settings)
         app.state.bus = await connect_bus(settings, service)
-        tasks = [asyncio.create_task(run_outbox_relay(app.state.pool, app.state.bus))]
-        tasks += [asyncio.create_task(start(app)) for start in background]
+        tasks = [
+            asyncio.create_task(_supervised(start, app)) for start in (_relay_outbox, *background)
+        ]
         try:
             yield
         finally:

@@ -1,0 +1,1 @@
+"""The scheduling service: doctors, their schedules, appointments, and anamnesis records."""

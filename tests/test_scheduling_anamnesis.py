@@ -1,0 +1,217 @@
+"""Anamnesis records: the intake questionnaire, FHIR validation, storage from the PHI stream, and
+``GET /v1/consultations/{room}/anamnesis``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fhir.resources.R4B.questionnaire import Questionnaire
+
+from deploy.stack import StackState
+from services.scheduling.anamnesis import InvalidRecordError, store_record, validate_record
+from shared.bus import Bus, Delivery
+from shared.events import DeadLettered, envelope
+from shared.events.clinical import AnamnesisRecorded, TranscriptRef
+from shared.tenants import authenticate
+from tests.support import watch
+
+QUESTIONNAIRE = (Path(__file__).resolve().parent.parent / "services" / "agent" / "roles"
+                 / "intake" / "questionnaire.json")
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def link_ids(items: list[dict[str, Any]]) -> list[str]:
+    found: list[str] = []
+    for item in items:
+        found.append(item["linkId"])
+        found += link_ids(item.get("item", []))
+    return found
+
+
+def response(chief_complaint: str = "Dor de cabeça há três dias") -> dict[str, Any]:
+    """A QuestionnaireResponse to the intake questionnaire, as the intake agent would record it."""
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "language": "pt-BR",
+        "questionnaire": "urn:mediai:fhir:Questionnaire:anamnesis-intake",
+        "status": "completed",
+        "authored": "2026-01-15T12:30:00-03:00",
+        "item": [
+            {"linkId": "queixa-principal", "item": [
+                {"linkId": "queixa-principal.descricao",
+                 "answer": [{"valueString": chief_complaint}]},
+            ]},
+            {"linkId": "hda", "item": [
+                {"linkId": "hda.inicio", "answer": [{"valueString": "de repente, na segunda"}]},
+                {"linkId": "hda.intensidade", "answer": [{"valueInteger": 6}]},
+            ]},
+            {"linkId": "alergias", "item": [
+                {"linkId": "alergias.possui", "answer": [{"valueBoolean": True}]},
+                {"linkId": "alergias.lista", "answer": [{"valueString": "dipirona: urticária"}]},
+            ]},
+            {"linkId": "historia-social", "item": [
+                {"linkId": "historia-social.tabagismo", "answer": [{"valueCoding": {
+                    "system": "urn:mediai:fhir:CodeSystem:anamnesis", "code": "tabagismo-nunca",
+                    "display": "Nunca fumou"}}]},
+            ]},
+        ],
+    }
+
+
+def record(room: str, **overrides: Any) -> AnamnesisRecorded:
+    values: dict[str, Any] = {
+        "dispatch_id": f"dispatch-{tag()}",
+        "room": room,
+        "questionnaire_response": response(),
+        "summary_pt_br": "Cefaleia súbita há 3 dias, intensidade 6/10; alergia a dipirona.",
+        "transcript_refs": [
+            TranscriptRef(link_id="queixa-principal.descricao", segment_ids=["seg-1"]),
+            TranscriptRef(link_id="hda.intensidade", segment_ids=["seg-4", "seg-5"]),
+        ],
+    }
+    values.update(overrides)
+    return AnamnesisRecorded(**values)
+
+
+def test_the_intake_questionnaire_is_valid_fhir_in_pt_br() -> None:
+    document = json.loads(QUESTIONNAIRE.read_text(encoding="utf-8"))
+    questionnaire = Questionnaire.model_validate(document)
+    assert questionnaire.status == "active"
+    assert document["language"] == "pt-BR"
+    ids = link_ids(document["item"])
+    assert len(ids) == len(set(ids)), "linkIds must be unique"
+    sections = {item["linkId"]: item for item in document["item"]}
+    assert {"identificacao", "queixa-principal", "hda", "antecedentes", "medicamentos",
+            "alergias", "historia-familiar", "historia-social", "revisao-sistemas"} <= set(sections)
+    assert {"hda.inicio", "hda.duracao", "hda.intensidade", "hda.fatores-piora",
+            "hda.fatores-melhora"} <= set(link_ids(sections["hda"]["item"]))
+    assert sections["queixa-principal"]["required"] is True
+    for item in (i for s in document["item"] for i in s.get("item", [])):
+        for condition in item.get("enableWhen", []):
+            assert condition["question"] in ids, item["linkId"]
+
+
+def test_every_answer_of_a_response_uses_a_questionnaire_link_id() -> None:
+    known = set(link_ids(json.loads(QUESTIONNAIRE.read_text(encoding="utf-8"))["item"]))
+    assert set(link_ids(response()["item"])) <= known
+    validate_record(record("consulta-1"))  # valid FHIR R4 QuestionnaireResponse
+
+
+def broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    document = copy.deepcopy(response())
+    change(document)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"questionnaire_response": broken(lambda d: d.pop("status"))}, "status"),
+        ({"questionnaire_response": broken(lambda d: d.update(status="done"))}, "status code"),
+        ({"questionnaire_response": broken(lambda d: d.update(resourceType="Patient"))}, "valid"),
+        ({"questionnaire_response": broken(lambda d: d.update(diagnosis="x"))}, "diagnosis"),
+        ({"questionnaire_response": broken(lambda d: d["item"][0].pop("linkId"))}, "linkId"),
+        ({"transcript_refs": [TranscriptRef(link_id="invented", segment_ids=["s"])]}, "linkId"),
+        ({"room": "not a room"}, "room"),
+    ],
+)
+def test_records_that_are_not_valid_fhir_are_refused(
+    overrides: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidRecordError, match=problem) as error:
+        validate_record(record(**{"room": "consulta-1", **overrides}))
+    assert "Dor de cabeça" not in str(error.value)  # reasons never carry clinical content
+
+
+@pytest.fixture
+async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
+    tenant = await authenticate(pool, tenant_key)
+    assert tenant is not None
+    return tenant.id
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Wait until ``probe()`` is true (the consumer stores records asynchronously and announces
+    nothing), or fail."""
+    async with asyncio.timeout(seconds):
+        while not await probe():  # noqa: ASYNC110 - polling an HTTP answer: no event to await
+            await asyncio.sleep(0.05)
+
+
+async def test_a_recorded_anamnesis_is_served_for_its_room_only(
+    bus: Bus, api: httpx.AsyncClient, stack: StackState, other_tenant_key: str, tenant_id: str
+) -> None:
+    room = f"consulta-{tag()}"
+    url = f"/v1/consultations/{room}/anamnesis"
+    missing = await api.get(url)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "anamnesis_not_found"
+
+    first = record(room)
+    await bus.publish(first, tenant=tenant_id, key=room)
+
+    async def stored(summary: str) -> bool:
+        answer = await api.get(url)
+        return answer.status_code == 200 and answer.json()["summaryPtBr"] == summary
+
+    await eventually(lambda: stored(first.summary_pt_br))
+    body = (await api.get(url)).json()
+    assert body["room"] == room
+    assert body["dispatchId"] == first.dispatch_id
+    assert body["questionnaireResponse"] == first.questionnaire_response
+    assert body["transcriptRefs"] == [
+        {"linkId": "queixa-principal.descricao", "segmentIds": ["seg-1"]},
+        {"linkId": "hda.intensidade", "segmentIds": ["seg-4", "seg-5"]},
+    ]
+
+    amended = record(room, summary_pt_br="Resumo revisado.",
+                     questionnaire_response={**response(), "status": "amended"})
+    await bus.publish(amended, tenant=tenant_id, key=room)
+    await eventually(lambda: stored("Resumo revisado."))  # the newest record wins
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, headers={
+            "Authorization": f"Bearer {other_tenant_key}"}) as other:
+        elsewhere = await other.get(url)
+    assert elsewhere.status_code == 404
+    assert (await api.get("/v1/consultations/no-such-room/anamnesis")).status_code == 404
+    assert (await api.get("/v1/consultations/bad~room/anamnesis")).status_code == 404
+
+
+async def test_an_invalid_record_is_dead_lettered_and_never_served(
+    bus: Bus, api: httpx.AsyncClient, tenant_id: str
+) -> None:
+    room = f"consulta-{tag()}"
+    invalid = record(room, questionnaire_response={"resourceType": "QuestionnaireResponse",
+                                                   "item": [{"text": "Dor de cabeça"}]})
+    async with watch(bus, DeadLettered) as letters:
+        published = await bus.publish(invalid, tenant=tenant_id, key=room)
+        letter = await letters.wait_for(
+            lambda e: isinstance(e.data, DeadLettered) and e.data.original_event_id == published.id)
+    assert isinstance(letter.data, DeadLettered)
+    assert letter.data.consumer == "scheduling-anamnesis"
+    assert letter.data.reason.startswith("poison: not a valid FHIR QuestionnaireResponse")
+    assert "Dor de cabeça" not in letter.data.reason
+    assert (await api.get(f"/v1/consultations/{room}/anamnesis")).status_code == 404
+
+
+async def test_a_redelivered_record_is_stored_once(pool: asyncpg.Pool, tenant_id: str) -> None:
+    room = f"consulta-{tag()}"
+    event = envelope(record(room), source="mediai/agent", tenant=tenant_id, subject=room)
+    consumer = f"test-anamnesis-{tag()}"
+    for attempt in (1, 2):
+        await store_record(pool, event, Delivery(consumer=consumer, stream_sequence=7,
+                                                 deliveries=attempt))
+    rows = await pool.fetchval("SELECT count(*) FROM anamnesis_records WHERE room = $1", room)
+    assert rows == 1
