@@ -94,7 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_jobs_per_worker: int = 4
     agent_scale_up_load: float = 0.75
     agent_idle_processes: int = 1
-    agent_drain_timeout: int = 5
+    # Seconds a stopping worker gives its sessions to end gracefully (the local stack stops
+    # within 10 s; production wants minutes, below the orchestrator's grace period).
+    agent_drain_timeout: int = 3
 
     # Billing: the time zone of billing months and days (invoices, usage by day), how long after
     # a month ends its invoices are issued (late events land first), and how far before an

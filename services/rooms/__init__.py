@@ -1,0 +1,1 @@
+"""The rooms service: rooms, participants, data messages, egress and ingress, per tenant."""

@@ -1,0 +1,143 @@
+"""The LiveKit server API as the rooms service uses it: one client, LiveKit's errors mapped to
+ours, and LiveKit's objects turned into read-model rows."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from livekit import api as lk
+from livekit.api.twirp_client import ServerError
+from livekit.protocol import models as lk_models
+
+from services.rooms.core import SYSTEM_TENANT, ParticipantRow, RoomRow, TrackRow
+from services.rooms.errors import (
+    EgressUnavailableError,
+    IngressUnavailableError,
+    LiveKitUnavailableError,
+)
+from shared.config import Settings
+from shared.http import ApiError, NotFoundError
+from shared.naming import split_livekit_room
+
+log = logging.getLogger(__name__)
+
+EGRESS_HELP = (
+    "no LiveKit egress service is connected to the LiveKit server, so rooms cannot be recorded "
+    "or streamed; run LiveKit Egress next to the server (see docs/rooms.md)"
+)
+INGRESS_HELP = (
+    "no LiveKit ingress service is connected to the LiveKit server, so external streams cannot "
+    "be brought into rooms; run LiveKit Ingress next to the server (see docs/rooms.md)"
+)
+
+
+def livekit_api(settings: Settings) -> lk.LiveKitAPI:
+    return lk.LiveKitAPI(
+        settings.livekit_url,
+        settings.livekit_api_key,
+        settings.livekit_api_secret,
+        timeout=aiohttp.ClientTimeout(total=10),
+    )
+
+
+def _message(error: ServerError) -> str:
+    return error.message.removeprefix("twirp error unknown: ")
+
+
+@contextlib.asynccontextmanager
+async def calling(not_found: ApiError | None = None) -> AsyncIterator[None]:
+    """Map LiveKit's errors: not found -> ``not_found`` (404), a missing egress or ingress
+    service -> 503 naming it, bad input -> 400, anything else -> 503."""
+    try:
+        yield
+    except ServerError as error:
+        message = _message(error)
+        if "egress not connected" in message:
+            raise EgressUnavailableError(EGRESS_HELP) from None
+        if "ingress not connected" in message:
+            raise IngressUnavailableError(INGRESS_HELP) from None
+        if error.code == "not_found":
+            raise (not_found or NotFoundError(message)) from None
+        if error.code in ("invalid_argument", "malformed", "out_of_range", "already_exists"):
+            raise ApiError(
+                f"LiveKit refused the request: {message}", code="livekit_refused"
+            ) from None
+        log.warning("LiveKit API error %s (%s)", error.code, error.status)
+        raise LiveKitUnavailableError(f"LiveKit could not do it: {message}") from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        log.warning("LiveKit API unreachable: %s", type(error).__name__)
+        raise LiveKitUnavailableError("the LiveKit server is unreachable; retry shortly") from None
+
+
+def _time(value: int) -> datetime | None:
+    """A LiveKit timestamp; LiveKit mixes seconds, ms and ns, so go by size."""
+    if value <= 0:
+        return None
+    for limit, scale in ((10**17, 1e9), (10**14, 1e6), (10**11, 1e3)):
+        if value >= limit:
+            return datetime.fromtimestamp(value / scale, UTC)
+    return datetime.fromtimestamp(value, UTC)
+
+
+def enum_name(enum: Any, value: int, prefix: str = "") -> str:
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def room_row(room: lk_models.Room) -> RoomRow:
+    parts = split_livekit_room(room.name)
+    tenant, name = parts if parts is not None else (SYSTEM_TENANT, room.name)
+    return RoomRow(
+        sid=room.sid,
+        tenant=tenant,
+        name=name,
+        livekit_name=room.name,
+        created_at=_time(room.creation_time_ms) or _time(room.creation_time),
+        empty_timeout=room.empty_timeout,
+        departure_timeout=room.departure_timeout,
+        max_participants=room.max_participants,
+        metadata=room.metadata,
+    )
+
+
+def participant_row(info: lk_models.ParticipantInfo, room: RoomRow) -> ParticipantRow:
+    return ParticipantRow(
+        sid=info.sid,
+        room_sid=room.sid,
+        tenant=room.tenant,
+        room=room.name,
+        identity=info.identity,
+        name=info.name,
+        kind=enum_name(lk_models.ParticipantInfo.Kind, info.kind),
+        metadata=info.metadata,
+        joined_at=_time(info.joined_at_ms) or _time(info.joined_at),
+    )
+
+
+def track_row(track: lk_models.TrackInfo, participant: ParticipantRow) -> TrackRow:
+    return TrackRow(
+        sid=track.sid,
+        participant_sid=participant.sid,
+        room_sid=participant.room_sid,
+        tenant=participant.tenant,
+        type=enum_name(lk_models.TrackType, track.type),
+        source=enum_name(lk_models.TrackSource, track.source),
+        name=track.name,
+        mime_type=track.mime_type,
+        muted=track.muted,
+    )
+
+
+async def find_room(api: lk.LiveKitAPI, livekit_name: str) -> lk_models.Room | None:
+    """The room in LiveKit now (authoritative, unlike the read model), or None."""
+    async with calling():
+        listing = await api.room.list_rooms(lk.ListRoomsRequest(names=[livekit_name]))
+    return listing.rooms[0] if listing.rooms else None

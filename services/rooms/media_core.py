@@ -1,0 +1,133 @@
+"""The read model's rules for egress and ingress rows, free of I/O (see ``core`` for rooms)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from msgspec.structs import replace
+
+from shared.events.rooms import (
+    EgressEnded,
+    EgressStarted,
+    EgressUpdated,
+    IngressEnded,
+    IngressStarted,
+)
+
+# Egress statuses in the order they happen; the four terminal ones share the last rank.
+_EGRESS_RANK = {
+    "starting": 0,
+    "active": 1,
+    "ending": 2,
+    "complete": 3,
+    "failed": 3,
+    "aborted": 3,
+    "limit_reached": 3,
+}
+
+
+class EgressRow(msgspec.Struct, frozen=True, kw_only=True):
+    egress_id: str
+    tenant: str
+    room: str
+    room_sid: str = ""
+    kind: str = ""
+    outputs: list[str] = msgspec.field(default_factory=list)
+    status: str = "starting"
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str = ""
+
+
+class IngressRow(msgspec.Struct, frozen=True, kw_only=True):
+    ingress_id: str
+    tenant: str
+    room: str
+    input_type: str = ""
+    name: str = ""
+    participant_identity: str = ""
+    url: str = ""
+    status: str = "inactive"
+    state_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str = ""
+    created_at: datetime | None = None
+    deleted_at: datetime | None = None
+
+
+def egress_status(row: EgressRow, status: str) -> EgressRow:
+    """Move to ``status`` if it comes later; the first terminal status is final."""
+    if _EGRESS_RANK.get(status, -1) <= _EGRESS_RANK.get(row.status, -1):
+        return row
+    return replace(row, status=status)
+
+
+def egress_requested(row: EgressRow | None, requested: EgressRow) -> EgressRow:
+    """LiveKit accepted our start request; its webhooks may already have moved the row on."""
+    if row is None:
+        return requested
+    return egress_status(
+        replace(
+            row,
+            requested_at=requested.requested_at,
+            outputs=requested.outputs,
+            kind=row.kind or requested.kind,
+            room_sid=row.room_sid or requested.room_sid,
+        ),
+        requested.status,
+    )
+
+
+def on_egress_event(
+    row: EgressRow | None, event: EgressStarted | EgressUpdated | EgressEnded, tenant: str
+) -> EgressRow:
+    base = row or EgressRow(egress_id=event.egress_id, tenant=tenant, room=event.room)
+    base = replace(base, room_sid=base.room_sid or event.room_sid, kind=base.kind or event.kind)
+    if isinstance(event, EgressStarted):
+        base = replace(base, started_at=base.started_at or event.started_at)
+        return egress_status(base, event.status or "starting")
+    if isinstance(event, EgressUpdated):
+        return egress_status(replace(base, error=event.error or base.error), event.status)
+    base = replace(
+        base,
+        started_at=base.started_at or event.started_at,
+        ended_at=base.ended_at or event.ended_at,
+        error=event.error or base.error,
+    )
+    return egress_status(base, event.status or "complete")
+
+
+def on_ingress_event(
+    row: IngressRow | None, event: IngressStarted | IngressEnded, tenant: str
+) -> IngressRow:
+    """An ingress starts and ends once per stream pushed to it: the latest state wins."""
+    base = row or IngressRow(
+        ingress_id=event.ingress_id,
+        tenant=tenant,
+        room=event.room,
+        input_type=event.input_type,
+        participant_identity=event.participant_identity,
+    )
+    at = event.started_at if isinstance(event, IngressStarted) else event.ended_at
+    if base.state_at is not None and at < base.state_at:
+        return base
+    if isinstance(event, IngressStarted):
+        return replace(
+            base,
+            status=event.status or "publishing",
+            started_at=at,
+            ended_at=None,
+            error="",
+            state_at=at,
+        )
+    return replace(
+        base,
+        status=event.status or "complete",
+        ended_at=at,
+        started_at=base.started_at or event.started_at,
+        error=event.error,
+        state_at=at,
+    )

@@ -1,0 +1,1 @@
+"""The webhooks service: LiveKit's signed webhooks in, one deduplicated event each out."""
