@@ -1,0 +1,212 @@
+"""The billing service: the usage projection, usage and invoices, audits by replay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+from litestar import Litestar, get, post
+from litestar.params import Parameter
+
+from services.billing import admin, invoices, queries
+from services.billing.audit import PriceBookNotFoundError, run_audit
+from services.billing.consumers import USAGE_PROJECTION, usage_handler
+from services.billing.meters import DEFAULT
+from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
+from services.billing.pricing import PricingError
+from services.billing.replay import ReplayError
+from services.billing.schemas import (
+    AuditReport,
+    AuditRequest,
+    Invoice,
+    InvoiceList,
+    LimitsReport,
+    UsageReport,
+    UsageRow,
+)
+from shared.bus import Bus, Consumer
+from shared.config import Settings
+from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
+from shared.tenants import Tenant
+
+log = logging.getLogger(__name__)
+INVOICE_CHECK_SECONDS = 600.0
+FROM_HELP = "A date (its whole day, billing time zone) or an ISO instant; default: this month"
+TO_HELP = "A date (included) or an ISO instant (excluded); default: the end of this month"
+GroupBy = Literal["room", "dispatch", "meter", "day"]
+
+
+class InvalidPeriodError(ApiError):
+    status_code = 400
+    code = "invalid_period"
+
+
+class PricingUnavailableError(ApiError):
+    status_code = 409
+    code = "pricing_unavailable"
+
+
+def _zone(settings: Settings) -> ZoneInfo:
+    return ZoneInfo(settings.billing_timezone)
+
+
+def _period(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The requested range; the current billing month when a bound is left out."""
+    current = month_of(datetime.now(UTC), zone)
+    try:
+        begin = parse_bound(start, zone, end=False) if start else current.start
+        finish = parse_bound(end, zone, end=True) if end else current.end
+        return period(begin, finish)
+    except PeriodError as error:
+        raise InvalidPeriodError(str(error)) from None
+
+
+@get("/v1/usage", operation_id="getUsage", summary="Usage of the caller's tenant, grouped")
+async def get_usage(
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    start: Annotated[str | None, Parameter(query="from", description=FROM_HELP)] = None,
+    end: Annotated[str | None, Parameter(query="to", description=TO_HELP)] = None,
+    group_by: Annotated[GroupBy, Parameter(query="group_by")] = "meter",
+) -> UsageReport:
+    zone = _zone(settings)
+    begin, finish = _period(start, end, zone)
+    async with pool.acquire() as conn:
+        rows = await queries.usage_by(
+            conn, tenant.id, period(begin, finish), group_by, settings.billing_timezone, DEFAULT
+        )
+        open_count = await queries.open_intervals(conn, tenant.id, period(begin, finish))
+    return UsageReport(
+        start=begin,
+        end=finish,
+        group_by=group_by,
+        timezone=settings.billing_timezone,
+        rows=[
+            UsageRow(
+                group=r["grp"],
+                meter=r["meter"],
+                unit=DEFAULT.unit(r["meter"]),
+                quantity=r["quantity"],
+            )
+            for r in rows
+        ],
+        open_intervals=open_count,
+    )
+
+
+@get("/v1/usage/limits", operation_id="getUsageLimits", summary="Monthly caps, this month")
+async def get_limits(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> LimitsReport:
+    async with pool.acquire() as conn:
+        return await admin.limits_report(conn, tenant.id, datetime.now(UTC), _zone(settings))
+
+
+@get("/v1/invoices", operation_id="listInvoices", summary="Issued invoices and drafts")
+async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> InvoiceList:
+    async with pool.acquire() as conn:
+        try:
+            found = await invoices.summaries(conn, tenant.id, _zone(settings), DEFAULT)
+        except PricingError as error:
+            raise PricingUnavailableError(str(error)) from None
+    return InvoiceList(invoices=found)
+
+
+@get("/v1/invoices/{invoice_id:str}", operation_id="getInvoice", summary="One invoice")
+async def get_invoice(
+    invoice_id: str, tenant: Tenant, pool: asyncpg.Pool, settings: Settings
+) -> Invoice:
+    async with pool.acquire() as conn:
+        try:
+            found = await invoices.find(conn, tenant.id, invoice_id, _zone(settings), DEFAULT)
+        except PricingError as error:
+            raise PricingUnavailableError(str(error)) from None
+    if found is None:
+        raise NotFoundError(f"no invoice {invoice_id}")
+    return found
+
+
+@post("/v1/audits", operation_id="createAudit", summary="Audit by replay of the stream")
+async def create_audit(
+    data: AuditRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, settings: Settings
+) -> AuditReport:
+    zone = _zone(settings)
+    if (data.price_plan is None) != (data.price_version is None):
+        raise ApiError(
+            "give both pricePlan and priceVersion for a what-if, or neither",
+            code="invalid_price_book",
+        )
+    try:
+        chosen = parse_range(data.start, data.end, zone)
+    except PeriodError as error:
+        raise InvalidPeriodError(str(error)) from None
+    what_if = None
+    if data.price_plan is not None and data.price_version is not None:
+        what_if = (data.price_plan, data.price_version)
+    try:
+        return await run_audit(
+            pool,
+            bus,
+            tenant=tenant.id,
+            period=chosen,
+            zone=zone,
+            lookback=timedelta(seconds=settings.billing_audit_lookback),
+            what_if=what_if,
+        )
+    except PriceBookNotFoundError as error:
+        raise NotFoundError(str(error), code="price_book_not_found") from None
+    except PricingError as error:
+        raise PricingUnavailableError(str(error)) from None
+    except ReplayError as error:
+        raise ServiceUnavailableError(str(error)) from None
+
+
+@get("/v1/audits/{audit_id:str}", operation_id="getAudit", summary="A past audit's report")
+async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
+    report = await pool.fetchval(
+        "SELECT report FROM billing.audits WHERE id = $1 AND tenant = $2", audit_id, tenant.id
+    )
+    if report is None:
+        raise NotFoundError(f"no audit {audit_id}")
+    return msgspec.convert(report, AuditReport)
+
+
+def _projection(app: Litestar) -> Any:
+    settings: Settings = app.state.settings
+    handler = usage_handler(app.state.pool, _zone(settings))
+    return Consumer(app.state.bus, USAGE_PROJECTION, handler).run()
+
+
+async def _invoice_schedule(app: Litestar) -> None:
+    """Issue last month's invoices once its grace period is over (checked every few minutes)."""
+    settings: Settings = app.state.settings
+    while True:
+        try:
+            await invoices.issue_due(
+                app.state.pool,
+                datetime.now(UTC),
+                timedelta(seconds=settings.billing_invoice_grace),
+                _zone(settings),
+                DEFAULT,
+            )
+        except (asyncpg.PostgresError, OSError, PricingError) as error:
+            log.warning("invoice schedule: %s: %s", type(error).__name__, error)
+        await asyncio.sleep(INVOICE_CHECK_SECONDS)
+
+
+def create_app(settings: Settings) -> Litestar:
+    return create_service_app(
+        service="billing",
+        settings=settings,
+        route_handlers=[get_usage, get_limits, list_invoices, get_invoice, create_audit, get_audit],
+        background=[_projection, _invoice_schedule],
+        description=(
+            "Usage metered from the event log (per minute, tenant, room, dispatch and meter), "
+            "priced by versioned price books in integer cents, invoiced monthly, and auditable "
+            "by replaying the raw stream."
+        ),
+    )
