@@ -8,7 +8,7 @@ from livekit import api as lk
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
-from services.webhooks.core import SYSTEM_TENANT, Publication, from_unix, tenant_room, translate
+from services.webhooks.core import Publication, translate
 from shared.events.rooms import (
     EgressEnded,
     EgressStarted,
@@ -24,6 +24,8 @@ from shared.events.rooms import (
     TrackUnpublished,
     WebhooksDropped,
 )
+from shared.livekit_proto import from_unix
+from shared.naming import SYSTEM_TENANT, tenant_room
 
 TENANT = "tabcdefghij"
 ROOM = models.Room(

@@ -24,9 +24,7 @@ from shared.events.rooms import (
     TrackPublished,
     TrackUnpublished,
 )
-from shared.naming import livekit_room
-
-SYSTEM_TENANT = "system"
+from shared.naming import SYSTEM_TENANT, livekit_room
 
 # Who closed a row, weakest first: a stronger source may correct a weaker one's time.
 WEBHOOK, API, RECONCILE = "webhook", "api", "reconcile"

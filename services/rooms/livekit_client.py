@@ -6,15 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 from livekit import api as lk
 from livekit.api.twirp_client import ServerError
 from livekit.protocol import models as lk_models
 
-from services.rooms.core import SYSTEM_TENANT, ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow, TrackRow
 from services.rooms.errors import (
     EgressUnavailableError,
     IngressUnavailableError,
@@ -22,7 +20,8 @@ from services.rooms.errors import (
 )
 from shared.config import Settings
 from shared.http import ApiError, NotFoundError
-from shared.naming import split_livekit_room
+from shared.livekit_proto import enum_name, from_unix
+from shared.naming import tenant_room
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +73,14 @@ async def calling(not_found: ApiError | None = None) -> AsyncIterator[None]:
         raise LiveKitUnavailableError("the LiveKit server is unreachable; retry shortly") from None
 
 
-def _time(value: int) -> datetime | None:
-    """A LiveKit timestamp; LiveKit mixes seconds, ms and ns, so go by size."""
-    if value <= 0:
-        return None
-    for limit, scale in ((10**17, 1e9), (10**14, 1e6), (10**11, 1e3)):
-        if value >= limit:
-            return datetime.fromtimestamp(value / scale, UTC)
-    return datetime.fromtimestamp(value, UTC)
-
-
-def enum_name(enum: Any, value: int, prefix: str = "") -> str:
-    try:
-        name: str = enum.Name(value)
-    except ValueError:
-        return str(value)
-    return name.removeprefix(prefix).lower()
-
-
 def room_row(room: lk_models.Room) -> RoomRow:
-    parts = split_livekit_room(room.name)
-    tenant, name = parts if parts is not None else (SYSTEM_TENANT, room.name)
+    tenant, name = tenant_room(room.name)
     return RoomRow(
         sid=room.sid,
         tenant=tenant,
         name=name,
         livekit_name=room.name,
-        created_at=_time(room.creation_time_ms) or _time(room.creation_time),
+        created_at=from_unix(room.creation_time_ms) or from_unix(room.creation_time),
         empty_timeout=room.empty_timeout,
         departure_timeout=room.departure_timeout,
         max_participants=room.max_participants,
@@ -118,7 +98,7 @@ def participant_row(info: lk_models.ParticipantInfo, room: RoomRow) -> Participa
         name=info.name,
         kind=enum_name(lk_models.ParticipantInfo.Kind, info.kind),
         metadata=info.metadata,
-        joined_at=_time(info.joined_at_ms) or _time(info.joined_at),
+        joined_at=from_unix(info.joined_at_ms) or from_unix(info.joined_at),
     )
 
 

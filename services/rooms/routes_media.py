@@ -19,7 +19,7 @@ from msgspec.structs import replace
 from services.rooms import media_core, store
 from services.rooms.edges import LiveKitDep, bad_request, record
 from services.rooms.errors import EgressUnavailableError, RoomNotFoundError, responses
-from services.rooms.livekit_client import EGRESS_HELP, calling, enum_name, find_room
+from services.rooms.livekit_client import EGRESS_HELP, calling, find_room
 from services.rooms.media_core import EgressRow, IngressRow
 from services.rooms.requests import RequestError, egress_request, ingress_request
 from services.rooms.schemas import (
@@ -38,6 +38,7 @@ from shared.events.rooms import (
     IngressDeleted,
 )
 from shared.http import CallerTenant, NotFoundError, PoolDep, SettingsDep
+from shared.livekit_proto import enum_name
 from shared.naming import ROOM_NAME, livekit_room
 
 RoomFilter = Annotated[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -29,11 +29,11 @@ from shared.events.rooms import (
     TrackUnpublished,
     WebhooksDropped,
 )
-from shared.naming import split_livekit_room
+from shared.livekit_proto import enum_name, from_unix
+from shared.naming import SYSTEM_TENANT, tenant_room
 
 # Rooms that are not a tenant's (made outside MediAI on the same LiveKit server) are recorded
 # under this tenant rather than dropped; it can never be a tenant id (those are t + 10 chars).
-SYSTEM_TENANT = "system"
 # The subject key of events that concern no room (e.g. a report of dropped webhooks).
 NO_ROOM_KEY = "livekit"
 # Keys never copied into an event: LiveKit puts the room's TURN password in room objects.
@@ -57,32 +57,8 @@ def webhook_id(hook: WebhookEvent, body: bytes) -> str:
     return hook.id or "lkwh-" + hashlib.sha256(body).hexdigest()[:32]
 
 
-def from_unix(value: int) -> datetime | None:
-    """A LiveKit timestamp as a datetime; LiveKit mixes seconds, ms and ns, so go by size."""
-    if value <= 0:
-        return None
-    for limit, scale in ((10**17, 1e9), (10**14, 1e6), (10**11, 1e3)):
-        if value >= limit:
-            return datetime.fromtimestamp(value / scale, UTC)
-    return datetime.fromtimestamp(value, UTC)
-
-
-def tenant_room(livekit_name: str) -> tuple[str, str]:
-    """``(tenant, room)`` of a LiveKit room name; a foreign room stays whole under ``system``."""
-    parts = split_livekit_room(livekit_name)
-    return parts if parts is not None else (SYSTEM_TENANT, livekit_name)
-
-
-def _enum(enum: Any, value: int, prefix: str = "") -> str:
-    try:
-        name: str = enum.Name(value)
-    except ValueError:
-        return str(value)
-    return name.removeprefix(prefix).lower()
-
-
 def participant_kind(info: lk_models.ParticipantInfo) -> str:
-    return _enum(lk_models.ParticipantInfo.Kind, info.kind)
+    return enum_name(lk_models.ParticipantInfo.Kind, info.kind)
 
 
 def _participant_joined_at(info: lk_models.ParticipantInfo) -> datetime | None:
@@ -94,15 +70,15 @@ def _egress_kind(info: lk_egress.EgressInfo) -> str:
 
 
 def _egress_status(info: lk_egress.EgressInfo) -> str:
-    return _enum(lk_egress.EgressStatus, info.status, "EGRESS_")
+    return enum_name(lk_egress.EgressStatus, info.status, "EGRESS_")
 
 
 def _ingress_status(info: lk_ingress.IngressInfo) -> str:
-    return _enum(lk_ingress.IngressState.Status, info.state.status, "ENDPOINT_")
+    return enum_name(lk_ingress.IngressState.Status, info.state.status, "ENDPOINT_")
 
 
 def _ingress_input(info: lk_ingress.IngressInfo) -> str:
-    return _enum(lk_ingress.IngressInput, info.input_type).removesuffix("_input")
+    return enum_name(lk_ingress.IngressInput, info.input_type).removesuffix("_input")
 
 
 def _without_secrets(value: Any) -> Any:
@@ -144,7 +120,7 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             room_sid=hook.room.sid,
             started_at=from_unix(hook.room.creation_time_ms) or from_unix(hook.room.creation_time),
             finished_at=at,
-            end_reason=_enum(lk_models.RoomEndReason, hook.room_end_reason, "ROOM_END_")
+            end_reason=enum_name(lk_models.RoomEndReason, hook.room_end_reason, "ROOM_END_")
             if hook.room_end_reason
             else "",
         )
@@ -172,7 +148,7 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             left_at=max(at, joined_at) if joined_at else at,
             joined_at=joined_at,
             aborted=kind == "participant_connection_aborted",
-            disconnect_reason=_enum(lk_models.DisconnectReason, participant.disconnect_reason)
+            disconnect_reason=enum_name(lk_models.DisconnectReason, participant.disconnect_reason)
             if participant.disconnect_reason
             else "",
         )
@@ -184,8 +160,8 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             participant_sid=participant.sid,
             identity=participant.identity,
             track_sid=track.sid,
-            track_type=_enum(lk_models.TrackType, track.type),
-            source=_enum(lk_models.TrackSource, track.source),
+            track_type=enum_name(lk_models.TrackType, track.type),
+            source=enum_name(lk_models.TrackSource, track.source),
             name=track.name,
             mime_type=track.mime_type,
             muted=track.muted,
@@ -198,8 +174,8 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             participant_sid=participant.sid,
             identity=participant.identity,
             track_sid=track.sid,
-            track_type=_enum(lk_models.TrackType, track.type),
-            source=_enum(lk_models.TrackSource, track.source),
+            track_type=enum_name(lk_models.TrackType, track.type),
+            source=enum_name(lk_models.TrackSource, track.source),
             unpublished_at=at,
         )
     egress = hook.egress_info
