@@ -247,7 +247,10 @@ class ConsumerSpec:
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
             max_deliver=self.max_deliver,
-            filter_subjects=[subjects.type_filter(e, self.tenant) for e in self.events],
+            # Every version of each type: during a rolling upgrade old producers still publish
+            # the previous version, which the codec upcasts (a version newer than this code
+            # knows is undecodable and dead-lettered, to replay once this consumer is upgraded).
+            filter_subjects=[subjects.any_version_filter(e, self.tenant) for e in self.events],
         )
 
 
