@@ -98,6 +98,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # within 10 s; production wants minutes, below the orchestrator's grace period).
     agent_drain_timeout: int = 3
 
+    # The medical roles (services/agent, docs/agents-roles.md). Vision: the look_at_patient tool
+    # (one camera frame on demand); streaming adds a frame every few seconds (off by default, as
+    # the seeds' ENABLE_VISION_STREAMING); ENABLE_VISION=false turns vision off entirely.
+    enable_vision: bool = True
+    enable_vision_streaming: bool = False
+    vision_stream_interval: int = 4
+    # The avatar speaking roles show ("" = none, "bey" = Beyond Presence, "tavus"), and the
+    # providers' credentials; without them the agent falls back to voice only, with an event.
+    agent_avatar: str = ""
+    bey_api_key: str | None = None
+    bey_avatar_id: str | None = None
+    tavus_api_key: str | None = None
+    tavus_replica_id: str | None = None
+    tavus_persona_id: str | None = None
+    # The copilot sends the doctor at most one hint every this many seconds.
+    copilot_hint_interval: int = 5
+
     # Billing: the time zone of billing months and days (invoices, usage by day), how long after
     # a month ends its invoices are issued (late events land first), and how far before an
     # audit's period its replay starts reading the stream (a session may begin before it).
@@ -179,6 +196,24 @@ def _timezone(value: str) -> str:
     return value.strip()
 
 
+def _bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _avatar(value: str) -> str:
+    text = value.strip().lower()
+    if text in ("", "none", "off"):
+        return ""
+    if text not in ("bey", "tavus"):
+        raise ValueError(f"{value!r} is not one of none, bey, tavus")
+    return text
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -224,6 +259,17 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
     "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
     "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
+    # The names of the seeds (ENABLE_VISION, BEY_*, TAVUS_*) where they had one.
+    "ENABLE_VISION": ("enable_vision", _bool),
+    "ENABLE_VISION_STREAMING": ("enable_vision_streaming", _bool),
+    "MEDIAI_VISION_STREAM_INTERVAL": ("vision_stream_interval", _positive_int),
+    "MEDIAI_AGENT_AVATAR": ("agent_avatar", _avatar),
+    "BEY_API_KEY": ("bey_api_key", str),
+    "BEY_AVATAR_ID": ("bey_avatar_id", str),
+    "TAVUS_API_KEY": ("tavus_api_key", str),
+    "TAVUS_REPLICA_ID": ("tavus_replica_id", str),
+    "TAVUS_PERSONA_ID": ("tavus_persona_id", str),
+    "MEDIAI_COPILOT_HINT_INTERVAL": ("copilot_hint_interval", _positive_int),
     "MEDIAI_BILLING_TIMEZONE": ("billing_timezone", _timezone),
     "MEDIAI_BILLING_INVOICE_GRACE": ("billing_invoice_grace", parse_duration),
     "MEDIAI_BILLING_AUDIT_LOOKBACK": ("billing_audit_lookback", parse_duration),

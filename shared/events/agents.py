@@ -2,7 +2,7 @@
 
 A dispatch (key: its ``dispatch_id``) goes requested → dispatched → joined → ended, or → failed
 with a reason; the dispatcher's read model is built from these events only. Worker events are
-keyed by the pool's worker id and published under the ``system`` tenant. What patients and
+keyed by the pool's worker id and published under ``shared.naming.SYSTEM_TENANT``. What patients and
 agents say (transcripts, spoken commands) lives only on the PHI stream.
 """
 
@@ -14,9 +14,6 @@ from typing import ClassVar
 import msgspec
 
 from shared.events.base import PHI_STREAM, Event
-
-# The tenant under which events that belong to no clinic (the worker pool) are published.
-SYSTEM_TENANT = "system"
 
 # ---------------------------------------------------------------------------------------------
 # Dispatches (published by the dispatcher)
@@ -86,11 +83,13 @@ class AgentDispatchFailed(Event, frozen=True, kw_only=True):
 
 
 class AgentEndRequested(Event, frozen=True, kw_only=True):
-    """Someone asked the dispatch's agent to end (``DELETE /v1/agents/{id}``, or a draining
-    worker); the agent says goodbye, reports its final usage and leaves."""
+    """Someone asked the dispatch's agent to end (``DELETE /v1/agents/{id}``, a draining
+    worker, or the dispatcher telling an agent that joined a failed dispatch to leave); the
+    agent says goodbye, reports its final usage and leaves. Before an agent joined, it cancels
+    the dispatch. The agent follows these by dispatch id (not through a durable consumer)."""
 
     TYPE: ClassVar[str] = "mediai.agent.end_requested.v1"
-    PRODUCER: ClassVar[str] = "dispatcher"
+    PRODUCER: ClassVar[str] = "dispatcher; agent (a draining worker)"
     dispatch_id: str
     room: str
     # "api", "worker_draining", ...
@@ -215,9 +214,10 @@ class AgentSessionFailed(Event, frozen=True, kw_only=True):
 
 
 class AgentSessionEnded(Event, frozen=True, kw_only=True):
-    """The agent left the room. ``reason``: ``end_requested``, ``room_empty``,
-    ``participant_left``, ``worker_draining``, ``job_shutdown`` or ``error`` (then the
-    dispatch counts as failed and ``detail`` says why)."""
+    """The agent left the room. ``reason``: ``end_requested``, ``worker_draining``,
+    ``room_empty`` (the last person left, or nobody came), ``completed`` (the agent ended the
+    conversation), ``room_closed`` (the room was deleted), ``job_shutdown`` (LiveKit ended the
+    job) or ``error`` (then the dispatch counts as failed and ``detail`` says why)."""
 
     TYPE: ClassVar[str] = "mediai.agent.session_ended.v1"
     PRODUCER: ClassVar[str] = "agent"

@@ -1,0 +1,46 @@
+"""The ``mediai agent-worker`` command: run one agent worker process in the foreground.
+
+The dispatcher's pool starts workers with it; an orchestrator (a Kubernetes Deployment) can run
+it the same way (see docs/agents.md). The heavy livekit-agents imports happen only when it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import click
+
+
+@click.command("agent-worker")
+@click.option("--worker-id", envvar="MEDIAI_AGENT_WORKER_ID", default="",
+              help="This worker's id in the pool (events are keyed by it).")
+@click.option("--http-port", type=int, default=0, show_default=True,
+              envvar="MEDIAI_AGENT_HEALTH_PORT",
+              help="Health and load endpoint (GET / and /worker); 0 picks a free port.")
+@click.option("--prometheus-port", type=int, default=None, envvar="MEDIAI_AGENT_PROMETHEUS_PORT",
+              help="Serve livekit-agents' Prometheus metrics (worker load, active jobs) here.")
+def agent_worker(worker_id: str, http_port: int, prometheus_port: int | None) -> None:
+    """Run one agent worker (livekit-agents) registered with LiveKit, until SIGTERM."""
+    from deploy.cli import fail, settings_or_exit
+
+    settings = settings_or_exit()
+    # Nothing outside the package registries is reachable: models ship inside the wheels.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if worker_id:
+        os.environ["MEDIAI_AGENT_WORKER_ID"] = worker_id
+    from services.agent.worker import WorkerStartError, run_worker
+    from shared.telemetry import setup_telemetry
+
+    setup_telemetry("agent", settings)
+    logging.getLogger("livekit").setLevel(settings.log_level)
+    # The pool polls GET /worker twice a second; one access line per poll is only noise.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run_worker(settings, http_port=http_port, prometheus_port=prometheus_port))
+    except WorkerStartError as error:
+        fail(f"agent worker: {error}")
+    except RuntimeError as error:
+        # livekit-agents raises RuntimeError when LiveKit stays unreachable after its retries.
+        fail(f"agent worker: {error}")

@@ -1,0 +1,325 @@
+"""One dispatch's session: built from its job metadata, run, metered, commanded, ended well."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import NOT_GIVEN, Agent, AgentSession, AutoSubscribe, JobContext
+from livekit.agents.llm import ChatMessage
+from livekit.agents.voice import room_io
+
+from services.agent.commands import CommandListener
+from services.agent.metadata import JobMetadata, split_model
+from services.agent.presence import ParticipantsTextOutput, Presence
+from services.agent.providers import Models
+from services.agent.reporter import Reporter
+from services.agent.roles import Role, render_instructions
+from services.agent.tools import tools_for
+from services.agent.usage import UsageMeter, totals_from_model_usage
+from shared.bus import Bus
+from shared.config import Settings
+from shared.events.agents import (
+    AgentCommandIssued,
+    AgentEndRequested,
+    AgentSessionEnded,
+    AgentSessionStarted,
+    AgentStateChanged,
+    AgentTranscribed,
+)
+
+log = logging.getLogger(__name__)
+
+# Reasons for which the agent says the role's goodbye before leaving (someone is listening).
+GOODBYE_REASONS = ("end_requested", "worker_draining")
+GOODBYE_TIMEOUT = 15.0
+# livekit-agents' shutdown reasons, for a session that ends without our own reason.
+FRAMEWORK_REASONS = {"room disconnected": "room_closed", "job crashed": "error"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a job process prepared once (in prewarm) and every session uses."""
+
+    settings: Settings
+    roles: dict[str, Role]
+    vad: Any
+    worker_id: str
+    openai_client: Any = None
+
+
+class VideoClock:
+    """Seconds during which at least one remote video track was subscribed (video metering)."""
+
+    def __init__(self) -> None:
+        self._tracks: set[str] = set()
+        self._since: float | None = None
+        self._seconds = 0.0
+
+    def subscribed(self, track: rtc.Track) -> None:
+        if track.kind == rtc.TrackKind.KIND_VIDEO:
+            if not self._tracks:
+                self._since = time.monotonic()
+            self._tracks.add(track.sid)
+
+    def unsubscribed(self, track: rtc.Track) -> None:
+        self._tracks.discard(track.sid)
+        if not self._tracks and self._since is not None:
+            self._seconds += time.monotonic() - self._since
+            self._since = None
+
+    @property
+    def seconds(self) -> float:
+        running = time.monotonic() - self._since if self._since is not None else 0.0
+        return self._seconds + running
+
+
+class SessionRuntime:
+    """Runs one AgentSession for one dispatch; tools see it as ``context.userdata``."""
+
+    def __init__(self, ctx: JobContext, meta: JobMetadata, role: Role, deps: WorkerContext,
+                 models: Models, bus: Bus) -> None:
+        self.ctx, self.meta, self.role, self.deps, self.models = ctx, meta, role, deps, models
+        self.request = meta.request
+        self.reporter = Reporter(bus, tenant=meta.tenant, key=meta.dispatch_id,
+                                 traceparent=meta.traceparent)
+        self.bus = bus
+        self.video = VideoClock()
+        self.end: tuple[str, str] | None = None
+        self.started_monotonic = time.monotonic()
+        self._ready = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._commands: CommandListener | None = None
+        self.text_output: ParticipantsTextOutput | None = None
+        provider = split_model(meta.models[0])[0]
+        self.meter = UsageMeter(
+            dispatch_id=meta.dispatch_id, room=self.request.room, role=role.name,
+            started_at=utcnow(), provider=provider,
+            llm_model=self.request.realtime or self.request.llm,
+            stt_model="" if self.request.realtime else self.request.stt,
+            tts_model="" if self.request.realtime or not role.speaks else self.request.tts,
+        )
+        self.presence = Presence(
+            ctx.room, participant=self.request.participant, listens_to=role.listens_to,
+            empty_timeout=deps.settings.agent_empty_room_timeout,
+            on_empty=lambda reason: self.finish_soon(reason),
+        )
+        self.session: AgentSession[SessionRuntime] = AgentSession(
+            stt=models.stt if models.stt is not None else NOT_GIVEN,
+            llm=models.llm,
+            tts=models.tts if models.tts is not None else NOT_GIVEN,
+            vad=deps.vad,
+            turn_handling={
+                "turn_detection": "realtime_llm" if models.realtime else "vad",
+                "interruption": {"enabled": True, "mode": "vad"},
+            },
+            userdata=self,
+        )
+        self.agent = Agent(instructions=self.instructions(self.request.instructions),
+                           tools=tools_for(role.tools))
+
+    def instructions(self, text: str) -> str:
+        return render_instructions(self.role, language=self.request.language, instructions=text,
+                                   mode=self.request.instructions_mode)
+
+    def _ids(self) -> dict[str, str]:
+        return {"dispatch_id": self.meta.dispatch_id, "room": self.request.room,
+                "role": self.role.name}
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the session in the (connected) room; the dispatch is joined from here."""
+        session = self.session
+        self.reporter.emit(AgentSessionStarted(
+            **self._ids(), worker_id=self.deps.worker_id, job_id=self.ctx.job.id,
+            agent_identity=self.ctx.room.local_participant.identity,
+            language=self.request.language, stt=self.meter_models("stt"),
+            llm=self.request.llm if not self.request.realtime else "",
+            tts=self.meter_models("tts"), realtime=self.request.realtime, started_at=utcnow(),
+        ))
+        session.on("conversation_item_added", self._on_item)
+        session.on("agent_state_changed", self._on_agent_state)
+        session.on("user_state_changed", self._on_user_state)
+        session.on("error", self._on_error)
+        session.on("close", self._on_close)
+        self.ctx.room.on("track_subscribed", lambda track, *_: self.video.subscribed(track))
+        self.ctx.room.on("track_unsubscribed", lambda track, *_: self.video.unsubscribed(track))
+        await session.start(
+            self.agent,
+            room=self.ctx.room,
+            room_options=room_io.RoomOptions(
+                audio_output=self.role.speaks,
+                text_output=self.role.speaks,
+                video_input=self.role.vision,
+                participant_identity=self.presence.initial_identity(),
+                close_on_disconnect=False,
+            ),
+            record=False,
+        )
+        if not self.role.speaks:
+            self.text_output = ParticipantsTextOutput(
+                self.ctx.room, topic=self.role.text_topic,
+                recipients=lambda: self.presence.humans(self.role.text_to),
+            )
+            session.output.transcription = self.text_output
+        self.presence.attach(session.room_io)
+        self.ctx.add_shutdown_callback(self._on_shutdown)
+        self._spawn(self._report_usage_forever(), "mediai-usage")
+        self._commands = await CommandListener.start(
+            self.bus, tenant=self.meta.tenant, dispatch_id=self.meta.dispatch_id,
+            on_end=self._on_end_requested, on_command=self._on_command,
+        )
+        if self.role.greeting and self.role.speaks:
+            self._spawn(self._greet(), "mediai-greeting")
+
+    async def _greet(self) -> None:
+        # Once someone is linked and the agent's audio track is up: not into an empty room.
+        await self.session.room_io.wait_for_ready()
+        self.session.say(self.role.greeting)
+
+    def meter_models(self, kind: str) -> str:
+        if self.request.realtime or (kind == "tts" and not self.role.speaks):
+            return ""
+        return str(getattr(self.request, kind))
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- what happens in the session ------------------------------------------------------
+
+    def _on_item(self, event: Any) -> None:
+        item = event.item
+        if not isinstance(item, ChatMessage) or item.role not in ("user", "assistant"):
+            return
+        text = item.text_content
+        if not text:
+            return
+        if item.role == "user":
+            linked = self.session.room_io.linked_participant
+            speaker, identity = "user", linked.identity if linked else ""
+        else:
+            speaker, identity = "agent", self.ctx.room.local_participant.identity
+        self.reporter.emit(AgentTranscribed(
+            **self._ids(), segment_id=item.id, speaker=speaker, participant_identity=identity,
+            text=text, language=self.request.language, interrupted=item.interrupted,
+            spoken_at=datetime.fromtimestamp(item.created_at, UTC),
+        ))
+
+    def _state(self, state: str, detail: str = "") -> None:
+        self.reporter.emit(AgentStateChanged(**self._ids(), state=state, detail=detail,
+                                             changed_at=utcnow()))
+
+    def _on_agent_state(self, event: Any) -> None:
+        if event.new_state == "listening" and not self._ready:
+            self._ready = True
+            self._state("ready")
+
+    def _on_user_state(self, event: Any) -> None:
+        if event.new_state == "away":
+            self._state("user_away")
+        elif event.old_state == "away":
+            self._state("user_back")
+
+    def _on_error(self, event: Any) -> None:
+        # Class names and model names only: provider messages may quote what was said.
+        error = getattr(event.error, "error", event.error)
+        model = getattr(event.source, "model", type(event.source).__name__)
+        self._state("error", f"{model}: {type(error).__name__}")
+
+    def _on_close(self, event: Any) -> None:
+        if getattr(event.reason, "value", event.reason) == "error":
+            error = getattr(event.error, "error", event.error)
+            self.finish_soon("error", f"the session closed after {type(error).__name__}")
+
+    async def _report_usage_forever(self) -> None:
+        period = self.deps.settings.agent_usage_period
+        while True:
+            await asyncio.sleep(period)
+            self.reporter.emit(self.meter.report(self._totals(), utcnow()))
+
+    def _totals(self) -> Any:
+        return totals_from_model_usage(self.session.usage.model_usage,
+                                       video_seconds=self.video.seconds)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def _on_end_requested(self, event: AgentEndRequested) -> None:
+        reason = "worker_draining" if event.requested_by == "worker_draining" else "end_requested"
+        self.finish_soon(reason)
+
+    async def _on_command(self, command: AgentCommandIssued) -> None:
+        if command.command == "say":
+            self.say(command.text, allow_interruptions=command.allow_interruptions)
+        elif command.command == "update_instructions":
+            await self.agent.update_instructions(self.instructions(command.text))
+        else:
+            log.warning("unknown agent command %r ignored", command.command)
+
+    def say(self, text: str, *, allow_interruptions: bool = True) -> None:
+        """Speak to the room, or, for a text-only role, send the text to its readers."""
+        if self.text_output is not None:
+            self.text_output.send(text)
+        else:
+            self.session.say(text, allow_interruptions=allow_interruptions)
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish_soon(self, reason: str, detail: str = "") -> None:
+        """End the session gracefully (goodbye when someone listens), once; reason is kept."""
+        if self.end is not None:
+            return
+        self.end = (reason, detail)
+        self._spawn(self._finish(reason), "mediai-finish")
+
+    async def _finish(self, reason: str) -> None:
+        self._state("ending", reason)
+        try:
+            await asyncio.wait_for(self._last_words(reason), GOODBYE_TIMEOUT)
+        except (TimeoutError, RuntimeError) as error:
+            log.warning("goodbye not completed: %s", type(error).__name__)
+        self.ctx.shutdown(reason)
+
+    async def _last_words(self, reason: str) -> None:
+        if reason == "completed" and self.session.current_speech is not None:
+            await self.session.current_speech.wait_for_playout()
+        if reason not in GOODBYE_REASONS or not self.role.goodbye or not self.presence.humans():
+            return
+        if self.text_output is not None:
+            self.text_output.send(self.role.goodbye)
+            return
+        await self.session.interrupt(force=True)
+        await self.session.say(self.role.goodbye, allow_interruptions=False).wait_for_playout()
+
+    async def _on_shutdown(self, framework_reason: str) -> None:
+        reason, detail = self.end or (FRAMEWORK_REASONS.get(framework_reason, "job_shutdown"), "")
+        for task in list(self._tasks):
+            if task.get_name() != "mediai-finish":
+                task.cancel()
+        self.presence.detach()
+        if self._commands is not None:
+            await self._commands.close()
+        now = utcnow()
+        self.reporter.emit(self.meter.report(self._totals(), now, final=True))
+        self.reporter.emit(AgentSessionEnded(
+            **self._ids(), reason=reason, detail=detail, worker_id=self.deps.worker_id,
+            duration_seconds=round(time.monotonic() - self.started_monotonic, 3), ended_at=now,
+        ))
+        await self.reporter.close()
+        await self.bus.close()
+
+
+def auto_subscribe(role: Role) -> AutoSubscribe:
+    """Video costs bandwidth and is metered: only roles that look at cameras subscribe to it."""
+    return AutoSubscribe.SUBSCRIBE_ALL if role.vision else AutoSubscribe.AUDIO_ONLY

@@ -1,0 +1,309 @@
+"""The agent worker process: a livekit-agents AgentServer registered under an explicit agent name.
+
+It checks each job before accepting it (metadata, role, provider credentials) so a job that
+cannot run ends at once with a clear event instead of a half-configured agent; it keeps warm job
+processes (Silero VAD already loaded) so an accepted job joins at once; and on SIGTERM it asks
+its sessions to say goodbye, waits for them, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
+
+from services.agent.metadata import JobMetadata, MetadataError, parse_metadata
+from services.agent.providers import (
+    ProviderError,
+    build_models,
+    missing_credentials,
+    openai_client,
+)
+from services.agent.roles import Role, RoleError, load_registry, render_instructions
+from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe
+from services.agent.tools import TOOLS
+from shared.bus import Bus, connect_bus
+from shared.config import Settings, load_settings
+from shared.events import Event
+from shared.events.agents import (
+    AgentEndRequested,
+    AgentSessionFailed,
+    AgentWorkerRegistered,
+)
+from shared.naming import SYSTEM_TENANT
+
+log = logging.getLogger("mediai.agent")
+
+WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
+# Imported once in the forkserver, so a job process does not spend its first second importing
+# them while the patient waits (livekit-agents warns about it); a provider without credentials
+# is not loaded at all (Gemini's SDKs alone take seconds to import).
+PRELOAD = ["services.agent.session", "livekit.plugins.silero", "anyio.streams.memory"]
+PROVIDER_PRELOAD = {
+    "openai": ["livekit.plugins.openai", "openai.types.beta.realtime"],
+    "google": ["livekit.plugins.google"],
+}
+
+
+def preload_modules(settings: Settings) -> list[str]:
+    missing = missing_credentials(settings)
+    usable = [m for provider, modules in PROVIDER_PRELOAD.items() if provider not in missing
+              for m in modules]
+    return [*PRELOAD, *usable]
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start; the message is one line."""
+
+
+def worker_id() -> str:
+    """The pool's id for this worker, or (run by an orchestrator) its host and pid: a pod's
+    name is unique where its pid is not."""
+    return os.environ.get(WORKER_ID_VARIABLE) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def check_roles(roles: dict[str, Role]) -> None:
+    for role in roles.values():
+        unknown = [name for name in role.tools if name not in TOOLS]
+        if unknown:
+            raise WorkerStartError(f"role {role.name!r}: unknown tools {unknown}")
+
+
+def check_job(meta: JobMetadata, roles: dict[str, Role], settings: Settings) -> Role:
+    """The role of a job that can run; ProviderError/RoleError/MetadataError otherwise."""
+    role = roles.get(meta.request.role)
+    if role is None:
+        raise RoleError(f"unknown role {meta.request.role!r} (this worker has {sorted(roles)})")
+    render_instructions(role, language=meta.request.language,
+                        instructions=meta.request.instructions,
+                        mode=meta.request.instructions_mode)
+    missing = missing_credentials(settings)
+    for provider in meta.providers:
+        if provider in missing:
+            raise ProviderError("missing_credentials", f"provider {provider}: {missing[provider]}")
+    return role
+
+
+def failure_reason(error: Exception) -> str:
+    if isinstance(error, ProviderError):
+        return error.reason
+    if isinstance(error, RoleError):
+        return "unknown_role" if "unknown role" in str(error) else "invalid_metadata"
+    return "invalid_metadata"
+
+
+def agent_identity(meta: JobMetadata) -> str:
+    # Readable in a room's participant list, and unique per dispatch (a UUIDv7's tail).
+    return f"agent-{meta.request.role}-{meta.dispatch_id.replace('-', '')[-12:]}"
+
+
+# -- in the job processes ------------------------------------------------------------------
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Runs once per job process, before it is given a job: everything slow happens here."""
+    # A job process must not outlive its worker: the pool counts a killed worker's sessions as
+    # lost, and an orphan would keep talking in the room with nobody reporting for it.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    from livekit.plugins import silero
+
+    settings = load_settings()
+    proc.userdata["mediai"] = WorkerContext(
+        settings=settings, roles=load_registry(), vad=silero.VAD.load(), worker_id=worker_id(),
+        openai_client=openai_client(settings),
+    )
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    deps: WorkerContext = ctx.proc.userdata["mediai"]
+    bus_connecting = asyncio.create_task(connect_bus(deps.settings, "agent", declare=False))
+    try:
+        meta = parse_metadata(ctx.job.metadata)
+        role = check_job(meta, deps.roles, deps.settings)
+        models = build_models(meta, deps.settings, speaks=role.speaks,
+                              client=deps.openai_client)
+    except (MetadataError, RoleError, ProviderError) as error:
+        # on_request rejects these before accepting; this is the second line of defence.
+        bus = await bus_connecting
+        await publish_failure(bus, ctx.job.metadata, error, deps.worker_id)
+        await bus.close()
+        ctx.shutdown(failure_reason(error))
+        return
+    try:
+        await ctx.connect(auto_subscribe=auto_subscribe(role))  # while the bus connects
+    except Exception as error:  # noqa: BLE001 - any failure to join is reported, then the job ends
+        log.error("could not join the room: %s", type(error).__name__)
+        bus = await bus_connecting
+        await bus.publish(
+            AgentSessionFailed(dispatch_id=meta.dispatch_id, room=meta.request.room,
+                               role=role.name, reason="start_failed",
+                               detail=f"could not join the room: {type(error).__name__}",
+                               worker_id=deps.worker_id, failed_at=datetime.now(UTC)),
+            tenant=meta.tenant, key=meta.dispatch_id,
+        )
+        await bus.close()
+        ctx.shutdown("start_failed")
+        return
+    bus = await bus_connecting
+    runtime = SessionRuntime(ctx, meta, role, deps, models, bus)
+    try:
+        await runtime.start()
+    except Exception as error:
+        log.exception("session failed to start")
+        await runtime.reporter.publish(AgentSessionFailed(
+            dispatch_id=meta.dispatch_id, room=meta.request.room, role=role.name,
+            reason="start_failed", detail=type(error).__name__, worker_id=deps.worker_id,
+            failed_at=datetime.now(UTC),
+        ))
+        runtime.end = ("error", f"start failed: {type(error).__name__}")
+        ctx.shutdown("start_failed")
+
+
+async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> None:
+    """An AgentSessionFailed for a job that could not start, even with unreadable metadata."""
+    try:
+        meta: JobMetadata | None = parse_metadata(raw)
+    except MetadataError:
+        meta = None
+    event = AgentSessionFailed(
+        dispatch_id=meta.dispatch_id if meta else "unknown",
+        room=meta.request.room if meta else "", role=meta.request.role if meta else "",
+        reason=failure_reason(error), detail=str(error), worker_id=worker,
+        failed_at=datetime.now(UTC),
+    )
+    log.error("job refused: %s", error)
+    await bus.publish(event, tenant=meta.tenant if meta else SYSTEM_TENANT,
+                      key=meta.dispatch_id if meta else "unknown")
+
+
+# -- in the worker's main process -----------------------------------------------------------
+
+
+class Worker:
+    """One AgentServer and what its main process does around it."""
+
+    def __init__(self, settings: Settings, bus: Bus, roles: dict[str, Role],
+                 http_port: int = 0, prometheus_port: int | None = None) -> None:
+        self.settings, self.bus, self.roles = settings, bus, roles
+        self.id = worker_id()
+        self.accepting = 0
+        per_worker = settings.agent_jobs_per_worker
+        self.server = AgentServer(
+            ws_url=settings.livekit_url,
+            api_key=settings.livekit_api_key,
+            api_secret=settings.livekit_api_secret,
+            job_executor_type=JobExecutorType.PROCESS,
+            # Capacity is counted in jobs (see on_request): LiveKit's CPU-based default marks a
+            # busy machine's workers full and drops dispatches (livekit/agents #717, #4818).
+            load_fnc=lambda server: min(1.0, len(server.active_jobs) / per_worker),
+            load_threshold=float("inf"),
+            num_idle_processes=settings.agent_idle_processes,
+            initialize_process_timeout=30.0,
+            shutdown_process_timeout=10.0,
+            drain_timeout=settings.agent_drain_timeout,
+            setup_fnc=prewarm,
+            preload_modules=preload_modules(settings),
+            host=settings.host,
+            port=http_port,
+            prometheus_port=prometheus_port,
+        )
+        self.server.rtc_session(entrypoint, agent_name=settings.agent_name,
+                                on_request=self.on_request)
+        self.server.on("worker_registered", self._on_registered)
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def on_request(self, request: JobRequest) -> None:
+        try:
+            meta = parse_metadata(request.job.metadata)
+            check_job(meta, self.roles, self.settings)
+        except (MetadataError, RoleError, ProviderError) as error:
+            await publish_failure(self.bus, request.job.metadata, error, self.id)
+            # terminate: no other worker should try a job that cannot run anywhere.
+            await request.reject(terminate=True)
+            return
+        if len(self.server.active_jobs) + self.accepting >= self.settings.agent_jobs_per_worker:
+            await request.reject(terminate=False)  # full: LiveKit offers it to another worker
+            return
+        self.accepting += 1
+        try:
+            await request.accept(
+                identity=agent_identity(meta), name=meta.request.role,
+                attributes={"mediai.role": meta.request.role,
+                            "mediai.dispatch_id": meta.dispatch_id},
+            )
+        finally:
+            self.accepting -= 1
+
+    def _on_registered(self, livekit_worker_id: str, server_info: Any) -> None:
+        event = AgentWorkerRegistered(
+            worker_id=self.id, livekit_worker_id=livekit_worker_id, pid=os.getpid(),
+            agent_name=self.settings.agent_name, roles=sorted(self.roles),
+            providers_missing=missing_credentials(self.settings),
+            registered_at=datetime.now(UTC),
+        )
+        self._publish_soon(event, tenant=SYSTEM_TENANT, key=self.id)
+
+    def _publish_soon(self, event: Event, *, tenant: str, key: str) -> None:
+        task = asyncio.create_task(self.bus.publish(event, tenant=tenant, key=key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Ask every session to end (goodbye, final usage), wait for them, then close."""
+        for info in self.server.active_jobs:
+            try:
+                meta = parse_metadata(info.job.metadata)
+            except MetadataError:
+                continue
+            await self.bus.publish(
+                AgentEndRequested(dispatch_id=meta.dispatch_id, room=meta.request.room,
+                                  requested_by="worker_draining",
+                                  requested_at=datetime.now(UTC)),
+                tenant=meta.tenant, key=meta.dispatch_id,
+            )
+        try:
+            await self.server.drain(timeout=self.settings.agent_drain_timeout)
+        except TimeoutError:
+            log.warning("drain: sessions still running after %ss; closing them",
+                        self.settings.agent_drain_timeout)
+        await self.server.aclose()
+
+
+async def run_worker(settings: Settings, *, http_port: int = 0,
+                     prometheus_port: int | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain. WorkerStartError for a bad setup."""
+    try:
+        roles = load_registry()
+    except RoleError as error:
+        raise WorkerStartError(str(error)) from None
+    check_roles(roles)
+    for provider, problem in missing_credentials(settings).items():
+        log.warning("agent worker: provider %s unavailable: %s; jobs asking for it fail",
+                    provider, problem)
+    bus = await connect_bus(settings, "agent")
+    worker = Worker(settings, bus, roles, http_port, prometheus_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = asyncio.create_task(worker.server.run(devmode=False))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # the server failed (e.g. LiveKit unreachable): raise it
+            return
+        log.info("agent worker %s draining", worker.id)
+        await worker.drain()
+        await running
+    finally:
+        stopping.cancel()
+        await bus.close()

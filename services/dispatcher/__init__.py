@@ -1,0 +1,1 @@
+"""The dispatcher: agent dispatches, their state from the event log, the worker pool."""

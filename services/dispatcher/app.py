@@ -1,0 +1,247 @@
+"""The dispatcher service: ``/v1/agents`` (dispatch, list, show, end, command agents) and, in the
+background, its consumers, the deadline sweeper and the agent worker pool."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from litestar import Litestar, Response, delete, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+from livekit import api
+
+from services.dispatcher import consumers, store
+from services.dispatcher.catalog import Catalog, build_catalog
+from services.dispatcher.core import (
+    TERMINAL,
+    DispatchAgentRequest,
+    DispatchRejectedError,
+    DispatchState,
+    decide_request,
+    evolve,
+)
+from services.dispatcher.pool import WorkerPool
+from shared.bus import Bus, Consumer, Delivery
+from shared.config import Settings
+from shared.events import Envelope, Event, envelope, new_event_id
+from shared.events.agents import AgentCommandIssued, AgentEndRequested
+from shared.http import ApiError, NotFoundError, create_service_app
+from shared.telemetry import current_traceparent
+from shared.tenants import Tenant
+
+
+class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A dispatch and its state: requested, dispatched, joined, ended or failed (with reason)."""
+
+    id: str
+    room: str
+    role: str
+    state: str
+    reason: str
+    detail: str
+    language: str
+    stt: str
+    llm: str
+    tts: str
+    realtime: str
+    agent_identity: str
+    requested_at: datetime
+    deadline_at: datetime
+    dispatched_at: datetime | None
+    joined_at: datetime | None
+    end_requested_at: datetime | None
+    ended_at: datetime | None
+
+    @classmethod
+    def of(cls, state: DispatchState) -> DispatchView:
+        fields = msgspec.structs.asdict(state)
+        fields["id"] = fields.pop("dispatch_id")
+        for private in ("tenant_id", "livekit_dispatch_id", "worker_id"):
+            fields.pop(private)
+        return cls(**fields)
+
+
+class AgentCommandRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
+                          forbid_unknown_fields=True):
+    """``say`` speaks ``text`` now; ``update_instructions`` replaces the dispatch's
+    instructions with ``text``; ``end`` is ``DELETE /v1/agents/{id}``."""
+
+    command: Literal["say", "update_instructions", "end"]
+    text: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
+    allow_interruptions: bool = True
+
+
+class CommandAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    id: str
+    command: str
+    state: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def publish_and_apply(bus: Bus, pool: asyncpg.Pool, data: Event, *, tenant: str,
+                            key: str) -> DispatchState | None:
+    """Publish an event, then apply it to the read model at once (once: the read-model consumer
+    skips it by id), so the caller reads its own write."""
+    event: Envelope = envelope(data, source=bus.source, tenant=tenant, subject=key,
+                               traceparent=current_traceparent())
+    ack = await bus.publish_envelope(event)
+    delivery = Delivery(consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq,
+                        deliveries=1)
+    return await consumers.apply(pool, event, delivery)
+
+
+def _rejected(error: DispatchRejectedError) -> ApiError:
+    return ApiError(str(error), code=error.code, status_code=error.status, details=error.details)
+
+
+@post("/v1/agents", operation_id="dispatchAgent", summary="Dispatch an agent to a room",
+      status_code=202)
+async def dispatch_agent(data: DispatchAgentRequest, tenant: Tenant, bus: Bus,
+                         pool: asyncpg.Pool, settings: Settings, catalog: Catalog) -> DispatchView:
+    try:
+        request = decide_request(
+            data, catalog=catalog, dispatch_id=new_event_id(), now=utcnow(),
+            deadline_seconds=settings.agent_dispatch_deadline,
+            over_limit=False,  # SEAM: billing's usage cap (see core.decide_request)
+        )
+    except DispatchRejectedError as error:
+        raise _rejected(error) from None
+    await publish_and_apply(bus, pool, request, tenant=tenant.id, key=request.dispatch_id)
+    # The answer is what was accepted: the consumers may already have moved the dispatch on.
+    accepted = evolve(None, envelope(request, source=bus.source, tenant=tenant.id,
+                                     subject=request.dispatch_id))
+    assert accepted is not None
+    return DispatchView.of(accepted)
+
+
+@get("/v1/agents", operation_id="listAgents", summary="List a room's (or all) agent dispatches")
+async def list_agents(
+    tenant: Tenant, pool: asyncpg.Pool,
+    room: str | None = None,
+    # "state" is a name Litestar reserves for the app state: the query parameter is mapped.
+    state_filter: Annotated[
+        Literal["requested", "dispatched", "joined", "ended", "failed"] | None,
+        Parameter(query="state"),
+    ] = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+) -> list[DispatchView]:
+    rows = await store.list_for_tenant(pool, tenant.id, room=room, state=state_filter,
+                                       limit=limit)
+    return [DispatchView.of(r) for r in rows]
+
+
+async def _owned(pool: asyncpg.Pool, tenant: Tenant, dispatch_id: str) -> DispatchState:
+    state = await store.for_tenant(pool, tenant.id, dispatch_id)
+    if state is None:
+        raise NotFoundError(f"no dispatch {dispatch_id!r}", code="dispatch_not_found")
+    return state
+
+
+@get("/v1/agents/{dispatch_id:str}", operation_id="getAgent", summary="Show one dispatch")
+async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DispatchView:
+    return DispatchView.of(await _owned(pool, tenant, dispatch_id))
+
+
+@delete("/v1/agents/{dispatch_id:str}", operation_id="endAgent", status_code=202,
+        summary="End a dispatch: the agent says goodbye, reports its usage and leaves")
+async def end_agent(dispatch_id: str, tenant: Tenant, bus: Bus,
+                    pool: asyncpg.Pool) -> Response[DispatchView]:
+    state = await _owned(pool, tenant, dispatch_id)
+    if state.state in TERMINAL:
+        return Response(DispatchView.of(state), status_code=200)
+    after = await publish_and_apply(
+        bus, pool,
+        AgentEndRequested(dispatch_id=dispatch_id, room=state.room, requested_by="api",
+                          requested_at=utcnow()),
+        tenant=tenant.id, key=dispatch_id,
+    )
+    return Response(DispatchView.of(after or state), status_code=202)
+
+
+@post("/v1/agents/{dispatch_id:str}/commands", operation_id="commandAgent", status_code=202,
+      summary="Send a running agent a command (say, update_instructions, end)")
+async def command_agent(dispatch_id: str, data: AgentCommandRequest, tenant: Tenant, bus: Bus,
+                        pool: asyncpg.Pool) -> CommandAccepted:
+    state = await _owned(pool, tenant, dispatch_id)
+    if state.state in TERMINAL:
+        raise ApiError(f"dispatch {dispatch_id!r} has {state.state}", code="dispatch_over",
+                       status_code=409)
+    if data.command == "end":
+        after = await publish_and_apply(
+            bus, pool,
+            AgentEndRequested(dispatch_id=dispatch_id, room=state.room, requested_by="api",
+                              requested_at=utcnow()),
+            tenant=tenant.id, key=dispatch_id,
+        )
+        return CommandAccepted(id=dispatch_id, command="end", state=(after or state).state)
+    if not data.text.strip():
+        raise ApiError(f"{data.command} needs a text", code="text_required")
+    await bus.publish(
+        AgentCommandIssued(dispatch_id=dispatch_id, room=state.room, command=data.command,
+                           text=data.text, allow_interruptions=data.allow_interruptions,
+                           issued_at=utcnow()),
+        tenant=tenant.id, key=dispatch_id,
+    )
+    return CommandAccepted(id=dispatch_id, command=data.command, state=state.state)
+
+
+def _dispatching(workers: WorkerPool) -> Any:
+    """The consumers and the sweeper, for the app's lifetime (restarted by the app factory if
+    they fail; the worker pool runs apart, so a restart never drains running sessions)."""
+
+    async def run(app: Litestar) -> None:
+        settings: Settings = app.state.settings
+        bus: Bus = app.state.bus
+        async with api.LiveKitAPI(settings.livekit_url, settings.livekit_api_key,
+                                  settings.livekit_api_secret) as livekit:
+            dispatcher = consumers.Dispatcher(settings=settings, bus=bus, pool=app.state.pool,
+                                              livekit=livekit, workers=workers)
+            # batch=1: nats-py's fetch holds a first message until its pull request expires
+            # (up to a second) while it waits to fill a larger batch; a dispatch cannot wait.
+            tasks = [
+                asyncio.create_task(Consumer(bus, consumers.READ_MODEL, dispatcher.on_read_model,
+                                             batch=1).run()),
+                asyncio.create_task(Consumer(bus, consumers.LAUNCHER, dispatcher.on_launcher,
+                                             batch=1).run()),
+                asyncio.create_task(Consumer(bus, consumers.SUPERVISION,
+                                             dispatcher.on_worker_exited, batch=1).run()),
+                asyncio.create_task(dispatcher.sweep_forever(), name="dispatcher-sweeper"),
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    run.__name__ = "dispatching"
+    return run
+
+
+def _worker_pool(workers: WorkerPool) -> Any:
+    async def run(app: Litestar) -> None:
+        await workers.run(app.state.bus)
+
+    run.__name__ = "worker_pool"
+    return run
+
+
+def create_app(settings: Settings) -> Litestar:
+    catalog = build_catalog(settings)
+    workers = WorkerPool(settings)
+    return create_service_app(
+        service="dispatcher",
+        settings=settings,
+        route_handlers=[dispatch_agent, list_agents, get_agent, end_agent, command_agent],
+        background=[_worker_pool(workers), _dispatching(workers)],
+        dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
+        description="Agents on demand: dispatch an agent of a role to a room, follow its state "
+                    "from the event log, command it, end it.",
+    )

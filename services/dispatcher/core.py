@@ -1,0 +1,200 @@
+"""The dispatcher's decisions and its read model, free of I/O: ``decide`` a request into an
+event, ``evolve`` a dispatch's state by each event of the log."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import msgspec
+
+from services.dispatcher.catalog import Catalog
+from shared.events import Envelope
+from shared.events.agents import (
+    AgentDispatched,
+    AgentDispatchFailed,
+    AgentDispatchRequested,
+    AgentEndRequested,
+    AgentSessionEnded,
+    AgentSessionFailed,
+    AgentSessionStarted,
+)
+from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
+
+RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
+Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+Language = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$",
+                                       examples=["pt-BR", "en-US"])]
+
+OPEN = ("requested", "dispatched")
+TERMINAL = ("ended", "failed")
+
+
+class DispatchAgentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
+                           forbid_unknown_fields=True):
+    """The spec's DispatchAgentRequest, plus ``role``, ``realtime``, ``instructionsMode`` and
+    ``participant``. Models are ``<provider>/<model>`` or a bare model name; omitted ones get
+    the deployment's defaults. ``realtime`` (a model, or ``"default"``) replaces stt/llm/tts
+    with one speech-to-speech model."""
+
+    room: RoomName
+    role: str = "generic"
+    instructions: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
+    instructions_mode: Literal["append", "replace"] = "append"
+    stt: str | None = None
+    llm: str | None = None
+    tts: str | None = None
+    realtime: str | None = None
+    language: Language = "pt-BR"
+    participant: Identity | None = None
+
+
+class DispatchRejectedError(Exception):
+    """The request cannot be dispatched: an HTTP status, a stable code and the valid choices."""
+
+    def __init__(self, message: str, *, code: str, status: int = 400,
+                 details: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.status, self.details = code, status, details
+
+
+def decide_request(
+    request: DispatchAgentRequest,
+    *,
+    catalog: Catalog,
+    dispatch_id: str,
+    now: datetime,
+    deadline_seconds: int,
+    over_limit: bool = False,
+) -> AgentDispatchRequested:
+    """The event a valid request becomes; DispatchRejectedError otherwise."""
+    # SEAM (billing, issue of usage limits): ``over_limit`` is true when the tenant has reached
+    # its usage cap (billing's UsageLimitReached at 100% not yet cleared). The HTTP edge passes
+    # False until that projection is wired; the answer is then 402 here.
+    if over_limit:
+        raise DispatchRejectedError("the clinic has reached its usage limit for this period",
+                                    code="usage_limit_reached", status=402)
+    role = catalog.roles.get(request.role)
+    if role is None:
+        raise DispatchRejectedError(
+            f"unknown role {request.role!r}", code="unknown_role",
+            details=[{"field": "role", "valid": sorted(catalog.roles)}],
+        )
+    if request.instructions.strip() and role.instructions == "none":
+        raise DispatchRejectedError(f"role {role.name!r} does not take instructions",
+                                    code="instructions_not_allowed")
+    if request.instructions_mode == "replace" and role.instructions != "replace":
+        raise DispatchRejectedError(f"role {role.name!r} does not allow replacing its instructions",
+                                    code="instructions_not_allowed")
+    models: dict[str, str] = {}
+    unknown: list[dict[str, object]] = []
+    kinds = ("realtime",) if request.realtime else ("stt", "llm", "tts")
+    for kind in kinds:
+        asked = getattr(request, kind)
+        if kind == "realtime" and asked == "default":
+            asked = catalog.defaults.get("realtime")
+        resolved = catalog.resolve_model(kind, asked)
+        if resolved is None:
+            unknown.append({"field": kind, "value": asked, "valid": list(catalog.models[kind])})
+        else:
+            models[kind] = resolved
+    if unknown:
+        names = ", ".join(f"{u['field']}={u['value']!r}" for u in unknown)
+        raise DispatchRejectedError(f"unknown model: {names}", code="unknown_model",
+                                    details=unknown)
+    return AgentDispatchRequested(
+        dispatch_id=dispatch_id,
+        room=request.room,
+        role=role.name,
+        instructions=request.instructions.strip(),
+        instructions_mode=request.instructions_mode,
+        language=request.language,
+        participant=request.participant or "",
+        requested_at=now,
+        deadline_at=now + timedelta(seconds=deadline_seconds),
+        **models,
+    )
+
+
+class DispatchState(msgspec.Struct, frozen=True, kw_only=True):
+    """One dispatch as the event log tells it (a row of ``agent_dispatches``)."""
+
+    dispatch_id: str
+    tenant_id: str
+    room: str
+    role: str
+    state: str
+    reason: str = ""
+    detail: str = ""
+    language: str
+    stt: str = ""
+    llm: str = ""
+    tts: str = ""
+    realtime: str = ""
+    livekit_dispatch_id: str = ""
+    agent_identity: str = ""
+    worker_id: str = ""
+    requested_at: datetime
+    deadline_at: datetime
+    dispatched_at: datetime | None = None
+    joined_at: datetime | None = None
+    end_requested_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+def _end(state: DispatchState, *, failed: bool, reason: str, detail: str,
+         at: datetime) -> DispatchState:
+    return msgspec.structs.replace(state, state="failed" if failed else "ended", reason=reason,
+                                   detail=detail, ended_at=at)
+
+
+def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None:
+    """The state after one event. Ended and failed are final: later events change nothing
+    (a session that starts after its dispatch failed is told to end by the dispatcher)."""
+    data = event.data
+    if isinstance(data, AgentDispatchRequested):
+        if state is not None:
+            return state
+        return DispatchState(
+            dispatch_id=data.dispatch_id, tenant_id=event.tenant, room=data.room, role=data.role,
+            state="requested", language=data.language, stt=data.stt, llm=data.llm, tts=data.tts,
+            realtime=data.realtime, requested_at=data.requested_at, deadline_at=data.deadline_at,
+        )
+    if state is None or state.state in TERMINAL:
+        return state
+    replace = msgspec.structs.replace
+    if isinstance(data, AgentDispatched):
+        new = "dispatched" if state.state == "requested" else state.state
+        return replace(state, state=new, livekit_dispatch_id=data.livekit_dispatch_id,
+                       dispatched_at=data.dispatched_at)
+    if isinstance(data, AgentSessionStarted):
+        return replace(state, state="joined", joined_at=data.started_at,
+                       agent_identity=data.agent_identity, worker_id=data.worker_id)
+    if isinstance(data, AgentEndRequested):
+        if state.state in OPEN:  # nobody there yet: cancelling is ending
+            return _end(replace(state, end_requested_at=data.requested_at), failed=False,
+                        reason="cancelled", detail="ended before an agent joined",
+                        at=data.requested_at)
+        return replace(state, end_requested_at=state.end_requested_at or data.requested_at)
+    if isinstance(data, AgentSessionEnded):
+        return _end(state, failed=data.reason == "error", reason=data.reason, detail=data.detail,
+                    at=data.ended_at)
+    if isinstance(data, AgentSessionFailed):
+        return _end(state, failed=True, reason=data.reason, detail=data.detail, at=data.failed_at)
+    if isinstance(data, AgentDispatchFailed):
+        return _end(state, failed=True, reason=data.reason, detail=data.detail, at=data.failed_at)
+    return state
+
+
+def worker_lost(state: DispatchState, *, worker_id: str, detail: str,
+                at: datetime) -> DispatchState:
+    """A joined dispatch whose worker died: failed, ``worker_lost``. It is not re-dispatched:
+    a consultation cannot resume mid-sentence with a new agent that heard nothing; the caller
+    decides whether to dispatch again."""
+    if state.state != "joined" or state.worker_id != worker_id:
+        return state
+    return _end(state, failed=True, reason="worker_lost", detail=detail, at=at)
+
+
+def past_deadline(state: DispatchState, now: datetime) -> bool:
+    return state.state in OPEN and now >= state.deadline_at

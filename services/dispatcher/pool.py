@@ -1,0 +1,253 @@
+"""The agent worker pool: the dispatcher runs ``mediai agent-worker`` processes, between a minimum
+and a maximum, adds one when every worker reports load above a threshold, restarts one that dies
+(with backoff, and an event each time), and drains them all on shutdown.
+
+An orchestrator can do the same job instead (MEDIAI_AGENT_POOL_MAX=0 turns this off; see
+docs/agents.md for a Kubernetes Deployment with the same environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from services.dispatcher import pool_core
+from shared import subjects
+from shared.bus import Bus
+from shared.config import Settings, to_environ
+from shared.events import CODEC, Event
+from shared.events.agents import (
+    AgentWorkerExited,
+    AgentWorkerRegistered,
+    AgentWorkerStarted,
+)
+from shared.naming import SYSTEM_TENANT
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A worker never outlives the dispatcher that supervises it.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class PoolWorker:
+    worker_id: str
+    process: asyncio.subprocess.Process
+    http_port: int
+    started: float
+    attempt: int
+    registered: bool = False
+    load: float | None = None
+    active_jobs: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+
+    def view(self, now: float) -> pool_core.WorkerView:
+        return pool_core.WorkerView(
+            worker_id=self.worker_id, registered=self.registered, load=self.load,
+            active_jobs=self.active_jobs, idle_seconds=now - self.idle_since,
+            stopping=self.stopping,
+        )
+
+
+class WorkerPool:
+    """The pool of one dispatcher process; ``run(bus)`` keeps it going until cancelled."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus: Bus | None = None
+        self.workers: dict[str, PoolWorker] = {}
+        self._restarts: list[tuple[float, int]] = []  # (due, attempt)
+        self._monitors: set[asyncio.Task[None]] = set()
+        self._registered = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.agent_pool_max > 0
+
+    async def wait_ready(self, within: float) -> bool:
+        """Wait until at least one worker is registered with LiveKit (False after ``within``)."""
+        if not self.enabled:
+            return True
+        try:
+            await asyncio.wait_for(self._registered.wait(), max(within, 0.0))
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self, bus: Bus) -> None:
+        """Keep the pool at its size until cancelled (the service stopping), then drain every
+        worker. If this loop fails it can simply be run again: the workers, and the tasks
+        watching them, carry on meanwhile."""
+        if not self.enabled:
+            await asyncio.Event().wait()  # nothing to run; stay up like the other loops
+        self.bus = bus
+        subscription = await bus.js.subscribe(
+            subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT), cb=self._on_registered,
+            ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        )
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+                while True:
+                    await self._poll_loads(http)
+                    await self._tick()
+                    await asyncio.sleep(TICK_SECONDS)
+        except asyncio.CancelledError:
+            await self.drain()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        due = [r for r in self._restarts if r[0] <= now]
+        self._restarts = [r for r in self._restarts if r[0] > now]
+        for _, attempt in due:
+            await self.start_worker("restart", attempt)
+        decision = pool_core.plan(
+            [w.view(now) for w in self.workers.values()],
+            minimum=self.settings.agent_pool_min, maximum=self.settings.agent_pool_max,
+            scale_up_load=self.settings.agent_scale_up_load, restarting=len(self._restarts),
+        )
+        for _ in range(decision.start):
+            await self.start_worker(decision.reason, 0)
+        for worker_id in decision.stop:
+            self.stop_worker(worker_id)
+
+    async def start_worker(self, reason: str, attempt: int) -> PoolWorker:
+        worker_id = f"agent-{uuid.uuid4().hex[:8]}"
+        port = _free_port(self.settings.host)
+        log_dir = self.settings.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **to_environ(self.settings), "HF_HUB_OFFLINE": "1",
+               "MEDIAI_AGENT_WORKER_ID": worker_id}
+        with (log_dir / f"agent-worker-{worker_id}.log").open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "deploy", "agent-worker",
+                "--worker-id", worker_id, "--http-port", str(port),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        worker = PoolWorker(worker_id=worker_id, process=process, http_port=port,
+                            started=time.monotonic(), attempt=attempt)
+        self.workers[worker_id] = worker
+        monitor = asyncio.create_task(self._monitor(worker), name=f"pool-{worker_id}")
+        self._monitors.add(monitor)
+        monitor.add_done_callback(self._monitors.discard)
+        log.info("pool: started agent worker %s (pid %d, %s)", worker_id, process.pid, reason)
+        await self._publish(AgentWorkerStarted(worker_id=worker_id, pid=process.pid, reason=reason,
+                                               attempt=attempt, started_at=datetime.now(UTC)),
+                            key=worker_id)
+        return worker
+
+    def stop_worker(self, worker_id: str) -> None:
+        """Drain one worker: SIGTERM makes it end its sessions gracefully, then exit."""
+        worker = self.workers.get(worker_id)
+        if worker is not None and not worker.stopping:
+            worker.stopping = True
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+
+    async def _monitor(self, worker: PoolWorker) -> None:
+        code = await worker.process.wait()
+        # Whatever the worker left in its process group (job processes) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        self.workers.pop(worker.worker_id, None)
+        self._update_registered()
+        uptime = time.monotonic() - worker.started
+        expected = worker.stopping or self._stopping
+        delay: float | None = None
+        if not expected:
+            attempt = pool_core.next_attempt(worker.attempt, uptime)
+            delay = pool_core.restart_delay(attempt)
+            self._restarts.append((time.monotonic() + delay, attempt))
+            log.error("pool: agent worker %s died (code %s); restarting in %.1fs",
+                      worker.worker_id, code, delay)
+        await self._publish(AgentWorkerExited(
+            worker_id=worker.worker_id, pid=worker.process.pid,
+            exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
+            expected=expected, uptime_seconds=round(uptime, 3), restart_delay_seconds=delay,
+            exited_at=datetime.now(UTC),
+        ), key=worker.worker_id)
+
+    async def _poll_loads(self, http: aiohttp.ClientSession) -> None:
+        async def poll(worker: PoolWorker) -> None:
+            url = f"http://{self.settings.host}:{worker.http_port}/worker"
+            try:
+                async with http.get(url) as response:
+                    info: dict[str, Any] = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return  # not listening yet, or busy: keep the last known load
+            worker.load = float(info.get("worker_load", 0.0))
+            worker.active_jobs = int(info.get("active_jobs", 0))
+            if worker.active_jobs:
+                worker.idle_since = time.monotonic()
+
+        registered = [w for w in self.workers.values() if w.registered]
+        await asyncio.gather(*(poll(w) for w in registered))
+
+    async def _on_registered(self, message: Any) -> None:
+        event = CODEC.decode(message.data)
+        if isinstance(event.data, AgentWorkerRegistered):
+            worker = self.workers.get(event.data.worker_id)
+            if worker is not None:
+                worker.registered = True
+                self._update_registered()
+
+    def _update_registered(self) -> None:
+        if any(w.registered and not w.stopping for w in self.workers.values()):
+            self._registered.set()
+        else:
+            self._registered.clear()
+
+    async def drain(self) -> None:
+        """Stop every worker gracefully within the drain timeout, then kill what is left."""
+        self._stopping = True
+        self._restarts.clear()
+        for worker_id in list(self.workers):
+            self.stop_worker(worker_id)
+        monitors = set(self._monitors)
+        if not monitors:
+            return
+        _, pending = await asyncio.wait(monitors, timeout=self.settings.agent_drain_timeout + 0.5)
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.process.pid, signal.SIGKILL)
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+
+    async def _publish(self, data: Event, *, key: str) -> None:
+        if self.bus is None:
+            return
+        try:
+            await self.bus.publish(data, tenant=SYSTEM_TENANT, key=key)
+        except Exception as error:  # noqa: BLE001 - the pool keeps running when NATS is away
+            log.warning("pool: could not publish %s: %s", data.TYPE, type(error).__name__)

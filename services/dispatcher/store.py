@@ -1,0 +1,78 @@
+"""The dispatcher's SQL: the ``agent_dispatches`` read model, one row per dispatch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from services.dispatcher.core import DispatchState
+from shared.db import Connection
+
+_COLUMNS = tuple(DispatchState.__struct_fields__)
+
+
+def _state(row: asyncpg.Record) -> DispatchState:
+    return msgspec.convert({c: row[c] for c in _COLUMNS}, DispatchState)
+
+
+async def load(conn: Connection | asyncpg.Pool, dispatch_id: str) -> DispatchState | None:
+    row = await conn.fetchrow("SELECT * FROM agent_dispatches WHERE dispatch_id = $1", dispatch_id)
+    return _state(row) if row else None
+
+
+async def save(conn: Connection, state: DispatchState) -> None:
+    values = [getattr(state, c) for c in _COLUMNS]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "dispatch_id")
+    await conn.execute(
+        f"INSERT INTO agent_dispatches ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608 - column names are ours
+        f" ON CONFLICT (dispatch_id) DO UPDATE SET {updates}, updated_at = now()",
+        *values,
+    )
+
+
+async def for_tenant(pool: asyncpg.Pool, tenant_id: str, dispatch_id: str) -> DispatchState | None:
+    row = await pool.fetchrow(
+        "SELECT * FROM agent_dispatches WHERE dispatch_id = $1 AND tenant_id = $2",
+        dispatch_id, tenant_id,
+    )
+    return _state(row) if row else None
+
+
+async def list_for_tenant(pool: asyncpg.Pool, tenant_id: str, *, room: str | None,
+                          state: str | None, limit: int) -> list[DispatchState]:
+    rows = await pool.fetch(
+        "SELECT * FROM agent_dispatches WHERE tenant_id = $1"
+        " AND ($2::text IS NULL OR room = $2) AND ($3::text IS NULL OR state = $3)"
+        " ORDER BY requested_at DESC LIMIT $4",
+        tenant_id, room, state, limit,
+    )
+    return [_state(r) for r in rows]
+
+
+async def past_deadline(pool: asyncpg.Pool, now: datetime) -> list[DispatchState]:
+    rows = await pool.fetch(
+        "SELECT * FROM agent_dispatches WHERE state IN ('requested', 'dispatched')"
+        " AND deadline_at <= $1 ORDER BY deadline_at LIMIT 100",
+        now,
+    )
+    return [_state(r) for r in rows]
+
+
+async def ending_too_long(pool: asyncpg.Pool, before: datetime) -> list[DispatchState]:
+    """Joined dispatches asked to end before ``before`` that are still running."""
+    rows = await pool.fetch(
+        "SELECT * FROM agent_dispatches WHERE state = 'joined' AND end_requested_at <= $1"
+        " ORDER BY end_requested_at LIMIT 100",
+        before,
+    )
+    return [_state(r) for r in rows]
+
+
+async def joined_on_worker(pool: asyncpg.Pool, worker_id: str) -> list[DispatchState]:
+    rows = await pool.fetch(
+        "SELECT * FROM agent_dispatches WHERE state = 'joined' AND worker_id = $1", worker_id,
+    )
+    return [_state(r) for r in rows]
