@@ -257,7 +257,9 @@ class ConsumerSpec:
 class Consumer:
     """Runs one durable consumer: fetch, decode, handle, then ack, nak-with-delay or dead-letter."""
 
-    def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler, batch: int = 32) -> None:
+    def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler, batch: int = 1) -> None:
+        # batch=1 by default: nats-py's fetch of N holds a lone message until the pull expires
+        # (up to 1 s) while it waits for N; a throughput-bound consumer may pass more.
         self.bus, self.spec, self.handler, self.batch = bus, spec, handler, batch
 
     async def run(self) -> None:

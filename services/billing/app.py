@@ -178,7 +178,8 @@ async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditR
 def _projection(app: Litestar) -> Any:
     settings: Settings = app.state.settings
     handler = usage_handler(app.state.pool, _zone(settings))
-    return Consumer(app.state.bus, USAGE_PROJECTION, handler).run()
+    # Throughput over latency: usage may show a second late, a rebuild-sized backlog drains fast.
+    return Consumer(app.state.bus, USAGE_PROJECTION, handler, batch=64).run()
 
 
 async def _invoice_schedule(app: Litestar) -> None:
