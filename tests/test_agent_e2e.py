@@ -326,10 +326,15 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
         await patient.wait_for_voice(spoke, started.agent_identity)
         assert standin.requests("chat")[-1]["reply"]["text"] == second_answer
         announcement = "O médico vai entrar em instantes."
+        commanded = time.monotonic()
         response = await api.post(f"/v1/agents/{dispatch_id}/commands",
                                   json={"command": "say", "text": announcement})
         assert response.status_code == 202, response.text
         await until(lambda: spoken(standin).endswith(announcement), 10)
+        # Let the patient hear it all (the stand-in's tone lasts 0.06 s a character) before
+        # ending, or the goodbye interrupts it and less audio is synthesized than requested.
+        await patient.wait_for_voice(commanded, started.agent_identity,
+                                     frames=int(len(announcement) * 6 * 0.9))
 
         # Ending: goodbye, final usage, ended; the dispatch shows it.
         assert (await api.delete(f"/v1/agents/{dispatch_id}")).status_code == 202

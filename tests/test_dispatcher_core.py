@@ -92,14 +92,6 @@ def test_replacing_instructions_only_where_the_role_allows() -> None:
         decide(role="intake", instructions="x", instructionsMode="replace")
 
 
-def test_over_the_usage_cap_is_402() -> None:
-    request = DispatchAgentRequest(room="r1")
-    with pytest.raises(DispatchRejectedError) as failure:
-        decide_request(request, catalog=CATALOG, dispatch_id="d", now=T0, deadline_seconds=5,
-                       over_limit=True)
-    assert (failure.value.status, failure.value.code) == (402, "usage_limit_reached")
-
-
 def test_the_roles_the_dispatcher_reads_are_the_agents_registry() -> None:
     roles = load_roles()
     assert roles["generic"].instructions == "replace"

@@ -14,7 +14,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 from livekit import api
 
-from services.dispatcher import consumers, store
+from services.dispatcher import consumers, limits, store
 from services.dispatcher.catalog import Catalog, build_catalog
 from services.dispatcher.core import (
     TERMINAL,
@@ -105,11 +105,12 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
       status_code=202)
 async def dispatch_agent(data: DispatchAgentRequest, tenant: Tenant, bus: Bus,
                          pool: asyncpg.Pool, settings: Settings, catalog: Catalog) -> DispatchView:
+    now = utcnow()
+    usage_limits = await store.usage_limits_in_force(pool, tenant.id, now)
     try:
         request = decide_request(
-            data, catalog=catalog, dispatch_id=new_event_id(), now=utcnow(),
-            deadline_seconds=settings.agent_dispatch_deadline,
-            over_limit=False,  # SEAM: billing's usage cap (see core.decide_request)
+            data, catalog=catalog, dispatch_id=new_event_id(), now=now,
+            deadline_seconds=settings.agent_dispatch_deadline, usage_limits=usage_limits,
         )
     except DispatchRejectedError as error:
         raise _rejected(error) from None
@@ -240,7 +241,8 @@ def create_app(settings: Settings) -> Litestar:
         service="dispatcher",
         settings=settings,
         route_handlers=[dispatch_agent, list_agents, get_agent, end_agent, command_agent],
-        background=[_worker_pool(workers), _dispatching(workers)],
+        background=[_worker_pool(workers), _dispatching(workers),
+                    limits.project_usage_limits],
         dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "
                     "from the event log, command it, end it.",

@@ -3,7 +3,8 @@ event, ``evolve`` a dispatch's state by each event of the log."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
@@ -19,6 +20,7 @@ from shared.events.agents import (
     AgentSessionFailed,
     AgentSessionStarted,
 )
+from shared.events.billing import UsageLimitCleared, UsageLimitReached
 from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
 
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
@@ -58,6 +60,72 @@ class DispatchRejectedError(Exception):
         self.code, self.status, self.details = code, status, details
 
 
+class UsageLimit(msgspec.Struct, frozen=True, kw_only=True):
+    """Billing's last word on one (tenant, meter, billing month) at the 100% threshold (a row of
+    ``dispatch_usage_limits``): ``in_force`` from a ``UsageLimitReached``, lifted by a
+    ``UsageLimitCleared``; ``revision`` orders them."""
+
+    tenant_id: str
+    meter: str
+    period_start: datetime
+    period_end: datetime
+    in_force: bool
+    revision: int
+    monthly_quantity: int | None = None
+    quantity: int = 0
+
+
+def limit_notice(event: Envelope) -> UsageLimit | None:
+    """What a billing limit event says about dispatching; None for 80% (a warning for people,
+    not a reason to refuse)."""
+    data = event.data
+    if not isinstance(data, UsageLimitReached | UsageLimitCleared) or data.threshold_percent != 100:
+        return None
+    return UsageLimit(
+        tenant_id=event.tenant, meter=data.meter, period_start=data.period_start,
+        period_end=data.period_end, in_force=isinstance(data, UsageLimitReached),
+        revision=data.revision, monthly_quantity=data.monthly_quantity, quantity=data.quantity,
+    )
+
+
+def evolve_limit(current: UsageLimit | None, notice: UsageLimit) -> UsageLimit:
+    """The higher revision wins, whatever the delivery order (an equal one is the same change
+    told again)."""
+    if current is not None and current.revision >= notice.revision:
+        return current
+    return notice
+
+
+def blocking_limits(limits: Iterable[UsageLimit], now: datetime) -> list[UsageLimit]:
+    """The caps that refuse a dispatch at ``now``: in force, and ``now`` inside their month (a
+    new month starts clear without any event)."""
+    return sorted((limit for limit in limits
+                   if limit.in_force and limit.period_start <= now < limit.period_end),
+                  key=lambda limit: limit.meter)
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _over_limit(blocking: list[UsageLimit]) -> DispatchRejectedError:
+    meters = ", ".join(
+        f"{limit.meter} ({limit.quantity} used, cap {limit.monthly_quantity})"
+        if limit.monthly_quantity is not None else limit.meter
+        for limit in blocking
+    )
+    ends = _instant(max(limit.period_end for limit in blocking))
+    return DispatchRejectedError(
+        f"the clinic has reached its monthly usage cap on {meters}; agents can be dispatched "
+        f"again when the billing period ends at {ends}, or once the cap is raised",
+        code="usage_limit_reached", status=402,
+        details=[{"meter": limit.meter, "quantity": limit.quantity,
+                  "monthlyQuantity": limit.monthly_quantity,
+                  "periodStart": _instant(limit.period_start),
+                  "periodEnd": _instant(limit.period_end)} for limit in blocking],
+    )
+
+
 def decide_request(
     request: DispatchAgentRequest,
     *,
@@ -65,15 +133,13 @@ def decide_request(
     dispatch_id: str,
     now: datetime,
     deadline_seconds: int,
-    over_limit: bool = False,
+    usage_limits: Iterable[UsageLimit] = (),
 ) -> AgentDispatchRequested:
-    """The event a valid request becomes; DispatchRejectedError otherwise."""
-    # SEAM (billing, issue of usage limits): ``over_limit`` is true when the tenant has reached
-    # its usage cap (billing's UsageLimitReached at 100% not yet cleared). The HTTP edge passes
-    # False until that projection is wired; the answer is then 402 here.
-    if over_limit:
-        raise DispatchRejectedError("the clinic has reached its usage limit for this period",
-                                    code="usage_limit_reached", status=402)
+    """The event a valid request becomes; DispatchRejectedError otherwise. ``usage_limits`` are
+    the tenant's caps as billing last announced them: one in force at ``now`` is a 402."""
+    blocking = blocking_limits(usage_limits, now)
+    if blocking:
+        raise _over_limit(blocking)
     role = catalog.roles.get(request.role)
     if role is None:
         raise DispatchRejectedError(

@@ -1,4 +1,5 @@
-"""The dispatcher's SQL: the ``agent_dispatches`` read model, one row per dispatch."""
+"""The dispatcher's SQL: the ``agent_dispatches`` read model, one row per dispatch, and
+``dispatch_usage_limits``, billing's usage caps as the dispatcher needs them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from services.dispatcher.core import DispatchState
+from services.dispatcher.core import DispatchState, UsageLimit
 from shared.db import Connection
 
 _COLUMNS = tuple(DispatchState.__struct_fields__)
@@ -76,3 +77,47 @@ async def joined_on_worker(pool: asyncpg.Pool, worker_id: str) -> list[DispatchS
         "SELECT * FROM agent_dispatches WHERE state = 'joined' AND worker_id = $1", worker_id,
     )
     return [_state(r) for r in rows]
+
+
+_LIMIT_COLUMNS = tuple(UsageLimit.__struct_fields__)
+
+
+def _limit(row: asyncpg.Record) -> UsageLimit:
+    return msgspec.convert({c: row[c] for c in _LIMIT_COLUMNS}, UsageLimit)
+
+
+async def load_usage_limit(conn: Connection, tenant_id: str, meter: str,
+                           period_start: datetime) -> UsageLimit | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM dispatch_usage_limits"
+        " WHERE tenant_id = $1 AND meter = $2 AND period_start = $3",
+        tenant_id, meter, period_start,
+    )
+    return _limit(row) if row else None
+
+
+async def save_usage_limit(conn: Connection, limit: UsageLimit) -> None:
+    """Insert or replace the row, never with a lower revision: two replicas applying two
+    notices of the same cap at once cannot go back in time."""
+    values = [getattr(limit, c) for c in _LIMIT_COLUMNS]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(_LIMIT_COLUMNS) + 1))
+    key = ("tenant_id", "meter", "period_start")
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _LIMIT_COLUMNS if c not in key)
+    await conn.execute(
+        f"INSERT INTO dispatch_usage_limits ({', '.join(_LIMIT_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608 - column names are ours
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}, updated_at = now()"
+        " WHERE dispatch_usage_limits.revision < excluded.revision",
+        *values,
+    )
+
+
+async def usage_limits_in_force(pool: asyncpg.Pool, tenant_id: str,
+                                now: datetime) -> list[UsageLimit]:
+    """The tenant's caps in force whose month has not ended (those of past months can never
+    refuse again); ``core.blocking_limits`` decides."""
+    rows = await pool.fetch(
+        "SELECT * FROM dispatch_usage_limits WHERE tenant_id = $1 AND in_force"
+        " AND period_end > $2",
+        tenant_id, now,
+    )
+    return [_limit(r) for r in rows]
