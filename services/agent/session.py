@@ -15,12 +15,12 @@ from livekit.agents.llm import ChatMessage
 from livekit.agents.voice import room_io
 
 from services.agent.commands import CommandListener
+from services.agent.medical import Medical
 from services.agent.metadata import JobMetadata, split_model
 from services.agent.presence import ParticipantsTextOutput, Presence
 from services.agent.providers import Models
 from services.agent.reporter import Reporter
 from services.agent.roles import Role, render_instructions
-from services.agent.tools import tools_for
 from services.agent.usage import UsageMeter, totals_from_model_usage
 from shared.bus import Bus
 from shared.config import Settings
@@ -124,8 +124,10 @@ class SessionRuntime:
             },
             userdata=self,
         )
-        self.agent = Agent(instructions=self.instructions(self.request.instructions),
-                           tools=tools_for(role.tools))
+        # The medical roles' behaviour (consent first, tools, copilot, vision, avatar): issue 5.
+        self.medical = Medical(self)
+        self.consultation = self.medical.consultation  # what the medical tools reach
+        self.agent: Agent = self.medical.agent(self.instructions(self.request.instructions))
 
     def instructions(self, text: str) -> str:
         return render_instructions(self.role, language=self.request.language, instructions=text,
@@ -154,13 +156,16 @@ class SessionRuntime:
         session.on("close", self._on_close)
         self.ctx.room.on("track_subscribed", lambda track, *_: self.video.subscribed(track))
         self.ctx.room.on("track_unsubscribed", lambda track, *_: self.video.unsubscribed(track))
+        await self.medical.before_start()  # an avatar takes the audio output before the session
+        hears = self.medical.room_options()
         await session.start(
             self.agent,
             room=self.ctx.room,
             room_options=room_io.RoomOptions(
                 audio_output=self.role.speaks,
                 text_output=self.role.speaks,
-                video_input=self.role.vision,
+                audio_input=hears["audio_input"],
+                video_input=hears["video_input"],
                 participant_identity=self.presence.initial_identity(),
                 close_on_disconnect=False,
             ),
@@ -173,6 +178,7 @@ class SessionRuntime:
             )
             session.output.transcription = self.text_output
         self.presence.attach(session.room_io)
+        self.medical.started()
         self.ctx.add_shutdown_callback(self._on_shutdown)
         self._spawn(self._report_usage_forever(), "mediai-usage")
         self._commands = await CommandListener.start(
@@ -251,7 +257,8 @@ class SessionRuntime:
 
     def _totals(self) -> Any:
         return totals_from_model_usage(self.session.usage.model_usage,
-                                       video_seconds=self.video.seconds)
+                                       video_seconds=self.video.seconds,
+                                       avatar_seconds=self.consultation.avatar_seconds())
 
     # -- commands --------------------------------------------------------------------------
 
@@ -310,6 +317,7 @@ class SessionRuntime:
         self.presence.detach()
         if self._commands is not None:
             await self._commands.close()
+        await self.medical.closing()  # e.g. an unfinished anamnesis, before the reporter closes
         now = utcnow()
         self.reporter.emit(self.meter.report(self._totals(), now, final=True))
         self.reporter.emit(AgentSessionEnded(
@@ -320,6 +328,10 @@ class SessionRuntime:
         await self.bus.close()
 
 
-def auto_subscribe(role: Role) -> AutoSubscribe:
-    """Video costs bandwidth and is metered: only roles that look at cameras subscribe to it."""
+def auto_subscribe(role: Role, settings: Settings | None = None) -> AutoSubscribe:
+    """Video costs bandwidth and is metered: only roles that look at cameras subscribe to it,
+    and (with ``settings``) only in streaming mode: on demand, vision.py subscribes a camera just
+    for the frame it takes."""
+    if settings is not None and not (settings.enable_vision and settings.enable_vision_streaming):
+        return AutoSubscribe.AUDIO_ONLY
     return AutoSubscribe.SUBSCRIBE_ALL if role.vision else AutoSubscribe.AUDIO_ONLY

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from livekit.agents import RunContext, function_tool
-from livekit.agents.llm import FunctionTool, Tool, Toolset
+from livekit.agents.llm import FunctionTool, RawFunctionTool, Tool, Toolset
+
+# The medical roles' tools (issue 5); docs/agents-roles.md says which role uses which.
+from services.agent import consent, intake, reception, vision
 
 
 @function_tool
@@ -22,8 +25,23 @@ async def end_conversation(context: RunContext[Any]) -> None:
     runtime.finish_soon("completed")
 
 
-TOOLS: dict[str, FunctionTool[Any, Any]] = {
+TOOLS: dict[str, FunctionTool[Any, Any] | RawFunctionTool[Any, Any]] = {
     "end_conversation": end_conversation,
+    # patient-facing roles: consent first (services/agent/consent.py)
+    "record_consent": consent.record_consent,
+    # intake: the anamnesis and urgent red flags (services/agent/intake.py)
+    "record_answer": intake.record_answer,
+    "finish_intake": intake.finish_intake,
+    "raise_red_flag": intake.raise_red_flag,
+    # receptionist: doctors and appointments (services/agent/reception.py)
+    "search_doctors": reception.search_doctors,
+    "next_slots": reception.next_slots,
+    "book_appointment": reception.book_appointment,
+    "find_appointments": reception.find_appointments,
+    "reschedule_appointment": reception.reschedule_appointment,
+    "cancel_appointment": reception.cancel_appointment,
+    # vision (services/agent/vision.py)
+    "look_at_patient": vision.look_at_patient,
 }
 
 

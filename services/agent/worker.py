@@ -138,7 +138,7 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown(failure_reason(error))
         return
     try:
-        await ctx.connect(auto_subscribe=auto_subscribe(role))  # while the bus connects
+        await ctx.connect(auto_subscribe=auto_subscribe(role, deps.settings))  # while bus connects
     except Exception as error:  # noqa: BLE001 - any failure to join is reported, then the job ends
         log.error("could not join the room: %s", type(error).__name__)
         bus = await bus_connecting

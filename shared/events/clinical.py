@@ -7,6 +7,10 @@ are business facts (a slot was taken, moved, freed) that other services may coun
 they carry an opaque ``patient_ref`` chosen by the clinic (its own patient id, or the patient's
 LiveKit identity) and never the patient's name, contact or reason for the visit, which stay in
 the scheduling database where the clinic can correct or erase them.
+
+By the same rule, consent decisions and counts of copilot hints and avatar fallbacks are business
+facts (business stream, no content), while urgent red flags and what a hint said are health data
+(PHI stream only).
 """
 
 from __future__ import annotations
@@ -125,6 +129,129 @@ class AppointmentCancelled(Event, frozen=True, kw_only=True):
     channel: str = "api"
 
 
+# ---------------------------------------------------------------------------------------------
+# Consent, urgent red flags, copilot hints, avatars (published by the agent; keyed by dispatch id)
+
+
+class ConsentGiven(Event, frozen=True, kw_only=True):
+    """The patient agreed to be assisted by an AI agent (and, when the room was being recorded,
+    to the recording) before any clinical conversation. Consent is per consultation.
+
+    On the business stream: the proof of consent is kept as long as the consultation's records.
+    It says what was asked (``wording``: the version of the consent text) and which transcript
+    segments hold the answer (``segment_ids``), never what was said.
+    ``participant_identity`` is the patient's LiveKit identity (opaque, chosen by the clinic).
+    """
+
+    TYPE: ClassVar[str] = "mediai.consent.given.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    participant_identity: str = ""
+    ai_assistance: bool = True
+    # Whether the room was being recorded when consent was asked (then it covers recording too).
+    recording: bool = False
+    wording: str
+    segment_ids: list[str] = msgspec.field(default_factory=list)
+    given_at: datetime
+
+
+class ConsentRefused(Event, frozen=True, kw_only=True):
+    """The patient did not agree; the agent explained, said goodbye and left (the session ends
+    ``completed`` with detail ``consent_refused``). ``refused`` says what was refused:
+    ``ai_assistance`` or ``recording``."""
+
+    TYPE: ClassVar[str] = "mediai.consent.refused.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    participant_identity: str = ""
+    refused: str
+    recording: bool = False
+    wording: str
+    segment_ids: list[str] = msgspec.field(default_factory=list)
+    refused_at: datetime
+
+
+class RedFlagRaised(Event, frozen=True, kw_only=True):
+    """Urgent: a patient reported a sign of emergency during a consultation; the agent told
+    them to call SAMU (192) now. The clinic should act at once.
+
+    ``category`` is a stable code (``chest_pain_dyspnea``, ``stroke_signs``,
+    ``suicidal_ideation``, ``severe_bleeding``, ``loss_of_consciousness``,
+    ``severe_breathing_difficulty``, ``anaphylaxis``, ``other``); ``description`` is the agent's
+    short pt-BR account of what was reported; ``segment_ids`` cite the transcript. Health data:
+    PHI stream only.
+    """
+
+    TYPE: ClassVar[str] = "mediai.red_flag.raised.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    STREAM: ClassVar[str] = PHI_STREAM
+    dispatch_id: str
+    room: str
+    role: str
+    participant_identity: str = ""
+    category: str
+    description: str = ""
+    segment_ids: list[str] = msgspec.field(default_factory=list)
+    raised_at: datetime
+
+
+class CopilotHintSent(Event, frozen=True, kw_only=True):
+    """The copilot sent the doctor a hint (counted, never read: no content here).
+
+    ``kind``: ``question`` (a suggested question), ``reminder`` (a procedure from the
+    dispatch's instructions), ``red_flag`` or ``note``. ``hint_id`` joins it to its content in
+    ``CopilotHintWritten`` (PHI stream). ``recipients`` is how many participants got it.
+    """
+
+    TYPE: ClassVar[str] = "mediai.copilot.hint_sent.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    hint_id: str
+    kind: str
+    sequence: int
+    recipients: int = 1
+    sent_at: datetime
+
+
+class CopilotHintWritten(Event, frozen=True, kw_only=True):
+    """What a copilot hint said, exactly as the doctor received it (PHI stream only), and to
+    whom (``recipients``: identities). Joined to ``CopilotHintSent`` by ``hint_id``."""
+
+    TYPE: ClassVar[str] = "mediai.copilot.hint_written.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    STREAM: ClassVar[str] = PHI_STREAM
+    dispatch_id: str
+    room: str
+    hint_id: str
+    kind: str
+    text: str
+    recipients: list[str] = msgspec.field(default_factory=list)
+    segment_ids: list[str] = msgspec.field(default_factory=list)
+    sent_at: datetime
+
+
+class AvatarUnavailable(Event, frozen=True, kw_only=True):
+    """The avatar asked for (``provider``: ``bey`` or ``tavus``) could not be used, so the
+    agent carries on with voice only. ``reason``: ``missing_credentials`` (``detail`` names the
+    setting), ``unknown_provider``, ``start_failed`` (the provider refused or did not answer:
+    ``detail`` has the error class) or ``not_joined`` (it never appeared in the room)."""
+
+    TYPE: ClassVar[str] = "mediai.avatar.unavailable.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: str
+    room: str
+    role: str
+    provider: str
+    reason: str
+    detail: str = ""
+    at: datetime
+
+
 EVENTS: tuple[type[Event], ...] = (
     AnamnesisRecorded,
     DoctorCreated,
@@ -132,4 +259,10 @@ EVENTS: tuple[type[Event], ...] = (
     AppointmentBooked,
     AppointmentRescheduled,
     AppointmentCancelled,
+    ConsentGiven,
+    ConsentRefused,
+    RedFlagRaised,
+    CopilotHintSent,
+    CopilotHintWritten,
+    AvatarUnavailable,
 )
