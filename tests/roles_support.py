@@ -1,0 +1,98 @@
+"""What the role tests share: a consultation wired to the real bus (events reach the real NATS
+through the agent's own Reporter), an agent session on the OpenAI-compatible stand-in, and
+waiting for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import AgentSession
+from livekit.plugins import openai
+
+from services.agent.consultation import Consultation
+from services.agent.medical import ClinicalAgent, build_agent
+from services.agent.reporter import Reporter
+from services.agent.roles import load_registry, render_instructions
+from shared.bus import Bus
+from shared.config import Settings
+from shared.events import Event
+from tests.standin import OpenAIStandin
+
+ROLES = load_registry()
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait for a condition set by another task or process, failing after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - state changed elsewhere, polled
+            await asyncio.sleep(0.02)
+
+
+@dataclass
+class Harness:
+    """A consultation as a worker would build it, with what the session asked to end."""
+
+    consultation: Consultation
+    reporter: Reporter
+    ended: list[tuple[str, str]] = field(default_factory=list)
+    emitted: list[Event] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def consultation(bus: Bus, settings: Settings, *, role: str, tenant: str,
+                       room: str | None = None, patient: str = "patient-1",
+                       rtc_room: rtc.Room | None = None) -> AsyncIterator[Harness]:
+    dispatch_id = str(uuid.uuid4())
+    reporter = Reporter(bus, tenant=tenant, key=dispatch_id)
+    ended: list[tuple[str, str]] = []
+    emitted: list[Event] = []
+
+    def emit(event: Event) -> object:
+        emitted.append(event)
+        return reporter.emit(event)
+
+    made = Consultation(
+        tenant=tenant, room=room or f"consulta-{tag()}", dispatch_id=dispatch_id,
+        role=ROLES[role], settings=settings, emit=emit,
+        finish=lambda reason, detail: ended.append((reason, detail)),
+        patient=lambda: patient, nc=bus.nc, rtc_room=rtc_room,
+    )
+    try:
+        yield Harness(made, reporter, ended, emitted)
+    finally:
+        await reporter.close()
+
+
+def agent_for(harness: Harness, instructions: str = "") -> ClinicalAgent:
+    c = harness.consultation
+    return build_agent(c, render_instructions(c.role, language="pt-BR",
+                                              instructions=instructions, mode="append"))
+
+
+@asynccontextmanager
+async def session_on(standin: OpenAIStandin, harness: Harness,
+                     instructions: str = "") -> AsyncIterator[AgentSession[Any]]:
+    """A started text session (no room) of the harness's role, on the stand-in's LLM; the
+    transcript listener is attached as the worker attaches it."""
+    async with openai.LLM(base_url=standin.base_url, api_key="x", model="gpt-4o-mini") as model, \
+            AgentSession(llm=model, userdata=harness.consultation) as session:
+        session.on("conversation_item_added", harness.consultation.transcript.on_item)
+        opening = await session.start(agent_for(harness, instructions), capture_run=True)
+        await opening  # what the agent says on entering (a consent role: the question)
+        yield session
+
+
+def said(session: AgentSession[Any]) -> list[tuple[str, str]]:
+    """(role, text) of every message so far."""
+    return [(item.role, item.text_content or "") for item in session.history.items
+            if item.type == "message"]
