@@ -33,8 +33,10 @@ from tests.test_agent_e2e import OPENAI, Participant, registered_workers, speech
 def summary(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p90 = ordered[max(0, int(len(ordered) * 0.9) - 1)]
-    return (f"  {name:<36} p50 {statistics.median(ordered):5.2f} s  p90 {p90:5.2f} s  "
-            f"min {ordered[0]:5.2f} s  max {ordered[-1]:5.2f} s  (n={len(ordered)})")
+    return (
+        f"  {name:<36} p50 {statistics.median(ordered):5.2f} s  p90 {p90:5.2f} s  "
+        f"min {ordered[0]:5.2f} s  max {ordered[-1]:5.2f} s  (n={len(ordered)})"
+    )
 
 
 async def one_run(api: httpx.AsyncClient, standin: OpenAIStandin) -> tuple[float, float]:
@@ -69,28 +71,34 @@ async def one_run(api: httpx.AsyncClient, standin: OpenAIStandin) -> tuple[float
 async def main(runs: int) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
     with OpenAIStandin() as standin:
-        settings = stack_settings(data_dir, openai_base_url=standin.base_url,
-                                  openai_api_key="bench")
+        settings = stack_settings(
+            data_dir, openai_base_url=standin.base_url, openai_api_key="bench"
+        )
         stack = Stack(settings)
         state = await stack.start()
         try:
             bus = await connect_bus(settings, "bench")
             began = time.monotonic()
             await registered_workers(bus)
-            print(f"stack ready; first agent worker registered {time.monotonic() - began:.1f}s "
-                  "after that")
+            print(
+                f"stack ready; first agent worker registered {time.monotonic() - began:.1f}s "
+                "after that"
+            )
             await bus.close()
             joins, answers = [], []
             async with httpx.AsyncClient(
-                base_url=state.gateway_url, timeout=30,
+                base_url=state.gateway_url,
+                timeout=30,
                 headers={"Authorization": f"Bearer {state.dev_api_key}"},
             ) as api:
                 for run in range(runs):
                     join_seconds, answer_seconds = await one_run(api, standin)
                     joins.append(join_seconds)
                     answers.append(answer_seconds)
-                    print(f"  run {run + 1:>2}: joined {join_seconds:5.2f} s, "
-                          f"answered {answer_seconds:5.2f} s after the end of speech")
+                    print(
+                        f"  run {run + 1:>2}: joined {join_seconds:5.2f} s, "
+                        f"answered {answer_seconds:5.2f} s after the end of speech"
+                    )
             print("agents on the local stack, stand-in provider:")
             print(summary("POST /v1/agents -> agent in the room", joins))
             print(summary("end of speech -> first agent audio", answers))

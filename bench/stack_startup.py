@@ -24,8 +24,13 @@ async def start_and_stop(data_dir: Path) -> tuple[float, float]:
     settings = stack_settings(data_dir)
     began = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "deploy", "up", env={**os.environ, **child_environ(settings)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "deploy",
+        "up",
+        env={**os.environ, **child_environ(settings)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
     async with asyncio.timeout(300):
@@ -54,11 +59,17 @@ async def main(runs: int) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
     services = os.environ.get("MEDIAI_SERVICES") or "all services"
     print(f"mediai up to ready ({services}, LiveKit already built), {runs} runs each:")
-    print(f"  cold (new data folder): median {statistics.median(cold):.2f}s  "
-          f"min {min(cold):.2f}s  max {max(cold):.2f}s")
-    print(f"  warm (existing data):   median {statistics.median(warm):.2f}s  "
-          f"min {min(warm):.2f}s  max {max(warm):.2f}s")
-    print(f"  stop on SIGTERM:        median {statistics.median(stops):.2f}s  max {max(stops):.2f}s")
+    print(
+        f"  cold (new data folder): median {statistics.median(cold):.2f}s  "
+        f"min {min(cold):.2f}s  max {max(cold):.2f}s"
+    )
+    print(
+        f"  warm (existing data):   median {statistics.median(warm):.2f}s  "
+        f"min {min(warm):.2f}s  max {max(warm):.2f}s"
+    )
+    print(
+        f"  stop on SIGTERM:        median {statistics.median(stops):.2f}s  max {max(stops):.2f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """python -m deploy: the mediai command."""
+
 from deploy.cli import main
 
 main()

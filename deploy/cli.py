@@ -79,7 +79,7 @@ def up() -> None:
                 f"  logs         {settings.data_dir / 'logs'}\n"
                 "\nTry:  curl -s -X POST "
                 f"{state.gateway_url}/v1/tokens -H 'Authorization: Bearer {state.dev_api_key}' "
-                "-H 'Content-Type: application/json' -d '{\"room\":\"demo\",\"identity\":\"patient-1\"}'\n"
+                '-H \'Content-Type: application/json\' -d \'{"room":"demo","identity":"patient-1"}\'\n'
                 "Ctrl-C stops everything.",
             )
             await waiter
@@ -116,8 +116,13 @@ def status(as_json: bool) -> None:
             click.echo(f"no stack is running on {settings.data_dir} (start it with 'make up')")
         sys.exit(3)
     parts = [
-        {"name": p.name, "state": "running" if p.pid and _alive(p.pid) else "stopped",
-         "url": p.url, "pid": p.pid, "log": p.log}
+        {
+            "name": p.name,
+            "state": "running" if p.pid and _alive(p.pid) else "stopped",
+            "url": p.url,
+            "pid": p.pid,
+            "log": p.log,
+        }
         for p in state.parts
     ]
     if as_json:
@@ -127,8 +132,12 @@ def status(as_json: bool) -> None:
             "gateway_url": state.gateway_url,
             "nats_url": state.nats_url,
             "database_url": state.database_url,
-            "livekit": {"url": state.livekit_url, "api_key": state.livekit_api_key,
-                        "api_secret": state.livekit_api_secret, "local": state.livekit_local},
+            "livekit": {
+                "url": state.livekit_url,
+                "api_key": state.livekit_api_key,
+                "api_secret": state.livekit_api_secret,
+                "local": state.livekit_local,
+            },
             "dev_api_key": state.dev_api_key,
             "supervisor_pid": state.supervisor_pid,
             "parts": parts,

@@ -81,14 +81,18 @@ def render() -> str:
         lines.append(f"\n## {area}\n")
         for cls in sorted(by_area[area], key=lambda c: c.TYPE):
             doc = pyinspect.cleandoc(cls.__doc__ or "")
-            lines.append(f"### {cls.TYPE}\n\n`{cls.__name__}` · stream `{cls.STREAM}` · "
-                         f"producer: {cls.PRODUCER}\n\n{doc}\n")
+            lines.append(
+                f"### {cls.TYPE}\n\n`{cls.__name__}` · stream `{cls.STREAM}` · "
+                f"producer: {cls.PRODUCER}\n\n{doc}\n"
+            )
             info = inspect.type_info(cls)
             assert isinstance(info, inspect.StructType)
             lines.append("| field | type | required |\n|---|---|---|")
             for field in info.fields:
-                lines.append(f"| `{field.name}` | {_type_name(field.type)} | "
-                             f"{'yes' if field.required else 'no'} |")
+                lines.append(
+                    f"| `{field.name}` | {_type_name(field.type)} | "
+                    f"{'yes' if field.required else 'no'} |"
+                )
             lines.append("")
     lines.append("\n## Version history\n")
     if LEGACY:

@@ -48,13 +48,18 @@ def ensure_binary(announce: bool = True) -> Path:
             "(https://go.dev/dl) or set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
         )
     if announce:
-        print(f"building LiveKit server {LIVEKIT_SERVER_VERSION} once (a few minutes)...", flush=True)
+        print(
+            f"building LiveKit server {LIVEKIT_SERVER_VERSION} once (a few minutes)...", flush=True
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
         env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
         result = subprocess.run(
             [go, "install", f"{LIVEKIT_SERVER_MODULE}@{LIVEKIT_SERVER_VERSION}"],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -71,8 +71,13 @@ def nats_part(settings: Settings) -> Part:
     store = settings.data_dir / "nats"
 
     async def ready() -> bool:
-        nc = await nats.connect(settings.nats_url, connect_timeout=1, max_reconnect_attempts=0,
-                                allow_reconnect=False, error_cb=_ignore)
+        nc = await nats.connect(
+            settings.nats_url,
+            connect_timeout=1,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            error_cb=_ignore,
+        )
         try:
             await nc.jetstream().account_info()
             return True
@@ -81,8 +86,18 @@ def nats_part(settings: Settings) -> Part:
 
     return Part(
         name="nats",
-        argv=[_bin("nats-server"), "-a", settings.host, "-p", str(settings.nats_port), "-js",
-              "-sd", str(store.resolve()), "-n", "mediai-local"],
+        argv=[
+            _bin("nats-server"),
+            "-a",
+            settings.host,
+            "-p",
+            str(settings.nats_port),
+            "-js",
+            "-sd",
+            str(store.resolve()),
+            "-n",
+            "mediai-local",
+        ],
         url=settings.nats_url,
         ports=[("MEDIAI_NATS_PORT", settings.nats_port)],
         ready=ready,
@@ -118,9 +133,17 @@ def postgres_part(settings: Settings) -> Part:
                 folder.chmod(folder.stat().st_mode | 0o001)  # let the user traverse to pgdata
             os.chown(pgdata, entry.pw_uid, entry.pw_gid)
         process = await asyncio.create_subprocess_exec(
-            str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, **as_user(user),
+            str(POSTGRES_BIN_PATH / "initdb"),
+            "-D",
+            str(pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            **as_user(user),
         )
         output, _ = await process.communicate()
         if process.returncode != 0:
@@ -147,9 +170,21 @@ def postgres_part(settings: Settings) -> Part:
 
     return Part(
         name="postgres",
-        argv=[str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-h", settings.host,
-              "-p", str(settings.postgres_port), "-c", "unix_socket_directories=",
-              "-c", "max_connections=200", "-c", "fsync=on"],
+        argv=[
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D",
+            str(pgdata),
+            "-h",
+            settings.host,
+            "-p",
+            str(settings.postgres_port),
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=on",
+        ],
         url=settings.database_url,
         ports=[("MEDIAI_POSTGRES_PORT", settings.postgres_port)],
         ready=ready,
@@ -213,7 +248,14 @@ def gateway_part(settings: Settings) -> Part:
     }
     return Part(
         name="gateway",
-        argv=[_bin("caddy"), "run", "--config", str(DEPLOY_DIR / "Caddyfile"), "--adapter", "caddyfile"],
+        argv=[
+            _bin("caddy"),
+            "run",
+            "--config",
+            str(DEPLOY_DIR / "Caddyfile"),
+            "--adapter",
+            "caddyfile",
+        ],
         url=settings.gateway_url,
         ports=[("MEDIAI_GATEWAY_PORT", settings.gateway_port)],
         env=env,
@@ -227,7 +269,9 @@ def stack_stages(settings: Settings, services: list[str] | None = None) -> list[
     known = http_services()
     unknown = sorted(set(services or ()) - set(known))
     if unknown:
-        raise StackError(f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}")
+        raise StackError(
+            f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}"
+        )
     servers = [nats_part(settings), postgres_part(settings)]
     if settings.livekit_local:
         servers.append(livekit_part(settings))
@@ -309,8 +353,12 @@ class Stack:
             livekit_local=s.livekit_local,
             dev_api_key=dev_key,
             parts=[
-                PartState(name=p.name, pid=p.process.pid if p.process else None, url=p.url,
-                          log=str(self.supervisor.log_path(p)))
+                PartState(
+                    name=p.name,
+                    pid=p.process.pid if p.process else None,
+                    url=p.url,
+                    log=str(self.supervisor.log_path(p)),
+                )
                 for p in self.supervisor.parts
             ],
         )

@@ -178,7 +178,9 @@ class Bus:
             ) as error:
                 log.warning(
                     "publish attempt %d/%d failed: %s",
-                    attempt, self.publish_attempts, type(error).__name__,
+                    attempt,
+                    self.publish_attempts,
+                    type(error).__name__,
                 )
                 if attempt < self.publish_attempts:
                     await asyncio.sleep(0.1 * attempt)
@@ -298,7 +300,8 @@ class Consumer:
                     # unacknowledged and JetStream redelivers it after ack_wait.
                     log.warning(
                         "consumer %s: could not settle a message: %s",
-                        self.spec.durable, type(error).__name__,
+                        self.spec.durable,
+                        type(error).__name__,
                     )
 
     async def process(self, message: Msg) -> None:
@@ -342,8 +345,11 @@ class Consumer:
                 else:
                     log.warning(
                         "consumer %s: %s (seq %d) failed on delivery %d: %s; will retry",
-                        self.spec.durable, event.type, delivery.stream_sequence,
-                        delivery.deliveries, type(error).__name__,
+                        self.spec.durable,
+                        event.type,
+                        delivery.stream_sequence,
+                        delivery.deliveries,
+                        type(error).__name__,
                     )
                     backoff = self.spec.backoff
                     await message.nak(delay=backoff[min(delivery.deliveries, len(backoff)) - 1])
@@ -380,7 +386,9 @@ class Consumer:
         await message.term()
         log.error(
             "consumer %s dead-lettered stream seq %d (%s) after %d deliveries: %s",
-            self.spec.durable, delivery.stream_sequence,
-            event.type if event else "undecodable", delivery.deliveries,
+            self.spec.durable,
+            delivery.stream_sequence,
+            event.type if event else "undecodable",
+            delivery.deliveries,
             reason.split(":", 1)[0],
         )

@@ -278,8 +278,18 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     **{
         f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port)
         for name in (
-            "gateway", "nats", "postgres", "livekit", "livekit_rtc_tcp", "livekit_rtc_udp",
-            "token", "rooms", "webhooks", "dispatcher", "billing", "scheduling",
+            "gateway",
+            "nats",
+            "postgres",
+            "livekit",
+            "livekit_rtc_tcp",
+            "livekit_rtc_udp",
+            "token",
+            "rooms",
+            "webhooks",
+            "dispatcher",
+            "billing",
+            "scheduling",
         )
     },
 }
@@ -287,6 +297,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 def to_environ(settings: Settings) -> dict[str, str]:
     """The environment that makes ``load_settings`` rebuild ``settings`` in a child process."""
+
     def text(value: object) -> str:
         return ",".join(value) if isinstance(value, tuple) else str(value)
 
@@ -296,8 +307,11 @@ def to_environ(settings: Settings) -> dict[str, str]:
         if getattr(settings, field) not in (None, ())
     }
     # LIVEKIT_* name an external server; the key pair of a local one travels as MEDIAI_LIVEKIT_*.
-    drop = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if settings.livekit_local else (
-        "MEDIAI_LIVEKIT_API_KEY", "MEDIAI_LIVEKIT_API_SECRET")
+    drop = (
+        ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+        if settings.livekit_local
+        else ("MEDIAI_LIVEKIT_API_KEY", "MEDIAI_LIVEKIT_API_SECRET")
+    )
     for variable in drop:
         environ.pop(variable, None)
     return environ
@@ -325,9 +339,13 @@ def load_settings(
         except ValueError as error:
             raise ConfigError(f"{variable}: {error}") from None
 
-    livekit_given = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if values.get(v)]
+    livekit_given = [
+        v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if values.get(v)
+    ]
     if livekit_given and len(livekit_given) < 3:
-        missing = sorted({"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"} - set(livekit_given))
+        missing = sorted(
+            {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"} - set(livekit_given)
+        )
         raise ConfigError(f"{missing[0]}: required when {livekit_given[0]} is set (set all three)")
     settings = Settings(**fields)
     # The URLs of the local stack follow its host and ports unless given outright.

@@ -123,7 +123,10 @@ async def _apply_locked(conn: asyncpg.Connection, migrations: list[Migration]) -
             await conn.execute(
                 "INSERT INTO schema_migrations (component, version, name, checksum)"
                 " VALUES ($1, $2, $3, $4)",
-                migration.component, migration.version, migration.name, migration.checksum,
+                migration.component,
+                migration.version,
+                migration.name,
+                migration.checksum,
             )
         applied_now.append(f"{migration.component}/{migration.name}")
         log.info("applied migration %s/%s", migration.component, migration.name)
@@ -156,13 +159,16 @@ async def projection(
         first_time = await conn.fetchval(
             "INSERT INTO consumer_inbox (consumer, event_id, stream_sequence)"
             " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-            delivery.consumer, event_id, delivery.stream_sequence,
+            delivery.consumer,
+            event_id,
+            delivery.stream_sequence,
         )
         await conn.execute(
             "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2)"
             " ON CONFLICT (consumer) DO UPDATE SET stream_sequence ="
             " greatest(consumer_positions.stream_sequence, excluded.stream_sequence),"
             " updated_at = now()",
-            delivery.consumer, delivery.stream_sequence,
+            delivery.consumer,
+            delivery.stream_sequence,
         )
         yield conn if first_time else None

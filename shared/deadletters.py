@@ -51,8 +51,8 @@ async def replay(bus: Bus, sequence: int) -> str:
         if record.payload_encoding == "base64"
         else record.original_payload.encode()
     )
-    headers = {
-        k: v for k, v in record.original_headers.items() if not k.startswith("Nats-")
-    } | {"Nats-Msg-Id": f"{record.original_event_id or sequence}:replay:{sequence}"}
+    headers = {k: v for k, v in record.original_headers.items() if not k.startswith("Nats-")} | {
+        "Nats-Msg-Id": f"{record.original_event_id or sequence}:replay:{sequence}"
+    }
     await bus.js.publish(record.original_subject, payload, headers=headers)
     return record.original_subject

@@ -119,7 +119,9 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
     if isinstance(error, NotFoundException):
         return _error(404, "not_found", "no such resource")
     if isinstance(error, HTTPException) and error.status_code < 500:
-        code = {401: "unauthorized", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        code = {401: "unauthorized", 405: "method_not_allowed"}.get(
+            error.status_code, "bad_request"
+        )
         return _error(error.status_code, code, error.detail)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
@@ -167,8 +169,17 @@ def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
 # Request attributes that can identify a person (their address, their browser, identities in
 # paths and query strings); their values never leave the process.
 _PERSONAL_REQUEST_ATTRIBUTES = (
-    "http.url", "http.target", "url.full", "url.path", "url.query", "http.user_agent",
-    "user_agent.original", "net.peer.ip", "net.peer.port", "client.address", "client.port",
+    "http.url",
+    "http.target",
+    "url.full",
+    "url.path",
+    "url.query",
+    "http.user_agent",
+    "user_agent.original",
+    "net.peer.ip",
+    "net.peer.port",
+    "client.address",
+    "client.port",
     "http.client_ip",
 )
 

@@ -17,7 +17,9 @@ _SEPARATOR = "~"
 SYSTEM_TENANT = "system"
 
 ROOM_NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
-IDENTITY_RULE = "1-128 characters: letters, digits, '-', '_', '.', '@' and ':', starting with a letter or digit"
+IDENTITY_RULE = (
+    "1-128 characters: letters, digits, '-', '_', '.', '@' and ':', starting with a letter or digit"
+)
 
 
 def is_room_name(name: str) -> bool:

@@ -32,7 +32,11 @@ async def add_to_outbox(
 ) -> Envelope:
     """Record an event to publish once the surrounding transaction commits."""
     event = envelope(
-        data, source=source, tenant=tenant, subject=key, time=time,
+        data,
+        source=source,
+        tenant=tenant,
+        subject=key,
+        time=time,
         traceparent=current_traceparent(),
     )
     await conn.execute(

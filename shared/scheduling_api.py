@@ -196,7 +196,11 @@ class FindAppointmentsRequest(Request[FindAppointmentsReply], frozen=True, kw_on
 OPERATIONS: dict[str, type[Request[Any]]] = {
     request.OPERATION: request
     for request in (
-        SearchDoctorsRequest, NextSlotsRequest, BookRequest, RescheduleRequest, CancelRequest,
+        SearchDoctorsRequest,
+        NextSlotsRequest,
+        BookRequest,
+        RescheduleRequest,
+        CancelRequest,
         FindAppointmentsRequest,
     )
 }
@@ -242,7 +246,7 @@ async def call(
     nc: NatsClient,
     request: Request[ReplyT],
     *,
-    timeout: float = 5.0,  # noqa: ASYNC109 - NATS needs it to stop waiting for a reply
+    timeout: float = 5.0,
 ) -> ReplyT:
     """Send ``request`` and return its reply; raises SchedulingRequestError on any failure.
 

@@ -40,8 +40,11 @@ async def create_tenant(conn: Connection, name: str) -> tuple[Tenant, str]:
     async with conn.transaction():
         await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, $2)", tenant.id, tenant.name)
         await add_to_outbox(
-            conn, TenantCreated(tenant_id=tenant.id, name=tenant.name),
-            source=SOURCE, tenant=tenant.id, key=tenant.id,
+            conn,
+            TenantCreated(tenant_id=tenant.id, name=tenant.name),
+            source=SOURCE,
+            tenant=tenant.id,
+            key=tenant.id,
         )
         key = await create_api_key(conn, tenant.id)
     return tenant, key
@@ -52,7 +55,9 @@ async def create_api_key(conn: Connection, tenant_id: str) -> str:
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO api_keys (key_hash, key_prefix, tenant_id) VALUES ($1, $2, $3)",
-            hash_key(key), key[:11], tenant_id,
+            hash_key(key),
+            key[:11],
+            tenant_id,
         )
         await add_to_outbox(
             conn, ApiKeyCreated(key_prefix=key[:11]), source=SOURCE, tenant=tenant_id, key=tenant_id

@@ -35,8 +35,9 @@ def settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
     # Not under pytest's tmp_path: pytest resets its root folder to mode 0700 at every session
     # start, which would lock Postgres (running as its own system user) out of its data.
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-test-"))
-    yield stack_settings(data_dir, openai_base_url=openai_standin.base_url,
-                         openai_api_key="standin-key")
+    yield stack_settings(
+        data_dir, openai_base_url=openai_standin.base_url, openai_api_key="standin-key"
+    )
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

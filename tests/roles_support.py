@@ -49,9 +49,16 @@ class Harness:
 
 
 @asynccontextmanager
-async def consultation(bus: Bus, settings: Settings, *, role: str, tenant: str,
-                       room: str | None = None, patient: str = "patient-1",
-                       rtc_room: rtc.Room | None = None) -> AsyncIterator[Harness]:
+async def consultation(
+    bus: Bus,
+    settings: Settings,
+    *,
+    role: str,
+    tenant: str,
+    room: str | None = None,
+    patient: str = "patient-1",
+    rtc_room: rtc.Room | None = None,
+) -> AsyncIterator[Harness]:
     dispatch_id = str(uuid.uuid4())
     reporter = Reporter(bus, tenant=tenant, key=dispatch_id)
     ended: list[tuple[str, str]] = []
@@ -62,10 +69,16 @@ async def consultation(bus: Bus, settings: Settings, *, role: str, tenant: str,
         return reporter.emit(event)
 
     made = Consultation(
-        tenant=tenant, room=room or f"consulta-{tag()}", dispatch_id=dispatch_id,
-        role=ROLES[role], settings=settings, emit=emit,
+        tenant=tenant,
+        room=room or f"consulta-{tag()}",
+        dispatch_id=dispatch_id,
+        role=ROLES[role],
+        settings=settings,
+        emit=emit,
         finish=lambda reason, detail: ended.append((reason, detail)),
-        patient=lambda: patient, nc=bus.nc, rtc_room=rtc_room,
+        patient=lambda: patient,
+        nc=bus.nc,
+        rtc_room=rtc_room,
     )
     try:
         yield Harness(made, reporter, ended, emitted)
@@ -75,17 +88,21 @@ async def consultation(bus: Bus, settings: Settings, *, role: str, tenant: str,
 
 def agent_for(harness: Harness, instructions: str = "") -> ClinicalAgent:
     c = harness.consultation
-    return build_agent(c, render_instructions(c.role, language="pt-BR",
-                                              instructions=instructions, mode="append"))
+    return build_agent(
+        c, render_instructions(c.role, language="pt-BR", instructions=instructions, mode="append")
+    )
 
 
 @asynccontextmanager
-async def session_on(standin: OpenAIStandin, harness: Harness,
-                     instructions: str = "") -> AsyncIterator[AgentSession[Any]]:
+async def session_on(
+    standin: OpenAIStandin, harness: Harness, instructions: str = ""
+) -> AsyncIterator[AgentSession[Any]]:
     """A started text session (no room) of the harness's role, on the stand-in's LLM; the
     transcript listener is attached as the worker attaches it."""
-    async with openai.LLM(base_url=standin.base_url, api_key="x", model="gpt-4o-mini") as model, \
-            AgentSession(llm=model, userdata=harness.consultation) as session:
+    async with (
+        openai.LLM(base_url=standin.base_url, api_key="x", model="gpt-4o-mini") as model,
+        AgentSession(llm=model, userdata=harness.consultation) as session,
+    ):
         session.on("conversation_item_added", harness.consultation.transcript.on_item)
         opening = await session.start(agent_for(harness, instructions), capture_run=True)
         await opening  # what the agent says on entering (a consent role: the question)
@@ -94,5 +111,8 @@ async def session_on(standin: OpenAIStandin, harness: Harness,
 
 def said(session: AgentSession[Any]) -> list[tuple[str, str]]:
     """(role, text) of every message so far."""
-    return [(item.role, item.text_content or "") for item in session.history.items
-            if item.type == "message"]
+    return [
+        (item.role, item.text_content or "")
+        for item in session.history.items
+        if item.type == "message"
+    ]

@@ -29,8 +29,18 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     ports = {
         f"{name}_port": free_port()
         for name in (
-            "gateway", "nats", "postgres", "livekit", "livekit_rtc_tcp", "livekit_rtc_udp",
-            "token", "rooms", "webhooks", "dispatcher", "billing", "scheduling",
+            "gateway",
+            "nats",
+            "postgres",
+            "livekit",
+            "livekit_rtc_tcp",
+            "livekit_rtc_udp",
+            "token",
+            "rooms",
+            "webhooks",
+            "dispatcher",
+            "billing",
+            "scheduling",
         )
     }
     host = "127.0.0.1"

@@ -31,9 +31,14 @@ TENANT = "tabcdefghij"
 
 def request(**changes: object) -> AgentDispatchRequested:
     values: dict[str, object] = {
-        "dispatch_id": "0195f000-0000-7000-8000-00000000abcd", "room": "consult-1",
-        "role": "generic", "instructions": "Fale sobre a clínica.", "stt": "openai/whisper-1",
-        "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1", "requested_at": T0,
+        "dispatch_id": "0195f000-0000-7000-8000-00000000abcd",
+        "room": "consult-1",
+        "role": "generic",
+        "instructions": "Fale sobre a clínica.",
+        "stt": "openai/whisper-1",
+        "llm": "openai/gpt-4o-mini",
+        "tts": "openai/tts-1",
+        "requested_at": T0,
         "deadline_at": T0 + timedelta(seconds=10),
     }
     values.update(changes)
@@ -41,8 +46,9 @@ def request(**changes: object) -> AgentDispatchRequested:
 
 
 def metadata(data: AgentDispatchRequested, tenant: str = TENANT) -> str:
-    return CODEC.encode(envelope(data, source="mediai/dispatcher", tenant=tenant,
-                                 subject=data.dispatch_id)).decode()
+    return CODEC.encode(
+        envelope(data, source="mediai/dispatcher", tenant=tenant, subject=data.dispatch_id)
+    ).decode()
 
 
 # -- metadata ---------------------------------------------------------------------------------
@@ -85,9 +91,14 @@ def test_invalid_metadata_is_one_clear_line(raw: str, problem: str) -> None:
 
 
 def test_metadata_of_another_event_type_is_refused() -> None:
-    other = envelope(AgentUsageReported(dispatch_id="d", room="r", role="generic",
-                                        period_start=T0, period_end=T0),
-                     source="mediai/agent", tenant=TENANT, subject="d")
+    other = envelope(
+        AgentUsageReported(
+            dispatch_id="d", room="r", role="generic", period_start=T0, period_end=T0
+        ),
+        source="mediai/agent",
+        tenant=TENANT,
+        subject="d",
+    )
     with pytest.raises(MetadataError, match="not a dispatch request"):
         parse_metadata(CODEC.encode(other))
 
@@ -130,8 +141,9 @@ def write_role(folder: Path, toml: str, prompt: str | None = "Você é {{instruc
         ("name = ", "x", "role"),
     ],
 )
-def test_invalid_role_files_are_refused_naming_the_file(tmp_path: Path, toml: str,
-                                                         prompt: str | None, problem: str) -> None:
+def test_invalid_role_files_are_refused_naming_the_file(
+    tmp_path: Path, toml: str, prompt: str | None, problem: str
+) -> None:
     folder = write_role(tmp_path / "r", toml, prompt)
     with pytest.raises(RoleError, match=problem):
         load_role(folder)
@@ -149,8 +161,9 @@ def test_role_json_is_read_too(tmp_path: Path) -> None:
 
 def test_instructions_are_added_where_the_template_says() -> None:
     role = load_registry()["intake"]
-    rendered = render_instructions(role, language="pt-BR", instructions="Paciente pediátrico.",
-                                   mode="append")
+    rendered = render_instructions(
+        role, language="pt-BR", instructions="Paciente pediátrico.", mode="append"
+    )
     assert "{{instructions}}" not in rendered
     assert rendered.startswith(role.template("pt-BR").split("{{instructions}}")[0].strip())
     assert rendered.endswith("Paciente pediátrico.")
@@ -158,20 +171,27 @@ def test_instructions_are_added_where_the_template_says() -> None:
 
 def test_instructions_are_appended_under_a_heading_without_a_placeholder(tmp_path: Path) -> None:
     role = load_role(write_role(tmp_path / "r", 'name = "r"', "Seja breve."))
-    rendered = render_instructions(role, language="pt-BR", instructions="Atenda em inglês.",
-                                   mode="append")
+    rendered = render_instructions(
+        role, language="pt-BR", instructions="Atenda em inglês.", mode="append"
+    )
     assert rendered == f"Seja breve.\n\n{APPENDED_HEADING}\n\nAtenda em inglês."
     assert render_instructions(role, language="pt-BR", instructions="  ", mode="append") == (
-        "Seja breve.")
+        "Seja breve."
+    )
 
 
 def test_replacing_the_template_only_where_the_role_allows_it() -> None:
     roles = load_registry()
-    assert render_instructions(roles["generic"], language="pt-BR", instructions="Só isto.",
-                               mode="replace") == "Só isto."
+    assert (
+        render_instructions(
+            roles["generic"], language="pt-BR", instructions="Só isto.", mode="replace"
+        )
+        == "Só isto."
+    )
     with pytest.raises(RoleError, match="does not allow replacing"):
-        render_instructions(roles["intake"], language="pt-BR", instructions="Só isto.",
-                            mode="replace")
+        render_instructions(
+            roles["intake"], language="pt-BR", instructions="Só isto.", mode="replace"
+        )
 
 
 def test_a_role_without_dispatch_instructions_refuses_them(tmp_path: Path) -> None:
@@ -190,12 +210,15 @@ def settings(**changes: object) -> Settings:
 
 def test_missing_credentials_fail_the_job_with_the_setting_named() -> None:
     meta = parse_metadata(metadata(request(stt="google/gemini-3.5-transcribe-live")))
-    with pytest.raises(ProviderError, match="provider google: GOOGLE_API_KEY is not set") as failure:
+    with pytest.raises(
+        ProviderError, match="provider google: GOOGLE_API_KEY is not set"
+    ) as failure:
         check_credentials(meta, settings(openai_api_key="k"))
     assert failure.value.reason == "missing_credentials"
     check_credentials(meta, settings(openai_api_key="k", google_api_key="g"))
     assert missing_credentials(settings(google_api_key="g")) == {
-        "openai": "OPENAI_API_KEY is not set (any value for a server without keys)"}
+        "openai": "OPENAI_API_KEY is not set (any value for a server without keys)"
+    }
 
 
 def test_check_job_refuses_unknown_roles_and_forbidden_replacements() -> None:
@@ -204,8 +227,9 @@ def test_check_job_refuses_unknown_roles_and_forbidden_replacements() -> None:
     with pytest.raises(RoleError, match="unknown role 'surgeon'"):
         check_job(parse_metadata(metadata(request(role="surgeon"))), roles, ok)
     with pytest.raises(RoleError, match="does not allow replacing"):
-        check_job(parse_metadata(metadata(request(role="intake", instructions_mode="replace"))),
-                  roles, ok)
+        check_job(
+            parse_metadata(metadata(request(role="intake", instructions_mode="replace"))), roles, ok
+        )
 
 
 def test_agent_identities_are_unique_per_dispatch_and_say_the_role() -> None:
@@ -219,40 +243,77 @@ def test_agent_identities_are_unique_per_dispatch_and_say_the_role() -> None:
 
 
 def usage(kind: str, **values: float) -> SimpleNamespace:
-    defaults = {"llm_usage": dict(input_tokens=0, output_tokens=0, input_cached_tokens=0,
-                                  input_audio_tokens=0, output_audio_tokens=0,
-                                  input_text_tokens=0, output_text_tokens=0),
-                "stt_usage": dict(audio_duration=0.0),
-                "tts_usage": dict(characters_count=0, audio_duration=0.0)}[kind]
+    defaults = {
+        "llm_usage": dict(
+            input_tokens=0,
+            output_tokens=0,
+            input_cached_tokens=0,
+            input_audio_tokens=0,
+            output_audio_tokens=0,
+            input_text_tokens=0,
+            output_text_tokens=0,
+        ),
+        "stt_usage": dict(audio_duration=0.0),
+        "tts_usage": dict(characters_count=0, audio_duration=0.0),
+    }[kind]
     return SimpleNamespace(type=kind, **{**defaults, **values})
 
 
 def test_model_usage_of_every_model_is_summed() -> None:
-    totals = totals_from_model_usage([
-        usage("llm_usage", input_tokens=100, output_tokens=20, input_cached_tokens=30),
-        usage("llm_usage", input_tokens=50, output_tokens=5, input_audio_tokens=40,
-              output_audio_tokens=60, input_text_tokens=10, output_text_tokens=5),
-        usage("stt_usage", audio_duration=4.5),
-        usage("tts_usage", characters_count=32, audio_duration=1.9),
-        SimpleNamespace(type="eot_usage", total_requests=3),  # not billed: ignored
-    ], video_seconds=12.0)
+    totals = totals_from_model_usage(
+        [
+            usage("llm_usage", input_tokens=100, output_tokens=20, input_cached_tokens=30),
+            usage(
+                "llm_usage",
+                input_tokens=50,
+                output_tokens=5,
+                input_audio_tokens=40,
+                output_audio_tokens=60,
+                input_text_tokens=10,
+                output_text_tokens=5,
+            ),
+            usage("stt_usage", audio_duration=4.5),
+            usage("tts_usage", characters_count=32, audio_duration=1.9),
+            SimpleNamespace(type="eot_usage", total_requests=3),  # not billed: ignored
+        ],
+        video_seconds=12.0,
+    )
     assert totals == Totals(
-        llm_prompt_tokens=150, llm_completion_tokens=25, llm_cached_tokens=30,
-        stt_audio_seconds=4.5, tts_characters=32, tts_audio_seconds=1.9,
-        realtime_input_audio_tokens=40, realtime_output_audio_tokens=60,
-        realtime_input_text_tokens=10, realtime_output_text_tokens=5, video_seconds=12.0,
+        llm_prompt_tokens=150,
+        llm_completion_tokens=25,
+        llm_cached_tokens=30,
+        stt_audio_seconds=4.5,
+        tts_characters=32,
+        tts_audio_seconds=1.9,
+        realtime_input_audio_tokens=40,
+        realtime_output_audio_tokens=60,
+        realtime_input_text_tokens=10,
+        realtime_output_text_tokens=5,
+        video_seconds=12.0,
     )
 
 
 def test_reports_are_deltas_whose_sum_is_the_total() -> None:
-    meter = UsageMeter(dispatch_id="d1", room="r", role="generic", started_at=T0,
-                       provider="openai", llm_model="openai/gpt-4o-mini")
-    first = meter.report(Totals(llm_prompt_tokens=100, stt_audio_seconds=3.0),
-                         T0 + timedelta(seconds=15))
-    second = meter.report(Totals(llm_prompt_tokens=160, stt_audio_seconds=3.0, tts_characters=40),
-                          T0 + timedelta(seconds=30))
-    last = meter.report(Totals(llm_prompt_tokens=160, stt_audio_seconds=5.5, tts_characters=40),
-                        T0 + timedelta(seconds=37), final=True)
+    meter = UsageMeter(
+        dispatch_id="d1",
+        room="r",
+        role="generic",
+        started_at=T0,
+        provider="openai",
+        llm_model="openai/gpt-4o-mini",
+    )
+    first = meter.report(
+        Totals(llm_prompt_tokens=100, stt_audio_seconds=3.0), T0 + timedelta(seconds=15)
+    )
+    second = meter.report(
+        Totals(llm_prompt_tokens=160, stt_audio_seconds=3.0, tts_characters=40),
+        T0 + timedelta(seconds=30),
+    )
+    last = meter.report(
+        Totals(llm_prompt_tokens=160, stt_audio_seconds=5.5, tts_characters=40),
+        T0 + timedelta(seconds=37),
+        final=True,
+    )
     reports = [first, second, last]
     assert [r.llm_prompt_tokens for r in reports] == [100, 60, 0]
     assert [r.stt_audio_seconds for r in reports] == [3.0, 0.0, 2.5]

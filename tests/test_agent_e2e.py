@@ -48,11 +48,20 @@ pytestmark = pytest.mark.livekit
 
 SPEECH = Path(__file__).parent / "data" / "patient-headache.pt-BR.wav"
 HEARD = "Estou com dor de cabeça desde segunda-feira."
-OPENAI = {"stt": "openai/gpt-4o-mini-transcribe", "llm": "openai/gpt-4o-mini",
-          "tts": "openai/gpt-4o-mini-tts"}
+OPENAI = {
+    "stt": "openai/gpt-4o-mini-transcribe",
+    "llm": "openai/gpt-4o-mini",
+    "tts": "openai/gpt-4o-mini-tts",
+}
 LOUD = 3000  # peak amplitude that no silence or comfort noise reaches
-SESSION_EVENTS = (AgentSessionStarted, AgentSessionEnded, AgentSessionFailed, AgentStateChanged,
-                  AgentUsageReported, AgentDispatchFailed)
+SESSION_EVENTS = (
+    AgentSessionStarted,
+    AgentSessionEnded,
+    AgentSessionFailed,
+    AgentStateChanged,
+    AgentUsageReported,
+    AgentDispatchFailed,
+)
 
 
 def speech() -> tuple[np.ndarray, int]:
@@ -76,8 +85,9 @@ class Participant:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    async def join(cls, api: httpx.AsyncClient, room: str, identity: str,
-                   topics: tuple[str, ...] = ()) -> Participant:
+    async def join(
+        cls, api: httpx.AsyncClient, room: str, identity: str, topics: tuple[str, ...] = ()
+    ) -> Participant:
         grant = await api.post("/v1/tokens", json={"room": room, "identity": identity})
         assert grant.is_success, grant.text
         person = cls(identity)
@@ -87,7 +97,8 @@ class Participant:
         await person.room.connect(grant.json()["wsUrl"], grant.json()["token"])
         track = rtc.LocalAudioTrack.create_audio_track("microphone", person.source)
         await person.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
         return person
 
     def _spawn(self, coroutine: Any) -> None:
@@ -108,7 +119,9 @@ class Participant:
         def handle(reader: rtc.TextStreamReader, sender: str) -> None:
             async def read() -> None:
                 self.texts.append((topic, sender, await reader.read_all()))
+
             self._spawn(read())
+
         return handle
 
     async def say(self, pcm: np.ndarray, rate: int, silence_after: float = 3.0) -> float:
@@ -116,7 +129,7 @@ class Participant:
         resampler = rtc.AudioResampler(rate, self.RATE, num_channels=1)
         step = rate // 100
         for start in range(0, len(pcm), step):
-            piece = pcm[start:start + step]
+            piece = pcm[start : start + step]
             for frame in resampler.push(rtc.AudioFrame(piece.tobytes(), rate, 1, len(piece))):
                 await self.source.capture_frame(frame)
         for frame in resampler.flush():
@@ -129,14 +142,20 @@ class Participant:
     async def _silence(self, seconds: float) -> None:
         quiet = np.zeros(self.RATE // 100, dtype=np.int16)
         for _ in range(int(seconds * 100)):
-            await self.source.capture_frame(rtc.AudioFrame(quiet.tobytes(), self.RATE, 1, len(quiet)))
+            await self.source.capture_frame(
+                rtc.AudioFrame(quiet.tobytes(), self.RATE, 1, len(quiet))
+            )
 
     def loud(self, since: float, sender: str | None = None) -> list[float]:
-        return [t for t, who, peak in self.heard
-                if t >= since and peak > LOUD and (sender is None or who == sender)]
+        return [
+            t
+            for t, who, peak in self.heard
+            if t >= since and peak > LOUD and (sender is None or who == sender)
+        ]
 
-    async def wait_for_voice(self, since: float, sender: str, frames: int = 25,
-                             timeout: float = 20.0) -> float:
+    async def wait_for_voice(
+        self, since: float, sender: str, frames: int = 25, timeout: float = 20.0
+    ) -> float:
         """When the first of ``frames`` loud 10 ms frames from ``sender`` arrived."""
         await until(lambda: len(self.loud(since, sender)) >= frames, timeout)
         return self.loud(since, sender)[0]
@@ -154,8 +173,9 @@ async def until(condition: Callable[[], object], timeout: float, step: float = 0
             await asyncio.sleep(step)
 
 
-async def state_of(api: httpx.AsyncClient, dispatch_id: str, state: str,
-                   timeout: float = 10.0) -> dict[str, Any]:
+async def state_of(
+    api: httpx.AsyncClient, dispatch_id: str, state: str, timeout: float = 10.0
+) -> dict[str, Any]:
     """The dispatch once the read model shows ``state``."""
     seen: dict[str, Any] = {}
 
@@ -187,14 +207,23 @@ class Events:
         self.seen: list[Envelope] = []
         self._taken: set[str] = set()
 
-    async def next(self, kind: type, dispatch_id: str | None = None,
-                   where: Callable[[Any], bool] = lambda _: True, timeout: float = 20.0) -> Any:
+    async def next(
+        self,
+        kind: type,
+        dispatch_id: str | None = None,
+        where: Callable[[Any], bool] = lambda _: True,
+        timeout: float = 20.0,
+    ) -> Any:
         """The data of the first event of ``kind`` (about ``dispatch_id``) not returned yet."""
+
         def wanted(event: Envelope) -> bool:
             data = event.data
-            return (event.id not in self._taken and isinstance(data, kind)
-                    and (dispatch_id is None or getattr(data, "dispatch_id", "") == dispatch_id)
-                    and where(data))
+            return (
+                event.id not in self._taken
+                and isinstance(data, kind)
+                and (dispatch_id is None or getattr(data, "dispatch_id", "") == dispatch_id)
+                and where(data)
+            )
 
         async with asyncio.timeout(timeout):
             checked = 0
@@ -209,8 +238,11 @@ class Events:
     def all(self, kind: type, dispatch_id: str) -> list[Any]:
         """Every event of ``kind`` about ``dispatch_id`` received so far."""
         self.seen.extend(self.stream.drain())
-        return [e.data for e in self.seen if isinstance(e.data, kind)
-                and getattr(e.data, "dispatch_id", "") == dispatch_id]
+        return [
+            e.data
+            for e in self.seen
+            if isinstance(e.data, kind) and getattr(e.data, "dispatch_id", "") == dispatch_id
+        ]
 
 
 @asynccontextmanager
@@ -245,9 +277,12 @@ async def registered_workers(bus: Bus, within: float = 120.0) -> set[str]:
             arrived.set()
 
     subscriptions = [
-        await bus.js.subscribe(subjects.type_filter(kind, SYSTEM_TENANT), cb=on_message,
-                               ordered_consumer=True,
-                               config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        await bus.js.subscribe(
+            subjects.type_filter(kind, SYSTEM_TENANT),
+            cb=on_message,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
         for kind in (AgentWorkerRegistered, AgentWorkerExited)
     ]
     try:
@@ -274,18 +309,28 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
     answer = "Entendi, dor de cabeça desde segunda-feira. A dor é forte?"
     second_answer = "Certo. Vou avisar o médico."
     standin.transcript_default(HEARD)
-    standin.chat("dor de cabeça", text=answer, once=True,
-                 usage={"prompt_tokens": 120, "completion_tokens": 12, "cached_tokens": 20})
-    standin.chat(system="Consulte sempre o protocolo B", text=second_answer,
-                 usage={"prompt_tokens": 200, "completion_tokens": 6})
+    standin.chat(
+        "dor de cabeça",
+        text=answer,
+        once=True,
+        usage={"prompt_tokens": 120, "completion_tokens": 12, "cached_tokens": 20},
+    )
+    standin.chat(
+        system="Consulte sempre o protocolo B",
+        text=second_answer,
+        usage={"prompt_tokens": 200, "completion_tokens": 6},
+    )
     room = new_room()
     patient = await Participant.join(api, room, "patient-1")
     pcm, rate = speech()
-    async with following(bus, *SESSION_EVENTS) as events, \
-            following(bus, AgentTranscribed, AgentUsageReported) as said:
+    async with (
+        following(bus, *SESSION_EVENTS) as events,
+        following(bus, AgentTranscribed, AgentUsageReported) as said,
+    ):
         asked = time.monotonic()
-        created = await dispatch(api, room=room, role="generic",
-                                 instructions="Você atende a Clínica Teste.", **OPENAI)
+        created = await dispatch(
+            api, room=room, role="generic", instructions="Você atende a Clínica Teste.", **OPENAI
+        )
         dispatch_id = created["id"]
         started = await events.next(AgentSessionStarted, dispatch_id)
         joined = await state_of(api, dispatch_id, "joined")
@@ -310,31 +355,40 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
         assert "Você atende a Clínica Teste." in system and "assistente de voz" in system
         assert chat["messages"][-1] == {"role": "user", "content": HEARD}
         assert spoken(standin) == answer  # sentence by sentence
-        user_said = await said.next(AgentTranscribed, dispatch_id,
-                                    where=lambda d: d.speaker == "user")
-        agent_said = await said.next(AgentTranscribed, dispatch_id,
-                                     where=lambda d: d.speaker == "agent")
+        user_said = await said.next(
+            AgentTranscribed, dispatch_id, where=lambda d: d.speaker == "user"
+        )
+        agent_said = await said.next(
+            AgentTranscribed, dispatch_id, where=lambda d: d.speaker == "agent"
+        )
         assert (user_said.speaker, user_said.participant_identity, user_said.text) == (
-            "user", "patient-1", HEARD)
+            "user",
+            "patient-1",
+            HEARD,
+        )
         assert (agent_said.speaker, agent_said.text) == ("agent", answer)
 
         # Commands by dispatch id: new instructions for the next turn, and words to say now.
-        response = await api.post(f"/v1/agents/{dispatch_id}/commands", json={
-            "command": "update_instructions", "text": "Consulte sempre o protocolo B."})
+        response = await api.post(
+            f"/v1/agents/{dispatch_id}/commands",
+            json={"command": "update_instructions", "text": "Consulte sempre o protocolo B."},
+        )
         assert response.status_code == 202, response.text
         spoke = await patient.say(pcm, rate)
         await patient.wait_for_voice(spoke, started.agent_identity)
         assert standin.requests("chat")[-1]["reply"]["text"] == second_answer
         announcement = "O médico vai entrar em instantes."
         commanded = time.monotonic()
-        response = await api.post(f"/v1/agents/{dispatch_id}/commands",
-                                  json={"command": "say", "text": announcement})
+        response = await api.post(
+            f"/v1/agents/{dispatch_id}/commands", json={"command": "say", "text": announcement}
+        )
         assert response.status_code == 202, response.text
         await until(lambda: spoken(standin).endswith(announcement), 10)
         # Let the patient hear it all (the stand-in's tone lasts 0.06 s a character) before
         # ending, or the goodbye interrupts it and less audio is synthesized than requested.
-        await patient.wait_for_voice(commanded, started.agent_identity,
-                                     frames=int(len(announcement) * 6 * 0.9))
+        await patient.wait_for_voice(
+            commanded, started.agent_identity, frames=int(len(announcement) * 6 * 0.9)
+        )
 
         # Ending: goodbye, final usage, ended; the dispatch shows it.
         assert (await api.delete(f"/v1/agents/{dispatch_id}")).status_code == 202
@@ -348,11 +402,23 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
         reports = said.all(AgentUsageReported, dispatch_id)
     await patient.leave()
 
-    assert reports and reports[-1].final and [r.sequence for r in reports] == list(
-        range(1, len(reports) + 1))
-    total = {name: sum(getattr(r, name) for r in reports) for name in (
-        "llm_prompt_tokens", "llm_completion_tokens", "llm_cached_tokens", "tts_characters",
-        "tts_audio_seconds", "stt_audio_seconds", "session_seconds")}
+    assert (
+        reports
+        and reports[-1].final
+        and [r.sequence for r in reports] == list(range(1, len(reports) + 1))
+    )
+    total = {
+        name: sum(getattr(r, name) for r in reports)
+        for name in (
+            "llm_prompt_tokens",
+            "llm_completion_tokens",
+            "llm_cached_tokens",
+            "tts_characters",
+            "tts_audio_seconds",
+            "stt_audio_seconds",
+            "session_seconds",
+        )
+    }
     assert total["llm_prompt_tokens"] == 120 + 200
     assert total["llm_completion_tokens"] == 12 + 6
     assert total["llm_cached_tokens"] == 20
@@ -361,7 +427,8 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
     assert spoken(standin) == " ".join([answer, second_answer, announcement, goodbye])
     assert total["tts_characters"] == sum(len(r["body"]["input"]) for r in synthesized)
     assert total["tts_audio_seconds"] == pytest.approx(
-        sum(r["reply"]["seconds"] for r in synthesized), abs=0.3)
+        sum(r["reply"]["seconds"] for r in synthesized), abs=0.3
+    )
     assert 2 * 2.5 < total["stt_audio_seconds"] < 2 * 8
     assert total["session_seconds"] == pytest.approx(ended.duration_seconds, abs=1.0)
     assert {r.llm_model for r in reports} == {"openai/gpt-4o-mini"}
@@ -388,15 +455,21 @@ async def test_two_agents_of_different_roles_share_a_room(
         assert intake_started.agent_identity != copilot_started.agent_identity
         listed = (await api.get("/v1/agents", params={"room": room})).json()
         assert {d["role"] for d in listed} == {"intake", "copilot"}
-        await until(lambda: {intake_started.agent_identity, copilot_started.agent_identity}
-                    <= set(patient.room.remote_participants), 10)
+        await until(
+            lambda: (
+                {intake_started.agent_identity, copilot_started.agent_identity}
+                <= set(patient.room.remote_participants)
+            ),
+            10,
+        )
         await state_of(api, copilot["id"], "joined")
 
         spoke = await patient.say(*speech())
         await patient.wait_for_voice(spoke, intake_started.agent_identity)
         await until(lambda: doctor.texts, 20)
-        assert doctor.texts == [(hints, copilot_started.agent_identity,
-                                 "Pergunte a intensidade da dor, de 0 a 10.")]
+        assert doctor.texts == [
+            (hints, copilot_started.agent_identity, "Pergunte a intensidade da dor, de 0 a 10.")
+        ]
         copilot_agent = patient.room.remote_participants[copilot_started.agent_identity]
         assert not copilot_agent.track_publications  # a text-only role publishes no audio
         assert not doctor.loud(spoke, copilot_started.agent_identity)
@@ -452,15 +525,17 @@ async def test_requests_are_validated_listing_the_valid_choices(
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "unknown_role"
-    assert error["details"] == [{"field": "role",
-                                 "valid": ["copilot", "generic", "intake", "receptionist"]}]
+    assert error["details"] == [
+        {"field": "role", "valid": ["copilot", "generic", "intake", "receptionist"]}
+    ]
     response = await api.post("/v1/agents", json={"room": "r1", "llm": "gpt-99"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unknown_model"
     assert "openai/gpt-4o-mini" in response.json()["error"]["details"][0]["valid"]
-    response = await api.post("/v1/agents", json={"room": "r1", "role": "intake",
-                                                  "instructionsMode": "replace",
-                                                  "instructions": "x"})
+    response = await api.post(
+        "/v1/agents",
+        json={"room": "r1", "role": "intake", "instructionsMode": "replace", "instructions": "x"},
+    )
     assert response.json()["error"]["code"] == "instructions_not_allowed"
     response = await api.post("/v1/agents", json={"room": "not a room"})
     assert response.status_code == 400
@@ -485,8 +560,12 @@ async def test_a_dispatch_nobody_takes_in_time_fails_with_a_reason(
     tenant = await pool.fetchval("SELECT id FROM tenants ORDER BY created_at LIMIT 1")
     now = datetime.now(UTC)
     request = AgentDispatchRequested(
-        dispatch_id=new_event_id(), room=new_room(), role="generic", language="pt-BR",
-        requested_at=now - timedelta(seconds=11), deadline_at=now - timedelta(seconds=1),
+        dispatch_id=new_event_id(),
+        room=new_room(),
+        role="generic",
+        language="pt-BR",
+        requested_at=now - timedelta(seconds=11),
+        deadline_at=now - timedelta(seconds=1),
         **OPENAI,
     )
     async with following(bus, AgentDispatchFailed) as failures:
@@ -520,7 +599,8 @@ async def last_event(bus: Bus, kind: type, key: str) -> Envelope:
             got.set_result(CODEC.decode(message.data))
 
     subscription = await bus.js.subscribe(
-        subjects.key_filter(kind, tenant=SYSTEM_TENANT, key=key), cb=on_message,
+        subjects.key_filter(kind, tenant=SYSTEM_TENANT, key=key),
+        cb=on_message,
         ordered_consumer=True,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
     )
@@ -539,16 +619,19 @@ async def test_a_killed_worker_is_replaced_and_its_session_fails_with_a_reason(
     standin.transcript_default(HEARD)
     room = new_room()
     patient = await Participant.join(api, room, "patient-9")
-    async with following(bus, *SESSION_EVENTS) as events, \
-            following(bus, AgentWorkerExited, AgentWorkerStarted, AgentWorkerRegistered) as pool:
+    async with (
+        following(bus, *SESSION_EVENTS) as events,
+        following(bus, AgentWorkerExited, AgentWorkerStarted, AgentWorkerRegistered) as pool,
+    ):
         created = await dispatch(api, room=room, role="generic", **OPENAI)
         started = await events.next(AgentSessionStarted, created["id"])
         await state_of(api, created["id"], "joined")
         worker = (await last_event(bus, AgentWorkerStarted, started.worker_id)).data
         os.kill(worker.pid, signal.SIGKILL)
 
-        exited = await pool.next(AgentWorkerExited,
-                                 where=lambda d: d.worker_id == started.worker_id)
+        exited = await pool.next(
+            AgentWorkerExited, where=lambda d: d.worker_id == started.worker_id
+        )
         assert (exited.signal, exited.expected) == (signal.SIGKILL, False)
         assert exited.restart_delay_seconds is not None
         failed = await events.next(AgentDispatchFailed, created["id"])
@@ -559,8 +642,9 @@ async def test_a_killed_worker_is_replaced_and_its_session_fails_with_a_reason(
         shown = await state_of(api, created["id"], "failed")
         assert shown["reason"] == "worker_lost"
         replacement = await pool.next(AgentWorkerStarted, where=lambda d: d.reason == "restart")
-        await pool.next(AgentWorkerRegistered,
-                        where=lambda d: d.worker_id == replacement.worker_id, timeout=60)
+        await pool.next(
+            AgentWorkerRegistered, where=lambda d: d.worker_id == replacement.worker_id, timeout=60
+        )
 
         again = await dispatch(api, room=room, role="generic", **OPENAI)
         rejoined = await events.next(AgentSessionStarted, again["id"], timeout=30)
@@ -573,8 +657,10 @@ async def test_a_killed_worker_is_replaced_and_its_session_fails_with_a_reason(
 def test_metadata_is_the_event_itself() -> None:
     """What LiveKit carries to the worker decodes as the dispatch's own event."""
     now = datetime.now(UTC)
-    request = AgentDispatchRequested(dispatch_id="d", room="r", role="generic",
-                                     requested_at=now, deadline_at=now, **OPENAI)
-    document = CODEC.encode(envelope(request, source="mediai/dispatcher", tenant="tabcdefghij",
-                                     subject="d"))
+    request = AgentDispatchRequested(
+        dispatch_id="d", room="r", role="generic", requested_at=now, deadline_at=now, **OPENAI
+    )
+    document = CODEC.encode(
+        envelope(request, source="mediai/dispatcher", tenant="tabcdefghij", subject="d")
+    )
     assert CODEC.decode(document).data == request

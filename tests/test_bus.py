@@ -20,8 +20,14 @@ from tests.support import watch
 
 
 def issued(room: str = "room-1") -> TokenIssued:
-    return TokenIssued(room=room, identity="p1", can_publish=True, can_subscribe=True,
-                       ttl_seconds=60, expires_at=datetime(2026, 1, 1, tzinfo=UTC))
+    return TokenIssued(
+        room=room,
+        identity="p1",
+        can_publish=True,
+        can_subscribe=True,
+        ttl_seconds=60,
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
 
 
 def fresh_tenant() -> str:
@@ -49,7 +55,9 @@ async def test_the_same_event_id_published_twice_is_stored_once(bus: Bus) -> Non
     info = await bus.js.stream_info(
         "MEDIAI_EVENTS", subjects_filter=subjects.type_filter(TokenIssued, tenant)
     )
-    assert info.state.subjects == {subjects.event_subject(first.data, tenant=tenant, key="room-1"): 1}
+    assert info.state.subjects == {
+        subjects.event_subject(first.data, tenant=tenant, key="room-1"): 1
+    }
 
 
 async def test_a_failing_handler_is_retried_with_backoff_then_succeeds(bus: Bus) -> None:
@@ -63,8 +71,13 @@ async def test_a_failing_handler_is_retried_with_backoff_then_succeeds(bus: Bus)
             raise ConnectionError("database briefly away")
         done.set()
 
-    spec = ConsumerSpec(durable=f"test-retry-{tenant}", events=(TokenIssued,), tenant=tenant,
-                        max_deliver=5, backoff=(0.05,))
+    spec = ConsumerSpec(
+        durable=f"test-retry-{tenant}",
+        events=(TokenIssued,),
+        tenant=tenant,
+        max_deliver=5,
+        backoff=(0.05,),
+    )
     async with consuming(bus, spec, flaky):
         await bus.publish(issued(), tenant=tenant, key="room-1")
         await asyncio.wait_for(done.wait(), 10)
@@ -81,9 +94,17 @@ async def test_a_handler_that_keeps_failing_is_dead_lettered_and_can_be_replayed
             raise RuntimeError("bug in the handler")
         received.put_nowait(event.id)
 
-    spec = ConsumerSpec(durable=f"test-dlq-{tenant}", events=(TokenIssued,), tenant=tenant,
-                        max_deliver=3, backoff=(0.05,))
-    async with watch(bus, DeadLettered, tenant=tenant) as dead, consuming(bus, spec, broken_then_fixed):
+    spec = ConsumerSpec(
+        durable=f"test-dlq-{tenant}",
+        events=(TokenIssued,),
+        tenant=tenant,
+        max_deliver=3,
+        backoff=(0.05,),
+    )
+    async with (
+        watch(bus, DeadLettered, tenant=tenant) as dead,
+        consuming(bus, spec, broken_then_fixed),
+    ):
         published = await bus.publish(issued(), tenant=tenant, key="room-1")
         letter = await dead.next(timeout=10)
         record = letter.data
@@ -156,7 +177,10 @@ async def test_undecodable_messages_are_dead_lettered_whole(bus: Bus, bad: bytes
 
     spec = ConsumerSpec(durable=f"test-undecodable-{tenant}", events=(TokenIssued,), tenant=tenant)
     subject = subjects.type_filter(TokenIssued, tenant).replace("*", "room-1")
-    async with watch(bus, DeadLettered, tenant="system") as dead, consuming(bus, spec, never_called):
+    async with (
+        watch(bus, DeadLettered, tenant="system") as dead,
+        consuming(bus, spec, never_called),
+    ):
         await bus.js.publish(subject, bad)
         letter = await dead.wait_for(
             lambda e: isinstance(e.data, DeadLettered) and e.data.consumer == spec.durable
@@ -166,6 +190,7 @@ async def test_undecodable_messages_are_dead_lettered_whole(bus: Bus, bad: bytes
     assert record.reason.startswith("undecodable")
     restored = (
         __import__("base64").b64decode(record.original_payload)
-        if record.payload_encoding == "base64" else record.original_payload.encode()
+        if record.payload_encoding == "base64"
+        else record.original_payload.encode()
     )
     assert restored == bad

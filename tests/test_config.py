@@ -19,14 +19,20 @@ def test_defaults_describe_the_local_stack() -> None:
 
 
 def test_ports_move_the_derived_urls() -> None:
-    settings = load_settings({"MEDIAI_NATS_PORT": "5000", "MEDIAI_LIVEKIT_PORT": "7990"}, env_file=None)
+    settings = load_settings(
+        {"MEDIAI_NATS_PORT": "5000", "MEDIAI_LIVEKIT_PORT": "7990"}, env_file=None
+    )
     assert settings.nats_url == "nats://127.0.0.1:5000"
     assert settings.livekit_url == "ws://127.0.0.1:7990"
 
 
 def test_livekit_url_with_credentials_means_an_external_server() -> None:
     settings = load_settings(
-        {"LIVEKIT_URL": "wss://x.livekit.cloud", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32},
+        {
+            "LIVEKIT_URL": "wss://x.livekit.cloud",
+            "LIVEKIT_API_KEY": "k",
+            "LIVEKIT_API_SECRET": "s" * 32,
+        },
         env_file=None,
     )
     assert settings.livekit_local is False
@@ -60,12 +66,20 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
 
 
 def test_to_environ_round_trips() -> None:
-    settings = load_settings({"MEDIAI_GATEWAY_PORT": "9100", "MEDIAI_PHI_RETENTION": "7d"}, env_file=None)
+    settings = load_settings(
+        {"MEDIAI_GATEWAY_PORT": "9100", "MEDIAI_PHI_RETENTION": "7d"}, env_file=None
+    )
     assert load_settings(to_environ(settings), env_file=None) == settings
 
 
 def test_durations() -> None:
-    assert [parse_duration(x) for x in ("90", "90s", "15m", "2h", "1d")] == [90, 90, 900, 7200, 86400]
+    assert [parse_duration(x) for x in ("90", "90s", "15m", "2h", "1d")] == [
+        90,
+        90,
+        900,
+        7200,
+        86400,
+    ]
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("2 hours")
 
@@ -74,7 +88,10 @@ def test_cli_reports_a_bad_setting_in_one_line_with_exit_code_2(tmp_path: Path) 
     result = subprocess.run(
         [sys.executable, "-m", "deploy", "status"],
         env={"PATH": "/usr/bin:/bin", "MEDIAI_NATS_PORT": "nope"},
-        cwd=tmp_path, capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -87,9 +104,12 @@ def test_the_readme_documents_every_setting() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     undocumented = [
-        variable for variable in _VARIABLES
+        variable
+        for variable in _VARIABLES
         if variable not in readme and not variable.endswith("_PORT")
     ]
-    ports = [v.removeprefix("MEDIAI_").removesuffix("_PORT") for v in _VARIABLES if v.endswith("_PORT")]
+    ports = [
+        v.removeprefix("MEDIAI_").removesuffix("_PORT") for v in _VARIABLES if v.endswith("_PORT")
+    ]
     undocumented += [f"MEDIAI_{p}_PORT" for p in ports if f"`{p}`" not in readme]
     assert not undocumented, f"add to the README's configuration table: {undocumented}"

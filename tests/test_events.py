@@ -27,9 +27,17 @@ def test_every_type_is_stable_versioned_and_documented() -> None:
 
 def test_envelope_is_cloudevents_structured_json() -> None:
     event = envelope(
-        TokenIssued(room="r1", identity="p1", can_publish=True, can_subscribe=True,
-                    ttl_seconds=60, expires_at=datetime(2026, 1, 1, tzinfo=UTC)),
-        source="mediai/token", tenant="tabcdefghij", subject="r1",
+        TokenIssued(
+            room="r1",
+            identity="p1",
+            can_publish=True,
+            can_subscribe=True,
+            ttl_seconds=60,
+            expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+        source="mediai/token",
+        tenant="tabcdefghij",
+        subject="r1",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
     document = json.loads(CODEC.encode(event))
@@ -58,8 +66,10 @@ def test_golden_files_still_decode(path: Path) -> None:
 
 def test_unknown_or_malformed_events_are_rejected_clearly() -> None:
     with pytest.raises(EventDecodeError, match="unknown event type"):
-        CODEC.decode(b'{"specversion":"1.0","id":"1","source":"s","type":"mediai.nope.v1",'
-                     b'"subject":"x","time":"2026-01-01T00:00:00Z","tenant":"t","data":{}}')
+        CODEC.decode(
+            b'{"specversion":"1.0","id":"1","source":"s","type":"mediai.nope.v1",'
+            b'"subject":"x","time":"2026-01-01T00:00:00Z","tenant":"t","data":{}}'
+        )
     with pytest.raises(EventDecodeError):
         CODEC.decode(b"not json")
     path = GOLDEN / "mediai.token.issued.v1.json"
@@ -73,8 +83,14 @@ def test_nothing_outside_the_schema_can_be_encoded() -> None:
     class Stray(TokenIssued, frozen=True, kw_only=True):
         TYPE = "mediai.stray.v1"
 
-    stray = Stray(room="r", identity="i", can_publish=True, can_subscribe=True,
-                  ttl_seconds=1, expires_at=datetime(2026, 1, 1, tzinfo=UTC))
+    stray = Stray(
+        room="r",
+        identity="i",
+        can_publish=True,
+        can_subscribe=True,
+        ttl_seconds=1,
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     with pytest.raises(ValueError, match="not in the event schema"):
         CODEC.encode(envelope(stray, source="s", tenant="t", subject="x"))
 
@@ -83,8 +99,14 @@ def test_subject_tokens_from_users_cannot_break_the_subject_scheme() -> None:
     for hostile in ("a.b", "a*", "a>", "with space", "tab\t", "ação", ""):
         escaped = subjects.token(hostile)
         assert escaped and not any(c in escaped for c in ".*> \t"), hostile
-    data = TokenIssued(room="x", identity="i", can_publish=True, can_subscribe=True,
-                       ttl_seconds=1, expires_at=datetime(2026, 1, 1, tzinfo=UTC))
+    data = TokenIssued(
+        room="x",
+        identity="i",
+        can_publish=True,
+        can_subscribe=True,
+        ttl_seconds=1,
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     subject = subjects.event_subject(data, tenant="t1", key="room.with.dots")
     assert subject == "mediai.events.token.issued.v1.t1.room%2Ewith%2Edots"
     assert subject.count(".") == 6  # mediai.events.token.issued.v1.<tenant>.<key>

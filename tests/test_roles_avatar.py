@@ -24,16 +24,20 @@ async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
     return tenant.id
 
 
-@pytest.mark.parametrize(("provider", "setting"), [("bey", "BEY_API_KEY"),
-                                                   ("tavus", "TAVUS_API_KEY")])
+@pytest.mark.parametrize(
+    ("provider", "setting"), [("bey", "BEY_API_KEY"), ("tavus", "TAVUS_API_KEY")]
+)
 async def test_missing_avatar_keys_mean_an_event_and_voice_only(
     bus: Bus, settings: Settings, tenant_id: str, provider: str, setting: str
 ) -> None:
-    asked = msgspec.structs.replace(settings, agent_avatar=provider, bey_api_key=None,
-                                    tavus_api_key=None)
-    async with watch(bus, AvatarUnavailable, tenant=tenant_id) as events, \
-            consultation(bus, asked, role="receptionist", tenant=tenant_id) as harness, \
-            AgentSession() as session:
+    asked = msgspec.structs.replace(
+        settings, agent_avatar=provider, bey_api_key=None, tavus_api_key=None
+    )
+    async with (
+        watch(bus, AvatarUnavailable, tenant=tenant_id) as events,
+        consultation(bus, asked, role="receptionist", tenant=tenant_id) as harness,
+        AgentSession() as session,
+    ):
         avatar = harness.consultation.part(Avatar)
         started = await avatar.start(session, None, agent_identity="agent-x")  # type: ignore[arg-type]
         assert started is False
@@ -52,11 +56,16 @@ async def test_no_avatar_configured_or_a_text_only_role_means_no_event(
     bus: Bus, settings: Settings, tenant_id: str
 ) -> None:
     asked = msgspec.structs.replace(settings, agent_avatar="bey")
-    async with consultation(bus, settings, role="intake", tenant=tenant_id) as plain, \
-            consultation(bus, asked, role="copilot", tenant=tenant_id) as copilot, \
-            AgentSession() as session:
-        assert await plain.consultation.part(Avatar).start(
-            session, None, agent_identity="a") is False  # type: ignore[arg-type]
-        assert await copilot.consultation.part(Avatar).start(
-            session, None, agent_identity="b") is False  # type: ignore[arg-type]
+    async with (
+        consultation(bus, settings, role="intake", tenant=tenant_id) as plain,
+        consultation(bus, asked, role="copilot", tenant=tenant_id) as copilot,
+        AgentSession() as session,
+    ):
+        assert (
+            await plain.consultation.part(Avatar).start(session, None, agent_identity="a") is False
+        )  # type: ignore[arg-type]
+        assert (
+            await copilot.consultation.part(Avatar).start(session, None, agent_identity="b")
+            is False
+        )  # type: ignore[arg-type]
     assert plain.emitted == copilot.emitted == []

@@ -55,6 +55,7 @@ class Reader:
     def _on_text(self, stream: rtc.TextStreamReader, sender: str) -> None:
         async def read() -> None:
             self.texts.append((sender, await stream.read_all(), dict(stream.info.attributes)))
+
         task = asyncio.create_task(read())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -73,12 +74,19 @@ async def test_hints_reach_the_doctor_only_one_per_interval_never_twice(
     agent = await Reader.join(api, room, f"agent-copilot-{tag()}")
     await until(lambda: {doctor.identity, patient.identity} <= set(agent.room.remote_participants))
     fast = msgspec.structs.replace(settings, copilot_hint_interval=1)
-    async with watch(bus, CopilotHintSent, CopilotHintWritten, tenant=tenant_id) as events, \
-            consultation(bus, fast, role="copilot", tenant=tenant_id, room=room) as harness:
+    async with (
+        watch(bus, CopilotHintSent, CopilotHintWritten, tenant=tenant_id) as events,
+        consultation(bus, fast, role="copilot", tenant=tenant_id, room=room) as harness,
+    ):
         copilot = harness.consultation.part(Copilot)
-        copilot.sender = HintSender(agent.room, recipients=lambda: [
-            p.identity for p in agent.room.remote_participants.values()
-            if p.identity.startswith("doctor")])
+        copilot.sender = HintSender(
+            agent.room,
+            recipients=lambda: [
+                p.identity
+                for p in agent.room.remote_participants.values()
+                if p.identity.startswith("doctor")
+            ],
+        )
         assert copilot.offer("Pergunta: Há quanto tempo a dor começou?").action == "send"
         assert copilot.offer("pergunta: há quanto tempo a dor começou").reason == "repeated"
         assert copilot.offer("Lembrete: medir a pressão.").reason == "too_soon"
@@ -93,18 +101,24 @@ async def test_hints_reach_the_doctor_only_one_per_interval_never_twice(
 
     assert [(who, text) for who, text, _ in doctor.texts] == [
         (agent.identity, "Há quanto tempo a dor começou?"),
-        (agent.identity, "dor no peito com falta de ar.")]
+        (agent.identity, "dor no peito com falta de ar."),
+    ]
     assert [a["mediai.hint.kind"] for _, _, a in doctor.texts] == ["question", "red_flag"]
     assert patient.texts == []  # the patient's client never receives a hint
     # Counted on the business stream without their words; the words only on the PHI stream.
     assert [e.data.kind for e in sent] == ["question", "red_flag"]
     assert "text" not in CopilotHintSent.__struct_fields__
     assert CopilotHintSent.STREAM != PHI_STREAM and CopilotHintWritten.STREAM == PHI_STREAM
-    assert [e.data.text for e in written] == ["Há quanto tempo a dor começou?",
-                                              "dor no peito com falta de ar."]
+    assert [e.data.text for e in written] == [
+        "Há quanto tempo a dor começou?",
+        "dor no peito com falta de ar.",
+    ]
     assert [w.data.recipients for w in written] == [[doctor.identity]] * 2
-    assert {s.data.hint_id for s in sent} == {w.data.hint_id for w in written} == {
-        a["mediai.hint.id"] for _, _, a in doctor.texts}
+    assert (
+        {s.data.hint_id for s in sent}
+        == {w.data.hint_id for w in written}
+        == {a["mediai.hint.id"] for _, _, a in doctor.texts}
+    )
     for person in (doctor, patient, agent):
         await person.leave()
 
@@ -122,15 +136,23 @@ async def test_the_copilot_agent_hears_doctor_and_patient_apart_and_writes_to_th
     room = f"consulta-{tag()}"
     patient = await Participant.join(api, room, f"patient-{tag()}", topics=(TOPIC,))
     doctor = await Participant.join(api, room, f"doctor-{tag()}", topics=(TOPIC,))
-    async with watch(bus, AgentSessionStarted, AgentTranscribed, CopilotHintSent) as events, \
-            watch(bus, AgentUsageReported) as usage:
+    async with (
+        watch(bus, AgentSessionStarted, AgentTranscribed, CopilotHintSent) as events,
+        watch(bus, AgentUsageReported) as usage,
+    ):
         created = await dispatch(api, room=room, role="copilot", **OPENAI)
-        started = await events.wait_for(lambda e: isinstance(e.data, AgentSessionStarted)
-                                        and e.data.dispatch_id == created["id"], timeout=30)
+        started = await events.wait_for(
+            lambda e: (
+                isinstance(e.data, AgentSessionStarted) and e.data.dispatch_id == created["id"]
+            ),
+            timeout=30,
+        )
         await until(lambda: started.data.agent_identity in patient.room.remote_participants, 10)
         await patient.say(*speech())
-        heard = await events.wait_for(lambda e: isinstance(e.data, AgentTranscribed)
-                                      and e.data.dispatch_id == created["id"], timeout=30)
+        heard = await events.wait_for(
+            lambda e: isinstance(e.data, AgentTranscribed) and e.data.dispatch_id == created["id"],
+            timeout=30,
+        )
         await until(lambda: doctor.texts, 30)
         hint = await events.wait_for(lambda e: isinstance(e.data, CopilotHintSent))
         assert (await api.delete(f"/v1/agents/{created['id']}")).status_code == 202
@@ -140,13 +162,14 @@ async def test_the_copilot_agent_hears_doctor_and_patient_apart_and_writes_to_th
             if isinstance(report, AgentUsageReported) and report.dispatch_id == created["id"]:
                 reports.append(report)
     assert (heard.data.speaker, heard.data.participant_identity) == ("user", patient.identity)
-    assert doctor.texts == [(TOPIC, started.data.agent_identity,
-                             "dor no peito com falta de ar.")]
+    assert doctor.texts == [(TOPIC, started.data.agent_identity, "dor no peito com falta de ar.")]
     assert hint.data.kind == "red_flag"
     assert patient.texts == []
     chat: dict[str, Any] = standin.requests("chat")[0]["body"]
     assert chat["messages"][-1]["content"] in (
-        f"Paciente: {heard.data.text}", [{"type": "text", "text": f"Paciente: {heard.data.text}"}])
+        f"Paciente: {heard.data.text}",
+        [{"type": "text", "text": f"Paciente: {heard.data.text}"}],
+    )
     # What the copilot's own listening transcribed is metered like any session's STT.
     assert 2.5 < sum(r.stt_audio_seconds for r in reports) < 8
     assert sum(r.llm_prompt_tokens for r in reports) > 0

@@ -37,8 +37,10 @@ NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 def test_consent_is_given_only_to_everything_that_was_asked() -> None:
     assert consent.decide(ai_assistance=True, recording_asked=False, recording=None).given
     assert consent.decide(ai_assistance=True, recording_asked=True, recording=True).given
-    assert consent.decide(ai_assistance=False, recording_asked=False,
-                          recording=None).refused == "ai_assistance"
+    assert (
+        consent.decide(ai_assistance=False, recording_asked=False, recording=None).refused
+        == "ai_assistance"
+    )
     # Recording was mentioned and not clearly accepted: not consent.
     for answer in (False, None):
         decision = consent.decide(ai_assistance=True, recording_asked=True, recording=answer)
@@ -67,14 +69,21 @@ def test_spoken_answers_become_typed_fhir_values() -> None:
     assert to_fhir_value(items["alergias.possui"], "Não") == {"valueBoolean": False}
     assert to_fhir_value(items["medicamentos.em-uso"], "sim") == {"valueBoolean": True}
     assert to_fhir_value(items["identificacao.data-nascimento"], "31/05/1980") == {
-        "valueDate": "1980-05-31"}
+        "valueDate": "1980-05-31"
+    }
     coding = to_fhir_value(items["historia-social.tabagismo"], "Ex-fumante")["valueCoding"]
     assert coding["code"] == "tabagismo-ex"
     assert to_fhir_value(items["identificacao.sexo"], "female")["valueCoding"]["display"] == (
-        "Feminino")
-    for link_id, bad in [("hda.intensidade", "11"), ("hda.intensidade", "forte"),
-                         ("alergias.possui", "talvez"), ("identificacao.sexo", "xyz"),
-                         ("identificacao.data-nascimento", "31/02/1980"), ("hda.inicio", " ")]:
+        "Feminino"
+    )
+    for link_id, bad in [
+        ("hda.intensidade", "11"),
+        ("hda.intensidade", "forte"),
+        ("alergias.possui", "talvez"),
+        ("identificacao.sexo", "xyz"),
+        ("identificacao.data-nascimento", "31/02/1980"),
+        ("hda.inicio", " "),
+    ]:
         with pytest.raises(AnswerError):
             to_fhir_value(items[link_id], bad)
 
@@ -86,8 +95,9 @@ def book() -> AnswerBook:
     answers.record("hda.intensidade", "7", ["s4"])  # a correction replaces it
     answers.record("alergias.possui", "não", ["s5"])
     answers.record("sinais-alerta.presentes", "sim", ["s6"])
-    answers.record("sinais-alerta.descricao", "dor no peito (orientado a ligar para o SAMU 192)",
-                   ["s6"])
+    answers.record(
+        "sinais-alerta.descricao", "dor no peito (orientado a ligar para o SAMU 192)", ["s6"]
+    )
     return answers
 
 
@@ -95,25 +105,38 @@ def test_the_record_is_a_valid_fhir_r4_questionnaire_response_citing_its_segment
     answers = book()
     with pytest.raises(AnswerError):
         answers.record("queixa", "x", [])  # a group, not an answerable item
-    response = questionnaire_response(answers, status="completed", authored=NOW,
-                                      dispatch_id="d-1")
+    response = questionnaire_response(answers, status="completed", authored=NOW, dispatch_id="d-1")
     parsed = QuestionnaireResponse.model_validate(response)
     assert parsed.status == "completed"
     assert response["questionnaire"] == f"{Q.url}|{Q.version}"
     assert [g["linkId"] for g in response["item"]] == [
-        "queixa-principal", "hda", "alergias", "sinais-alerta"]
+        "queixa-principal",
+        "hda",
+        "alergias",
+        "sinais-alerta",
+    ]
     hda = response["item"][1]["item"]
-    assert hda == [{"linkId": "hda.intensidade", "text": Q.items["hda.intensidade"].text,
-                    "answer": [{"valueInteger": 7}]}]
+    assert hda == [
+        {
+            "linkId": "hda.intensidade",
+            "text": Q.items["hda.intensidade"].text,
+            "answer": [{"valueInteger": 7}],
+        }
+    ]
     refs = {r.link_id: r.segment_ids for r in transcript_refs(answers)}
     assert refs["queixa-principal.descricao"] == ["s1", "s2"]
     assert refs["hda.intensidade"] == ["s4"]
     # What the scheduling service's consumer checks before storing it.
-    validate_record(AnamnesisRecorded(
-        dispatch_id="d-1", room="consulta-1", questionnaire_response=response,
-        summary_pt_br=summary_pt_br(answers), transcript_refs=transcript_refs(answers)))
-    empty = questionnaire_response(AnswerBook(Q), status="stopped", authored=NOW,
-                                   dispatch_id="d-2")
+    validate_record(
+        AnamnesisRecorded(
+            dispatch_id="d-1",
+            room="consulta-1",
+            questionnaire_response=response,
+            summary_pt_br=summary_pt_br(answers),
+            transcript_refs=transcript_refs(answers),
+        )
+    )
+    empty = questionnaire_response(AnswerBook(Q), status="stopped", authored=NOW, dispatch_id="d-2")
     assert "item" not in empty and QuestionnaireResponse.model_validate(empty)
 
 
@@ -140,11 +163,13 @@ def test_the_record_answer_tool_offers_exactly_the_questionnaire_items() -> None
 
 def test_replies_become_hints_of_a_kind_or_nothing() -> None:
     assert copilot.parse_hint("Pergunta: Há quanto tempo?") == copilot.Hint(
-        "question", "Há quanto tempo?")
+        "question", "Há quanto tempo?"
+    )
     assert copilot.parse_hint("ALERTA: dor torácica com dispneia").kind == "red_flag"  # type: ignore[union-attr]
     assert copilot.parse_hint("Lembrete:  aferir a pressão ").text == "aferir a pressão"  # type: ignore[union-attr]
     assert copilot.parse_hint("Pergunte a intensidade, de 0 a 10.") == copilot.Hint(
-        "note", "Pergunte a intensidade, de 0 a 10.")
+        "note", "Pergunte a intensidade, de 0 a 10."
+    )
     for nothing in ("", "—", " - ", "Nada.", "Pergunta: —"):
         assert copilot.parse_hint(nothing) is None
 
@@ -160,7 +185,8 @@ def test_at_most_one_hint_per_interval_never_the_same_twice_red_flags_wait() -> 
     assert copilot.decide(state, again, NOW + timedelta(minutes=5), interval).reason == "repeated"
     soon = copilot.Hint("question", "Perguntar sobre vômitos.")
     assert copilot.decide(state, soon, NOW + timedelta(seconds=2), interval) == copilot.Verdict(
-        "drop", "too_soon")
+        "drop", "too_soon"
+    )
     urgent = copilot.Hint("red_flag", "Dor no peito com falta de ar.")
     held = copilot.decide(state, urgent, NOW + timedelta(seconds=2), interval)
     assert (held.action, held.at) == ("hold", NOW + interval)
@@ -202,20 +228,25 @@ def test_the_avatar_is_chosen_by_configuration_and_missing_keys_are_named(tmp_pa
     bey = stack_settings(tmp_path, agent_avatar="bey")
     assert avatar.choose(bey, speaks=False) is None  # a text-only role shows no face
     missing = avatar.choose(bey, speaks=True)
-    assert missing == avatar.Choice("bey", "missing_credentials",
-                                    "BEY_API_KEY is not set: the agent speaks without an avatar")
-    assert avatar.choose(stack_settings(tmp_path, agent_avatar="tavus", tavus_api_key="k"),
-                         speaks=True) == avatar.Choice("tavus")
-    assert avatar.choose(stack_settings(tmp_path, agent_avatar="heygen"),
-                         speaks=True).reason == "unknown_provider"  # type: ignore[union-attr]
+    assert missing == avatar.Choice(
+        "bey", "missing_credentials", "BEY_API_KEY is not set: the agent speaks without an avatar"
+    )
+    assert avatar.choose(
+        stack_settings(tmp_path, agent_avatar="tavus", tavus_api_key="k"), speaks=True
+    ) == avatar.Choice("tavus")
+    assert (
+        avatar.choose(stack_settings(tmp_path, agent_avatar="heygen"), speaks=True).reason
+        == "unknown_provider"
+    )  # type: ignore[union-attr]
 
 
 def test_vision_modes_follow_the_seeds_variables(tmp_path: Path) -> None:
     assert vision.enabled(stack_settings(tmp_path))
     assert not vision.streaming(stack_settings(tmp_path))
     assert vision.streaming(stack_settings(tmp_path, enable_vision_streaming=True))
-    assert not vision.streaming(stack_settings(tmp_path, enable_vision=False,
-                                               enable_vision_streaming=True))
+    assert not vision.streaming(
+        stack_settings(tmp_path, enable_vision=False, enable_vision_streaming=True)
+    )
 
 
 def test_the_roles_wire_the_medical_tools() -> None:
@@ -231,7 +262,8 @@ def test_the_roles_wire_the_medical_tools() -> None:
     assert {"record_answer", "finish_intake", vision.TOOL} <= set(roles["intake"].tools)
     assert "diagnóstico" in roles["intake"].template("pt-BR")
     assert {"search_doctors", "book_appointment", "cancel_appointment"} <= set(
-        roles["receptionist"].tools)
+        roles["receptionist"].tools
+    )
     hints = roles["copilot"]
     assert (hints.speaks, hints.text_to, hints.text_topic) == (False, ["doctor"], copilot.TOPIC)
     assert consent.TOOL not in hints.tools  # the doctor's tool: no patient consent asked

@@ -45,23 +45,32 @@ def standin(openai_standin: OpenAIStandin) -> OpenAIStandin:
 
 
 def system_of(request: dict) -> str:  # type: ignore[type-arg]
-    return " ".join(m["content"] for m in request["body"]["messages"]
-                    if m["role"] in ("system", "developer") and isinstance(m["content"], str))
+    return " ".join(
+        m["content"]
+        for m in request["body"]["messages"]
+        if m["role"] in ("system", "developer") and isinstance(m["content"], str)
+    )
 
 
 async def test_consent_refused_ends_the_session_politely(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin
 ) -> None:
-    standin.chat("prefiro falar com uma pessoa", system=CONSENT_PHASE,
-                 tool_calls=[("record_consent", {"ai_assistance": False})])
-    async with watch(bus, ConsentRefused, ConsentGiven, tenant=tenant_id) as events, \
-            consultation(bus, settings, role="intake", tenant=tenant_id) as harness, \
-            session_on(standin, harness) as session:
+    standin.chat(
+        "prefiro falar com uma pessoa",
+        system=CONSENT_PHASE,
+        tool_calls=[("record_consent", {"ai_assistance": False})],
+    )
+    async with (
+        watch(bus, ConsentRefused, ConsentGiven, tenant=tenant_id) as events,
+        consultation(bus, settings, role="intake", tenant=tenant_id) as harness,
+        session_on(standin, harness) as session,
+    ):
         # The agent opened with who it is and the consent question, before anything clinical.
         assert said(session) == [("assistant", consent.opening("intake", recording=False))]
         result = await session.run(user_input="Não, prefiro falar com uma pessoa.")
-        result.expect.next_event().is_function_call(name="record_consent",
-                                                    arguments={"ai_assistance": False})
+        result.expect.next_event().is_function_call(
+            name="record_consent", arguments={"ai_assistance": False}
+        )
         result.expect.next_event().is_function_call_output()
         goodbye = result.expect.next_event().is_message(role="assistant")
         assert goodbye.event().item.text_content == consent.REFUSED
@@ -72,12 +81,18 @@ async def test_consent_refused_ends_the_session_politely(
     # Only the consent tool existed before consent: nothing clinical could be recorded.
     first = standin.requests("chat")[0]["body"]
     assert [t["function"]["name"] for t in first["tools"]] == [
-        "record_consent", "raise_red_flag", "end_conversation"]
+        "record_consent",
+        "raise_red_flag",
+        "end_conversation",
+    ]
     assert CONSENT_PHASE in system_of(standin.requests("chat")[0])
     refused = event.data
     assert isinstance(refused, ConsentRefused)
     assert (refused.refused, refused.participant_identity, refused.wording) == (
-        "ai_assistance", "patient-1", consent.WORDING)
+        "ai_assistance",
+        "patient-1",
+        consent.WORDING,
+    )
     user_turn = [i.id for i in session.history.items if i.type == "message" and i.role == "user"]
     assert refused.segment_ids == user_turn
     assert event.subject == harness.consultation.dispatch_id
@@ -85,22 +100,38 @@ async def test_consent_refused_ends_the_session_politely(
 
 def script_intake(standin: OpenAIStandin) -> None:
     """A short anamnesis: consent, chief complaint confirmed, intensity, allergies, the end."""
-    standin.chat("concordo", system=CONSENT_PHASE,
-                 tool_calls=[("record_consent", {"ai_assistance": True})])
+    standin.chat(
+        "concordo", system=CONSENT_PHASE, tool_calls=[("record_consent", {"ai_assistance": True})]
+    )
     standin.chat(after_tool="record_consent", text="Obrigada! Qual é o motivo da consulta?")
     standin.chat("dor de cabeça", text="Entendi: dor de cabeça desde segunda-feira. É isso?")
-    standin.chat("isso mesmo", tool_calls=[
-        ("record_answer", {"link_id": "queixa-principal.descricao",
-                           "answer": "Dor de cabeça desde segunda-feira"}),
-        ("record_answer", {"link_id": "hda.inicio", "answer": "segunda-feira"}),
-    ])
-    standin.chat(after_tool="record_answer", once=True,
-                 text="De 0 a 10, qual é a intensidade da dor?")
-    standin.chat("sete", tool_calls=[("record_answer", {"link_id": "hda.intensidade",
-                                                        "answer": "7"})])
+    standin.chat(
+        "isso mesmo",
+        tool_calls=[
+            (
+                "record_answer",
+                {
+                    "link_id": "queixa-principal.descricao",
+                    "answer": "Dor de cabeça desde segunda-feira",
+                },
+            ),
+            ("record_answer", {"link_id": "hda.inicio", "answer": "segunda-feira"}),
+        ],
+    )
+    standin.chat(
+        after_tool="record_answer", once=True, text="De 0 a 10, qual é a intensidade da dor?"
+    )
+    standin.chat(
+        "sete", tool_calls=[("record_answer", {"link_id": "hda.intensidade", "answer": "7"})]
+    )
     standin.chat(after_tool="record_answer", once=True, text="Tem alergia a algum remédio?")
-    standin.chat("nenhuma alergia", tool_calls=[
-        ("record_answer", {"link_id": "alergias.possui", "answer": "não"}), ("finish_intake", {})])
+    standin.chat(
+        "nenhuma alergia",
+        tool_calls=[
+            ("record_answer", {"link_id": "alergias.possui", "answer": "não"}),
+            ("finish_intake", {}),
+        ],
+    )
     standin.chat(after_tool="*", text="Obrigada. O médico vai entrar em breve.")
 
 
@@ -108,9 +139,11 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     script_intake(standin)
-    async with watch(bus, AnamnesisRecorded, ConsentGiven, tenant=tenant_id) as events, \
-            consultation(bus, settings, role="intake", tenant=tenant_id) as harness, \
-            session_on(standin, harness) as session:
+    async with (
+        watch(bus, AnamnesisRecorded, ConsentGiven, tenant=tenant_id) as events,
+        consultation(bus, settings, role="intake", tenant=tenant_id) as harness,
+        session_on(standin, harness) as session,
+    ):
         result = await session.run(user_input="Sim, concordo.")
         result.expect.next_event().is_function_call(name="record_consent")
         result.expect.next_event().is_function_call_output(output=consent.GIVEN_REPLY)
@@ -119,11 +152,16 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
         assert isinstance(given.data, ConsentGiven) and not given.data.recording
 
         turns = {}
-        for text in ("Estou com dor de cabeça desde segunda-feira.", "Isso mesmo.", "Sete.",
-                     "Não tenho nenhuma alergia."):
+        for text in (
+            "Estou com dor de cabeça desde segunda-feira.",
+            "Isso mesmo.",
+            "Sete.",
+            "Não tenho nenhuma alergia.",
+        ):
             result = await session.run(user_input=text)
-            turns[text] = [i.id for i in session.history.items
-                           if i.type == "message" and i.role == "user"][-1]
+            turns[text] = [
+                i.id for i in session.history.items if i.type == "message" and i.role == "user"
+            ][-1]
         result.expect.contains_function_call(name="finish_intake")
         assert said(session)[-1] == ("assistant", "Obrigada. O médico vai entrar em breve.")
         recorded = (await events.wait_for(lambda e: isinstance(e.data, AnamnesisRecorded))).data
@@ -151,8 +189,9 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
     room = harness.consultation.room
     async with asyncio.timeout(15):
         # A read model in another process, polled.
-        while (stored := await api.get(  # noqa: ASYNC110
-                f"/v1/consultations/{room}/anamnesis")).status_code == 404:
+        while (  # noqa: ASYNC110 - a read model in another process, polled
+            stored := await api.get(f"/v1/consultations/{room}/anamnesis")
+        ).status_code == 404:
             await asyncio.sleep(0.1)
     assert stored.status_code == 200, stored.text
     body = stored.json()
@@ -164,15 +203,23 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
 async def test_finishing_needs_the_chief_complaint_and_an_early_end_keeps_what_was_said(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin
 ) -> None:
-    standin.chat("concordo", system=CONSENT_PHASE,
-                 tool_calls=[("record_consent", {"ai_assistance": True})])
-    standin.chat("tchau", tool_calls=[
-        ("record_answer", {"link_id": "hda.intensidade", "answer": "onze"}),
-        ("record_answer", {"link_id": "alergias.possui", "answer": "sim"}), ("finish_intake", {})])
+    standin.chat(
+        "concordo", system=CONSENT_PHASE, tool_calls=[("record_consent", {"ai_assistance": True})]
+    )
+    standin.chat(
+        "tchau",
+        tool_calls=[
+            ("record_answer", {"link_id": "hda.intensidade", "answer": "onze"}),
+            ("record_answer", {"link_id": "alergias.possui", "answer": "sim"}),
+            ("finish_intake", {}),
+        ],
+    )
     standin.chat(after_tool="*", text="Antes de terminar: qual é o motivo da consulta?")
-    async with watch(bus, AnamnesisRecorded, tenant=tenant_id) as events, \
-            consultation(bus, settings, role="intake", tenant=tenant_id) as harness, \
-            session_on(standin, harness) as session:
+    async with (
+        watch(bus, AnamnesisRecorded, tenant=tenant_id) as events,
+        consultation(bus, settings, role="intake", tenant=tenant_id) as harness,
+        session_on(standin, harness) as session,
+    ):
         await session.run(user_input="Concordo.")
         result = await session.run(user_input="Tenho alergia, tchau.")
         outputs = [e.item for e in result.events if e.type == "function_call_output"]
@@ -191,19 +238,32 @@ async def test_finishing_needs_the_chief_complaint_and_an_early_end_keeps_what_w
 async def test_a_red_flag_tells_the_patient_to_call_samu_and_raises_the_urgent_event(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin
 ) -> None:
-    standin.chat("concordo", system=CONSENT_PHASE,
-                 tool_calls=[("record_consent", {"ai_assistance": True})])
-    standin.chat("no peito", tool_calls=[("raise_red_flag", {
-        "category": "chest_pain_dyspnea", "description": "dor no peito com falta de ar"})])
-    async with watch(bus, RedFlagRaised, tenant=tenant_id) as events, \
-            consultation(bus, settings, role="intake", tenant=tenant_id,
-                         patient="patient-9") as harness, \
-            session_on(standin, harness) as session:
+    standin.chat(
+        "concordo", system=CONSENT_PHASE, tool_calls=[("record_consent", {"ai_assistance": True})]
+    )
+    standin.chat(
+        "no peito",
+        tool_calls=[
+            (
+                "raise_red_flag",
+                {"category": "chest_pain_dyspnea", "description": "dor no peito com falta de ar"},
+            )
+        ],
+    )
+    async with (
+        watch(bus, RedFlagRaised, tenant=tenant_id) as events,
+        consultation(
+            bus, settings, role="intake", tenant=tenant_id, patient="patient-9"
+        ) as harness,
+        session_on(standin, harness) as session,
+    ):
         await session.run(user_input="Concordo.")
         result = await session.run(
-            user_input="Estou com uma dor forte no peito e muita falta de ar agora.")
-        result.expect.next_event().is_function_call(name="raise_red_flag",
-                                                    arguments={"category": "chest_pain_dyspnea"})
+            user_input="Estou com uma dor forte no peito e muita falta de ar agora."
+        )
+        result.expect.next_event().is_function_call(
+            name="raise_red_flag", arguments={"category": "chest_pain_dyspnea"}
+        )
         result.expect.next_event().is_function_call_output()
         urgent = result.expect.next_event().is_message(role="assistant")
         assert urgent.event().item.text_content == intake.URGENT
@@ -214,8 +274,10 @@ async def test_a_red_flag_tells_the_patient_to_call_samu_and_raises_the_urgent_e
     raised = event.data
     assert isinstance(raised, RedFlagRaised)
     assert (raised.category, raised.participant_identity) == ("chest_pain_dyspnea", "patient-9")
-    assert raised.segment_ids == [i.id for i in session.history.items
-                                  if i.type == "message" and i.role == "user"][-1:]
+    assert (
+        raised.segment_ids
+        == [i.id for i in session.history.items if i.type == "message" and i.role == "user"][-1:]
+    )
     assert book.answers["sinais-alerta.presentes"].value == {"valueBoolean": True}
     assert "SAMU 192" in book.answers["sinais-alerta.descricao"].spoken
 
@@ -239,11 +301,19 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
     standin = openai_standin
     standin.reset()
     standin.transcripts("Sim, concordo.", "Estou com dor de cabeça desde segunda-feira.")
-    standin.chat("concordo", system=CONSENT_PHASE,
-                 tool_calls=[("record_consent", {"ai_assistance": True})])
+    standin.chat(
+        "concordo", system=CONSENT_PHASE, tool_calls=[("record_consent", {"ai_assistance": True})]
+    )
     standin.chat(after_tool="record_consent", text="Obrigada. Qual é o motivo da consulta?")
-    standin.chat("dor de cabeça", tool_calls=[("record_answer", {
-        "link_id": "queixa-principal.descricao", "answer": "dor de cabeça desde segunda"})])
+    standin.chat(
+        "dor de cabeça",
+        tool_calls=[
+            (
+                "record_answer",
+                {"link_id": "queixa-principal.descricao", "answer": "dor de cabeça desde segunda"},
+            )
+        ],
+    )
     standin.chat(after_tool="record_answer", text="Entendi. De 0 a 10, quanto dói?")
     room = f"consulta-{uuid.uuid4().hex[:8]}"
     patient = await Participant.join(api, room, f"patient-{uuid.uuid4().hex[:6]}")
@@ -251,7 +321,8 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
         created = await dispatch(api, room=room, role="intake", **OPENAI)
         await until(lambda: standin.requests("speech"), 30)
         assert standin.requests("speech")[0]["body"]["input"].startswith(
-            consent.INTRO.split(":")[0])
+            consent.INTRO.split(":")[0]
+        )
         agent = (await state_of(api, created["id"], "joined"))["agentIdentity"]
         pcm, rate = speech()
         # A short silence after speaking (enough for the VAD to end the turn) so the microphone
@@ -260,12 +331,17 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
         given = (await events.next(timeout=30)).data
         assert isinstance(given, ConsentGiven)
         assert given.participant_identity == patient.identity and given.segment_ids
-        await until(lambda: any("Qual é o motivo" in r["body"]["input"]
-                                for r in standin.requests("speech")), 30)
+        await until(
+            lambda: any(
+                "Qual é o motivo" in r["body"]["input"] for r in standin.requests("speech")
+            ),
+            30,
+        )
         await patient.wait_for_voice(spoke, agent)
         await patient.say(pcm, rate, silence_after=1.0)
-        replies = lambda: [(r.get("reply") or {}).get("text") or ""  # noqa: E731
-                           for r in standin.requests("chat")]
+        replies = lambda: [  # noqa: E731
+            (r.get("reply") or {}).get("text") or "" for r in standin.requests("chat")
+        ]
         await until(lambda: "Entendi. De 0 a 10, quanto dói?" in replies(), 30)
         assert (await api.delete(f"/v1/agents/{created['id']}")).status_code == 202
         recorded = (await events.next(timeout=30)).data

@@ -42,8 +42,9 @@ async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
 @pytest.fixture
 def standin(openai_standin: OpenAIStandin) -> OpenAIStandin:
     openai_standin.reset()
-    openai_standin.chat("concordo", system=CONSENT,
-                        tool_calls=[("record_consent", {"ai_assistance": True})])
+    openai_standin.chat(
+        "concordo", system=CONSENT, tool_calls=[("record_consent", {"ai_assistance": True})]
+    )
     # After the tool, the conversation ends with the camera frame (a user message with the image).
     openai_standin.chat("Imagem da câmera do paciente", text="Vejo uma área avermelhada no braço.")
     openai_standin.chat("olha", tool_calls=[("look_at_patient", {"question": "a mancha"})])
@@ -51,13 +52,17 @@ def standin(openai_standin: OpenAIStandin) -> OpenAIStandin:
     return openai_standin
 
 
-async def joined(api: httpx.AsyncClient, room: str, identity: str,
-                 auto_subscribe: bool = True) -> rtc.Room:
+async def joined(
+    api: httpx.AsyncClient, room: str, identity: str, auto_subscribe: bool = True
+) -> rtc.Room:
     grant = await api.post("/v1/tokens", json={"room": room, "identity": identity})
     assert grant.is_success, grant.text
     person = rtc.Room()
-    await person.connect(grant.json()["wsUrl"], grant.json()["token"],
-                         options=rtc.RoomOptions(auto_subscribe=auto_subscribe))
+    await person.connect(
+        grant.json()["wsUrl"],
+        grant.json()["token"],
+        options=rtc.RoomOptions(auto_subscribe=auto_subscribe),
+    )
     return person
 
 
@@ -70,7 +75,8 @@ async def camera(room: rtc.Room) -> AsyncIterator[None]:
     frame = rtc.VideoFrame(320, 240, rtc.VideoBufferType.RGBA, pixels.tobytes())
     track = rtc.LocalVideoTrack.create_video_track("camera", source)
     await room.local_participant.publish_track(
-        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    )
 
     async def film() -> None:
         while True:
@@ -87,9 +93,13 @@ async def camera(room: rtc.Room) -> AsyncIterator[None]:
 
 
 def images_in(request: dict[str, Any]) -> list[str]:
-    return [part["image_url"]["url"] for m in request["body"]["messages"]
-            if isinstance(m.get("content"), list) for part in m["content"]
-            if part.get("type") == "image_url"]
+    return [
+        part["image_url"]["url"]
+        for m in request["body"]["messages"]
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    ]
 
 
 async def test_looking_at_the_patient_gives_the_model_one_camera_frame(
@@ -106,10 +116,18 @@ async def test_looking_at_the_patient_gives_the_model_one_camera_frame(
         await until(lambda: vision.camera_of(agent_room, patient.local_participant.identity))
         publication = vision.camera_of(agent_room, patient.local_participant.identity)
         assert publication is not None and not publication.subscribed
-        async with consultation(bus, settings, role="intake", tenant=tenant_id, room=room,
-                                patient=patient.local_participant.identity,
-                                rtc_room=agent_room) as harness, \
-                session_on(standin, harness) as session:
+        async with (
+            consultation(
+                bus,
+                settings,
+                role="intake",
+                tenant=tenant_id,
+                room=room,
+                patient=patient.local_participant.identity,
+                rtc_room=agent_room,
+            ) as harness,
+            session_on(standin, harness) as session,
+        ):
             await session.run(user_input="Concordo.")
             result = await session.run(user_input="Você olha essa mancha no meu braço?")
             result.expect.next_event().is_function_call(name="look_at_patient")
@@ -138,10 +156,18 @@ async def test_without_a_camera_the_tool_tells_the_model_and_vision_can_be_off(
     patient = await joined(api, room, f"patient-{tag()}")
     agent_room = await joined(api, room, f"agent-intake-{tag()}", auto_subscribe=False)
     await until(lambda: patient.local_participant.identity in agent_room.remote_participants)
-    async with consultation(bus, settings, role="intake", tenant=tenant_id, room=room,
-                            patient=patient.local_participant.identity,
-                            rtc_room=agent_room) as harness, \
-            session_on(standin, harness) as session:
+    async with (
+        consultation(
+            bus,
+            settings,
+            role="intake",
+            tenant=tenant_id,
+            room=room,
+            patient=patient.local_participant.identity,
+            rtc_room=agent_room,
+        ) as harness,
+        session_on(standin, harness) as session,
+    ):
         await session.run(user_input="Concordo.")
         result = await session.run(user_input="Olha a mancha aqui.")
         result.expect.next_event().is_function_call(name="look_at_patient")
@@ -163,14 +189,23 @@ async def test_streaming_mode_adds_the_latest_frame_to_the_patients_turn(
     room = f"consulta-{tag()}"
     patient = await joined(api, room, f"patient-{tag()}")
     agent_room = await joined(api, room, f"agent-intake-{tag()}", auto_subscribe=False)
-    streaming = msgspec.structs.replace(settings, enable_vision_streaming=True,
-                                        vision_stream_interval=1)
+    streaming = msgspec.structs.replace(
+        settings, enable_vision_streaming=True, vision_stream_interval=1
+    )
     async with camera(patient):
         await until(lambda: vision.camera_of(agent_room, patient.local_participant.identity))
-        async with consultation(bus, streaming, role="intake", tenant=tenant_id, room=room,
-                                patient=patient.local_participant.identity,
-                                rtc_room=agent_room) as harness, \
-                session_on(standin, harness) as session:
+        async with (
+            consultation(
+                bus,
+                streaming,
+                role="intake",
+                tenant=tenant_id,
+                room=room,
+                patient=patient.local_participant.identity,
+                rtc_room=agent_room,
+            ) as harness,
+            session_on(standin, harness) as session,
+        ):
             sampler = harness.consultation.part(vision.FrameSampler)
             sampler.start()
             agent = session.current_agent

@@ -24,8 +24,14 @@ from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.tenants import authenticate
 from tests.support import watch
 
-QUESTIONNAIRE = (Path(__file__).resolve().parent.parent / "services" / "agent" / "roles"
-                 / "intake" / "questionnaire.json")
+QUESTIONNAIRE = (
+    Path(__file__).resolve().parent.parent
+    / "services"
+    / "agent"
+    / "roles"
+    / "intake"
+    / "questionnaire.json"
+)
 
 
 def tag() -> str:
@@ -49,23 +55,49 @@ def response(chief_complaint: str = "Dor de cabeça há três dias") -> dict[str
         "status": "completed",
         "authored": "2026-01-15T12:30:00-03:00",
         "item": [
-            {"linkId": "queixa-principal", "item": [
-                {"linkId": "queixa-principal.descricao",
-                 "answer": [{"valueString": chief_complaint}]},
-            ]},
-            {"linkId": "hda", "item": [
-                {"linkId": "hda.inicio", "answer": [{"valueString": "de repente, na segunda"}]},
-                {"linkId": "hda.intensidade", "answer": [{"valueInteger": 6}]},
-            ]},
-            {"linkId": "alergias", "item": [
-                {"linkId": "alergias.possui", "answer": [{"valueBoolean": True}]},
-                {"linkId": "alergias.lista", "answer": [{"valueString": "dipirona: urticária"}]},
-            ]},
-            {"linkId": "historia-social", "item": [
-                {"linkId": "historia-social.tabagismo", "answer": [{"valueCoding": {
-                    "system": "urn:mediai:fhir:CodeSystem:anamnesis", "code": "tabagismo-nunca",
-                    "display": "Nunca fumou"}}]},
-            ]},
+            {
+                "linkId": "queixa-principal",
+                "item": [
+                    {
+                        "linkId": "queixa-principal.descricao",
+                        "answer": [{"valueString": chief_complaint}],
+                    },
+                ],
+            },
+            {
+                "linkId": "hda",
+                "item": [
+                    {"linkId": "hda.inicio", "answer": [{"valueString": "de repente, na segunda"}]},
+                    {"linkId": "hda.intensidade", "answer": [{"valueInteger": 6}]},
+                ],
+            },
+            {
+                "linkId": "alergias",
+                "item": [
+                    {"linkId": "alergias.possui", "answer": [{"valueBoolean": True}]},
+                    {
+                        "linkId": "alergias.lista",
+                        "answer": [{"valueString": "dipirona: urticária"}],
+                    },
+                ],
+            },
+            {
+                "linkId": "historia-social",
+                "item": [
+                    {
+                        "linkId": "historia-social.tabagismo",
+                        "answer": [
+                            {
+                                "valueCoding": {
+                                    "system": "urn:mediai:fhir:CodeSystem:anamnesis",
+                                    "code": "tabagismo-nunca",
+                                    "display": "Nunca fumou",
+                                }
+                            }
+                        ],
+                    },
+                ],
+            },
         ],
     }
 
@@ -93,10 +125,24 @@ def test_the_intake_questionnaire_is_valid_fhir_in_pt_br() -> None:
     ids = link_ids(document["item"])
     assert len(ids) == len(set(ids)), "linkIds must be unique"
     sections = {item["linkId"]: item for item in document["item"]}
-    assert {"identificacao", "queixa-principal", "hda", "antecedentes", "medicamentos",
-            "alergias", "historia-familiar", "historia-social", "revisao-sistemas"} <= set(sections)
-    assert {"hda.inicio", "hda.duracao", "hda.intensidade", "hda.fatores-piora",
-            "hda.fatores-melhora"} <= set(link_ids(sections["hda"]["item"]))
+    assert {
+        "identificacao",
+        "queixa-principal",
+        "hda",
+        "antecedentes",
+        "medicamentos",
+        "alergias",
+        "historia-familiar",
+        "historia-social",
+        "revisao-sistemas",
+    } <= set(sections)
+    assert {
+        "hda.inicio",
+        "hda.duracao",
+        "hda.intensidade",
+        "hda.fatores-piora",
+        "hda.fatores-melhora",
+    } <= set(link_ids(sections["hda"]["item"]))
     assert sections["queixa-principal"]["required"] is True
     for item in (i for s in document["item"] for i in s.get("item", [])):
         for condition in item.get("enableWhen", []):
@@ -176,13 +222,17 @@ async def test_a_recorded_anamnesis_is_served_for_its_room_only(
         {"linkId": "hda.intensidade", "segmentIds": ["seg-4", "seg-5"]},
     ]
 
-    amended = record(room, summary_pt_br="Resumo revisado.",
-                     questionnaire_response={**response(), "status": "amended"})
+    amended = record(
+        room,
+        summary_pt_br="Resumo revisado.",
+        questionnaire_response={**response(), "status": "amended"},
+    )
     await bus.publish(amended, tenant=tenant_id, key=room)
     await eventually(lambda: stored("Resumo revisado."))  # the newest record wins
 
-    async with httpx.AsyncClient(base_url=stack.gateway_url, headers={
-            "Authorization": f"Bearer {other_tenant_key}"}) as other:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {other_tenant_key}"}
+    ) as other:
         elsewhere = await other.get(url)
     assert elsewhere.status_code == 404
     assert (await api.get("/v1/consultations/no-such-room/anamnesis")).status_code == 404
@@ -193,12 +243,18 @@ async def test_an_invalid_record_is_dead_lettered_and_never_served(
     bus: Bus, api: httpx.AsyncClient, tenant_id: str
 ) -> None:
     room = f"consulta-{tag()}"
-    invalid = record(room, questionnaire_response={"resourceType": "QuestionnaireResponse",
-                                                   "item": [{"text": "Dor de cabeça"}]})
+    invalid = record(
+        room,
+        questionnaire_response={
+            "resourceType": "QuestionnaireResponse",
+            "item": [{"text": "Dor de cabeça"}],
+        },
+    )
     async with watch(bus, DeadLettered) as letters:
         published = await bus.publish(invalid, tenant=tenant_id, key=room)
         letter = await letters.wait_for(
-            lambda e: isinstance(e.data, DeadLettered) and e.data.original_event_id == published.id)
+            lambda e: isinstance(e.data, DeadLettered) and e.data.original_event_id == published.id
+        )
     assert isinstance(letter.data, DeadLettered)
     assert letter.data.consumer == "scheduling-anamnesis"
     assert letter.data.reason.startswith("poison: not a valid FHIR QuestionnaireResponse")
@@ -211,7 +267,8 @@ async def test_a_redelivered_record_is_stored_once(pool: asyncpg.Pool, tenant_id
     event = envelope(record(room), source="mediai/agent", tenant=tenant_id, subject=room)
     consumer = f"test-anamnesis-{tag()}"
     for attempt in (1, 2):
-        await store_record(pool, event, Delivery(consumer=consumer, stream_sequence=7,
-                                                 deliveries=attempt))
+        await store_record(
+            pool, event, Delivery(consumer=consumer, stream_sequence=7, deliveries=attempt)
+        )
     rows = await pool.fetchval("SELECT count(*) FROM anamnesis_records WHERE room = $1", room)
     assert rows == 1

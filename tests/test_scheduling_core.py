@@ -31,7 +31,12 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 def test_a_day_is_cut_into_slots_of_the_schedules_length() -> None:
     slots = core.slots_on(SCHEDULE, date(2026, 3, 2))
     assert [s.starts_at.astimezone(SP).strftime("%H:%M") for s in slots] == [
-        "09:00", "09:30", "10:00", "10:30", "14:00", "14:30",
+        "09:00",
+        "09:30",
+        "10:00",
+        "10:30",
+        "14:00",
+        "14:30",
     ]
     assert all(s.ends_at - s.starts_at == timedelta(minutes=30) for s in slots)
     assert core.slots_on(SCHEDULE, date(2026, 3, 3)) == []  # no Tuesday hours
@@ -47,7 +52,12 @@ def test_free_slots_skip_booked_ones_and_the_past() -> None:
     booked = [Slot(starts_at=at(2, 9, 30), ends_at=at(2, 10))]
     free = core.free_slots(SCHEDULE, booked, after=at(2, 9, 10), until=at(5, 0), limit=10)
     assert [s.starts_at for s in free] == [
-        at(2, 10), at(2, 10, 30), at(2, 14), at(2, 14, 30), at(4, 9), at(4, 9, 30),
+        at(2, 10),
+        at(2, 10, 30),
+        at(2, 14),
+        at(2, 14, 30),
+        at(4, 9),
+        at(4, 9, 30),
     ]
 
 
@@ -67,7 +77,8 @@ def test_free_slots_stop_at_the_limit_and_at_until() -> None:
 
 def test_next_free_slot_is_the_first_free_one_or_none() -> None:
     assert core.next_free_slot(SCHEDULE, [], after=at(2, 15), until=at(9, 0)) == Slot(
-        starts_at=at(4, 9), ends_at=at(4, 9, 30))
+        starts_at=at(4, 9), ends_at=at(4, 9, 30)
+    )
     assert core.next_free_slot(SCHEDULE, [], after=at(4, 10), until=at(9, 0)) is None
 
 
@@ -90,8 +101,9 @@ def test_only_an_exact_future_slot_start_may_be_booked() -> None:
 
 def test_slots_follow_local_wall_clock_across_a_dst_change() -> None:
     # New York moves to summer time on 8 March 2026: 09:00 stays 09:00 local.
-    schedule = Schedule(timezone="America/New_York", weekly=(Window(day="fri", start="09:00",
-                                                                     end="09:30"),))
+    schedule = Schedule(
+        timezone="America/New_York", weekly=(Window(day="fri", start="09:00", end="09:30"),)
+    )
     before = core.slots_on(schedule, date(2026, 3, 6))[0].starts_at.astimezone(UTC)
     after = core.slots_on(schedule, date(2026, 3, 13))[0].starts_at.astimezone(UTC)
     assert (before.hour, after.hour) == (14, 13)
@@ -106,8 +118,15 @@ def test_slots_follow_local_wall_clock_across_a_dst_change() -> None:
         (Schedule(weekly=(Window(day="mon", start="9h", end="10:00"),)), "time of day"),
         (Schedule(weekly=(Window(day="mon", start="10:00", end="10:15"),)), "shorter than one"),
         (Schedule(weekly=(Window(day="mon", start="11:00", end="10:00"),)), "shorter than one"),
-        (Schedule(weekly=(Window(day="mon", start="09:00", end="11:00"),
-                          Window(day="mon", start="10:30", end="12:00"))), "overlap"),
+        (
+            Schedule(
+                weekly=(
+                    Window(day="mon", start="09:00", end="11:00"),
+                    Window(day="mon", start="10:30", end="12:00"),
+                )
+            ),
+            "overlap",
+        ),
     ],
 )
 def test_unusable_schedules_are_refused_with_the_reason(schedule: Schedule, problem: str) -> None:

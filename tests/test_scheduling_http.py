@@ -26,8 +26,10 @@ from shared.events.clinical import (
 from shared.tenants import authenticate
 from tests.support import watch
 
-ALL_DAY = [{"day": d, "start": "00:00", "end": "23:30"}
-           for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
+ALL_DAY = [
+    {"day": d, "start": "00:00", "end": "23:30"}
+    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+]
 
 
 def tag() -> str:
@@ -36,7 +38,9 @@ def tag() -> str:
 
 async def new_doctor(api: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
     body = {
-        "name": f"Dra. Ana Souza {tag()}", "specialty": "Cardiologia", "city": "São Paulo",
+        "name": f"Dra. Ana Souza {tag()}",
+        "specialty": "Cardiologia",
+        "city": "São Paulo",
         "insurances": ["Unimed Nacional", "Bradesco Saúde"],
         "schedule": {"timezone": "America/Sao_Paulo", "slotMinutes": 30, "weekly": ALL_DAY},
         **fields,
@@ -72,7 +76,8 @@ async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
 @pytest.fixture
 async def other_api(stack: StackState, other_tenant_key: str) -> Any:
     async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {other_tenant_key}"},
+        base_url=stack.gateway_url,
+        headers={"Authorization": f"Bearer {other_tenant_key}"},
         timeout=10,
     ) as client:
         yield client
@@ -102,17 +107,25 @@ async def test_doctors_are_created_read_and_updated_with_events(
         assert fetched["name"] == doctor["name"]
         assert fetched["crm"] == "CRM/SP 123456"
 
-        response = await api.patch(f"/v1/doctors/{doctor['id']}", json={
-            "city": "Campinas", "schedule": {"slotMinutes": 20, "weekly": ALL_DAY[:1]},
-        })
+        response = await api.patch(
+            f"/v1/doctors/{doctor['id']}",
+            json={
+                "city": "Campinas",
+                "schedule": {"slotMinutes": 20, "weekly": ALL_DAY[:1]},
+            },
+        )
         assert response.status_code == 200, response.text
         updated = response.json()
         assert updated["city"] == "Campinas"
         assert updated["name"] == doctor["name"]
-        assert updated["schedule"] == {"timezone": "America/Sao_Paulo", "slotMinutes": 20,
-                                       "weekly": ALL_DAY[:1]}
-        changed = await events.wait_for(lambda e: isinstance(e.data, DoctorUpdated)
-                                        and e.subject == doctor["id"])
+        assert updated["schedule"] == {
+            "timezone": "America/Sao_Paulo",
+            "slotMinutes": 20,
+            "weekly": ALL_DAY[:1],
+        }
+        changed = await events.wait_for(
+            lambda e: isinstance(e.data, DoctorUpdated) and e.subject == doctor["id"]
+        )
         assert isinstance(changed.data, DoctorUpdated)
         assert changed.data.schedule_changed
 
@@ -121,35 +134,56 @@ async def test_bad_doctor_requests_get_clear_errors(api: httpx.AsyncClient) -> N
     missing = await api.get("/v1/doctors/no-such-doctor")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "doctor_not_found"
-    overlap = await api.post("/v1/doctors", json={
-        "name": "Dr. X", "specialty": "Clínica Médica", "city": "Recife",
-        "schedule": {"weekly": [{"day": "mon", "start": "09:00", "end": "11:00"},
-                                {"day": "mon", "start": "10:00", "end": "12:00"}]},
-    })
+    overlap = await api.post(
+        "/v1/doctors",
+        json={
+            "name": "Dr. X",
+            "specialty": "Clínica Médica",
+            "city": "Recife",
+            "schedule": {
+                "weekly": [
+                    {"day": "mon", "start": "09:00", "end": "11:00"},
+                    {"day": "mon", "start": "10:00", "end": "12:00"},
+                ]
+            },
+        },
+    )
     assert overlap.status_code == 400
     assert overlap.json()["error"]["code"] == "invalid_request"
     assert "overlap" in overlap.json()["error"]["message"]
-    bad_zone = await api.post("/v1/doctors", json={
-        "name": "Dr. X", "specialty": "Pediatria", "city": "Recife",
-        "schedule": {"timezone": "Brasil/Recife"},
-    })
+    bad_zone = await api.post(
+        "/v1/doctors",
+        json={
+            "name": "Dr. X",
+            "specialty": "Pediatria",
+            "city": "Recife",
+            "schedule": {"timezone": "Brasil/Recife"},
+        },
+    )
     assert bad_zone.status_code == 400
     assert "time zone" in bad_zone.json()["error"]["message"]
-    unknown_field = await api.post("/v1/doctors", json={"name": "X", "specialty": "Y",
-                                                        "city": "Z", "salary": 1})
+    unknown_field = await api.post(
+        "/v1/doctors", json={"name": "X", "specialty": "Y", "city": "Z", "salary": 1}
+    )
     assert unknown_field.status_code == 400
-    bad_time = await api.post("/v1/doctors", json={
-        "name": "X", "specialty": "Y", "city": "Z",
-        "schedule": {"weekly": [{"day": "mon", "start": "9h", "end": "10:00"}]},
-    })
+    bad_time = await api.post(
+        "/v1/doctors",
+        json={
+            "name": "X",
+            "specialty": "Y",
+            "city": "Z",
+            "schedule": {"weekly": [{"day": "mon", "start": "9h", "end": "10:00"}]},
+        },
+    )
     assert bad_time.status_code == 400
 
 
 async def test_search_matches_words_without_case_or_accents(api: httpx.AsyncClient) -> None:
     city = f"Itu {tag()}"
     cardio = await new_doctor(api, name="Dr. João Pereira", city=city)
-    derma = await new_doctor(api, name="Dra. Lúcia Prado", specialty="Dermatologia", city=city,
-                             insurances=["SulAmérica"])
+    derma = await new_doctor(
+        api, name="Dra. Lúcia Prado", specialty="Dermatologia", city=city, insurances=["SulAmérica"]
+    )
     retired = await new_doctor(api, name="Dr. Velho Aposentado", city=city, active=False)
 
     async def names(**params: Any) -> list[str]:
@@ -167,7 +201,10 @@ async def test_search_matches_words_without_case_or_accents(api: httpx.AsyncClie
     assert await names(insurance="amil") == []
     assert await names(name="100%_") == []  # LIKE wildcards in input are literal
     assert await names(includeInactive="true") == [
-        "Dr. João Pereira", "Dr. Velho Aposentado", "Dra. Lúcia Prado"]
+        "Dr. João Pereira",
+        "Dr. Velho Aposentado",
+        "Dra. Lúcia Prado",
+    ]
     assert {cardio["id"], derma["id"]}.isdisjoint({retired["id"]})
 
 
@@ -176,20 +213,31 @@ async def test_search_by_next_availability_sorts_soonest_first(api: httpx.AsyncC
     zone = ZoneInfo("America/Sao_Paulo")
     later_day = (datetime.now(zone) + timedelta(days=3)).strftime("%a").lower()
     soon = await new_doctor(api, name="Zeca Sempre Livre", city=city)
-    later = await new_doctor(api, name="Alice Daqui a Tres Dias", city=city, schedule={
-        "weekly": [{"day": later_day, "start": "09:00", "end": "12:00"}]})
+    later = await new_doctor(
+        api,
+        name="Alice Daqui a Tres Dias",
+        city=city,
+        schedule={"weekly": [{"day": later_day, "start": "09:00", "end": "12:00"}]},
+    )
     await new_doctor(api, name="Bruno Sem Agenda", city=city, schedule={"weekly": []})
 
     now = datetime.now(UTC)
-    response = await api.get("/v1/doctors", params={
-        "city": city, "availableFrom": now.isoformat(),
-        "availableUntil": (now + timedelta(days=7)).isoformat()})
+    response = await api.get(
+        "/v1/doctors",
+        params={
+            "city": city,
+            "availableFrom": now.isoformat(),
+            "availableUntil": (now + timedelta(days=7)).isoformat(),
+        },
+    )
     assert response.status_code == 200, response.text
     found = response.json()["doctors"]
     assert [d["id"] for d in found] == [soon["id"], later["id"]]
     assert found[0]["nextSlot"]["startsAt"] < found[1]["nextSlot"]["startsAt"]
-    tomorrow = await api.get("/v1/doctors", params={
-        "city": city, "availableUntil": (now + timedelta(hours=1)).isoformat()})
+    tomorrow = await api.get(
+        "/v1/doctors",
+        params={"city": city, "availableUntil": (now + timedelta(hours=1)).isoformat()},
+    )
     assert [d["id"] for d in tomorrow.json()["doctors"]] == [soon["id"]]
     naive = await api.get("/v1/doctors", params={"availableFrom": "2026-03-02T09:00:00"})
     assert naive.status_code == 400
@@ -201,11 +249,21 @@ async def test_book_reschedule_cancel_each_emit_one_event(
 ) -> None:
     doctor = await new_doctor(api)
     first, second, third = (s["startsAt"] for s in await free_slots(api, doctor["id"], 3))
-    async with watch(bus, AppointmentBooked, AppointmentRescheduled, AppointmentCancelled,
-                     tenant=tenant_id) as events:
-        response = await api.post("/v1/appointments", json=booking(
-            doctor["id"], first, patient="paciente-42", patientName="Maria da Silva",
-            patientContact="+55 11 99999-0000", reason="dor no peito", room="consulta-42"))
+    async with watch(
+        bus, AppointmentBooked, AppointmentRescheduled, AppointmentCancelled, tenant=tenant_id
+    ) as events:
+        response = await api.post(
+            "/v1/appointments",
+            json=booking(
+                doctor["id"],
+                first,
+                patient="paciente-42",
+                patientName="Maria da Silva",
+                patientContact="+55 11 99999-0000",
+                reason="dor no peito",
+                room="consulta-42",
+            ),
+        )
         assert response.status_code == 201, response.text
         appointment = response.json()
         assert appointment["status"] == "booked"
@@ -225,17 +283,20 @@ async def test_book_reschedule_cancel_each_emit_one_event(
 
         taken = await api.post("/v1/appointments", json=booking(doctor["id"], second, "outro"))
         assert taken.status_code == 201
-        clash = await api.post(f"/v1/appointments/{appointment['id']}/reschedule",
-                               json={"startsAt": second})
+        clash = await api.post(
+            f"/v1/appointments/{appointment['id']}/reschedule", json={"startsAt": second}
+        )
         assert clash.status_code == 409
         assert clash.json()["error"]["code"] == "slot_taken"
 
-        moved = await api.post(f"/v1/appointments/{appointment['id']}/reschedule",
-                               json={"startsAt": third})
+        moved = await api.post(
+            f"/v1/appointments/{appointment['id']}/reschedule", json={"startsAt": third}
+        )
         assert moved.status_code == 200, moved.text
         assert moved.json()["startsAt"] == third
         rescheduled = await events.wait_for(
-            lambda e: e.subject == appointment["id"] and isinstance(e.data, AppointmentRescheduled))
+            lambda e: e.subject == appointment["id"] and isinstance(e.data, AppointmentRescheduled)
+        )
         assert isinstance(rescheduled.data, AppointmentRescheduled)
         assert rescheduled.data.previous_starts_at == datetime.fromisoformat(first)
         assert rescheduled.data.starts_at == datetime.fromisoformat(third)
@@ -244,22 +305,24 @@ async def test_book_reschedule_cancel_each_emit_one_event(
         again = await api.post("/v1/appointments", json=booking(doctor["id"], first, "p-3"))
         assert again.status_code == 201, again.text
 
-        cancelled = await api.post(f"/v1/appointments/{appointment['id']}/cancel",
-                                   json={"reason": "paciente pediu"})
+        cancelled = await api.post(
+            f"/v1/appointments/{appointment['id']}/cancel", json={"reason": "paciente pediu"}
+        )
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
         event = await events.wait_for(
-            lambda e: e.subject == appointment["id"] and isinstance(e.data, AppointmentCancelled))
+            lambda e: e.subject == appointment["id"] and isinstance(e.data, AppointmentCancelled)
+        )
         assert isinstance(event.data, AppointmentCancelled)
         assert event.data.starts_at == datetime.fromisoformat(third)
 
         twice = await api.post(f"/v1/appointments/{appointment['id']}/cancel")
         assert twice.status_code == 200
-        assert twice.json()["cancelledAt"] == cancelled.json()[
-            "cancelledAt"]
+        assert twice.json()["cancelledAt"] == cancelled.json()["cancelledAt"]
         assert await outbox_events_about(pool, appointment["id"]) == 3  # booked, moved, cancelled
-        gone = await api.post(f"/v1/appointments/{appointment['id']}/reschedule",
-                              json={"startsAt": first})
+        gone = await api.post(
+            f"/v1/appointments/{appointment['id']}/reschedule", json={"startsAt": first}
+        )
         assert gone.status_code == 409
         assert gone.json()["error"]["code"] == "appointment_cancelled"
 
@@ -278,8 +341,9 @@ async def test_times_that_are_not_bookable_slots_are_refused(api: httpx.AsyncCli
     missing = await api.post("/v1/appointments", json=booking("no-such-doctor", slot.isoformat()))
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "doctor_not_found"
-    bad_patient = await api.post("/v1/appointments",
-                                 json=booking(doctor["id"], slot.isoformat(), patient="a b"))
+    bad_patient = await api.post(
+        "/v1/appointments", json=booking(doctor["id"], slot.isoformat(), patient="a b")
+    )
     assert bad_patient.status_code == 400
     retired = await new_doctor(api, active=False)
     response = await api.post("/v1/appointments", json=booking(retired["id"], slot.isoformat()))
@@ -307,8 +371,9 @@ async def test_twenty_concurrent_bookings_of_one_slot_make_exactly_one_appointme
             error = response.json()["error"]
             assert error["code"] == "slot_taken"
             assert "another" in error["message"]
-    rows = await pool.fetch("SELECT patient_ref FROM appointments WHERE doctor_id = $1",
-                            doctor["id"])
+    rows = await pool.fetch(
+        "SELECT patient_ref FROM appointments WHERE doctor_id = $1", doctor["id"]
+    )
     winner = next(r.json() for r in responses if r.status_code == 201)
     assert [row["patient_ref"] for row in rows] == [winner["patientRef"]]
     assert await outbox_events_about(pool, doctor["id"]) == 2  # DoctorCreated + one booking
@@ -332,8 +397,10 @@ async def test_appointments_are_listed_by_doctor_patient_and_status(api: httpx.A
     doctor = await new_doctor(api)
     patient = f"p-{tag()}"
     slots = [s["startsAt"] for s in await free_slots(api, doctor["id"], 3)]
-    made = [(await api.post("/v1/appointments", json=booking(doctor["id"], s, patient))).json()
-            for s in slots]
+    made = [
+        (await api.post("/v1/appointments", json=booking(doctor["id"], s, patient))).json()
+        for s in slots
+    ]
     await api.post(f"/v1/appointments/{made[1]['id']}/cancel")
 
     async def ids(**params: Any) -> list[str]:
@@ -363,12 +430,16 @@ async def test_a_tenant_never_sees_another_tenants_doctors_or_appointments(
         (await other_api.get(doctor_url), "doctor_not_found"),
         (await other_api.patch(doctor_url, json={"name": "Hijack"}), "doctor_not_found"),
         (await other_api.get(f"{doctor_url}/slots"), "doctor_not_found"),
-        (await other_api.post("/v1/appointments", json=booking(doctor["id"], slot)),
-         "doctor_not_found"),
+        (
+            await other_api.post("/v1/appointments", json=booking(doctor["id"], slot)),
+            "doctor_not_found",
+        ),
         (await other_api.get(appointment_url), "appointment_not_found"),
         (await other_api.post(f"{appointment_url}/cancel"), "appointment_not_found"),
-        (await other_api.post(f"{appointment_url}/reschedule", json={"startsAt": slot}),
-         "appointment_not_found"),
+        (
+            await other_api.post(f"{appointment_url}/reschedule", json={"startsAt": slot}),
+            "appointment_not_found",
+        ),
     ]:
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == code

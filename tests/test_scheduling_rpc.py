@@ -22,8 +22,10 @@ from shared.subjects import scheduling_request_subject
 from shared.tenants import authenticate
 from tests.support import watch
 
-ALL_DAY = [{"day": d, "start": "00:00", "end": "23:30"}
-           for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")]
+ALL_DAY = [
+    {"day": d, "start": "00:00", "end": "23:30"}
+    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+]
 
 
 def tag() -> str:
@@ -45,8 +47,14 @@ async def other_tenant_id(pool: asyncpg.Pool, other_tenant_key: str) -> str:
 
 
 async def new_doctor(api_client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
-    body = {"name": f"Dr. Paulo Lima {tag()}", "specialty": "Ortopedia", "city": "Curitiba",
-            "insurances": ["Amil"], "schedule": {"slotMinutes": 30, "weekly": ALL_DAY}, **fields}
+    body = {
+        "name": f"Dr. Paulo Lima {tag()}",
+        "specialty": "Ortopedia",
+        "city": "Curitiba",
+        "insurances": ["Amil"],
+        "schedule": {"slotMinutes": 30, "weekly": ALL_DAY},
+        **fields,
+    }
     response = await api_client.post("/v1/doctors", json=body)
     assert response.status_code == 201, response.text
     doctor: dict[str, Any] = response.json()
@@ -58,25 +66,32 @@ async def test_search_and_next_slots_answer_with_typed_replies(
 ) -> None:
     city = f"Londrina {tag()}"
     doctor = await new_doctor(api, city=city, name="Dra. Tânia Ribeiro")
-    found = await api_call(bus, sched.SearchDoctorsRequest(
-        tenant=tenant_id, specialty="ortopedia", city=city.upper(), insurance="amil"))
+    found = await api_call(
+        bus,
+        sched.SearchDoctorsRequest(
+            tenant=tenant_id, specialty="ortopedia", city=city.upper(), insurance="amil"
+        ),
+    )
     assert [d.id for d in found.doctors] == [doctor["id"]]
     assert found.doctors[0].next_slot is not None
     assert found.doctors[0].next_slot.starts_at.utcoffset() == timedelta(hours=-3)
 
-    nothing = await api_call(bus, sched.SearchDoctorsRequest(
-        tenant=tenant_id, specialty="ortopedista", city=city))
+    nothing = await api_call(
+        bus, sched.SearchDoctorsRequest(tenant=tenant_id, specialty="ortopedista", city=city)
+    )
     assert nothing.doctors == []
     assert "Ortopedia" in nothing.known_specialties
 
-    slots = await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], limit=3))
+    slots = await api_call(
+        bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], limit=3)
+    )
     assert slots.doctor.name == "Dra. Tânia Ribeiro"
     assert len(slots.slots) == 3
     assert slots.slots[0] == found.doctors[0].next_slot
     later = datetime.now(UTC) + timedelta(days=2)
-    after = await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], after=later, limit=1))
+    after = await api_call(
+        bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], after=later, limit=1)
+    )
     assert after.slots[0].starts_at >= later
 
 
@@ -88,42 +103,74 @@ async def test_book_reschedule_cancel_and_find_through_request_reply(
     bus: Bus, api: httpx.AsyncClient, tenant_id: str
 ) -> None:
     doctor = await new_doctor(api)
-    first, second = (await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], limit=2))).slots
+    first, second = (
+        await api_call(
+            bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], limit=2)
+        )
+    ).slots
     patient = f"paciente-{tag()}"
     async with watch(bus, AppointmentBooked, tenant=tenant_id) as events:
-        booked = await api_call(bus, sched.BookRequest(
-            tenant=tenant_id, doctor_id=doctor["id"], starts_at=first.starts_at,
-            patient_ref=patient, patient_name="José", room="sala-1", request_id=f"r-{tag()}"))
+        booked = await api_call(
+            bus,
+            sched.BookRequest(
+                tenant=tenant_id,
+                doctor_id=doctor["id"],
+                starts_at=first.starts_at,
+                patient_ref=patient,
+                patient_name="José",
+                room="sala-1",
+                request_id=f"r-{tag()}",
+            ),
+        )
         event = await events.wait_for(lambda e: e.subject == booked.appointment.id)
     assert isinstance(event.data, AppointmentBooked)
     assert event.data.channel == "agent"
     appointment = booked.appointment
     assert (appointment.status, appointment.starts_at, appointment.room) == (
-        "booked", first.starts_at, "sala-1")
+        "booked",
+        first.starts_at,
+        "sala-1",
+    )
 
     mine = await api_call(bus, sched.FindAppointmentsRequest(tenant=tenant_id, patient_ref=patient))
     assert [a.id for a in mine.appointments] == [appointment.id]
 
     # The agent acts for one patient: another patient's appointment is not found.
     with pytest.raises(sched.SchedulingRequestError) as stranger:
-        await api_call(bus, sched.CancelRequest(
-            tenant=tenant_id, appointment_id=appointment.id, patient_ref="someone-else"))
+        await api_call(
+            bus,
+            sched.CancelRequest(
+                tenant=tenant_id, appointment_id=appointment.id, patient_ref="someone-else"
+            ),
+        )
     assert stranger.value.code == "appointment_not_found"
 
-    moved = await api_call(bus, sched.RescheduleRequest(
-        tenant=tenant_id, appointment_id=appointment.id, starts_at=second.starts_at,
-        patient_ref=patient))
+    moved = await api_call(
+        bus,
+        sched.RescheduleRequest(
+            tenant=tenant_id,
+            appointment_id=appointment.id,
+            starts_at=second.starts_at,
+            patient_ref=patient,
+        ),
+    )
     assert moved.previous == first
     assert moved.appointment.starts_at == second.starts_at
 
-    cancelled = await api_call(bus, sched.CancelRequest(
-        tenant=tenant_id, appointment_id=appointment.id, patient_ref=patient))
+    cancelled = await api_call(
+        bus,
+        sched.CancelRequest(tenant=tenant_id, appointment_id=appointment.id, patient_ref=patient),
+    )
     assert cancelled.appointment.status == "cancelled"
-    assert (await api_call(bus, sched.FindAppointmentsRequest(
-        tenant=tenant_id, patient_ref=patient))).appointments == []
-    history = await api_call(bus, sched.FindAppointmentsRequest(
-        tenant=tenant_id, patient_ref=patient, include_cancelled=True))
+    assert (
+        await api_call(bus, sched.FindAppointmentsRequest(tenant=tenant_id, patient_ref=patient))
+    ).appointments == []
+    history = await api_call(
+        bus,
+        sched.FindAppointmentsRequest(
+            tenant=tenant_id, patient_ref=patient, include_cancelled=True
+        ),
+    )
     assert [a.status for a in history.appointments] == ["cancelled"]
 
 
@@ -131,28 +178,42 @@ async def test_errors_come_back_typed_for_the_agent_to_explain(
     bus: Bus, api: httpx.AsyncClient, tenant_id: str, other_tenant_id: str
 ) -> None:
     doctor = await new_doctor(api)
-    slot = (await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], limit=1))).slots[0]
+    slot = (
+        await api_call(
+            bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], limit=1)
+        )
+    ).slots[0]
 
     async def code(request: sched.Request[Any]) -> str:
         with pytest.raises(sched.SchedulingRequestError) as error:
             await api_call(bus, request)
         return error.value.code
 
-    book = sched.BookRequest(tenant=tenant_id, doctor_id=doctor["id"], starts_at=slot.starts_at,
-                           patient_ref="p-1")
+    book = sched.BookRequest(
+        tenant=tenant_id, doctor_id=doctor["id"], starts_at=slot.starts_at, patient_ref="p-1"
+    )
     await api_call(bus, book)
     assert await code(msgspec.structs.replace(book, patient_ref="p-2")) == "slot_taken"
     assert await code(msgspec.structs.replace(book, doctor_id="nope")) == "doctor_not_found"
-    assert await code(msgspec.structs.replace(
-        book, starts_at=slot.starts_at + timedelta(minutes=7))) == "slot_unavailable"
+    assert (
+        await code(msgspec.structs.replace(book, starts_at=slot.starts_at + timedelta(minutes=7)))
+        == "slot_unavailable"
+    )
     # Another tenant's agent cannot see this doctor at all.
     assert await code(msgspec.structs.replace(book, tenant=other_tenant_id)) == "doctor_not_found"
     assert await code(sched.CancelRequest(tenant=tenant_id, appointment_id="nope")) == (
-        "appointment_not_found")
-    assert await code(sched.SearchDoctorsRequest(
-        tenant=tenant_id, available_from=datetime.now(UTC) + timedelta(days=2),
-        available_until=datetime.now(UTC) + timedelta(days=1))) == "invalid_request"
+        "appointment_not_found"
+    )
+    assert (
+        await code(
+            sched.SearchDoctorsRequest(
+                tenant=tenant_id,
+                available_from=datetime.now(UTC) + timedelta(days=2),
+                available_until=datetime.now(UTC) + timedelta(days=1),
+            )
+        )
+        == "invalid_request"
+    )
 
 
 async def test_malformed_requests_get_invalid_request_not_silence(bus: Bus) -> None:
@@ -179,10 +240,18 @@ async def test_a_retried_booking_with_the_same_request_id_returns_the_first(
     bus: Bus, api: httpx.AsyncClient, tenant_id: str
 ) -> None:
     doctor = await new_doctor(api)
-    slot = (await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], limit=1))).slots[0]
-    request = sched.BookRequest(tenant=tenant_id, doctor_id=doctor["id"], starts_at=slot.starts_at,
-                              patient_ref="p-1", request_id=f"call-{tag()}")
+    slot = (
+        await api_call(
+            bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], limit=1)
+        )
+    ).slots[0]
+    request = sched.BookRequest(
+        tenant=tenant_id,
+        doctor_id=doctor["id"],
+        starts_at=slot.starts_at,
+        patient_ref="p-1",
+        request_id=f"call-{tag()}",
+    )
     first, retry = [await api_call(bus, request) for _ in range(2)]
     assert first.appointment.id == retry.appointment.id
 
@@ -191,14 +260,23 @@ async def test_concurrent_agent_bookings_of_one_slot_make_one_appointment(
     bus: Bus, api: httpx.AsyncClient, tenant_id: str
 ) -> None:
     doctor = await new_doctor(api)
-    slot = (await api_call(bus, sched.NextSlotsRequest(
-        tenant=tenant_id, doctor_id=doctor["id"], limit=1))).slots[0]
+    slot = (
+        await api_call(
+            bus, sched.NextSlotsRequest(tenant=tenant_id, doctor_id=doctor["id"], limit=1)
+        )
+    ).slots[0]
 
     async def attempt(i: int) -> str:
         try:
-            await api_call(bus, sched.BookRequest(
-                tenant=tenant_id, doctor_id=doctor["id"], starts_at=slot.starts_at,
-                patient_ref=f"p-{i}"))
+            await api_call(
+                bus,
+                sched.BookRequest(
+                    tenant=tenant_id,
+                    doctor_id=doctor["id"],
+                    starts_at=slot.starts_at,
+                    patient_ref=f"p-{i}",
+                ),
+            )
         except sched.SchedulingRequestError as error:
             return error.code
         return "booked"
@@ -224,7 +302,11 @@ async def test_postgres_itself_refuses_overlapping_bookings_of_one_doctor(
             "INSERT INTO appointments (tenant_id, id, doctor_id, patient_ref, status, starts_at,"
             " ends_at, channel, created_at, updated_at) VALUES ($1, $2, $3, 'p', $4, $5, $6,"
             " 'test', now(), now())",
-            tenant_id, str(uuid.uuid4()), doctor["id"], status, begins,
+            tenant_id,
+            str(uuid.uuid4()),
+            doctor["id"],
+            status,
+            begins,
             begins + timedelta(minutes=length),
         )
 

@@ -37,15 +37,25 @@ def environ(settings: Settings) -> dict[str, str]:
 
 def mediai(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy", *args], env=environ(settings),
-        cwd=settings.data_dir.parent, capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "deploy", *args],
+        env=environ(settings),
+        cwd=settings.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 async def start_up(settings: Settings) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "deploy", "up", env=environ(settings),
-        cwd=settings.data_dir.parent, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "deploy",
+        "up",
+        env=environ(settings),
+        cwd=settings.data_dir.parent,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
@@ -84,10 +94,18 @@ async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Setti
         assert document["gateway_url"] == up_settings.gateway_url
         assert document["nats_url"] == up_settings.nats_url
         assert document["livekit"] == {
-            "url": up_settings.livekit_url, "api_key": up_settings.livekit_api_key,
-            "api_secret": up_settings.livekit_api_secret, "local": True,
+            "url": up_settings.livekit_url,
+            "api_key": up_settings.livekit_api_key,
+            "api_secret": up_settings.livekit_api_secret,
+            "local": True,
         }
-        assert {p["name"] for p in document["parts"]} >= {"nats", "postgres", "livekit", "token", "gateway"}
+        assert {p["name"] for p in document["parts"]} >= {
+            "nats",
+            "postgres",
+            "livekit",
+            "token",
+            "gateway",
+        }
         assert all(p["state"] == "running" for p in document["parts"])
         pids = [p["pid"] for p in document["parts"]]
 
@@ -102,10 +120,14 @@ async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Setti
     # A second start on the same folder resumes: same dev key, the tenant is still there.
     process = await start_up(up_settings)
     try:
-        assert json.loads(mediai(up_settings, "status", "--json").stdout)["dev_api_key"] == document["dev_api_key"]
+        assert (
+            json.loads(mediai(up_settings, "status", "--json").stdout)["dev_api_key"]
+            == document["dev_api_key"]
+        )
         async with httpx.AsyncClient(base_url=up_settings.gateway_url) as client:
             response = await client.post(
-                "/v1/tokens", json={"room": "r1", "identity": "p1"},
+                "/v1/tokens",
+                json={"room": "r1", "identity": "p1"},
                 headers={"Authorization": f"Bearer {clinic_key}"},
             )
         assert response.status_code == 201, response.text
@@ -140,7 +162,11 @@ def test_without_go_or_livekit_url_the_build_says_how_to_fix_it(tmp_path: Path) 
     result = subprocess.run(
         [sys.executable, "-m", "deploy", "livekit", "build"],
         env={"PATH": str(no_go), "MEDIAI_CACHE_DIR": str(tmp_path / "cache")},
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -38,8 +38,11 @@ async def test_request_spans_carry_no_personal_data(
         response = await client.post(
             f"/v1/tokens?who={PERSONAL[1]}",
             json={"room": "consulta-9", "identity": PERSONAL[1], "name": PERSONAL[0]},
-            headers={"Authorization": f"Bearer {tenant_key}", "X-Forwarded-For": PERSONAL[2],
-                     "User-Agent": PERSONAL[3]},
+            headers={
+                "Authorization": f"Bearer {tenant_key}",
+                "X-Forwarded-For": PERSONAL[2],
+                "User-Agent": PERSONAL[3],
+            },
         )
     assert response.status_code == 201
     finished = spans.get_finished_spans()
@@ -77,9 +80,13 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
     )
     try:
         subprocess.run(
-            [sys.executable, "-c", program], check=True, timeout=60,
-            env={"PATH": "/usr/bin:/bin",
-                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}"},
+            [sys.executable, "-c", program],
+            check=True,
+            timeout=60,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+            },
         )
     finally:
         server.shutdown()

@@ -21,8 +21,14 @@ async def test_a_token_is_scoped_to_the_tenants_room_and_livekit_accepts_it(
     async with watch(bus, TokenIssued) as issued:
         response = await api.post(
             "/v1/tokens",
-            json={"room": "consult-1", "identity": "patient-1", "name": "Paciente",
-                  "canPublish": True, "canSubscribe": True, "ttl": "2h"},
+            json={
+                "room": "consult-1",
+                "identity": "patient-1",
+                "name": "Paciente",
+                "canPublish": True,
+                "canSubscribe": True,
+                "ttl": "2h",
+            },
             headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
         )
         assert response.status_code == 201, response.text
@@ -53,7 +59,8 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
 ) -> None:
     async with watch(bus, TokenIssued) as issued:
         response = await api.post(
-            "/v1/tokens", json={"room": "consult-2", "identity": "doctor-1", "ttl": "30m"},
+            "/v1/tokens",
+            json={"room": "consult-2", "identity": "doctor-1", "ttl": "30m"},
             headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
         )
         assert response.status_code == 201
@@ -87,7 +94,9 @@ async def test_invalid_bodies_get_400_saying_what_was_wrong(
     assert field in str(error["details"])
 
 
-@pytest.mark.parametrize(("ttl", "code"), [("99h", "invalid_ttl"), ("soon", "invalid_ttl"), ("10s", "invalid_ttl")])
+@pytest.mark.parametrize(
+    ("ttl", "code"), [("99h", "invalid_ttl"), ("soon", "invalid_ttl"), ("10s", "invalid_ttl")]
+)
 async def test_ttl_is_bounded(api: httpx.AsyncClient, ttl: str, code: str) -> None:
     response = await api.post("/v1/tokens", json={"room": "r1", "identity": "p1", "ttl": ttl})
     assert response.status_code == 400
@@ -98,7 +107,9 @@ async def test_ttl_is_bounded(api: httpx.AsyncClient, ttl: str, code: str) -> No
 async def test_no_or_bad_key_is_401(stack: StackState, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     async with httpx.AsyncClient(base_url=stack.gateway_url) as client:
-        response = await client.post("/v1/tokens", json={"room": "r1", "identity": "p1"}, headers=headers)
+        response = await client.post(
+            "/v1/tokens", json={"room": "r1", "identity": "p1"}, headers=headers
+        )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
 
@@ -110,7 +121,8 @@ async def test_two_tenants_with_the_same_room_name_never_meet(
     mine = (await api.post("/v1/tokens", json={"room": "shared-name", "identity": "p1"})).json()
     theirs = (
         await api.post(
-            "/v1/tokens", json={"room": "shared-name", "identity": "p1"},
+            "/v1/tokens",
+            json={"room": "shared-name", "identity": "p1"},
             headers={"Authorization": f"Bearer {other_tenant_key}"},
         )
     ).json()
@@ -119,7 +131,9 @@ async def test_two_tenants_with_the_same_room_name_never_meet(
 
 async def test_the_openapi_document_describes_the_endpoint(stack: StackState) -> None:
     async with httpx.AsyncClient() as client:
-        schema = (await client.get(f"http://127.0.0.1:{_port(stack, 'token')}/schema/openapi.json")).json()
+        schema = (
+            await client.get(f"http://127.0.0.1:{_port(stack, 'token')}/schema/openapi.json")
+        ).json()
     operation = schema["paths"]["/v1/tokens"]["post"]
     assert operation["operationId"] == "createToken"
     assert "CreateTokenRequest" in str(operation["requestBody"])

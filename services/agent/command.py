@@ -14,13 +14,27 @@ import click
 
 
 @click.command("agent-worker")
-@click.option("--worker-id", envvar="MEDIAI_AGENT_WORKER_ID", default="",
-              help="This worker's id in the pool (events are keyed by it).")
-@click.option("--http-port", type=int, default=0, show_default=True,
-              envvar="MEDIAI_AGENT_HEALTH_PORT",
-              help="Health and load endpoint (GET / and /worker); 0 picks a free port.")
-@click.option("--prometheus-port", type=int, default=None, envvar="MEDIAI_AGENT_PROMETHEUS_PORT",
-              help="Serve livekit-agents' Prometheus metrics (worker load, active jobs) here.")
+@click.option(
+    "--worker-id",
+    envvar="MEDIAI_AGENT_WORKER_ID",
+    default="",
+    help="This worker's id in the pool (events are keyed by it).",
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=0,
+    show_default=True,
+    envvar="MEDIAI_AGENT_HEALTH_PORT",
+    help="Health and load endpoint (GET / and /worker); 0 picks a free port.",
+)
+@click.option(
+    "--prometheus-port",
+    type=int,
+    default=None,
+    envvar="MEDIAI_AGENT_PROMETHEUS_PORT",
+    help="Serve livekit-agents' Prometheus metrics (worker load, active jobs) here.",
+)
 def agent_worker(worker_id: str, http_port: int, prometheus_port: int | None) -> None:
     """Run one agent worker (livekit-agents) registered with LiveKit, until SIGTERM."""
     from deploy.cli import fail, settings_or_exit

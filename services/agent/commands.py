@@ -31,8 +31,9 @@ class CommandListener:
         self._seen: set[str] = set()
 
     @classmethod
-    async def start(cls, bus: Bus, *, tenant: str, dispatch_id: str,
-                    on_end: OnEnd, on_command: OnCommand) -> CommandListener:
+    async def start(
+        cls, bus: Bus, *, tenant: str, dispatch_id: str, on_end: OnEnd, on_command: OnCommand
+    ) -> CommandListener:
         listener = cls()
 
         async def deliver(message: Msg) -> None:
@@ -53,12 +54,14 @@ class CommandListener:
                 log.exception("command %s failed", event.type)
 
         for event_type in (AgentEndRequested, AgentCommandIssued):
-            listener._subscriptions.append(await bus.js.subscribe(
-                subjects.key_filter(event_type, tenant=tenant, key=dispatch_id),
-                cb=deliver,
-                ordered_consumer=True,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-            ))
+            listener._subscriptions.append(
+                await bus.js.subscribe(
+                    subjects.key_filter(event_type, tenant=tenant, key=dispatch_id),
+                    cb=deliver,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                )
+            )
         return listener
 
     async def close(self) -> None:

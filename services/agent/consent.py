@@ -30,22 +30,32 @@ WORDING = "consent-pt-BR-2026-01"
 
 PURPOSES = {
     "intake": "Vou fazer algumas perguntas sobre a sua saúde para adiantar a sua consulta com "
-              "o médico.",
+    "o médico.",
     "receptionist": "Posso ajudar você a encontrar um médico e a marcar, remarcar ou cancelar "
-                    "consultas.",
+    "consultas.",
 }
-INTRO = ("Olá! Eu sou a assistente virtual da clínica, um programa de inteligência artificial: "
-         "não sou uma pessoa nem sou médica.")
+INTRO = (
+    "Olá! Eu sou a assistente virtual da clínica, um programa de inteligência artificial: "
+    "não sou uma pessoa nem sou médica."
+)
 ASK = "Você concorda em ser atendido por uma assistente virtual?"
-ASK_WITH_RECORDING = ("Esta conversa está sendo gravada. Você concorda em ser atendido por uma "
-                      "assistente virtual e com a gravação?")
-REFUSED = ("Tudo bem, respeito a sua decisão. Sem a sua concordância eu não posso continuar o "
-           "atendimento. A equipe da clínica pode atender você diretamente. Obrigada, até logo!")
-RECORDING_REFUSED = ("Tudo bem, respeito a sua decisão. Como esta conversa está sendo gravada, "
-                     "não posso continuar sem a sua concordância. A equipe da clínica pode atender "
-                     "você de outra forma. Obrigada, até logo!")
-GIVEN_REPLY = ("Consentimento registrado. Agradeça em poucas palavras e comece o atendimento "
-               "seguindo as suas instruções, com uma pergunta de cada vez.")
+ASK_WITH_RECORDING = (
+    "Esta conversa está sendo gravada. Você concorda em ser atendido por uma "
+    "assistente virtual e com a gravação?"
+)
+REFUSED = (
+    "Tudo bem, respeito a sua decisão. Sem a sua concordância eu não posso continuar o "
+    "atendimento. A equipe da clínica pode atender você diretamente. Obrigada, até logo!"
+)
+RECORDING_REFUSED = (
+    "Tudo bem, respeito a sua decisão. Como esta conversa está sendo gravada, "
+    "não posso continuar sem a sua concordância. A equipe da clínica pode atender "
+    "você de outra forma. Obrigada, até logo!"
+)
+GIVEN_REPLY = (
+    "Consentimento registrado. Agradeça em poucas palavras e comece o atendimento "
+    "seguindo as suas instruções, com uma pergunta de cada vez."
+)
 
 PHASE_HEADING = "## Agora: consentimento"
 
@@ -129,8 +139,9 @@ class ConsentGate:
 
 
 @function_tool(name=TOOL)
-async def record_consent(context: RunContext[Any], ai_assistance: bool,
-                         recording: bool | None = None) -> str | None:
+async def record_consent(
+    context: RunContext[Any], ai_assistance: bool, recording: bool | None = None
+) -> str | None:
     """Registra a resposta do paciente ao pedido de consentimento. Chame assim que ele responder
     claramente; se a resposta for ambígua, pergunte de novo antes de chamar.
 
@@ -144,13 +155,18 @@ async def record_consent(context: RunContext[Any], ai_assistance: bool,
         return "O consentimento já foi registrado; continue o atendimento."
     if gate.status == "refused":
         raise ToolError("O paciente já recusou; apenas se despeça.")
-    decision = decide(ai_assistance=ai_assistance, recording_asked=gate.recording_asked,
-                      recording=recording)
+    decision = decide(
+        ai_assistance=ai_assistance, recording_asked=gate.recording_asked, recording=recording
+    )
     segments = consultation.transcript.last_turn()
     consultation.transcript.cite(segments)  # the answer to consent is no clinical answer
     common: dict[str, Any] = {
-        **consultation.ids(), "participant_identity": consultation.patient(),
-        "recording": gate.recording_asked, "wording": WORDING, "segment_ids": segments}
+        **consultation.ids(),
+        "participant_identity": consultation.patient(),
+        "recording": gate.recording_asked,
+        "wording": WORDING,
+        "segment_ids": segments,
+    }
     if decision.given:
         gate.status = "given"
         consultation.emit(ConsentGiven(**common, ai_assistance=True, given_at=utcnow()))
@@ -163,8 +179,9 @@ async def record_consent(context: RunContext[Any], ai_assistance: bool,
     # Fixed words, not the model's: what is said to someone who refused is reviewed text.
     goodbye = RECORDING_REFUSED if decision.refused == "recording" else REFUSED
     handle = speak(context.session, goodbye, allow_interruptions=False)
-    gate._ending = asyncio.create_task(_end_after(handle, consultation),
-                                       name="mediai-consent-refused")
+    gate._ending = asyncio.create_task(
+        _end_after(handle, consultation), name="mediai-consent-refused"
+    )
     return None  # nothing for the model to add: the goodbye is said
 
 

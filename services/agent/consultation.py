@@ -125,23 +125,31 @@ class Consultation:
         return {"dispatch_id": self.dispatch_id, "room": self.room, "role": self.role.name}
 
 
-def speak(session: AgentSession[Any], text: str, *,
-          allow_interruptions: bool = True) -> SpeechHandle:
+def speak(
+    session: AgentSession[Any], text: str, *, allow_interruptions: bool = True
+) -> SpeechHandle:
     """Say fixed, reviewed words (consent, emergencies). A realtime model without a TTS cannot
     ``say``: it is told to say them word for word."""
     model = session.llm
-    if session.tts is None and isinstance(model, RealtimeModel) \
-            and not model.capabilities.supports_say:
-        return session.generate_reply(instructions=(
-            f'Diga ao paciente exatamente estas palavras, sem acrescentar nada: "{text}"'))
+    if (
+        session.tts is None
+        and isinstance(model, RealtimeModel)
+        and not model.capabilities.supports_say
+    ):
+        return session.generate_reply(
+            instructions=(
+                f'Diga ao paciente exatamente estas palavras, sem acrescentar nada: "{text}"'
+            )
+        )
     return session.say(text, allow_interruptions=allow_interruptions)
 
 
 def consultation_of(context: RunContext[Any]) -> Consultation:
     """The consultation of the session a tool runs in."""
     userdata = context.userdata
-    found = userdata if isinstance(userdata, Consultation) else getattr(
-        userdata, "consultation", None)
+    found = (
+        userdata if isinstance(userdata, Consultation) else getattr(userdata, "consultation", None)
+    )
     if not isinstance(found, Consultation):
         raise RuntimeError("this tool needs a medical consultation (services/agent/medical.py)")
     return found

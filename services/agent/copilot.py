@@ -30,9 +30,15 @@ log = logging.getLogger(__name__)
 TOPIC = "mediai.copilot.hints"
 Kind = Literal["question", "reminder", "red_flag", "note"]
 PREFIXES: dict[str, Kind] = {
-    "pergunta": "question", "sugestao": "question", "sugestão": "question",
-    "lembrete": "reminder", "alerta": "red_flag", "sinal de alerta": "red_flag",
-    "atencao": "red_flag", "atenção": "red_flag", "nota": "note",
+    "pergunta": "question",
+    "sugestao": "question",
+    "sugestão": "question",
+    "lembrete": "reminder",
+    "alerta": "red_flag",
+    "sinal de alerta": "red_flag",
+    "atencao": "red_flag",
+    "atenção": "red_flag",
+    "nota": "note",
 }
 NOTHING = {"", "-", "—", "nada", "nenhuma", "nenhum", "(nada)", "sem dicas"}
 MAX_CHARS = 300
@@ -105,15 +111,18 @@ class HintSender:
     """Writes hints as LiveKit text streams addressed to the given identities only: the SFU
     delivers a stream with ``destination_identities`` to those participants and nobody else."""
 
-    def __init__(self, room: rtc.Room, *, recipients: Callable[[], list[str]],
-                 topic: str = TOPIC) -> None:
+    def __init__(
+        self, room: rtc.Room, *, recipients: Callable[[], list[str]], topic: str = TOPIC
+    ) -> None:
         self.room, self.recipients, self.topic = room, recipients, topic
 
     async def send(self, hint: Hint, hint_id: str) -> list[str]:
         identities = self.recipients()
         if identities:
             await self.room.local_participant.send_text(
-                hint.text, topic=self.topic, destination_identities=identities,
+                hint.text,
+                topic=self.topic,
+                destination_identities=identities,
                 attributes={"mediai.hint.id": hint_id, "mediai.hint.kind": hint.kind},
             )
         return identities
@@ -174,12 +183,29 @@ class Copilot:
             log.info("copilot: no doctor in the room; hint not sent")
             return
         c = self.consultation
-        c.emit(CopilotHintSent(dispatch_id=c.dispatch_id, room=c.room, hint_id=hint_id,
-                               kind=hint.kind, sequence=self.state.sent,
-                               recipients=len(recipients), sent_at=now))
-        c.emit(CopilotHintWritten(dispatch_id=c.dispatch_id, room=c.room, hint_id=hint_id,
-                                  kind=hint.kind, text=hint.text, recipients=recipients,
-                                  segment_ids=c.transcript.last_turn(), sent_at=now))
+        c.emit(
+            CopilotHintSent(
+                dispatch_id=c.dispatch_id,
+                room=c.room,
+                hint_id=hint_id,
+                kind=hint.kind,
+                sequence=self.state.sent,
+                recipients=len(recipients),
+                sent_at=now,
+            )
+        )
+        c.emit(
+            CopilotHintWritten(
+                dispatch_id=c.dispatch_id,
+                room=c.room,
+                hint_id=hint_id,
+                kind=hint.kind,
+                text=hint.text,
+                recipients=recipients,
+                segment_ids=c.transcript.last_turn(),
+                sent_at=now,
+            )
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -27,18 +27,32 @@ from shared.events.clinical import AnamnesisRecorded, RedFlagRaised
 QUESTIONNAIRE: Questionnaire = load_questionnaire()
 REQUIRED = ("queixa-principal.descricao",)
 
-RedFlag = Literal["chest_pain_dyspnea", "stroke_signs", "suicidal_ideation", "severe_bleeding",
-                  "loss_of_consciousness", "severe_breathing_difficulty", "anaphylaxis", "other"]
+RedFlag = Literal[
+    "chest_pain_dyspnea",
+    "stroke_signs",
+    "suicidal_ideation",
+    "severe_bleeding",
+    "loss_of_consciousness",
+    "severe_breathing_difficulty",
+    "anaphylaxis",
+    "other",
+]
 # Fixed words for an emergency (reviewed text, never improvised by the model).
-URGENT = ("Isso pode ser uma emergência. Ligue agora para o SAMU, no 192, ou vá ao pronto-socorro "
-          "mais próximo. Se puder, peça ajuda a alguém perto de você. Já avisei a equipe da "
-          "clínica.")
-URGENT_SUICIDE = ("Obrigada por me contar, você não está sozinho. Se você estiver em perigo agora, "
-                  "ligue para o SAMU, no 192. Você também pode ligar para o CVV, no 188, a "
-                  "qualquer hora, de graça. Já avisei a equipe da clínica.")
-AFTER_URGENT = ("A orientação de emergência já foi dita ao paciente e a clínica foi avisada. Não "
-                "faça diagnóstico. Se o paciente continuar falando, responda com calma e reforce "
-                "que ligue para o SAMU, no 192.")
+URGENT = (
+    "Isso pode ser uma emergência. Ligue agora para o SAMU, no 192, ou vá ao pronto-socorro "
+    "mais próximo. Se puder, peça ajuda a alguém perto de você. Já avisei a equipe da "
+    "clínica."
+)
+URGENT_SUICIDE = (
+    "Obrigada por me contar, você não está sozinho. Se você estiver em perigo agora, "
+    "ligue para o SAMU, no 192. Você também pode ligar para o CVV, no 188, a "
+    "qualquer hora, de graça. Já avisei a equipe da clínica."
+)
+AFTER_URGENT = (
+    "A orientação de emergência já foi dita ao paciente e a clínica foi avisada. Não "
+    "faça diagnóstico. Se o paciente continuar falando, responda com calma e reforce "
+    "que ligue para o SAMU, no 192."
+)
 
 
 class Intake:
@@ -62,10 +76,13 @@ class Intake:
     def record(self, status: str) -> AnamnesisRecorded:
         c = self.consultation
         return AnamnesisRecorded(
-            dispatch_id=c.dispatch_id, room=c.room,
+            dispatch_id=c.dispatch_id,
+            room=c.room,
             questionnaire_response=questionnaire_response(
-                self.book, status=status, authored=utcnow(), dispatch_id=c.dispatch_id),
-            summary_pt_br=summary_pt_br(self.book), transcript_refs=transcript_refs(self.book),
+                self.book, status=status, authored=utcnow(), dispatch_id=c.dispatch_id
+            ),
+            summary_pt_br=summary_pt_br(self.book),
+            transcript_refs=transcript_refs(self.book),
         )
 
     def close(self) -> None:
@@ -79,8 +96,11 @@ class Intake:
 def _item_lines() -> str:
     lines = []
     for item in QUESTIONNAIRE.items.values():
-        hint = {"boolean": " [sim/não]", "integer": " [número inteiro]",
-                "date": " [AAAA-MM-DD]"}.get(item.type, "")
+        hint = {
+            "boolean": " [sim/não]",
+            "integer": " [número inteiro]",
+            "date": " [AAAA-MM-DD]",
+        }.get(item.type, "")
         if item.type == "choice":
             hint = " [" + " | ".join(o["code"] for o in item.options) + "]"
         lines.append(f"- {item.link_id}: {item.text}{hint}")
@@ -98,11 +118,16 @@ RECORD_ANSWER_SCHEMA = {
     "parameters": {
         "type": "object",
         "properties": {
-            "link_id": {"type": "string", "enum": list(QUESTIONNAIRE.items),
-                        "description": "O item do questionário que esta resposta responde."},
-            "answer": {"type": "string",
-                       "description": "A resposta, com as palavras do paciente (ou o valor "
-                                      "pedido entre colchetes)."},
+            "link_id": {
+                "type": "string",
+                "enum": list(QUESTIONNAIRE.items),
+                "description": "O item do questionário que esta resposta responde.",
+            },
+            "answer": {
+                "type": "string",
+                "description": "A resposta, com as palavras do paciente (ou o valor "
+                "pedido entre colchetes).",
+            },
         },
         "required": ["link_id", "answer"],
         "additionalProperties": False,
@@ -137,13 +162,15 @@ async def finish_intake(context: RunContext[Any]) -> str:
         raise ToolError("Ainda não dá para concluir: falta registrar " + "; ".join(missing))
     intake.finished = True
     consultation.emit(intake.record("completed"))
-    return ("Registro enviado ao médico. Agradeça, diga que o médico vai entrar em breve e "
-            "despeça-se.")
+    return (
+        "Registro enviado ao médico. Agradeça, diga que o médico vai entrar em breve e despeça-se."
+    )
 
 
 @function_tool
-async def raise_red_flag(context: RunContext[Any], category: RedFlag,
-                         description: str) -> ToolResult:
+async def raise_red_flag(
+    context: RunContext[Any], category: RedFlag, description: str
+) -> ToolResult:
     """Use IMEDIATAMENTE quando o paciente relatar um sinal de emergência: dor no peito com falta
     de ar, sinais de AVC (boca torta, fraqueza ou dormência de um lado do corpo, fala enrolada),
     falta de ar intensa, desmaio, sangramento intenso, reação alérgica grave, ou pensamentos de
@@ -156,17 +183,27 @@ async def raise_red_flag(context: RunContext[Any], category: RedFlag,
     """
     consultation = consultation_of(context)
     segments = consultation.transcript.last_turn()
-    consultation.emit(RedFlagRaised(
-        **consultation.ids(), participant_identity=consultation.patient(), category=category,
-        description=description.strip()[:500], segment_ids=segments, raised_at=utcnow(),
-    ))
+    consultation.emit(
+        RedFlagRaised(
+            **consultation.ids(),
+            participant_identity=consultation.patient(),
+            category=category,
+            description=description.strip()[:500],
+            segment_ids=segments,
+            raised_at=utcnow(),
+        )
+    )
     if "record_answer" in consultation.role.tools:
         intake = consultation.part(Intake)
         sources = intake.sources()
         intake.book.record("sinais-alerta.presentes", "sim", sources)
         said = "ligar para o SAMU 192" + (" e CVV 188" if category == "suicidal_ideation" else "")
-        intake.book.record("sinais-alerta.descricao",
-                           f"{description.strip()[:400]} (orientado a {said})", sources)
-    speak(context.session, URGENT_SUICIDE if category == "suicidal_ideation" else URGENT,
-          allow_interruptions=False)
+        intake.book.record(
+            "sinais-alerta.descricao", f"{description.strip()[:400]} (orientado a {said})", sources
+        )
+    speak(
+        context.session,
+        URGENT_SUICIDE if category == "suicidal_ideation" else URGENT,
+        allow_interruptions=False,
+    )
     return ToolResult(AFTER_URGENT, reply_required=False)

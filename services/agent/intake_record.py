@@ -20,17 +20,29 @@ MAX_TEXT = 2000
 RANGES = {"hda.intensidade": (0, 10)}
 # Short labels for the summary (the questionnaire's texts are questions).
 LABELS = {
-    "identificacao.nome": "Nome", "identificacao.data-nascimento": "Nascimento",
-    "identificacao.sexo": "Sexo", "identificacao.ocupacao": "Ocupação",
-    "queixa-principal.descricao": "Queixa", "hda.inicio": "Início", "hda.duracao": "Duração",
-    "hda.localizacao": "Local", "hda.caracteristicas": "Características",
-    "hda.intensidade": "Intensidade (0-10)", "hda.fatores-piora": "Piora com",
-    "hda.fatores-melhora": "Melhora com", "hda.sintomas-associados": "Sintomas associados",
-    "hda.tratamentos": "Já tentou", "antecedentes.doencas": "Doenças",
-    "antecedentes.cirurgias": "Cirurgias/internações", "antecedentes.gestacao": "Gestação",
-    "medicamentos.em-uso": "Usa medicamentos", "medicamentos.lista": "Quais",
-    "alergias.possui": "Tem alergias", "alergias.lista": "A quê",
-    "sinais-alerta.presentes": "Sinal de alerta", "sinais-alerta.descricao": "Qual",
+    "identificacao.nome": "Nome",
+    "identificacao.data-nascimento": "Nascimento",
+    "identificacao.sexo": "Sexo",
+    "identificacao.ocupacao": "Ocupação",
+    "queixa-principal.descricao": "Queixa",
+    "hda.inicio": "Início",
+    "hda.duracao": "Duração",
+    "hda.localizacao": "Local",
+    "hda.caracteristicas": "Características",
+    "hda.intensidade": "Intensidade (0-10)",
+    "hda.fatores-piora": "Piora com",
+    "hda.fatores-melhora": "Melhora com",
+    "hda.sintomas-associados": "Sintomas associados",
+    "hda.tratamentos": "Já tentou",
+    "antecedentes.doencas": "Doenças",
+    "antecedentes.cirurgias": "Cirurgias/internações",
+    "antecedentes.gestacao": "Gestação",
+    "medicamentos.em-uso": "Usa medicamentos",
+    "medicamentos.lista": "Quais",
+    "alergias.possui": "Tem alergias",
+    "alergias.lista": "A quê",
+    "sinais-alerta.presentes": "Sinal de alerta",
+    "sinais-alerta.descricao": "Qual",
 }
 YES = {"sim", "s", "yes", "true", "verdadeiro", "tem", "possui", "uso", "usa"}
 NO = {"nao", "n", "no", "false", "falso", "nenhum", "nenhuma", "nada"}
@@ -68,8 +80,9 @@ def load_questionnaire(path: Path = QUESTIONNAIRE_PATH) -> Questionnaire:
         groups.append((group["linkId"], group["text"]))
         for child in group.get("item", []):
             options = tuple(o["valueCoding"] for o in child.get("answerOption", []))
-            items[child["linkId"]] = Item(child["linkId"], child["text"], child["type"],
-                                          group["linkId"], options)
+            items[child["linkId"]] = Item(
+                child["linkId"], child["text"], child["type"], group["linkId"], options
+            )
     return Questionnaire(document["url"], document.get("version", ""), tuple(groups), items)
 
 
@@ -148,8 +161,10 @@ class AnswerBook:
     def record(self, link_id: str, spoken: str, segment_ids: list[str]) -> Answer:
         item = self.questionnaire.items.get(link_id)
         if item is None:
-            raise AnswerError(f"'{link_id}' não é um item do questionário; use um dos linkId "
-                              "listados na ferramenta.")
+            raise AnswerError(
+                f"'{link_id}' não é um item do questionário; use um dos linkId "
+                "listados na ferramenta."
+            )
         answer = Answer(link_id, to_fhir_value(item, spoken), spoken.strip(), tuple(segment_ids))
         self.answers[link_id] = answer
         return answer
@@ -158,14 +173,18 @@ class AnswerBook:
         return [self.answers[k] for k in self.questionnaire.items if k in self.answers]
 
 
-def questionnaire_response(book: AnswerBook, *, status: str, authored: datetime,
-                           dispatch_id: str) -> dict[str, Any]:
+def questionnaire_response(
+    book: AnswerBook, *, status: str, authored: datetime, dispatch_id: str
+) -> dict[str, Any]:
     """The FHIR R4 QuestionnaireResponse of the answers, grouped as the questionnaire is."""
     q = book.questionnaire
     groups = []
     for link_id, text in q.groups:
-        answered = [{"linkId": i.link_id, "text": i.text, "answer": [book.answers[i.link_id].value]}
-                    for i in q.in_group(link_id) if i.link_id in book.answers]
+        answered = [
+            {"linkId": i.link_id, "text": i.text, "answer": [book.answers[i.link_id].value]}
+            for i in q.in_group(link_id)
+            if i.link_id in book.answers
+        ]
         if answered:
             groups.append({"linkId": link_id, "text": text, "item": answered})
     canonical = f"{q.url}|{q.version}" if q.version else q.url
@@ -183,8 +202,11 @@ def questionnaire_response(book: AnswerBook, *, status: str, authored: datetime,
 
 
 def transcript_refs(book: AnswerBook) -> list[TranscriptRef]:
-    return [TranscriptRef(link_id=a.link_id, segment_ids=list(a.segment_ids))
-            for a in book.ordered() if a.segment_ids]
+    return [
+        TranscriptRef(link_id=a.link_id, segment_ids=list(a.segment_ids))
+        for a in book.ordered()
+        if a.segment_ids
+    ]
 
 
 def display(value: dict[str, Any]) -> str:
@@ -199,17 +221,21 @@ def summary_pt_br(book: AnswerBook) -> str:
     """A short summary for the doctor, made only from the recorded answers (so it says nothing
     the patient did not say), red flags first."""
     q = book.questionnaire
-    lines = ["Anamnese colhida pela assistente virtual antes da consulta (relato do paciente, "
-             "sem diagnóstico)."]
+    lines = [
+        "Anamnese colhida pela assistente virtual antes da consulta (relato do paciente, "
+        "sem diagnóstico)."
+    ]
     order = sorted(q.groups, key=lambda g: g[0] != "sinais-alerta")
     for link_id, text in order:
-        answers = [book.answers[i.link_id] for i in q.in_group(link_id)
-                   if i.link_id in book.answers]
+        answers = [
+            book.answers[i.link_id] for i in q.in_group(link_id) if i.link_id in book.answers
+        ]
         if not answers:
             continue
         title = "ATENÇÃO, sinal de alerta" if link_id == "sinais-alerta" else text.split(" (")[0]
-        parts = [f"{LABELS.get(a.link_id, q.items[a.link_id].text)}: {display(a.value)}"
-                 for a in answers]
+        parts = [
+            f"{LABELS.get(a.link_id, q.items[a.link_id].text)}: {display(a.value)}" for a in answers
+        ]
         lines.append(f"{title}: " + "; ".join(parts) + ".")
     if len(lines) == 1:
         lines.append("Nenhuma resposta foi registrada.")

@@ -25,8 +25,15 @@ class RoomListener:
     """One STT stream per qualifying participant's microphone; ``on_final(identity, text)`` for
     each final transcript. Non-streaming STTs (OpenAI's) are cut into utterances by the VAD."""
 
-    def __init__(self, room: rtc.Room, *, stt: lk_stt.STT[Any], vad: Any,
-                 qualifies: Callable[[rtc.RemoteParticipant], bool], on_final: OnFinal) -> None:
+    def __init__(
+        self,
+        room: rtc.Room,
+        *,
+        stt: lk_stt.STT[Any],
+        vad: Any,
+        qualifies: Callable[[rtc.RemoteParticipant], bool],
+        on_final: OnFinal,
+    ) -> None:
         self.room, self.stt, self.vad = room, stt, vad
         self.qualifies, self.on_final = qualifies, on_final
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -39,17 +46,26 @@ class RoomListener:
                 if publication.track is not None:
                     self._on_track(publication.track, publication, participant)
 
-    def _on_track(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
-                  participant: rtc.RemoteParticipant) -> None:
+    def _on_track(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
         if track.kind != rtc.TrackKind.KIND_AUDIO or not self.qualifies(participant):
             return
         if publication.sid in self._tasks:
             return
         self._tasks[publication.sid] = asyncio.create_task(
-            self._transcribe(track, participant.identity), name="mediai-listen")
+            self._transcribe(track, participant.identity), name="mediai-listen"
+        )
 
-    def _on_untrack(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
-                    participant: rtc.RemoteParticipant) -> None:
+    def _on_untrack(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
         task = self._tasks.pop(publication.sid, None)
         if task is not None:
             task.cancel()

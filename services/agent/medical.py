@@ -47,11 +47,12 @@ class ClinicalAgent(Agent):
         self._instructions_open = instructions
         self._tools_open = tools_of(consultation, consultation.role.tools)
         if self.gate.required:
-            before = tools_of(consultation, [n for n in consultation.role.tools
-                                             if n in consent.BEFORE_CONSENT])
-            super().__init__(instructions=consent.phase_instructions(instructions,
-                                                                     recording=False),
-                             tools=before)
+            before = tools_of(
+                consultation, [n for n in consultation.role.tools if n in consent.BEFORE_CONSENT]
+            )
+            super().__init__(
+                instructions=consent.phase_instructions(instructions, recording=False), tools=before
+            )
         else:
             super().__init__(instructions=instructions, tools=self._tools_open)
         self._asking: asyncio.Task[None] | None = None
@@ -72,8 +73,9 @@ class ClinicalAgent(Agent):
             await room_io.wait_for_ready()
         question = self.gate.ask()
         if self.gate.recording_asked:
-            await super().update_instructions(consent.phase_instructions(
-                self._instructions_open, recording=True))
+            await super().update_instructions(
+                consent.phase_instructions(self._instructions_open, recording=True)
+            )
         speak(self.session, question)
 
     async def open_consultation(self) -> None:
@@ -87,11 +89,13 @@ class ClinicalAgent(Agent):
         if self.gate.open:
             await super().update_instructions(instructions)
         else:
-            await super().update_instructions(consent.phase_instructions(
-                instructions, recording=self.gate.recording_asked))
+            await super().update_instructions(
+                consent.phase_instructions(instructions, recording=self.gate.recording_asked)
+            )
 
-    async def on_user_turn_completed(self, turn_ctx: llm.ChatContext,
-                                     new_message: llm.ChatMessage) -> None:
+    async def on_user_turn_completed(
+        self, turn_ctx: llm.ChatContext, new_message: llm.ChatMessage
+    ) -> None:
         if self.gate.open and self.consultation.has_part(vision.FrameSampler):
             frame = self.consultation.part(vision.FrameSampler).take()
             if frame is not None:
@@ -112,11 +116,17 @@ class Medical:
         self.runtime = runtime
         room = runtime.ctx.room
         self.consultation = Consultation(
-            tenant=runtime.meta.tenant, room=runtime.request.room,
-            dispatch_id=runtime.meta.dispatch_id, role=runtime.role,
-            settings=runtime.deps.settings, emit=runtime.reporter.emit,
-            finish=runtime.finish_soon, patient=self._patient, nc=runtime.bus.nc,
-            rtc_room=room, language=runtime.request.language,
+            tenant=runtime.meta.tenant,
+            room=runtime.request.room,
+            dispatch_id=runtime.meta.dispatch_id,
+            role=runtime.role,
+            settings=runtime.deps.settings,
+            emit=runtime.reporter.emit,
+            finish=runtime.finish_soon,
+            patient=self._patient,
+            nc=runtime.bus.nc,
+            rtc_room=room,
+            language=runtime.request.language,
         )
         self._listener: RoomListener | None = None
         self._wake = asyncio.Event()
@@ -150,8 +160,11 @@ class Medical:
         """Before ``AgentSession.start``: an avatar takes over the agent's audio output."""
         avatar = self.consultation.part(Avatar)
         self.consultation.avatar_seconds = avatar.seconds
-        await avatar.start(self.runtime.session, self.runtime.ctx.room,
-                           agent_identity=self.runtime.ctx.room.local_participant.identity)
+        await avatar.start(
+            self.runtime.session,
+            self.runtime.ctx.room,
+            agent_identity=self.runtime.ctx.room.local_participant.identity,
+        )
 
     def started(self) -> None:
         runtime, c = self.runtime, self.consultation
@@ -159,15 +172,20 @@ class Medical:
         if not runtime.role.speaks:
             copilot = c.part(Copilot)
             copilot.sender = HintSender(
-                runtime.ctx.room, topic=runtime.role.text_topic,
-                recipients=lambda: runtime.presence.humans(runtime.role.text_to))
+                runtime.ctx.room,
+                topic=runtime.role.text_topic,
+                recipients=lambda: runtime.presence.humans(runtime.role.text_to),
+            )
             runtime.session.output.transcription = HintOutput(copilot)
         if self.hears_everyone:
             prefixes = runtime.role.listens_to
             self._listener = RoomListener(
-                runtime.ctx.room, stt=runtime.models.stt, vad=runtime.deps.vad,
+                runtime.ctx.room,
+                stt=runtime.models.stt,
+                vad=runtime.deps.vad,
                 qualifies=lambda p: is_human(p) and matches(p.identity, prefixes),
-                on_final=self._heard)
+                on_final=self._heard,
+            )
             self._listener.start()
             self._replying = asyncio.create_task(self._reply_forever(), name="mediai-copilot")
         if runtime.role.vision and vision.streaming(c.settings) and not runtime.models.realtime:
@@ -182,10 +200,19 @@ class Medical:
         self._heard_since.append(message)
         c = self.consultation
         c.transcript.add(message.id, "user", text)
-        c.emit(AgentTranscribed(
-            dispatch_id=c.dispatch_id, room=c.room, role=role.name, segment_id=message.id,
-            speaker="user", participant_identity=identity, text=text, language=c.language,
-            spoken_at=utcnow()))
+        c.emit(
+            AgentTranscribed(
+                dispatch_id=c.dispatch_id,
+                room=c.room,
+                role=role.name,
+                segment_id=message.id,
+                speaker="user",
+                participant_identity=identity,
+                text=text,
+                language=c.language,
+                spoken_at=utcnow(),
+            )
+        )
         self._wake.set()
 
     async def _reply_forever(self) -> None:

@@ -38,8 +38,15 @@ class Presence:
     leaves, or when nobody came within ``empty_timeout`` seconds.
     """
 
-    def __init__(self, room: rtc.Room, *, participant: str, listens_to: list[str],
-                 empty_timeout: float, on_empty: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        room: rtc.Room,
+        *,
+        participant: str,
+        listens_to: list[str],
+        empty_timeout: float,
+        on_empty: Callable[[str], None],
+    ) -> None:
         self.room = room
         self.participant, self.prefixes = participant, listens_to
         self.empty_timeout, self.on_empty = empty_timeout, on_empty
@@ -56,16 +63,20 @@ class Presence:
         return matches(participant.identity, self.prefixes)
 
     def candidate(self) -> str | None:
-        return next((p.identity for p in self.room.remote_participants.values()
-                     if self.qualifies(p)), None)
+        return next(
+            (p.identity for p in self.room.remote_participants.values() if self.qualifies(p)), None
+        )
 
     def initial_identity(self) -> str:
         """What RoomIO starts linked to: someone who qualifies, or nobody yet."""
         return self.candidate() or NOBODY
 
     def humans(self, prefixes: list[str] | None = None) -> list[str]:
-        return [p.identity for p in self.room.remote_participants.values()
-                if is_human(p) and matches(p.identity, prefixes or [])]
+        return [
+            p.identity
+            for p in self.room.remote_participants.values()
+            if is_human(p) and matches(p.identity, prefixes or [])
+        ]
 
     def attach(self, room_io: Any) -> None:
         self._room_io = room_io
@@ -116,8 +127,7 @@ class ParticipantsTextOutput(io.TextOutput):
     """The text output of a role that does not speak: each finished reply is sent, as a text
     stream on ``topic``, only to the participants ``recipients()`` names."""
 
-    def __init__(self, room: rtc.Room, *, topic: str,
-                 recipients: Callable[[], list[str]]) -> None:
+    def __init__(self, room: rtc.Room, *, topic: str, recipients: Callable[[], list[str]]) -> None:
         super().__init__(label="mediai-participants-text", next_in_chain=None)
         self.room, self.topic, self.recipients = room, topic, recipients
         self._buffer: list[str] = []

@@ -76,14 +76,16 @@ def openai_client(settings: Settings) -> Any:
         http_client=httpx.AsyncClient(
             timeout=httpx.Timeout(connect=15.0, read=10.0, write=5.0, pool=5.0),
             follow_redirects=True,
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=50,
-                                keepalive_expiry=120),
+            limits=httpx.Limits(
+                max_connections=50, max_keepalive_connections=50, keepalive_expiry=120
+            ),
         ),
     )
 
 
-def build_models(meta: JobMetadata, settings: Settings, *, speaks: bool,
-                 client: Any = None) -> Models:
+def build_models(
+    meta: JobMetadata, settings: Settings, *, speaks: bool, client: Any = None
+) -> Models:
     """The plugin objects for a job; ``speaks`` false builds no TTS (text-only roles).
     ``client`` is a ready OpenAI client (see ``openai_client``) the openai plugins share."""
     check_credentials(meta, settings)
@@ -113,8 +115,9 @@ def _stt(model: str, language: str, settings: Settings, openai_args: dict[str, A
         return openai.STT(model=name, language=stt_language(provider, language), **openai_args)
     from livekit.plugins import google
 
-    return google.beta.GeminiSTT(model=name, language=language,
-                                 api_key=settings.google_api_key or "")
+    return google.beta.GeminiSTT(
+        model=name, language=language, api_key=settings.google_api_key or ""
+    )
 
 
 def _llm(model: str, settings: Settings, openai_args: dict[str, Any]) -> Any:
@@ -147,5 +150,6 @@ def _realtime(model: str, language: str, settings: Settings) -> Any:
         return openai.realtime.RealtimeModel(model=name, **_openai_args(settings))
     from livekit.plugins import google
 
-    return google.realtime.RealtimeModel(model=name, api_key=settings.google_api_key or "",
-                                         language=language)
+    return google.realtime.RealtimeModel(
+        model=name, api_key=settings.google_api_key or "", language=language
+    )

@@ -27,8 +27,13 @@ class Reporter:
 
     def emit(self, data: Event) -> Envelope:
         """Queue an event; returns its envelope (its id is final)."""
-        event = envelope(data, source=self.bus.source, tenant=self.tenant, subject=self.key,
-                         traceparent=self.traceparent)
+        event = envelope(
+            data,
+            source=self.bus.source,
+            tenant=self.tenant,
+            subject=self.key,
+            traceparent=self.traceparent,
+        )
         self._queue.put_nowait(event)
         return event
 

@@ -88,8 +88,11 @@ def load_role(folder: Path) -> Role:
 
 def load_registry(root: Path = ROLES_DIR) -> dict[str, Role]:
     """Every role under ``root``, by name."""
-    roles = [load_role(folder) for folder in sorted(root.iterdir()) if folder.is_dir()
-             and not folder.name.startswith(("_", "."))]
+    roles = [
+        load_role(folder)
+        for folder in sorted(root.iterdir())
+        if folder.is_dir() and not folder.name.startswith(("_", "."))
+    ]
     return {role.name: role for role in roles}
 
 

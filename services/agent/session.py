@@ -86,12 +86,20 @@ class VideoClock:
 class SessionRuntime:
     """Runs one AgentSession for one dispatch; tools see it as ``context.userdata``."""
 
-    def __init__(self, ctx: JobContext, meta: JobMetadata, role: Role, deps: WorkerContext,
-                 models: Models, bus: Bus) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        meta: JobMetadata,
+        role: Role,
+        deps: WorkerContext,
+        models: Models,
+        bus: Bus,
+    ) -> None:
         self.ctx, self.meta, self.role, self.deps, self.models = ctx, meta, role, deps, models
         self.request = meta.request
-        self.reporter = Reporter(bus, tenant=meta.tenant, key=meta.dispatch_id,
-                                 traceparent=meta.traceparent)
+        self.reporter = Reporter(
+            bus, tenant=meta.tenant, key=meta.dispatch_id, traceparent=meta.traceparent
+        )
         self.bus = bus
         self.video = VideoClock()
         self.end: tuple[str, str] | None = None
@@ -102,14 +110,19 @@ class SessionRuntime:
         self.text_output: ParticipantsTextOutput | None = None
         provider = split_model(meta.models[0])[0]
         self.meter = UsageMeter(
-            dispatch_id=meta.dispatch_id, room=self.request.room, role=role.name,
-            started_at=utcnow(), provider=provider,
+            dispatch_id=meta.dispatch_id,
+            room=self.request.room,
+            role=role.name,
+            started_at=utcnow(),
+            provider=provider,
             llm_model=self.request.realtime or self.request.llm,
             stt_model="" if self.request.realtime else self.request.stt,
             tts_model="" if self.request.realtime or not role.speaks else self.request.tts,
         )
         self.presence = Presence(
-            ctx.room, participant=self.request.participant, listens_to=role.listens_to,
+            ctx.room,
+            participant=self.request.participant,
+            listens_to=role.listens_to,
             empty_timeout=deps.settings.agent_empty_room_timeout,
             on_empty=lambda reason: self.finish_soon(reason),
         )
@@ -130,25 +143,39 @@ class SessionRuntime:
         self.agent: Agent = self.medical.agent(self.instructions(self.request.instructions))
 
     def instructions(self, text: str) -> str:
-        return render_instructions(self.role, language=self.request.language, instructions=text,
-                                   mode=self.request.instructions_mode)
+        return render_instructions(
+            self.role,
+            language=self.request.language,
+            instructions=text,
+            mode=self.request.instructions_mode,
+        )
 
     def _ids(self) -> dict[str, str]:
-        return {"dispatch_id": self.meta.dispatch_id, "room": self.request.room,
-                "role": self.role.name}
+        return {
+            "dispatch_id": self.meta.dispatch_id,
+            "room": self.request.room,
+            "role": self.role.name,
+        }
 
     # -- start -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the session in the (connected) room; the dispatch is joined from here."""
         session = self.session
-        self.reporter.emit(AgentSessionStarted(
-            **self._ids(), worker_id=self.deps.worker_id, job_id=self.ctx.job.id,
-            agent_identity=self.ctx.room.local_participant.identity,
-            language=self.request.language, stt=self.meter_models("stt"),
-            llm=self.request.llm if not self.request.realtime else "",
-            tts=self.meter_models("tts"), realtime=self.request.realtime, started_at=utcnow(),
-        ))
+        self.reporter.emit(
+            AgentSessionStarted(
+                **self._ids(),
+                worker_id=self.deps.worker_id,
+                job_id=self.ctx.job.id,
+                agent_identity=self.ctx.room.local_participant.identity,
+                language=self.request.language,
+                stt=self.meter_models("stt"),
+                llm=self.request.llm if not self.request.realtime else "",
+                tts=self.meter_models("tts"),
+                realtime=self.request.realtime,
+                started_at=utcnow(),
+            )
+        )
         session.on("conversation_item_added", self._on_item)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
@@ -173,7 +200,8 @@ class SessionRuntime:
         )
         if not self.role.speaks:
             self.text_output = ParticipantsTextOutput(
-                self.ctx.room, topic=self.role.text_topic,
+                self.ctx.room,
+                topic=self.role.text_topic,
                 recipients=lambda: self.presence.humans(self.role.text_to),
             )
             session.output.transcription = self.text_output
@@ -182,8 +210,11 @@ class SessionRuntime:
         self.ctx.add_shutdown_callback(self._on_shutdown)
         self._spawn(self._report_usage_forever(), "mediai-usage")
         self._commands = await CommandListener.start(
-            self.bus, tenant=self.meta.tenant, dispatch_id=self.meta.dispatch_id,
-            on_end=self._on_end_requested, on_command=self._on_command,
+            self.bus,
+            tenant=self.meta.tenant,
+            dispatch_id=self.meta.dispatch_id,
+            on_end=self._on_end_requested,
+            on_command=self._on_command,
         )
         if self.role.greeting and self.role.speaks:
             self._spawn(self._greet(), "mediai-greeting")
@@ -217,15 +248,23 @@ class SessionRuntime:
             speaker, identity = "user", linked.identity if linked else ""
         else:
             speaker, identity = "agent", self.ctx.room.local_participant.identity
-        self.reporter.emit(AgentTranscribed(
-            **self._ids(), segment_id=item.id, speaker=speaker, participant_identity=identity,
-            text=text, language=self.request.language, interrupted=item.interrupted,
-            spoken_at=datetime.fromtimestamp(item.created_at, UTC),
-        ))
+        self.reporter.emit(
+            AgentTranscribed(
+                **self._ids(),
+                segment_id=item.id,
+                speaker=speaker,
+                participant_identity=identity,
+                text=text,
+                language=self.request.language,
+                interrupted=item.interrupted,
+                spoken_at=datetime.fromtimestamp(item.created_at, UTC),
+            )
+        )
 
     def _state(self, state: str, detail: str = "") -> None:
-        self.reporter.emit(AgentStateChanged(**self._ids(), state=state, detail=detail,
-                                             changed_at=utcnow()))
+        self.reporter.emit(
+            AgentStateChanged(**self._ids(), state=state, detail=detail, changed_at=utcnow())
+        )
 
     def _on_agent_state(self, event: Any) -> None:
         if event.new_state == "listening" and not self._ready:
@@ -256,9 +295,11 @@ class SessionRuntime:
             self.reporter.emit(self.meter.report(self._totals(), utcnow()))
 
     def _totals(self) -> Any:
-        return totals_from_model_usage(self.session.usage.model_usage,
-                                       video_seconds=self.video.seconds,
-                                       avatar_seconds=self.consultation.avatar_seconds())
+        return totals_from_model_usage(
+            self.session.usage.model_usage,
+            video_seconds=self.video.seconds,
+            avatar_seconds=self.consultation.avatar_seconds(),
+        )
 
     # -- commands --------------------------------------------------------------------------
 
@@ -320,10 +361,16 @@ class SessionRuntime:
         await self.medical.closing()  # e.g. an unfinished anamnesis, before the reporter closes
         now = utcnow()
         self.reporter.emit(self.meter.report(self._totals(), now, final=True))
-        self.reporter.emit(AgentSessionEnded(
-            **self._ids(), reason=reason, detail=detail, worker_id=self.deps.worker_id,
-            duration_seconds=round(time.monotonic() - self.started_monotonic, 3), ended_at=now,
-        ))
+        self.reporter.emit(
+            AgentSessionEnded(
+                **self._ids(),
+                reason=reason,
+                detail=detail,
+                worker_id=self.deps.worker_id,
+                duration_seconds=round(time.monotonic() - self.started_monotonic, 3),
+                ended_at=now,
+            )
+        )
         await self.reporter.close()
         await self.bus.close()
 

@@ -32,13 +32,14 @@ class Totals(msgspec.Struct, frozen=True, kw_only=True):
     avatar_seconds: float = 0.0
 
     def minus(self, other: Totals) -> Totals:
-        return Totals(**{
-            name: getattr(self, name) - getattr(other, name) for name in self.__struct_fields__
-        })
+        return Totals(
+            **{name: getattr(self, name) - getattr(other, name) for name in self.__struct_fields__}
+        )
 
 
-def totals_from_model_usage(usage: Iterable[Any], *, video_seconds: float = 0.0,
-                            avatar_seconds: float = 0.0) -> Totals:
+def totals_from_model_usage(
+    usage: Iterable[Any], *, video_seconds: float = 0.0, avatar_seconds: float = 0.0
+) -> Totals:
     """Sum livekit-agents' ``ModelUsage`` items (LLM/STT/TTS, any provider) into Totals."""
     values: dict[str, float] = dict.fromkeys(Totals.__struct_fields__, 0)
     for item in usage:
@@ -68,12 +69,25 @@ class UsageMeter:
     Pure: the caller passes the totals and the time; nothing here reads a clock.
     """
 
-    def __init__(self, *, dispatch_id: str, room: str, role: str, started_at: datetime,
-                 provider: str = "", llm_model: str = "", stt_model: str = "",
-                 tts_model: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        dispatch_id: str,
+        room: str,
+        role: str,
+        started_at: datetime,
+        provider: str = "",
+        llm_model: str = "",
+        stt_model: str = "",
+        tts_model: str = "",
+    ) -> None:
         self._ids: dict[str, Any] = {"dispatch_id": dispatch_id, "room": room, "role": role}
-        self._models: dict[str, Any] = {"provider": provider, "llm_model": llm_model,
-                                        "stt_model": stt_model, "tts_model": tts_model}
+        self._models: dict[str, Any] = {
+            "provider": provider,
+            "llm_model": llm_model,
+            "stt_model": stt_model,
+            "tts_model": tts_model,
+        }
         self._last = Totals()
         self._period_start = started_at
         self._sequence = 0

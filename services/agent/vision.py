@@ -46,16 +46,21 @@ def camera_of(room: rtc.Room, identity: str) -> rtc.RemoteTrackPublication | Non
     participant = room.remote_participants.get(identity)
     if participant is None:
         return None
-    videos = [p for p in participant.track_publications.values()
-              if p.kind == rtc.TrackKind.KIND_VIDEO and not p.muted
-              and p.source != rtc.TrackSource.SOURCE_SCREENSHARE]
+    videos = [
+        p
+        for p in participant.track_publications.values()
+        if p.kind == rtc.TrackKind.KIND_VIDEO
+        and not p.muted
+        and p.source != rtc.TrackSource.SOURCE_SCREENSHARE
+    ]
     cameras = [p for p in videos if p.source == rtc.TrackSource.SOURCE_CAMERA]
     found = cameras or videos
     return found[0] if found else None
 
 
-async def _subscribed(room: rtc.Room, publication: rtc.RemoteTrackPublication,
-                      timeout: float) -> rtc.Track:  # noqa: ASYNC109 - a bound on the SFU
+async def _subscribed(
+    room: rtc.Room, publication: rtc.RemoteTrackPublication, timeout: float
+) -> rtc.Track:
     arrived = asyncio.Event()
 
     def on_subscribed(track: rtc.Track, pub: rtc.RemoteTrackPublication, *_: Any) -> None:
@@ -75,8 +80,9 @@ async def _subscribed(room: rtc.Room, publication: rtc.RemoteTrackPublication,
     return publication.track
 
 
-async def capture_frame(room: rtc.Room, identity: str, *, keep_subscribed: bool = False,
-                        timeout: float = FRAME_TIMEOUT) -> rtc.VideoFrame:  # noqa: ASYNC109
+async def capture_frame(
+    room: rtc.Room, identity: str, *, keep_subscribed: bool = False, timeout: float = FRAME_TIMEOUT
+) -> rtc.VideoFrame:
     """One frame of ``identity``'s camera; NoCameraError when there is none or it is silent.
     A camera this subscribed only to take the frame is unsubscribed again (not metered)."""
     publication = camera_of(room, identity)
@@ -97,8 +103,9 @@ async def capture_frame(room: rtc.Room, identity: str, *, keep_subscribed: bool 
 
 
 def image(frame: rtc.VideoFrame) -> ImageContent:
-    return ImageContent(image=frame, inference_width=INFERENCE_SIZE,
-                        inference_height=INFERENCE_SIZE)
+    return ImageContent(
+        image=frame, inference_width=INFERENCE_SIZE, inference_height=INFERENCE_SIZE
+    )
 
 
 @function_tool(name=TOOL)
@@ -113,27 +120,37 @@ async def look_at_patient(context: RunContext[Any], question: str) -> str:
     """
     consultation = consultation_of(context)
     if not enabled(consultation.settings):
-        raise ToolError("A visão pela câmera está desligada nesta clínica; peça ao paciente que "
-                        "descreva o que vê.")
+        raise ToolError(
+            "A visão pela câmera está desligada nesta clínica; peça ao paciente que "
+            "descreva o que vê."
+        )
     room, identity = consultation.rtc_room, consultation.patient()
     if room is None or not identity:
         raise ToolError("Não há paciente com câmera nesta chamada.")
     try:
-        frame = await capture_frame(room, identity,
-                                    keep_subscribed=streaming(consultation.settings))
+        frame = await capture_frame(
+            room, identity, keep_subscribed=streaming(consultation.settings)
+        )
     except NoCameraError:
-        raise ToolError("A câmera do paciente está desligada ou não está enviando imagem. Peça "
-                        "para ele ligar a câmera, se quiser que você veja; não imagine o que "
-                        "veria.") from None
+        raise ToolError(
+            "A câmera do paciente está desligada ou não está enviando imagem. Peça "
+            "para ele ligar a câmera, se quiser que você veja; não imagine o que "
+            "veria."
+        ) from None
     agent = context.session.current_agent
     chat_ctx = agent.chat_ctx.copy()
-    chat_ctx.add_message(role="user", content=[
-        f"[Imagem da câmera do paciente, agora. O que observar: {question.strip()[:300]}]",
-        image(frame),
-    ])
+    chat_ctx.add_message(
+        role="user",
+        content=[
+            f"[Imagem da câmera do paciente, agora. O que observar: {question.strip()[:300]}]",
+            image(frame),
+        ],
+    )
     await agent.update_chat_ctx(chat_ctx)
-    return ("A imagem da câmera foi adicionada à conversa. Responda com o que dá para ver, em "
-            "termos simples, sem diagnóstico; se não der para ver bem, diga isso.")
+    return (
+        "A imagem da câmera foi adicionada à conversa. Responda com o que dá para ver, em "
+        "termos simples, sem diagnóstico; se não der para ver bem, diga isso."
+    )
 
 
 class FrameSampler:

@@ -54,9 +54,15 @@ PROVIDER_PRELOAD = {
 
 def preload_modules(settings: Settings) -> list[str]:
     missing = missing_credentials(settings)
-    usable = [m for provider, modules in PROVIDER_PRELOAD.items() if provider not in missing
-              for m in modules]
+    usable = [
+        m
+        for provider, modules in PROVIDER_PRELOAD.items()
+        if provider not in missing
+        for m in modules
+    ]
     return [*PRELOAD, *usable]
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -82,9 +88,12 @@ def check_job(meta: JobMetadata, roles: dict[str, Role], settings: Settings) -> 
     role = roles.get(meta.request.role)
     if role is None:
         raise RoleError(f"unknown role {meta.request.role!r} (this worker has {sorted(roles)})")
-    render_instructions(role, language=meta.request.language,
-                        instructions=meta.request.instructions,
-                        mode=meta.request.instructions_mode)
+    render_instructions(
+        role,
+        language=meta.request.language,
+        instructions=meta.request.instructions,
+        mode=meta.request.instructions_mode,
+    )
     missing = missing_credentials(settings)
     for provider in meta.providers:
         if provider in missing:
@@ -117,7 +126,10 @@ def prewarm(proc: JobProcess) -> None:
 
     settings = load_settings()
     proc.userdata["mediai"] = WorkerContext(
-        settings=settings, roles=load_registry(), vad=silero.VAD.load(), worker_id=worker_id(),
+        settings=settings,
+        roles=load_registry(),
+        vad=silero.VAD.load(),
+        worker_id=worker_id(),
         openai_client=openai_client(settings),
     )
 
@@ -128,8 +140,7 @@ async def entrypoint(ctx: JobContext) -> None:
     try:
         meta = parse_metadata(ctx.job.metadata)
         role = check_job(meta, deps.roles, deps.settings)
-        models = build_models(meta, deps.settings, speaks=role.speaks,
-                              client=deps.openai_client)
+        models = build_models(meta, deps.settings, speaks=role.speaks, client=deps.openai_client)
     except (MetadataError, RoleError, ProviderError) as error:
         # on_request rejects these before accepting; this is the second line of defence.
         bus = await bus_connecting
@@ -143,11 +154,17 @@ async def entrypoint(ctx: JobContext) -> None:
         log.error("could not join the room: %s", type(error).__name__)
         bus = await bus_connecting
         await bus.publish(
-            AgentSessionFailed(dispatch_id=meta.dispatch_id, room=meta.request.room,
-                               role=role.name, reason="start_failed",
-                               detail=f"could not join the room: {type(error).__name__}",
-                               worker_id=deps.worker_id, failed_at=datetime.now(UTC)),
-            tenant=meta.tenant, key=meta.dispatch_id,
+            AgentSessionFailed(
+                dispatch_id=meta.dispatch_id,
+                room=meta.request.room,
+                role=role.name,
+                reason="start_failed",
+                detail=f"could not join the room: {type(error).__name__}",
+                worker_id=deps.worker_id,
+                failed_at=datetime.now(UTC),
+            ),
+            tenant=meta.tenant,
+            key=meta.dispatch_id,
         )
         await bus.close()
         ctx.shutdown("start_failed")
@@ -158,11 +175,17 @@ async def entrypoint(ctx: JobContext) -> None:
         await runtime.start()
     except Exception as error:
         log.exception("session failed to start")
-        await runtime.reporter.publish(AgentSessionFailed(
-            dispatch_id=meta.dispatch_id, room=meta.request.room, role=role.name,
-            reason="start_failed", detail=type(error).__name__, worker_id=deps.worker_id,
-            failed_at=datetime.now(UTC),
-        ))
+        await runtime.reporter.publish(
+            AgentSessionFailed(
+                dispatch_id=meta.dispatch_id,
+                room=meta.request.room,
+                role=role.name,
+                reason="start_failed",
+                detail=type(error).__name__,
+                worker_id=deps.worker_id,
+                failed_at=datetime.now(UTC),
+            )
+        )
         runtime.end = ("error", f"start failed: {type(error).__name__}")
         ctx.shutdown("start_failed")
 
@@ -175,13 +198,19 @@ async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> 
         meta = None
     event = AgentSessionFailed(
         dispatch_id=meta.dispatch_id if meta else "unknown",
-        room=meta.request.room if meta else "", role=meta.request.role if meta else "",
-        reason=failure_reason(error), detail=str(error), worker_id=worker,
+        room=meta.request.room if meta else "",
+        role=meta.request.role if meta else "",
+        reason=failure_reason(error),
+        detail=str(error),
+        worker_id=worker,
         failed_at=datetime.now(UTC),
     )
     log.error("job refused: %s", error)
-    await bus.publish(event, tenant=meta.tenant if meta else SYSTEM_TENANT,
-                      key=meta.dispatch_id if meta else "unknown")
+    await bus.publish(
+        event,
+        tenant=meta.tenant if meta else SYSTEM_TENANT,
+        key=meta.dispatch_id if meta else "unknown",
+    )
 
 
 # -- in the worker's main process -----------------------------------------------------------
@@ -190,8 +219,14 @@ async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> 
 class Worker:
     """One AgentServer and what its main process does around it."""
 
-    def __init__(self, settings: Settings, bus: Bus, roles: dict[str, Role],
-                 http_port: int = 0, prometheus_port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        roles: dict[str, Role],
+        http_port: int = 0,
+        prometheus_port: int | None = None,
+    ) -> None:
         self.settings, self.bus, self.roles = settings, bus, roles
         self.id = worker_id()
         self.accepting = 0
@@ -215,8 +250,9 @@ class Worker:
             port=http_port,
             prometheus_port=prometheus_port,
         )
-        self.server.rtc_session(entrypoint, agent_name=settings.agent_name,
-                                on_request=self.on_request)
+        self.server.rtc_session(
+            entrypoint, agent_name=settings.agent_name, on_request=self.on_request
+        )
         self.server.on("worker_registered", self._on_registered)
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -235,17 +271,23 @@ class Worker:
         self.accepting += 1
         try:
             await request.accept(
-                identity=agent_identity(meta), name=meta.request.role,
-                attributes={"mediai.role": meta.request.role,
-                            "mediai.dispatch_id": meta.dispatch_id},
+                identity=agent_identity(meta),
+                name=meta.request.role,
+                attributes={
+                    "mediai.role": meta.request.role,
+                    "mediai.dispatch_id": meta.dispatch_id,
+                },
             )
         finally:
             self.accepting -= 1
 
     def _on_registered(self, livekit_worker_id: str, server_info: Any) -> None:
         event = AgentWorkerRegistered(
-            worker_id=self.id, livekit_worker_id=livekit_worker_id, pid=os.getpid(),
-            agent_name=self.settings.agent_name, roles=sorted(self.roles),
+            worker_id=self.id,
+            livekit_worker_id=livekit_worker_id,
+            pid=os.getpid(),
+            agent_name=self.settings.agent_name,
+            roles=sorted(self.roles),
             providers_missing=missing_credentials(self.settings),
             registered_at=datetime.now(UTC),
         )
@@ -264,21 +306,28 @@ class Worker:
             except MetadataError:
                 continue
             await self.bus.publish(
-                AgentEndRequested(dispatch_id=meta.dispatch_id, room=meta.request.room,
-                                  requested_by="worker_draining",
-                                  requested_at=datetime.now(UTC)),
-                tenant=meta.tenant, key=meta.dispatch_id,
+                AgentEndRequested(
+                    dispatch_id=meta.dispatch_id,
+                    room=meta.request.room,
+                    requested_by="worker_draining",
+                    requested_at=datetime.now(UTC),
+                ),
+                tenant=meta.tenant,
+                key=meta.dispatch_id,
             )
         try:
             await self.server.drain(timeout=self.settings.agent_drain_timeout)
         except TimeoutError:
-            log.warning("drain: sessions still running after %ss; closing them",
-                        self.settings.agent_drain_timeout)
+            log.warning(
+                "drain: sessions still running after %ss; closing them",
+                self.settings.agent_drain_timeout,
+            )
         await self.server.aclose()
 
 
-async def run_worker(settings: Settings, *, http_port: int = 0,
-                     prometheus_port: int | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, http_port: int = 0, prometheus_port: int | None = None
+) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain. WorkerStartError for a bad setup."""
     try:
         roles = load_registry()
@@ -286,8 +335,9 @@ async def run_worker(settings: Settings, *, http_port: int = 0,
         raise WorkerStartError(str(error)) from None
     check_roles(roles)
     for provider, problem in missing_credentials(settings).items():
-        log.warning("agent worker: provider %s unavailable: %s; jobs asking for it fail",
-                    provider, problem)
+        log.warning(
+            "agent worker: provider %s unavailable: %s; jobs asking for it fail", provider, problem
+        )
     bus = await connect_bus(settings, "agent")
     worker = Worker(settings, bus, roles, http_port, prometheus_port)
     stop = asyncio.Event()

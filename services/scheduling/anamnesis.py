@@ -76,8 +76,12 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
         if conn is None:
             return
         await store.insert_anamnesis(
-            conn, tenant_id=event.tenant, event_id=event.id, recorded_at=event.time,
-            room=record.room, dispatch_id=record.dispatch_id,
+            conn,
+            tenant_id=event.tenant,
+            event_id=event.id,
+            recorded_at=event.time,
+            room=record.room,
+            dispatch_id=record.dispatch_id,
             record={
                 "questionnaire_response": record.questionnaire_response,
                 "summary_pt_br": record.summary_pt_br,
@@ -111,8 +115,11 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     transcript_refs: list[TranscriptRefBody]
 
 
-@get("/v1/consultations/{room:str}/anamnesis", operation_id="getAnamnesis",
-     summary="The latest anamnesis record of a consultation room")
+@get(
+    "/v1/consultations/{room:str}/anamnesis",
+    operation_id="getAnamnesis",
+    summary="The latest anamnesis record of a consultation room",
+)
 async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool) -> AnamnesisBody:
     """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``."""
     row = None
@@ -124,8 +131,11 @@ async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool) -> Anamne
             "no anamnesis has been recorded in this room", code="anamnesis_not_found"
         )
     return AnamnesisBody(
-        room=row["room"], dispatch_id=row["dispatch_id"], recorded_at=row["recorded_at"],
-        questionnaire_response=row["questionnaire_response"], summary_pt_br=row["summary_pt_br"],
+        room=row["room"],
+        dispatch_id=row["dispatch_id"],
+        recorded_at=row["recorded_at"],
+        questionnaire_response=row["questionnaire_response"],
+        summary_pt_br=row["summary_pt_br"],
         transcript_refs=[
             TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
             for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])

@@ -44,9 +44,16 @@ async def create_doctor(
     now = _now()
     with api_errors():
         doctor = await service.create_doctor(
-            pool, tenant.id, name=data.name, specialty=data.specialty, city=data.city,
-            crm=data.crm, insurances=data.insurances, schedule=data.schedule.to_core(),
-            active=data.active, now=now,
+            pool,
+            tenant.id,
+            name=data.name,
+            specialty=data.specialty,
+            city=data.city,
+            crm=data.crm,
+            insurances=data.insurances,
+            schedule=data.schedule.to_core(),
+            active=data.active,
+            now=now,
         )
         _, slots = await service.doctor_slots(
             pool, tenant.id, doctor.id, after=None, until=None, limit=1, now=now
@@ -71,12 +78,22 @@ async def search_doctors(
     """Every filter must match (by words; case and accents do not matter). With
     ``availableFrom``/``availableUntil``, only doctors with a free slot starting in that window,
     soonest first; otherwise by name. Each doctor comes with its next free slot."""
-    query = DoctorFilter(specialty=specialty, name=name, city=city, insurance=insurance,
-                         include_inactive=include_inactive)
+    query = DoctorFilter(
+        specialty=specialty,
+        name=name,
+        city=city,
+        insurance=insurance,
+        include_inactive=include_inactive,
+    )
     with api_errors():
         found = await service.search_doctors(
-            pool, tenant.id, query, available_from=aware(available_from, "availableFrom"),
-            available_until=aware(available_until, "availableUntil"), limit=limit, offset=offset,
+            pool,
+            tenant.id,
+            query,
+            available_from=aware(available_from, "availableFrom"),
+            available_until=aware(available_until, "availableUntil"),
+            limit=limit,
+            offset=offset,
             now=_now(),
         )
     return DoctorList(doctors=[DoctorBody.of(doctor, slot) for doctor, slot in found])
@@ -117,12 +134,18 @@ async def free_slots(
     """A doctor's next free slots starting in ``[from, until)`` (default: from now)."""
     with api_errors():
         doctor, slots = await service.doctor_slots(
-            pool, tenant.id, doctor_id, after=aware(start, "from"), until=aware(until, "until"),
-            limit=limit, now=_now(),
+            pool,
+            tenant.id,
+            doctor_id,
+            after=aware(start, "from"),
+            until=aware(until, "until"),
+            limit=limit,
+            now=_now(),
         )
     zone = doctor.schedule.zone
     return SlotList(
-        doctor_id=doctor.id, timezone=doctor.schedule.timezone,
+        doctor_id=doctor.id,
+        timezone=doctor.schedule.timezone,
         slots=[SlotBody.of(slot, zone) for slot in slots],
     )
 
@@ -140,9 +163,15 @@ async def book_appointment(
     time is not one of the doctor's slots. With ``Idempotency-Key``, a retry returns the first
     request's appointment instead of booking again."""
     booking = service.Booking(
-        doctor_id=data.doctor_id, starts_at=data.starts_at, patient_ref=data.patient_ref,
-        patient_name=data.patient_name, patient_contact=data.patient_contact, reason=data.reason,
-        room=data.room, request_key=idempotency_key, channel="api",
+        doctor_id=data.doctor_id,
+        starts_at=data.starts_at,
+        patient_ref=data.patient_ref,
+        patient_name=data.patient_name,
+        patient_contact=data.patient_contact,
+        reason=data.reason,
+        room=data.room,
+        request_key=idempotency_key,
+        channel="api",
     )
     with api_errors():
         appointment, _ = await service.book(pool, tenant.id, booking, now=_now())
@@ -163,15 +192,19 @@ async def list_appointments(
 ) -> AppointmentList:
     """Appointments starting in ``[from, until)``, soonest first."""
     query = AppointmentFilter(
-        doctor_id=doctor_id, patient_ref=patient_ref, status=status,
-        starts_from=aware(start, "from"), starts_before=aware(until, "until"),
+        doctor_id=doctor_id,
+        patient_ref=patient_ref,
+        status=status,
+        starts_from=aware(start, "from"),
+        starts_before=aware(until, "until"),
     )
     found = await service.list_appointments(pool, tenant.id, query, limit=limit, offset=offset)
     return AppointmentList(appointments=[AppointmentBody.of(a) for a in found])
 
 
-@get("/v1/appointments/{appointment_id:str}", operation_id="getAppointment",
-     summary="An appointment")
+@get(
+    "/v1/appointments/{appointment_id:str}", operation_id="getAppointment", summary="An appointment"
+)
 async def get_appointment(
     appointment_id: str, tenant: Tenant, pool: asyncpg.Pool
 ) -> AppointmentBody:
@@ -179,8 +212,12 @@ async def get_appointment(
         return AppointmentBody.of(await service.get_appointment(pool, tenant.id, appointment_id))
 
 
-@post("/v1/appointments/{appointment_id:str}/reschedule", status_code=200,
-      operation_id="rescheduleAppointment", summary="Move an appointment to another slot")
+@post(
+    "/v1/appointments/{appointment_id:str}/reschedule",
+    status_code=200,
+    operation_id="rescheduleAppointment",
+    summary="Move an appointment to another slot",
+)
 async def reschedule_appointment(
     appointment_id: str, data: RescheduleAppointmentRequest, tenant: Tenant, pool: asyncpg.Pool
 ) -> AppointmentBody:
@@ -191,22 +228,40 @@ async def reschedule_appointment(
     return AppointmentBody.of(appointment)
 
 
-@post("/v1/appointments/{appointment_id:str}/cancel", status_code=200,
-      operation_id="cancelAppointment", summary="Cancel an appointment")
+@post(
+    "/v1/appointments/{appointment_id:str}/cancel",
+    status_code=200,
+    operation_id="cancelAppointment",
+    summary="Cancel an appointment",
+)
 async def cancel_appointment(
-    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool,
+    appointment_id: str,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
     data: CancelAppointmentRequest | None = None,
 ) -> AppointmentBody:
     """Cancelling a cancelled appointment returns it unchanged."""
     with api_errors():
         appointment = await service.cancel(
-            pool, tenant.id, appointment_id, reason=data.reason if data else None, channel="api",
+            pool,
+            tenant.id,
+            appointment_id,
+            reason=data.reason if data else None,
+            channel="api",
             now=_now(),
         )
     return AppointmentBody.of(appointment)
 
 
 ROUTES = [
-    create_doctor, search_doctors, get_doctor, update_doctor, free_slots, book_appointment,
-    list_appointments, get_appointment, reschedule_appointment, cancel_appointment,
+    create_doctor,
+    search_doctors,
+    get_doctor,
+    update_doctor,
+    free_slots,
+    book_appointment,
+    list_appointments,
+    get_appointment,
+    reschedule_appointment,
+    cancel_appointment,
 ]

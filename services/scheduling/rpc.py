@@ -44,8 +44,12 @@ def _slot(slot: core.Slot, zone: ZoneInfo) -> api.Slot:
 def _doctor(doctor: Doctor, next_slot: core.Slot | None = None) -> api.Doctor:
     zone = doctor.schedule.zone
     return api.Doctor(
-        id=doctor.id, name=doctor.name, specialty=doctor.specialty, city=doctor.city,
-        insurances=list(doctor.insurances), timezone=doctor.schedule.timezone,
+        id=doctor.id,
+        name=doctor.name,
+        specialty=doctor.specialty,
+        city=doctor.city,
+        insurances=list(doctor.insurances),
+        timezone=doctor.schedule.timezone,
         next_slot=_slot(next_slot, zone) if next_slot else None,
     )
 
@@ -53,10 +57,16 @@ def _doctor(doctor: Doctor, next_slot: core.Slot | None = None) -> api.Doctor:
 def _appointment(a: Appointment) -> api.Appointment:
     zone = ZoneInfo(a.timezone)
     return api.Appointment(
-        id=a.id, doctor_id=a.doctor_id, doctor_name=a.doctor_name, specialty=a.specialty,
+        id=a.id,
+        doctor_id=a.doctor_id,
+        doctor_name=a.doctor_name,
+        specialty=a.specialty,
         status=a.status,  # type: ignore[arg-type]
-        starts_at=a.starts_at.astimezone(zone), ends_at=a.ends_at.astimezone(zone),
-        timezone=a.timezone, patient_ref=a.patient_ref, room=a.room,
+        starts_at=a.starts_at.astimezone(zone),
+        ends_at=a.ends_at.astimezone(zone),
+        timezone=a.timezone,
+        patient_ref=a.patient_ref,
+        room=a.room,
     )
 
 
@@ -65,8 +75,14 @@ async def search_doctors(
 ) -> api.SearchDoctorsReply:
     query = DoctorFilter(specialty=r.specialty, name=r.name, city=r.city, insurance=r.insurance)
     found = await service.search_doctors(
-        pool, r.tenant, query, available_from=r.available_from, available_until=r.available_until,
-        limit=r.limit, offset=0, now=now,
+        pool,
+        r.tenant,
+        query,
+        available_from=r.available_from,
+        available_until=r.available_until,
+        limit=r.limit,
+        offset=0,
+        now=now,
     )
     known = [] if found else await service.known_specialties(pool, r.tenant)
     return api.SearchDoctorsReply(
@@ -89,9 +105,15 @@ async def next_slots(
 
 async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.AppointmentReply:
     booking = service.Booking(
-        doctor_id=r.doctor_id, starts_at=r.starts_at, patient_ref=r.patient_ref,
-        patient_name=r.patient_name, patient_contact=r.patient_contact, reason=r.reason,
-        room=r.room, request_key=r.request_id, channel="agent",
+        doctor_id=r.doctor_id,
+        starts_at=r.starts_at,
+        patient_ref=r.patient_ref,
+        patient_name=r.patient_name,
+        patient_contact=r.patient_contact,
+        reason=r.reason,
+        room=r.room,
+        request_key=r.request_id,
+        channel="agent",
     )
     appointment, _ = await service.book(pool, r.tenant, booking, now=now)
     return api.AppointmentReply(appointment=_appointment(appointment))
@@ -101,8 +123,13 @@ async def reschedule(
     pool: asyncpg.Pool, r: api.RescheduleRequest, now: datetime
 ) -> api.RescheduleReply:
     appointment, previous = await service.reschedule(
-        pool, r.tenant, r.appointment_id, r.starts_at, patient_ref=r.patient_ref,
-        channel="agent", now=now,
+        pool,
+        r.tenant,
+        r.appointment_id,
+        r.starts_at,
+        patient_ref=r.patient_ref,
+        channel="agent",
+        now=now,
     )
     previous_slot = _slot(previous, ZoneInfo(appointment.timezone))
     return api.RescheduleReply(appointment=_appointment(appointment), previous=previous_slot)
@@ -119,7 +146,8 @@ async def find_appointments(
     pool: asyncpg.Pool, r: api.FindAppointmentsRequest, now: datetime
 ) -> api.FindAppointmentsReply:
     query = AppointmentFilter(
-        doctor_id=r.doctor_id, patient_ref=r.patient_ref,
+        doctor_id=r.doctor_id,
+        patient_ref=r.patient_ref,
         status=None if r.include_cancelled else "booked",
         starts_from=None if r.include_past else now,
     )
@@ -196,7 +224,8 @@ async def serve_requests(app: Litestar) -> None:
         for subscription in subscriptions:
             # A connection already closing has dropped its subscriptions anyway.
             with contextlib.suppress(
-                nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionDrainingError,
                 nats.errors.BadSubscriptionError,
             ):
                 await subscription.unsubscribe()

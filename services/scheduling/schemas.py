@@ -62,8 +62,9 @@ class WindowBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     end: Clock
 
 
-class ScheduleBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                   forbid_unknown_fields=True):
+class ScheduleBody(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     """A weekly schedule: each window is cut into slots of ``slotMinutes``."""
 
     timezone: Annotated[str, msgspec.Meta(examples=["America/Sao_Paulo"])] = core.DEFAULT_TIMEZONE
@@ -72,21 +73,26 @@ class ScheduleBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
 
     def to_core(self) -> Schedule:
         return Schedule(
-            timezone=self.timezone, slot_minutes=self.slot_minutes,
+            timezone=self.timezone,
+            slot_minutes=self.slot_minutes,
             weekly=tuple(Window(day=w.day, start=w.start, end=w.end) for w in self.weekly),
         )
 
     @classmethod
     def of(cls, schedule: Schedule) -> ScheduleBody:
         return cls(
-            timezone=schedule.timezone, slot_minutes=schedule.slot_minutes,
-            weekly=[WindowBody(day=w.day, start=w.start, end=w.end)  # type: ignore[arg-type]
-                    for w in schedule.weekly],
+            timezone=schedule.timezone,
+            slot_minutes=schedule.slot_minutes,
+            weekly=[
+                WindowBody(day=w.day, start=w.start, end=w.end)  # type: ignore[arg-type]
+                for w in schedule.weekly
+            ],
         )
 
 
-class CreateDoctorRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                          forbid_unknown_fields=True):
+class CreateDoctorRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     name: Name
     specialty: Annotated[ShortName, msgspec.Meta(examples=["Cardiologia"])]
     city: Annotated[ShortName, msgspec.Meta(examples=["São Paulo"])]
@@ -97,8 +103,9 @@ class CreateDoctorRequest(msgspec.Struct, frozen=True, kw_only=True, rename="cam
     active: bool = True
 
 
-class UpdateDoctorRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                          forbid_unknown_fields=True):
+class UpdateDoctorRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     """Only the fields sent change; ``schedule`` is replaced whole."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
@@ -106,7 +113,8 @@ class UpdateDoctorRequest(msgspec.Struct, frozen=True, kw_only=True, rename="cam
     city: ShortName | msgspec.UnsetType = msgspec.UNSET
     crm: Annotated[str, msgspec.Meta(max_length=40)] | msgspec.UnsetType | None = msgspec.UNSET
     insurances: Annotated[list[Name], msgspec.Meta(max_length=100)] | msgspec.UnsetType = (
-        msgspec.UNSET)
+        msgspec.UNSET
+    )
     schedule: ScheduleBody | msgspec.UnsetType = msgspec.UNSET
     active: bool | msgspec.UnsetType = msgspec.UNSET
 
@@ -154,11 +162,17 @@ class DoctorBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     def of(cls, doctor: Doctor, next_slot: Slot | None) -> DoctorBody:
         zone = doctor.schedule.zone
         return cls(
-            id=doctor.id, name=doctor.name, specialty=doctor.specialty, city=doctor.city,
-            crm=doctor.crm, insurances=list(doctor.insurances),
-            schedule=ScheduleBody.of(doctor.schedule), active=doctor.active,
+            id=doctor.id,
+            name=doctor.name,
+            specialty=doctor.specialty,
+            city=doctor.city,
+            crm=doctor.crm,
+            insurances=list(doctor.insurances),
+            schedule=ScheduleBody.of(doctor.schedule),
+            active=doctor.active,
             next_slot=SlotBody.of(next_slot, zone) if next_slot else None,
-            created_at=doctor.created_at, updated_at=doctor.updated_at,
+            created_at=doctor.created_at,
+            updated_at=doctor.updated_at,
         )
 
 
@@ -172,8 +186,9 @@ class SlotList(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     slots: list[SlotBody]
 
 
-class BookAppointmentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                             forbid_unknown_fields=True):
+class BookAppointmentRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     doctor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     # Must be the start of one of the doctor's slots (see GET /v1/doctors/{id}/slots).
     starts_at: AwareDatetime
@@ -187,13 +202,15 @@ class BookAppointmentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="
     room: RoomName | None = None
 
 
-class RescheduleAppointmentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                                   forbid_unknown_fields=True):
+class RescheduleAppointmentRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     starts_at: AwareDatetime
 
 
-class CancelAppointmentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                               forbid_unknown_fields=True):
+class CancelAppointmentRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
@@ -221,12 +238,23 @@ class AppointmentBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel")
     def of(cls, a: Appointment) -> AppointmentBody:
         zone = ZoneInfo(a.timezone)
         return cls(
-            id=a.id, doctor_id=a.doctor_id, doctor_name=a.doctor_name, specialty=a.specialty,
+            id=a.id,
+            doctor_id=a.doctor_id,
+            doctor_name=a.doctor_name,
+            specialty=a.specialty,
             status=a.status,  # type: ignore[arg-type]
-            starts_at=a.starts_at.astimezone(zone), ends_at=a.ends_at.astimezone(zone),
-            timezone=a.timezone, patient_ref=a.patient_ref, patient_name=a.patient_name,
-            patient_contact=a.patient_contact, reason=a.reason, room=a.room, channel=a.channel,
-            created_at=a.created_at, updated_at=a.updated_at, cancelled_at=a.cancelled_at,
+            starts_at=a.starts_at.astimezone(zone),
+            ends_at=a.ends_at.astimezone(zone),
+            timezone=a.timezone,
+            patient_ref=a.patient_ref,
+            patient_name=a.patient_name,
+            patient_contact=a.patient_contact,
+            reason=a.reason,
+            room=a.room,
+            channel=a.channel,
+            created_at=a.created_at,
+            updated_at=a.updated_at,
+            cancelled_at=a.cancelled_at,
         )
 
 

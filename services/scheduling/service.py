@@ -59,29 +59,58 @@ def _doctor_event(
 ) -> DoctorCreated | DoctorUpdated:
     if created:
         return DoctorCreated(
-            doctor_id=doctor.id, name=doctor.name, specialty=doctor.specialty, city=doctor.city,
-            insurances=list(doctor.insurances), active=doctor.active,
+            doctor_id=doctor.id,
+            name=doctor.name,
+            specialty=doctor.specialty,
+            city=doctor.city,
+            insurances=list(doctor.insurances),
+            active=doctor.active,
         )
     return DoctorUpdated(
-        doctor_id=doctor.id, name=doctor.name, specialty=doctor.specialty, city=doctor.city,
-        insurances=list(doctor.insurances), active=doctor.active, schedule_changed=schedule_changed,
+        doctor_id=doctor.id,
+        name=doctor.name,
+        specialty=doctor.specialty,
+        city=doctor.city,
+        insurances=list(doctor.insurances),
+        active=doctor.active,
+        schedule_changed=schedule_changed,
     )
 
 
 async def create_doctor(
-    pool: asyncpg.Pool, tenant_id: str, *, name: str, specialty: str, city: str,
-    crm: str | None, insurances: list[str], schedule: Schedule, active: bool, now: datetime,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    *,
+    name: str,
+    specialty: str,
+    city: str,
+    crm: str | None,
+    insurances: list[str],
+    schedule: Schedule,
+    active: bool,
+    now: datetime,
 ) -> Doctor:
     doctor = Doctor(
-        id=new_id(), name=name.strip(), specialty=specialty.strip(), city=city.strip(), crm=crm,
-        insurances=tuple(i.strip() for i in insurances), schedule=core.validate_schedule(schedule),
-        active=active, created_at=now, updated_at=now,
+        id=new_id(),
+        name=name.strip(),
+        specialty=specialty.strip(),
+        city=city.strip(),
+        crm=crm,
+        insurances=tuple(i.strip() for i in insurances),
+        schedule=core.validate_schedule(schedule),
+        active=active,
+        created_at=now,
+        updated_at=now,
     )
     async with pool.acquire() as conn, conn.transaction():
         await store.save_doctor(conn, tenant_id, doctor)
         await add_to_outbox(
-            conn, _doctor_event(doctor, created=True), source=SOURCE, tenant=tenant_id,
-            key=doctor.id, time=now,
+            conn,
+            _doctor_event(doctor, created=True),
+            source=SOURCE,
+            tenant=tenant_id,
+            key=doctor.id,
+            time=now,
         )
     return doctor
 
@@ -114,8 +143,14 @@ async def get_doctor(pool: asyncpg.Pool, tenant_id: str, doctor_id: str) -> Doct
 
 
 async def doctor_slots(
-    pool: asyncpg.Pool, tenant_id: str, doctor_id: str, *, after: datetime | None,
-    until: datetime | None, limit: int, now: datetime,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    doctor_id: str,
+    *,
+    after: datetime | None,
+    until: datetime | None,
+    limit: int,
+    now: datetime,
 ) -> tuple[Doctor, list[Slot]]:
     """A doctor and its next free slots in ``[after, until)`` (default: from now, to the
     horizon); an inactive doctor has none."""
@@ -132,8 +167,15 @@ async def doctor_slots(
 
 
 async def search_doctors(
-    pool: asyncpg.Pool, tenant_id: str, query: DoctorFilter, *, available_from: datetime | None,
-    available_until: datetime | None, limit: int, offset: int, now: datetime,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    query: DoctorFilter,
+    *,
+    available_from: datetime | None,
+    available_until: datetime | None,
+    limit: int,
+    offset: int,
+    now: datetime,
 ) -> Sequence[tuple[Doctor, Slot | None]]:
     """Doctors matching ``query``, each with its next free slot.
 
@@ -151,8 +193,12 @@ async def search_doctors(
             doctors = await store.find_doctors(conn, tenant_id, query, limit=limit, offset=offset)
         booked = await store.booked_slots(conn, [d.id for d in doctors], after, until)
     found = [
-        (d, core.next_free_slot(d.schedule, booked[d.id], after=after, until=until) if d.active
-         else None)
+        (
+            d,
+            core.next_free_slot(d.schedule, booked[d.id], after=after, until=until)
+            if d.active
+            else None,
+        )
         for d in doctors
     ]
     if not by_availability:
@@ -186,23 +232,39 @@ async def book(
                     raise core.SlotUnavailableError("this doctor is not taking appointments")
                 slot = core.offered_slot(doctor.schedule, booking.starts_at, now=now)
                 appointment = Appointment(
-                    id=new_id(), doctor_id=doctor.id, doctor_name=doctor.name,
-                    specialty=doctor.specialty, timezone=doctor.schedule.timezone,
-                    patient_ref=booking.patient_ref, patient_name=booking.patient_name,
-                    patient_contact=booking.patient_contact, reason=booking.reason,
-                    room=booking.room, status="booked", starts_at=slot.starts_at,
-                    ends_at=slot.ends_at, channel=booking.channel, created_at=now,
-                    updated_at=now, cancelled_at=None,
+                    id=new_id(),
+                    doctor_id=doctor.id,
+                    doctor_name=doctor.name,
+                    specialty=doctor.specialty,
+                    timezone=doctor.schedule.timezone,
+                    patient_ref=booking.patient_ref,
+                    patient_name=booking.patient_name,
+                    patient_contact=booking.patient_contact,
+                    reason=booking.reason,
+                    room=booking.room,
+                    status="booked",
+                    starts_at=slot.starts_at,
+                    ends_at=slot.ends_at,
+                    channel=booking.channel,
+                    created_at=now,
+                    updated_at=now,
+                    cancelled_at=None,
                 )
                 await store.insert_appointment(conn, tenant_id, appointment, booking.request_key)
                 await add_to_outbox(
                     conn,
                     AppointmentBooked(
-                        appointment_id=appointment.id, doctor_id=doctor.id,
-                        patient_ref=appointment.patient_ref, starts_at=_utc(slot.starts_at),
-                        ends_at=_utc(slot.ends_at), channel=booking.channel,
+                        appointment_id=appointment.id,
+                        doctor_id=doctor.id,
+                        patient_ref=appointment.patient_ref,
+                        starts_at=_utc(slot.starts_at),
+                        ends_at=_utc(slot.ends_at),
+                        channel=booking.channel,
                     ),
-                    source=SOURCE, tenant=tenant_id, key=appointment.id, time=now,
+                    source=SOURCE,
+                    tenant=tenant_id,
+                    key=appointment.id,
+                    time=now,
                 )
         except (asyncpg.ExclusionViolationError, asyncpg.UniqueViolationError):
             # A concurrent retry with the same key may have won: then that is our appointment.
@@ -226,8 +288,14 @@ async def _booked_appointment(
 
 
 async def reschedule(
-    pool: asyncpg.Pool, tenant_id: str, appointment_id: str, starts_at: datetime, *,
-    patient_ref: str | None = None, channel: str = "api", now: datetime,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    appointment_id: str,
+    starts_at: datetime,
+    *,
+    patient_ref: str | None = None,
+    channel: str = "api",
+    now: datetime,
 ) -> tuple[Appointment, Slot]:
     """Move a booked appointment to another slot of its doctor; returns it and its old slot."""
     async with pool.acquire() as conn:
@@ -245,18 +313,22 @@ async def reschedule(
                 await add_to_outbox(
                     conn,
                     AppointmentRescheduled(
-                        appointment_id=current.id, doctor_id=current.doctor_id,
+                        appointment_id=current.id,
+                        doctor_id=current.doctor_id,
                         patient_ref=current.patient_ref,
                         previous_starts_at=_utc(current.starts_at),
-                        previous_ends_at=_utc(current.ends_at), starts_at=_utc(slot.starts_at),
-                        ends_at=_utc(slot.ends_at), channel=channel,
+                        previous_ends_at=_utc(current.ends_at),
+                        starts_at=_utc(slot.starts_at),
+                        ends_at=_utc(slot.ends_at),
+                        channel=channel,
                     ),
-                    source=SOURCE, tenant=tenant_id, key=current.id, time=now,
+                    source=SOURCE,
+                    tenant=tenant_id,
+                    key=current.id,
+                    time=now,
                 )
         except asyncpg.ExclusionViolationError:
-            raise core.SlotTakenError(
-                "another patient has this slot; choose another one"
-            ) from None
+            raise core.SlotTakenError("another patient has this slot; choose another one") from None
     moved = msgspec.structs.replace(
         current, starts_at=slot.starts_at, ends_at=slot.ends_at, updated_at=now
     )
@@ -264,8 +336,14 @@ async def reschedule(
 
 
 async def cancel(
-    pool: asyncpg.Pool, tenant_id: str, appointment_id: str, *, patient_ref: str | None = None,
-    reason: str | None = None, channel: str = "api", now: datetime,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    appointment_id: str,
+    *,
+    patient_ref: str | None = None,
+    reason: str | None = None,
+    channel: str = "api",
+    now: datetime,
 ) -> Appointment:
     """Cancel an appointment; cancelling a cancelled one returns it unchanged (no event)."""
     async with pool.acquire() as conn, conn.transaction():
@@ -276,11 +354,17 @@ async def cancel(
         await add_to_outbox(
             conn,
             AppointmentCancelled(
-                appointment_id=current.id, doctor_id=current.doctor_id,
-                patient_ref=current.patient_ref, starts_at=_utc(current.starts_at),
-                ends_at=_utc(current.ends_at), channel=channel,
+                appointment_id=current.id,
+                doctor_id=current.doctor_id,
+                patient_ref=current.patient_ref,
+                starts_at=_utc(current.starts_at),
+                ends_at=_utc(current.ends_at),
+                channel=channel,
             ),
-            source=SOURCE, tenant=tenant_id, key=current.id, time=now,
+            source=SOURCE,
+            tenant=tenant_id,
+            key=current.id,
+            time=now,
         )
     return msgspec.structs.replace(current, status="cancelled", cancelled_at=now, updated_at=now)
 
@@ -294,7 +378,11 @@ async def get_appointment(pool: asyncpg.Pool, tenant_id: str, appointment_id: st
 
 
 async def list_appointments(
-    pool: asyncpg.Pool, tenant_id: str, query: store.AppointmentFilter, *, limit: int,
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    query: store.AppointmentFilter,
+    *,
+    limit: int,
     offset: int = 0,
 ) -> list[Appointment]:
     async with pool.acquire() as conn:

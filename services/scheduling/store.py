@@ -82,9 +82,16 @@ def _doctor(row: asyncpg.Record) -> Doctor:
         weekly=tuple(msgspec.convert(row["weekly"], list[Window])),
     )
     return Doctor(
-        id=row["id"], name=row["name"], specialty=row["specialty"], city=row["city"],
-        crm=row["crm"], insurances=tuple(row["insurances"]), schedule=schedule,
-        active=row["active"], created_at=row["created_at"], updated_at=row["updated_at"],
+        id=row["id"],
+        name=row["name"],
+        specialty=row["specialty"],
+        city=row["city"],
+        crm=row["crm"],
+        insurances=tuple(row["insurances"]),
+        schedule=schedule,
+        active=row["active"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -104,11 +111,23 @@ async def save_doctor(conn: Connection, tenant_id: str, doctor: Doctor) -> None:
             slot_minutes = excluded.slot_minutes, weekly = excluded.weekly,
             active = excluded.active, updated_at = excluded.updated_at
         """,
-        tenant_id, doctor.id, doctor.name, doctor.specialty, doctor.city, doctor.crm,
-        list(doctor.insurances), fold(doctor.name), fold(doctor.specialty), fold(doctor.city),
-        [fold(i) for i in doctor.insurances], doctor.schedule.timezone,
-        doctor.schedule.slot_minutes, msgspec.to_builtins(list(doctor.schedule.weekly)),
-        doctor.active, doctor.created_at, doctor.updated_at,
+        tenant_id,
+        doctor.id,
+        doctor.name,
+        doctor.specialty,
+        doctor.city,
+        doctor.crm,
+        list(doctor.insurances),
+        fold(doctor.name),
+        fold(doctor.specialty),
+        fold(doctor.city),
+        [fold(i) for i in doctor.insurances],
+        doctor.schedule.timezone,
+        doctor.schedule.slot_minutes,
+        msgspec.to_builtins(list(doctor.schedule.weekly)),
+        doctor.active,
+        doctor.created_at,
+        doctor.updated_at,
     )
 
 
@@ -138,8 +157,14 @@ async def find_doctors(
         ORDER BY name_key, id
         LIMIT $7 OFFSET $8
         """,
-        tenant_id, query.include_inactive, _like_all(query.specialty), _like_all(query.name),
-        _like_all(query.city), _like_all(query.insurance), limit, offset,
+        tenant_id,
+        query.include_inactive,
+        _like_all(query.specialty),
+        _like_all(query.name),
+        _like_all(query.city),
+        _like_all(query.insurance),
+        limit,
+        offset,
     )
     return [_doctor(row) for row in rows]
 
@@ -161,7 +186,9 @@ async def booked_slots(
         "SELECT doctor_id, starts_at, ends_at FROM appointments"
         " WHERE doctor_id = ANY($1::text[]) AND status = 'booked'"
         " AND ends_at > $2 AND starts_at < $3 ORDER BY starts_at",
-        list(doctor_ids), after, until,
+        list(doctor_ids),
+        after,
+        until,
     )
     found: dict[str, list[Slot]] = {doctor_id: [] for doctor_id in doctor_ids}
     for row in rows:
@@ -195,8 +222,20 @@ async def insert_appointment(
             created_at, updated_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
         """,
-        tenant_id, a.id, a.doctor_id, a.patient_ref, a.patient_name, a.patient_contact, a.reason,
-        a.room, a.status, a.starts_at, a.ends_at, a.channel, request_key, a.created_at,
+        tenant_id,
+        a.id,
+        a.doctor_id,
+        a.patient_ref,
+        a.patient_name,
+        a.patient_contact,
+        a.reason,
+        a.room,
+        a.status,
+        a.starts_at,
+        a.ends_at,
+        a.channel,
+        request_key,
+        a.created_at,
         a.updated_at,
     )
 
@@ -225,23 +264,37 @@ async def move_appointment(
     await conn.execute(
         "UPDATE appointments SET starts_at = $3, ends_at = $4, updated_at = $5"
         " WHERE tenant_id = $1 AND id = $2",
-        tenant_id, appointment_id, slot.starts_at, slot.ends_at, now,
+        tenant_id,
+        appointment_id,
+        slot.starts_at,
+        slot.ends_at,
+        now,
     )
 
 
 async def cancel_appointment(
-    conn: Connection, tenant_id: str, appointment_id: str, now: datetime,
+    conn: Connection,
+    tenant_id: str,
+    appointment_id: str,
+    now: datetime,
     reason: str | None,
 ) -> None:
     await conn.execute(
         "UPDATE appointments SET status = 'cancelled', cancelled_at = $3, updated_at = $3,"
         " cancel_reason = $4 WHERE tenant_id = $1 AND id = $2",
-        tenant_id, appointment_id, now, reason,
+        tenant_id,
+        appointment_id,
+        now,
+        reason,
     )
 
 
 async def find_appointments(
-    conn: Connection, tenant_id: str, query: AppointmentFilter, *, limit: int,
+    conn: Connection,
+    tenant_id: str,
+    query: AppointmentFilter,
+    *,
+    limit: int,
     offset: int = 0,
 ) -> list[Appointment]:
     rows = await conn.fetch(
@@ -254,15 +307,27 @@ async def find_appointments(
         ORDER BY a.starts_at, a.id
         LIMIT $7 OFFSET $8
         """,
-        tenant_id, query.doctor_id, query.patient_ref, query.status, query.starts_from,
-        query.starts_before, limit, offset,
+        tenant_id,
+        query.doctor_id,
+        query.patient_ref,
+        query.status,
+        query.starts_from,
+        query.starts_before,
+        limit,
+        offset,
     )
     return [_appointment(row) for row in rows]
 
 
 async def insert_anamnesis(
-    conn: Connection, *, tenant_id: str, event_id: str, recorded_at: datetime, room: str,
-    dispatch_id: str, record: dict[str, Any],
+    conn: Connection,
+    *,
+    tenant_id: str,
+    event_id: str,
+    recorded_at: datetime,
+    room: str,
+    dispatch_id: str,
+    record: dict[str, Any],
 ) -> None:
     await conn.execute(
         """
@@ -270,19 +335,23 @@ async def insert_anamnesis(
             questionnaire_response, summary_pt_br, transcript_refs)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING
         """,
-        event_id, tenant_id, room, dispatch_id, recorded_at, record["questionnaire_response"],
-        record["summary_pt_br"], record["transcript_refs"],
+        event_id,
+        tenant_id,
+        room,
+        dispatch_id,
+        recorded_at,
+        record["questionnaire_response"],
+        record["summary_pt_br"],
+        record["transcript_refs"],
     )
 
 
-async def latest_anamnesis(
-    conn: Connection, tenant_id: str, room: str
-) -> asyncpg.Record | None:
+async def latest_anamnesis(conn: Connection, tenant_id: str, room: str) -> asyncpg.Record | None:
     """The newest record of a room (by the time the agent recorded it, then by event id)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM anamnesis_records WHERE tenant_id = $1 AND room = $2"
         " ORDER BY recorded_at DESC, event_id DESC LIMIT 1",
-        tenant_id, room,
+        tenant_id,
+        room,
     )
     return row
-

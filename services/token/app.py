@@ -20,7 +20,9 @@ RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=RO
 Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
 
 
-class CreateTokenRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+class CreateTokenRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     """The spec's CreateTokenRequest."""
 
     room: RoomName
@@ -41,7 +43,9 @@ async def create_token(
     data: JSONBody[CreateTokenRequest], tenant: CallerTenant, bus: BusDep, settings: SettingsDep
 ) -> TokenResponse:
     try:
-        ttl = token_ttl(data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max)
+        ttl = token_ttl(
+            data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max
+        )
     except TokenRequestError as error:
         raise ApiError(str(error), code="invalid_ttl") from None
     grants = livekit_api.VideoGrants(

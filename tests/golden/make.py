@@ -44,7 +44,11 @@ def main(event_type: str) -> Path:
     assert isinstance(info, inspect.StructType)
     data = cls(**{f.name: example(f.type) for f in info.fields})
     document = envelope(
-        data, source="mediai/golden", tenant="tgolden0001", subject="example", time=WHEN,
+        data,
+        source="mediai/golden",
+        tenant="tgolden0001",
+        subject="example",
+        time=WHEN,
         event_id="01943000-0000-7000-8000-000000000001",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
