@@ -41,16 +41,17 @@ CATALOG = build_catalog(msgspec.structs.replace(Settings(), agent_models="openai
 def decide(**fields: object) -> object:
     values: dict[str, object] = {"room": "consult-1", **fields}
     request = msgspec.convert(values, DispatchAgentRequest, from_attributes=False)
-    return decide_request(request, catalog=CATALOG, dispatch_id="d1", now=T0,
-                          deadline_seconds=10)
+    return decide_request(request, catalog=CATALOG, dispatch_id="d1", now=T0, deadline_seconds=10)
 
 
 def test_a_request_gets_the_default_models_and_a_deadline() -> None:
     event = decide(instructions="  Seja breve.  ")
     assert event.role == "generic"  # type: ignore[attr-defined]
     assert (event.stt, event.llm, event.tts) == (  # type: ignore[attr-defined]
-        "google/gemini-3.5-transcribe-live", "google/gemini-2.5-flash",
-        "google/gemini-2.5-flash-preview-tts")
+        "google/gemini-3.5-transcribe-live",
+        "google/gemini-2.5-flash",
+        "google/gemini-2.5-flash-preview-tts",
+    )
     assert event.instructions == "Seja breve."  # type: ignore[attr-defined]
     assert event.language == "pt-BR"  # type: ignore[attr-defined]
     assert event.deadline_at == T0 + timedelta(seconds=10)  # type: ignore[attr-defined]
@@ -59,7 +60,10 @@ def test_a_request_gets_the_default_models_and_a_deadline() -> None:
 def test_models_may_be_bare_names_or_deployment_extras() -> None:
     event = decide(stt="whisper-1", llm="openai/llama3.1:8b", tts="gpt-4o-mini-tts")
     assert (event.stt, event.llm, event.tts) == (  # type: ignore[attr-defined]
-        "openai/whisper-1", "openai/llama3.1:8b", "openai/gpt-4o-mini-tts")
+        "openai/whisper-1",
+        "openai/llama3.1:8b",
+        "openai/gpt-4o-mini-tts",
+    )
 
 
 def test_realtime_replaces_the_pipeline() -> None:
@@ -73,7 +77,8 @@ def test_unknown_role_lists_the_valid_ones() -> None:
         decide(role="surgeon")
     assert failure.value.code == "unknown_role"
     assert failure.value.details == [
-        {"field": "role", "valid": ["copilot", "generic", "intake", "receptionist"]}]
+        {"field": "role", "valid": ["copilot", "generic", "intake", "receptionist"]}
+    ]
 
 
 def test_unknown_models_list_the_valid_ones_of_their_kind() -> None:
@@ -113,43 +118,85 @@ def replay(*events: object) -> object:
 
 
 def started(worker: str = "w1") -> AgentSessionStarted:
-    return AgentSessionStarted(dispatch_id="d1", room="consult-1", role="generic",
-                               worker_id=worker, agent_identity="agent-generic-1",
-                               started_at=T0 + timedelta(seconds=1))
+    return AgentSessionStarted(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        worker_id=worker,
+        agent_identity="agent-generic-1",
+        started_at=T0 + timedelta(seconds=1),
+    )
 
 
 def test_requested_dispatched_joined_ended() -> None:
     assert replay().state == "requested"  # type: ignore[attr-defined]
-    dispatched = AgentDispatched(dispatch_id="d1", room="consult-1", role="generic",
-                                 livekit_dispatch_id="AD_1", agent_name="a",
-                                 dispatched_at=T0)
+    dispatched = AgentDispatched(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        livekit_dispatch_id="AD_1",
+        agent_name="a",
+        dispatched_at=T0,
+    )
     assert replay(dispatched).state == "dispatched"  # type: ignore[attr-defined]
     joined = replay(dispatched, started())
     assert (joined.state, joined.worker_id, joined.livekit_dispatch_id) == (  # type: ignore[attr-defined]
-        "joined", "w1", "AD_1")
-    ended = replay(dispatched, started(), AgentSessionEnded(
-        dispatch_id="d1", room="consult-1", role="generic", reason="end_requested",
-        ended_at=T0 + timedelta(seconds=30)))
+        "joined",
+        "w1",
+        "AD_1",
+    )
+    ended = replay(
+        dispatched,
+        started(),
+        AgentSessionEnded(
+            dispatch_id="d1",
+            room="consult-1",
+            role="generic",
+            reason="end_requested",
+            ended_at=T0 + timedelta(seconds=30),
+        ),
+    )
     assert (ended.state, ended.reason) == ("ended", "end_requested")  # type: ignore[attr-defined]
 
 
 def test_a_session_started_before_dispatched_was_seen_stays_joined() -> None:
-    dispatched = AgentDispatched(dispatch_id="d1", room="consult-1", role="generic",
-                                 livekit_dispatch_id="AD_1", agent_name="a", dispatched_at=T0)
+    dispatched = AgentDispatched(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        livekit_dispatch_id="AD_1",
+        agent_name="a",
+        dispatched_at=T0,
+    )
     assert replay(started(), dispatched).state == "joined"  # type: ignore[attr-defined]
 
 
 def test_failures_are_final_and_carry_their_reason() -> None:
-    failed = AgentDispatchFailed(dispatch_id="d1", room="consult-1", role="generic",
-                                 reason="no_worker", detail="nobody came", failed_at=T0)
+    failed = AgentDispatchFailed(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        reason="no_worker",
+        detail="nobody came",
+        failed_at=T0,
+    )
     state = replay(failed, started())
     assert (state.state, state.reason, state.joined_at) == ("failed", "no_worker", None)  # type: ignore[attr-defined]
-    refused = AgentSessionFailed(dispatch_id="d1", reason="missing_credentials",
-                                 detail="provider google: GOOGLE_API_KEY is not set",
-                                 failed_at=T0)
+    refused = AgentSessionFailed(
+        dispatch_id="d1",
+        reason="missing_credentials",
+        detail="provider google: GOOGLE_API_KEY is not set",
+        failed_at=T0,
+    )
     assert replay(refused).reason == "missing_credentials"  # type: ignore[attr-defined]
-    crashed = AgentSessionEnded(dispatch_id="d1", room="consult-1", role="generic",
-                                reason="error", detail="LLM", ended_at=T0)
+    crashed = AgentSessionEnded(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        reason="error",
+        detail="LLM",
+        ended_at=T0,
+    )
     assert replay(started(), crashed).state == "failed"  # type: ignore[attr-defined]
 
 
@@ -172,10 +219,23 @@ def test_the_deadline() -> None:
 # -- the pool's plan ----------------------------------------------------------------------------
 
 
-def worker(wid: str, load: float | None = 0.0, *, registered: bool = True, jobs: int = 0,
-           idle: float = 0.0, stopping: bool = False) -> WorkerView:
-    return WorkerView(worker_id=wid, registered=registered, load=load, active_jobs=jobs,
-                      idle_seconds=idle, stopping=stopping)
+def worker(
+    wid: str,
+    load: float | None = 0.0,
+    *,
+    registered: bool = True,
+    jobs: int = 0,
+    idle: float = 0.0,
+    stopping: bool = False,
+) -> WorkerView:
+    return WorkerView(
+        worker_id=wid,
+        registered=registered,
+        load=load,
+        active_jobs=jobs,
+        idle_seconds=idle,
+        stopping=stopping,
+    )
 
 
 def test_the_pool_starts_its_minimum() -> None:

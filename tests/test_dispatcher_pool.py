@@ -21,14 +21,16 @@ async def test_the_pool_starts_its_minimum_and_drains_on_shutdown(
     settings: Settings, bus: Bus, stack: object
 ) -> None:
     pool = WorkerPool(msgspec.structs.replace(settings, agent_pool_min=1, agent_pool_max=1))
-    async with following(bus, AgentWorkerStarted, AgentWorkerRegistered,
-                         AgentWorkerExited) as events:
+    async with following(
+        bus, AgentWorkerStarted, AgentWorkerRegistered, AgentWorkerExited
+    ) as events:
         running = asyncio.create_task(pool.run(bus))
         started = await events.next(AgentWorkerStarted, where=lambda d: d.worker_id in pool.workers)
         mine = started.worker_id
         assert mine in pool.workers
-        registered = await events.next(AgentWorkerRegistered, where=lambda d: d.worker_id == mine,
-                                       timeout=90)
+        registered = await events.next(
+            AgentWorkerRegistered, where=lambda d: d.worker_id == mine, timeout=90
+        )
         assert registered.pid == started.pid
         assert await pool.wait_ready(1.0)
 

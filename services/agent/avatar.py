@@ -1,6 +1,8 @@
 """Avatars: a speaking role can appear as a Beyond Presence or Tavus avatar (their livekit
-plugins), chosen by ``MEDIAI_AGENT_AVATAR``. Without the provider's key, or when the provider
-refuses, the job says so with an ``AvatarUnavailable`` event and goes on with voice only.
+plugins), chosen by the dispatch (its ``avatar``: the dispatcher has already refused one whose
+provider is not configured) or else by ``MEDIAI_AGENT_AVATAR``. Without the provider's key, or
+when the provider refuses, the job says so with an ``AvatarUnavailable`` event and goes on with
+voice only.
 
 Avatar time is metered apart (``avatar_seconds`` of the usage reports): from the moment the
 provider's session was created until the agent leaves, which is what the providers bill.
@@ -39,20 +41,28 @@ class Choice:
         return not self.reason
 
 
-def choose(settings: Settings, *, speaks: bool) -> Choice | None:
-    """What the configuration asks for this job (None: no avatar: none configured, or a role
-    that does not speak)."""
-    provider = settings.agent_avatar
-    if not provider or not speaks:
+def choose(settings: Settings, *, speaks: bool, asked: str = "") -> Choice | None:
+    """What this job shows: the dispatch's ``asked`` avatar ("none" = voice only), or when it
+    asked nothing ("", as every dispatch before the field existed) the deployment's. None: no
+    avatar (none asked or configured, or a role that does not speak)."""
+    provider = asked or settings.agent_avatar
+    if not provider or provider == "none" or not speaks:
         return None
     if provider not in PROVIDERS:
-        return Choice(provider, "unknown_provider", f"MEDIAI_AGENT_AVATAR={provider!r} is not "
-                                                    f"one of {', '.join(PROVIDERS)}")
+        origin = "the dispatch's avatar" if asked else "MEDIAI_AGENT_AVATAR"
+        return Choice(
+            provider,
+            "unknown_provider",
+            f"{origin}={provider!r} is not one of {', '.join(PROVIDERS)}",
+        )
     key = settings.bey_api_key if provider == "bey" else settings.tavus_api_key
     if not key:
         name = "BEY_API_KEY" if provider == "bey" else "TAVUS_API_KEY"
-        return Choice(provider, "missing_credentials",
-                      f"{name} is not set: the agent speaks without an avatar")
+        return Choice(
+            provider,
+            "missing_credentials",
+            f"{name} is not set: the agent speaks without an avatar",
+        )
     return Choice(provider)
 
 
@@ -62,17 +72,21 @@ def build(provider: str, settings: Settings, identity: str) -> Any:
     if provider == "bey":
         from livekit.plugins import bey
 
-        return bey.AvatarSession(api_key=settings.bey_api_key or "",
-                                 avatar_id=settings.bey_avatar_id or None,
-                                 avatar_participant_identity=identity)
+        return bey.AvatarSession(
+            api_key=settings.bey_api_key or "",
+            avatar_id=settings.bey_avatar_id or None,
+            avatar_participant_identity=identity,
+        )
     from livekit.plugins import tavus
 
-    extra: dict[str, Any] = {"pal_id": settings.tavus_persona_id} if settings.tavus_persona_id \
-        else {}
+    extra: dict[str, Any] = (
+        {"pal_id": settings.tavus_persona_id} if settings.tavus_persona_id else {}
+    )
     if settings.tavus_replica_id:
         extra["face_id"] = settings.tavus_replica_id
-    return tavus.AvatarSession(api_key=settings.tavus_api_key or "",
-                               avatar_participant_identity=identity, **extra)
+    return tavus.AvatarSession(
+        api_key=settings.tavus_api_key or "", avatar_participant_identity=identity, **extra
+    )
 
 
 class Avatar:
@@ -94,13 +108,22 @@ class Avatar:
 
     def _unavailable(self, provider: str, reason: str, detail: str) -> None:
         log.warning("avatar %s unavailable (%s): %s; voice only", provider, reason, detail)
-        self.consultation.emit(AvatarUnavailable(**self.consultation.ids(), provider=provider,
-                                                 reason=reason, detail=detail, at=utcnow()))
+        self.consultation.emit(
+            AvatarUnavailable(
+                **self.consultation.ids(),
+                provider=provider,
+                reason=reason,
+                detail=detail,
+                at=utcnow(),
+            )
+        )
 
     async def start(self, agent_session: Any, room: rtc.Room, *, agent_identity: str) -> bool:
         """Start the configured avatar; False (voice only) when none is asked or it failed."""
         settings = self.consultation.settings
-        choice = choose(settings, speaks=self.consultation.role.speaks)
+        choice = choose(
+            settings, speaks=self.consultation.role.speaks, asked=self.consultation.avatar
+        )
         if choice is None:
             return False
         if not choice.usable:
@@ -108,9 +131,13 @@ class Avatar:
             return False
         try:
             avatar = build(choice.provider, settings, f"avatar-{agent_identity}"[:128])
-            await avatar.start(agent_session, room, livekit_url=settings.livekit_url,
-                               livekit_api_key=settings.livekit_api_key,
-                               livekit_api_secret=settings.livekit_api_secret)
+            await avatar.start(
+                agent_session,
+                room,
+                livekit_url=settings.livekit_url,
+                livekit_api_key=settings.livekit_api_key,
+                livekit_api_secret=settings.livekit_api_secret,
+            )
         except Exception as error:  # noqa: BLE001 - any provider failure means voice only
             self._unavailable(choice.provider, "start_failed", type(error).__name__)
             return False
@@ -122,8 +149,9 @@ class Avatar:
         try:
             await self._session.wait_for_join(timeout=JOIN_TIMEOUT)
         except TimeoutError:
-            self._unavailable(self.provider, "not_joined",
-                              f"the avatar did not join within {JOIN_TIMEOUT:.0f}s")
+            self._unavailable(
+                self.provider, "not_joined", f"the avatar did not join within {JOIN_TIMEOUT:.0f}s"
+            )
 
     def close(self) -> None:
         if self._since is not None and self._until is None:

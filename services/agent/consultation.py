@@ -103,6 +103,8 @@ class Consultation:
     rtc_room: rtc.Room | None = None
     language: str = "pt-BR"
     transcript: Transcript = field(default_factory=Transcript)
+    # The dispatch's avatar ("" = the deployment's MEDIAI_AGENT_AVATAR, "none" = voice only).
+    avatar: str = ""
     # Seconds an avatar was in the room (metered apart from the session).
     avatar_seconds: Callable[[], float] = lambda: 0.0
     _parts: dict[Any, Any] = field(default_factory=dict)

@@ -127,6 +127,7 @@ class Medical:
             nc=runtime.bus.nc,
             rtc_room=room,
             language=runtime.request.language,
+            avatar=runtime.request.avatar,
         )
         self._listener: RoomListener | None = None
         self._wake = asyncio.Event()

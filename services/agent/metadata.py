@@ -42,6 +42,12 @@ class JobMetadata:
         return [r.realtime] if r.realtime else [r.stt, r.llm, r.tts]
 
     @property
+    def avatar(self) -> str:
+        """The dispatch's avatar: "none", "bey", "tavus", or "" for the deployment's default
+        (dispatches recorded before the field existed decode as "")."""
+        return self.request.avatar
+
+    @property
     def providers(self) -> list[str]:
         return sorted({split_model(m)[0] for m in self.models})
 

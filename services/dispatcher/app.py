@@ -65,8 +65,9 @@ class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         return cls(**fields)
 
 
-class AgentCommandRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                          forbid_unknown_fields=True):
+class AgentCommandRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
     """``say`` speaks ``text`` now; ``update_instructions`` replaces the dispatch's
     instructions with ``text``; ``end`` is ``DELETE /v1/agents/{id}``."""
 
@@ -85,15 +86,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def publish_and_apply(bus: Bus, pool: asyncpg.Pool, data: Event, *, tenant: str,
-                            key: str) -> DispatchState | None:
+async def publish_and_apply(
+    bus: Bus, pool: asyncpg.Pool, data: Event, *, tenant: str, key: str
+) -> DispatchState | None:
     """Publish an event, then apply it to the read model at once (once: the read-model consumer
     skips it by id), so the caller reads its own write."""
-    event: Envelope = envelope(data, source=bus.source, tenant=tenant, subject=key,
-                               traceparent=current_traceparent())
+    event: Envelope = envelope(
+        data, source=bus.source, tenant=tenant, subject=key, traceparent=current_traceparent()
+    )
     ack = await bus.publish_envelope(event)
-    delivery = Delivery(consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq,
-                        deliveries=1)
+    delivery = Delivery(
+        consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq, deliveries=1
+    )
     return await consumers.apply(pool, event, delivery)
 
 
@@ -101,30 +105,46 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     return ApiError(str(error), code=error.code, status_code=error.status, details=error.details)
 
 
-@post("/v1/agents", operation_id="dispatchAgent", summary="Dispatch an agent to a room",
-      status_code=202)
-async def dispatch_agent(data: DispatchAgentRequest, tenant: Tenant, bus: Bus,
-                         pool: asyncpg.Pool, settings: Settings, catalog: Catalog) -> DispatchView:
+@post(
+    "/v1/agents",
+    operation_id="dispatchAgent",
+    summary="Dispatch an agent to a room",
+    status_code=202,
+)
+async def dispatch_agent(
+    data: DispatchAgentRequest,
+    tenant: Tenant,
+    bus: Bus,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    catalog: Catalog,
+) -> DispatchView:
     now = utcnow()
     usage_limits = await store.usage_limits_in_force(pool, tenant.id, now)
     try:
         request = decide_request(
-            data, catalog=catalog, dispatch_id=new_event_id(), now=now,
-            deadline_seconds=settings.agent_dispatch_deadline, usage_limits=usage_limits,
+            data,
+            catalog=catalog,
+            dispatch_id=new_event_id(),
+            now=now,
+            deadline_seconds=settings.agent_dispatch_deadline,
+            usage_limits=usage_limits,
         )
     except DispatchRejectedError as error:
         raise _rejected(error) from None
     await publish_and_apply(bus, pool, request, tenant=tenant.id, key=request.dispatch_id)
     # The answer is what was accepted: the consumers may already have moved the dispatch on.
-    accepted = evolve(None, envelope(request, source=bus.source, tenant=tenant.id,
-                                     subject=request.dispatch_id))
+    accepted = evolve(
+        None, envelope(request, source=bus.source, tenant=tenant.id, subject=request.dispatch_id)
+    )
     assert accepted is not None
     return DispatchView.of(accepted)
 
 
 @get("/v1/agents", operation_id="listAgents", summary="List a room's (or all) agent dispatches")
 async def list_agents(
-    tenant: Tenant, pool: asyncpg.Pool,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
     room: str | None = None,
     # "state" is a name Litestar reserves for the app state: the query parameter is mapped.
     state_filter: Annotated[
@@ -133,8 +153,7 @@ async def list_agents(
     ] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
 ) -> list[DispatchView]:
-    rows = await store.list_for_tenant(pool, tenant.id, room=room, state=state_filter,
-                                       limit=limit)
+    rows = await store.list_for_tenant(pool, tenant.id, room=room, state=state_filter, limit=limit)
     return [DispatchView.of(r) for r in rows]
 
 
@@ -150,45 +169,68 @@ async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> Dis
     return DispatchView.of(await _owned(pool, tenant, dispatch_id))
 
 
-@delete("/v1/agents/{dispatch_id:str}", operation_id="endAgent", status_code=202,
-        summary="End a dispatch: the agent says goodbye, reports its usage and leaves")
-async def end_agent(dispatch_id: str, tenant: Tenant, bus: Bus,
-                    pool: asyncpg.Pool) -> Response[DispatchView]:
+@delete(
+    "/v1/agents/{dispatch_id:str}",
+    operation_id="endAgent",
+    status_code=202,
+    summary="End a dispatch: the agent says goodbye, reports its usage and leaves",
+)
+async def end_agent(
+    dispatch_id: str, tenant: Tenant, bus: Bus, pool: asyncpg.Pool
+) -> Response[DispatchView]:
     state = await _owned(pool, tenant, dispatch_id)
     if state.state in TERMINAL:
         return Response(DispatchView.of(state), status_code=200)
     after = await publish_and_apply(
-        bus, pool,
-        AgentEndRequested(dispatch_id=dispatch_id, room=state.room, requested_by="api",
-                          requested_at=utcnow()),
-        tenant=tenant.id, key=dispatch_id,
+        bus,
+        pool,
+        AgentEndRequested(
+            dispatch_id=dispatch_id, room=state.room, requested_by="api", requested_at=utcnow()
+        ),
+        tenant=tenant.id,
+        key=dispatch_id,
     )
     return Response(DispatchView.of(after or state), status_code=202)
 
 
-@post("/v1/agents/{dispatch_id:str}/commands", operation_id="commandAgent", status_code=202,
-      summary="Send a running agent a command (say, update_instructions, end)")
-async def command_agent(dispatch_id: str, data: AgentCommandRequest, tenant: Tenant, bus: Bus,
-                        pool: asyncpg.Pool) -> CommandAccepted:
+@post(
+    "/v1/agents/{dispatch_id:str}/commands",
+    operation_id="commandAgent",
+    status_code=202,
+    summary="Send a running agent a command (say, update_instructions, end)",
+)
+async def command_agent(
+    dispatch_id: str, data: AgentCommandRequest, tenant: Tenant, bus: Bus, pool: asyncpg.Pool
+) -> CommandAccepted:
     state = await _owned(pool, tenant, dispatch_id)
     if state.state in TERMINAL:
-        raise ApiError(f"dispatch {dispatch_id!r} has {state.state}", code="dispatch_over",
-                       status_code=409)
+        raise ApiError(
+            f"dispatch {dispatch_id!r} has {state.state}", code="dispatch_over", status_code=409
+        )
     if data.command == "end":
         after = await publish_and_apply(
-            bus, pool,
-            AgentEndRequested(dispatch_id=dispatch_id, room=state.room, requested_by="api",
-                              requested_at=utcnow()),
-            tenant=tenant.id, key=dispatch_id,
+            bus,
+            pool,
+            AgentEndRequested(
+                dispatch_id=dispatch_id, room=state.room, requested_by="api", requested_at=utcnow()
+            ),
+            tenant=tenant.id,
+            key=dispatch_id,
         )
         return CommandAccepted(id=dispatch_id, command="end", state=(after or state).state)
     if not data.text.strip():
         raise ApiError(f"{data.command} needs a text", code="text_required")
     await bus.publish(
-        AgentCommandIssued(dispatch_id=dispatch_id, room=state.room, command=data.command,
-                           text=data.text, allow_interruptions=data.allow_interruptions,
-                           issued_at=utcnow()),
-        tenant=tenant.id, key=dispatch_id,
+        AgentCommandIssued(
+            dispatch_id=dispatch_id,
+            room=state.room,
+            command=data.command,
+            text=data.text,
+            allow_interruptions=data.allow_interruptions,
+            issued_at=utcnow(),
+        ),
+        tenant=tenant.id,
+        key=dispatch_id,
     )
     return CommandAccepted(id=dispatch_id, command=data.command, state=state.state)
 
@@ -200,19 +242,24 @@ def _dispatching(workers: WorkerPool) -> Any:
     async def run(app: Litestar) -> None:
         settings: Settings = app.state.settings
         bus: Bus = app.state.bus
-        async with api.LiveKitAPI(settings.livekit_url, settings.livekit_api_key,
-                                  settings.livekit_api_secret) as livekit:
-            dispatcher = consumers.Dispatcher(settings=settings, bus=bus, pool=app.state.pool,
-                                              livekit=livekit, workers=workers)
+        async with api.LiveKitAPI(
+            settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret
+        ) as livekit:
+            dispatcher = consumers.Dispatcher(
+                settings=settings, bus=bus, pool=app.state.pool, livekit=livekit, workers=workers
+            )
             # batch=1: nats-py's fetch holds a first message until its pull request expires
             # (up to a second) while it waits to fill a larger batch; a dispatch cannot wait.
             tasks = [
-                asyncio.create_task(Consumer(bus, consumers.READ_MODEL, dispatcher.on_read_model,
-                                             batch=1).run()),
-                asyncio.create_task(Consumer(bus, consumers.LAUNCHER, dispatcher.on_launcher,
-                                             batch=1).run()),
-                asyncio.create_task(Consumer(bus, consumers.SUPERVISION,
-                                             dispatcher.on_worker_exited, batch=1).run()),
+                asyncio.create_task(
+                    Consumer(bus, consumers.READ_MODEL, dispatcher.on_read_model, batch=1).run()
+                ),
+                asyncio.create_task(
+                    Consumer(bus, consumers.LAUNCHER, dispatcher.on_launcher, batch=1).run()
+                ),
+                asyncio.create_task(
+                    Consumer(bus, consumers.SUPERVISION, dispatcher.on_worker_exited, batch=1).run()
+                ),
                 asyncio.create_task(dispatcher.sweep_forever(), name="dispatcher-sweeper"),
             ]
             try:
@@ -241,9 +288,8 @@ def create_app(settings: Settings) -> Litestar:
         service="dispatcher",
         settings=settings,
         route_handlers=[dispatch_agent, list_agents, get_agent, end_agent, command_agent],
-        background=[_worker_pool(workers), _dispatching(workers),
-                    limits.project_usage_limits],
+        background=[_worker_pool(workers), _dispatching(workers), limits.project_usage_limits],
         dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "
-                    "from the event log, command it, end it.",
+        "from the event log, command it, end it.",
     )

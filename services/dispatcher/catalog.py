@@ -22,23 +22,43 @@ KINDS = ("stt", "llm", "tts", "realtime")
 MODELS: dict[str, tuple[str, ...]] = {
     "stt": (
         "google/gemini-3.5-transcribe-live",
-        "openai/gpt-4o-mini-transcribe", "openai/gpt-4o-transcribe", "openai/whisper-1",
+        "openai/gpt-4o-mini-transcribe",
+        "openai/gpt-4o-transcribe",
+        "openai/whisper-1",
     ),
     "llm": (
-        "google/gemini-2.5-flash", "google/gemini-2.5-pro", "google/gemini-2.5-flash-lite",
-        "google/gemini-3-flash-preview", "google/gemini-3-pro-preview",
-        "openai/gpt-4o-mini", "openai/gpt-4o", "openai/gpt-4.1", "openai/gpt-4.1-mini",
+        "google/gemini-2.5-flash",
+        "google/gemini-2.5-pro",
+        "google/gemini-2.5-flash-lite",
+        "google/gemini-3-flash-preview",
+        "google/gemini-3-pro-preview",
+        "openai/gpt-4o-mini",
+        "openai/gpt-4o",
+        "openai/gpt-4.1",
+        "openai/gpt-4.1-mini",
     ),
     "tts": (
-        "google/gemini-2.5-flash-preview-tts", "google/gemini-2.5-pro-preview-tts",
+        "google/gemini-2.5-flash-preview-tts",
+        "google/gemini-2.5-pro-preview-tts",
         "google/gemini-3.1-flash-tts-preview",
-        "openai/gpt-4o-mini-tts", "openai/tts-1", "openai/tts-1-hd",
+        "openai/gpt-4o-mini-tts",
+        "openai/tts-1",
+        "openai/tts-1-hd",
     ),
     "realtime": (
         "google/gemini-2.5-flash-native-audio-preview-12-2025",
         "google/gemini-3.1-flash-live-preview",
-        "openai/gpt-realtime", "openai/gpt-realtime-mini",
+        "openai/gpt-realtime",
+        "openai/gpt-realtime-mini",
     ),
+}
+
+# The avatars a dispatch may ask for, and the settings each provider needs ("none" needs none).
+# Named as the environment names them, so a refusal tells the operator what to set.
+AVATARS: dict[str, tuple[tuple[str, str], ...]] = {
+    "none": (),
+    "bey": (("BEY_API_KEY", "bey_api_key"), ("BEY_AVATAR_ID", "bey_avatar_id")),
+    "tavus": (("TAVUS_API_KEY", "tavus_api_key"), ("TAVUS_REPLICA_ID", "tavus_replica_id")),
 }
 
 
@@ -77,11 +97,13 @@ def load_roles(root: Path = ROLES_DIR) -> dict[str, RoleInfo]:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The roles and models a dispatch may name, and the defaults it gets."""
+    """The roles and models a dispatch may name, and the defaults it gets. ``avatars`` maps
+    each avatar a dispatch may ask for to the settings it still lacks (empty: usable)."""
 
     roles: dict[str, RoleInfo]
     models: dict[str, tuple[str, ...]]
     defaults: dict[str, str] = field(default_factory=dict)
+    avatars: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"none": ()})
 
     def resolve_model(self, kind: str, name: str | None) -> str | None:
         """The full ``provider/model`` for a requested name (a bare model name is accepted
@@ -96,12 +118,21 @@ class Catalog:
 
 
 def build_catalog(settings: Settings, roles: dict[str, RoleInfo] | None = None) -> Catalog:
-    defaults = {"stt": settings.agent_stt, "llm": settings.agent_llm, "tts": settings.agent_tts,
-                "realtime": settings.agent_realtime}
-    extra = tuple(m for m in settings.agent_models.split(",") if m)
-    models = {
-        kind: tuple(dict.fromkeys((*MODELS[kind], defaults[kind], *extra)))
-        for kind in KINDS
+    defaults = {
+        "stt": settings.agent_stt,
+        "llm": settings.agent_llm,
+        "tts": settings.agent_tts,
+        "realtime": settings.agent_realtime,
     }
-    return Catalog(roles=roles if roles is not None else load_roles(), models=models,
-                   defaults=defaults)
+    extra = tuple(m for m in settings.agent_models.split(",") if m)
+    models = {kind: tuple(dict.fromkeys((*MODELS[kind], defaults[kind], *extra))) for kind in KINDS}
+    avatars = {
+        name: tuple(env for env, attribute in needs if not getattr(settings, attribute))
+        for name, needs in AVATARS.items()
+    }
+    return Catalog(
+        roles=roles if roles is not None else load_roles(),
+        models=models,
+        defaults=defaults,
+        avatars=avatars,
+    )

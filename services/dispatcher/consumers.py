@@ -35,13 +35,25 @@ log = logging.getLogger(__name__)
 
 READ_MODEL = ConsumerSpec(
     durable="dispatcher-read-model",
-    events=(AgentDispatchRequested, AgentDispatched, AgentDispatchFailed, AgentEndRequested,
-            AgentSessionStarted, AgentSessionFailed, AgentSessionEnded),
+    events=(
+        AgentDispatchRequested,
+        AgentDispatched,
+        AgentDispatchFailed,
+        AgentEndRequested,
+        AgentSessionStarted,
+        AgentSessionFailed,
+        AgentSessionEnded,
+    ),
 )
 LAUNCHER = ConsumerSpec(
     durable="dispatcher-launcher",
-    events=(AgentDispatchRequested, AgentEndRequested, AgentDispatchFailed, AgentSessionFailed,
-            AgentSessionStarted),
+    events=(
+        AgentDispatchRequested,
+        AgentEndRequested,
+        AgentDispatchFailed,
+        AgentSessionFailed,
+        AgentSessionStarted,
+    ),
     # A dispatch has seconds to live: retry fast, and give up into a failure event.
     max_deliver=6,
     backoff=(0.2, 0.5, 1.0, 2.0, 3.0),
@@ -89,8 +101,9 @@ class Dispatcher:
     livekit: api.LiveKitAPI
     workers: WorkerPool
 
-    async def publish(self, data: Event, *, tenant: str, key: str,
-                      event_id: str | None = None) -> None:
+    async def publish(
+        self, data: Event, *, tenant: str, key: str, event_id: str | None = None
+    ) -> None:
         await self.bus.publish(data, tenant=tenant, key=key, event_id=event_id)
 
     # -- read model ------------------------------------------------------------------------
@@ -115,14 +128,20 @@ class Dispatcher:
             if state is not None and state.state in core.TERMINAL and state.joined_at is None:
                 # Joined after its dispatch had failed (too late): tell it to leave.
                 await self.publish(
-                    AgentEndRequested(dispatch_id=data.dispatch_id, room=data.room,
-                                      requested_by="dispatcher", requested_at=utcnow()),
-                    tenant=event.tenant, key=data.dispatch_id,
+                    AgentEndRequested(
+                        dispatch_id=data.dispatch_id,
+                        room=data.room,
+                        requested_by="dispatcher",
+                        requested_at=utcnow(),
+                    ),
+                    tenant=event.tenant,
+                    key=data.dispatch_id,
                     event_id=outcome_id(data.dispatch_id, "late-join"),
                 )
 
-    async def launch(self, event: Envelope, request: AgentDispatchRequested,
-                     delivery: Delivery) -> None:
+    async def launch(
+        self, event: Envelope, request: AgentDispatchRequested, delivery: Delivery
+    ) -> None:
         state = await store.load(self.pool, request.dispatch_id)
         if state is not None and state.state not in core.OPEN:
             return  # cancelled or already failed
@@ -132,9 +151,15 @@ class Dispatcher:
         # Right after start-up no worker may be registered yet, and LiveKit drops a job that no
         # worker can take: wait (within the deadline) for the pool to have one.
         if not await self.workers.wait_ready(remaining):
-            await self.fail(event.tenant, request.dispatch_id, request.room, request.role,
-                            "no_worker", "no agent worker was registered with LiveKit within "
-                            f"{self.settings.agent_dispatch_deadline}s")
+            await self.fail(
+                event.tenant,
+                request.dispatch_id,
+                request.room,
+                request.role,
+                "no_worker",
+                "no agent worker was registered with LiveKit within "
+                f"{self.settings.agent_dispatch_deadline}s",
+            )
             return
         room = livekit_room(event.tenant, request.room)
         metadata = CODEC.encode(event).decode()
@@ -148,21 +173,34 @@ class Dispatcher:
             if dispatch is None:
                 dispatch = await self.livekit.agent_dispatch.create_dispatch(
                     api.CreateAgentDispatchRequest(
-                        agent_name=self.settings.agent_name, room=room, metadata=metadata,
+                        agent_name=self.settings.agent_name,
+                        room=room,
+                        metadata=metadata,
                     )
                 )
         except LIVEKIT_ERRORS as error:
             if delivery.deliveries < LAUNCHER.max_deliver and utcnow() < request.deadline_at:
                 raise  # retried with backoff
-            await self.fail(event.tenant, request.dispatch_id, request.room, request.role,
-                            "livekit_unavailable", f"LiveKit did not accept the dispatch: "
-                            f"{type(error).__name__}")
+            await self.fail(
+                event.tenant,
+                request.dispatch_id,
+                request.room,
+                request.role,
+                "livekit_unavailable",
+                f"LiveKit did not accept the dispatch: {type(error).__name__}",
+            )
             return
         await self.publish(
-            AgentDispatched(dispatch_id=request.dispatch_id, room=request.room, role=request.role,
-                            livekit_dispatch_id=dispatch.id, agent_name=self.settings.agent_name,
-                            dispatched_at=utcnow()),
-            tenant=event.tenant, key=request.dispatch_id,
+            AgentDispatched(
+                dispatch_id=request.dispatch_id,
+                room=request.room,
+                role=request.role,
+                livekit_dispatch_id=dispatch.id,
+                agent_name=self.settings.agent_name,
+                dispatched_at=utcnow(),
+            ),
+            tenant=event.tenant,
+            key=request.dispatch_id,
             event_id=outcome_id(request.dispatch_id, "dispatched"),
         )
 
@@ -172,17 +210,30 @@ class Dispatcher:
             return
         try:
             await self.livekit.agent_dispatch.delete_dispatch(
-                state.livekit_dispatch_id, livekit_room(tenant, state.room))
+                state.livekit_dispatch_id, livekit_room(tenant, state.room)
+            )
         except LIVEKIT_ERRORS as error:
-            log.warning("could not delete LiveKit dispatch %s: %s", state.livekit_dispatch_id,
-                        type(error).__name__)
+            log.warning(
+                "could not delete LiveKit dispatch %s: %s",
+                state.livekit_dispatch_id,
+                type(error).__name__,
+            )
 
-    async def fail(self, tenant: str, dispatch_id: str, room: str, role: str, reason: str,
-                   detail: str) -> None:
+    async def fail(
+        self, tenant: str, dispatch_id: str, room: str, role: str, reason: str, detail: str
+    ) -> None:
         await self.publish(
-            AgentDispatchFailed(dispatch_id=dispatch_id, room=room, role=role, reason=reason,
-                                detail=detail, failed_at=utcnow()),
-            tenant=tenant, key=dispatch_id, event_id=outcome_id(dispatch_id, reason),
+            AgentDispatchFailed(
+                dispatch_id=dispatch_id,
+                room=room,
+                role=role,
+                reason=reason,
+                detail=detail,
+                failed_at=utcnow(),
+            ),
+            tenant=tenant,
+            key=dispatch_id,
+            event_id=outcome_id(dispatch_id, reason),
         )
 
     # -- supervision -----------------------------------------------------------------------
@@ -192,10 +243,15 @@ class Dispatcher:
         assert isinstance(data, AgentWorkerExited)
         how = f"signal {data.signal}" if data.signal else f"exit code {data.exit_code}"
         for state in await store.joined_on_worker(self.pool, data.worker_id):
-            await self.fail(state.tenant_id, state.dispatch_id, state.room, state.role,
-                            "worker_lost",
-                            f"the agent worker running the session died ({how}); "
-                            "dispatch again to get a new agent")
+            await self.fail(
+                state.tenant_id,
+                state.dispatch_id,
+                state.room,
+                state.role,
+                "worker_lost",
+                f"the agent worker running the session died ({how}); "
+                "dispatch again to get a new agent",
+            )
 
     # -- deadlines -------------------------------------------------------------------------
 
@@ -212,11 +268,14 @@ class Dispatcher:
         now = utcnow()
         deadline = self.settings.agent_dispatch_deadline
         for state in await store.past_deadline(self.pool, now):
-            detail = (f"no agent worker accepted the job within {deadline}s"
-                      if state.state == "dispatched"
-                      else f"the dispatch could not be handed to LiveKit within {deadline}s")
-            await self.fail(state.tenant_id, state.dispatch_id, state.room, state.role,
-                            "no_worker", detail)
+            detail = (
+                f"no agent worker accepted the job within {deadline}s"
+                if state.state == "dispatched"
+                else f"the dispatch could not be handed to LiveKit within {deadline}s"
+            )
+            await self.fail(
+                state.tenant_id, state.dispatch_id, state.room, state.role, "no_worker", detail
+            )
         for state in await store.ending_too_long(self.pool, now - END_GRACE):
             if state.dispatch_id not in ended:
                 ended.add(state.dispatch_id)

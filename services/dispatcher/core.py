@@ -25,19 +25,22 @@ from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
 
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
 Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
-Language = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$",
-                                       examples=["pt-BR", "en-US"])]
+Language = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", examples=["pt-BR", "en-US"])
+]
 
 OPEN = ("requested", "dispatched")
 TERMINAL = ("ended", "failed")
 
 
-class DispatchAgentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel",
-                           forbid_unknown_fields=True):
-    """The spec's DispatchAgentRequest, plus ``role``, ``realtime``, ``instructionsMode`` and
-    ``participant``. Models are ``<provider>/<model>`` or a bare model name; omitted ones get
-    the deployment's defaults. ``realtime`` (a model, or ``"default"``) replaces stt/llm/tts
-    with one speech-to-speech model."""
+class DispatchAgentRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """The spec's DispatchAgentRequest, plus ``role``, ``realtime``, ``instructionsMode``,
+    ``participant`` and ``avatar``. Models are ``<provider>/<model>`` or a bare model name;
+    omitted ones get the deployment's defaults. ``realtime`` (a model, or ``"default"``)
+    replaces stt/llm/tts with one speech-to-speech model. ``avatar`` is ``"none"``, ``"bey"``
+    or ``"tavus"``; omitted, the deployment's ``MEDIAI_AGENT_AVATAR``."""
 
     room: RoomName
     role: str = "generic"
@@ -49,13 +52,21 @@ class DispatchAgentRequest(msgspec.Struct, frozen=True, kw_only=True, rename="ca
     realtime: str | None = None
     language: Language = "pt-BR"
     participant: Identity | None = None
+    # A plain string, not a Literal: an unknown value gets our own 400 listing the valid ones.
+    avatar: str | None = None
 
 
 class DispatchRejectedError(Exception):
     """The request cannot be dispatched: an HTTP status, a stable code and the valid choices."""
 
-    def __init__(self, message: str, *, code: str, status: int = 400,
-                 details: list[dict[str, object]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int = 400,
+        details: list[dict[str, object]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code, self.status, self.details = code, status, details
 
@@ -82,9 +93,14 @@ def limit_notice(event: Envelope) -> UsageLimit | None:
     if not isinstance(data, UsageLimitReached | UsageLimitCleared) or data.threshold_percent != 100:
         return None
     return UsageLimit(
-        tenant_id=event.tenant, meter=data.meter, period_start=data.period_start,
-        period_end=data.period_end, in_force=isinstance(data, UsageLimitReached),
-        revision=data.revision, monthly_quantity=data.monthly_quantity, quantity=data.quantity,
+        tenant_id=event.tenant,
+        meter=data.meter,
+        period_start=data.period_start,
+        period_end=data.period_end,
+        in_force=isinstance(data, UsageLimitReached),
+        revision=data.revision,
+        monthly_quantity=data.monthly_quantity,
+        quantity=data.quantity,
     )
 
 
@@ -99,9 +115,14 @@ def evolve_limit(current: UsageLimit | None, notice: UsageLimit) -> UsageLimit:
 def blocking_limits(limits: Iterable[UsageLimit], now: datetime) -> list[UsageLimit]:
     """The caps that refuse a dispatch at ``now``: in force, and ``now`` inside their month (a
     new month starts clear without any event)."""
-    return sorted((limit for limit in limits
-                   if limit.in_force and limit.period_start <= now < limit.period_end),
-                  key=lambda limit: limit.meter)
+    return sorted(
+        (
+            limit
+            for limit in limits
+            if limit.in_force and limit.period_start <= now < limit.period_end
+        ),
+        key=lambda limit: limit.meter,
+    )
 
 
 def _instant(at: datetime) -> str:
@@ -111,19 +132,50 @@ def _instant(at: datetime) -> str:
 def _over_limit(blocking: list[UsageLimit]) -> DispatchRejectedError:
     meters = ", ".join(
         f"{limit.meter} ({limit.quantity} used, cap {limit.monthly_quantity})"
-        if limit.monthly_quantity is not None else limit.meter
+        if limit.monthly_quantity is not None
+        else limit.meter
         for limit in blocking
     )
     ends = _instant(max(limit.period_end for limit in blocking))
     return DispatchRejectedError(
         f"the clinic has reached its monthly usage cap on {meters}; agents can be dispatched "
         f"again when the billing period ends at {ends}, or once the cap is raised",
-        code="usage_limit_reached", status=402,
-        details=[{"meter": limit.meter, "quantity": limit.quantity,
-                  "monthlyQuantity": limit.monthly_quantity,
-                  "periodStart": _instant(limit.period_start),
-                  "periodEnd": _instant(limit.period_end)} for limit in blocking],
+        code="usage_limit_reached",
+        status=402,
+        details=[
+            {
+                "meter": limit.meter,
+                "quantity": limit.quantity,
+                "monthlyQuantity": limit.monthly_quantity,
+                "periodStart": _instant(limit.period_start),
+                "periodEnd": _instant(limit.period_end),
+            }
+            for limit in blocking
+        ],
     )
+
+
+def decide_avatar(asked: str | None, catalog: Catalog) -> str:
+    """The avatar a dispatch records: "" when none was asked (the agent applies the
+    deployment's default, falling back to voice only with an event if it cannot), else the one
+    asked, refused now (400) when unknown or when its provider's settings are missing: a clinic
+    that asks for a face explicitly is told at once rather than by a silent voice-only call."""
+    if asked is None:
+        return ""
+    if asked not in catalog.avatars:
+        raise DispatchRejectedError(
+            f"unknown avatar {asked!r}: one of {', '.join(catalog.avatars)}",
+            code="unknown_avatar",
+            details=[{"field": "avatar", "value": asked, "valid": list(catalog.avatars)}],
+        )
+    missing = catalog.avatars[asked]
+    if missing:
+        raise DispatchRejectedError(
+            f"avatar {asked!r} is not available in this deployment: {', '.join(missing)} not set",
+            code="avatar_unavailable",
+            details=[{"field": "avatar", "value": asked, "missing": list(missing)}],
+        )
+    return asked
 
 
 def decide_request(
@@ -143,15 +195,19 @@ def decide_request(
     role = catalog.roles.get(request.role)
     if role is None:
         raise DispatchRejectedError(
-            f"unknown role {request.role!r}", code="unknown_role",
+            f"unknown role {request.role!r}",
+            code="unknown_role",
             details=[{"field": "role", "valid": sorted(catalog.roles)}],
         )
     if request.instructions.strip() and role.instructions == "none":
-        raise DispatchRejectedError(f"role {role.name!r} does not take instructions",
-                                    code="instructions_not_allowed")
+        raise DispatchRejectedError(
+            f"role {role.name!r} does not take instructions", code="instructions_not_allowed"
+        )
     if request.instructions_mode == "replace" and role.instructions != "replace":
-        raise DispatchRejectedError(f"role {role.name!r} does not allow replacing its instructions",
-                                    code="instructions_not_allowed")
+        raise DispatchRejectedError(
+            f"role {role.name!r} does not allow replacing its instructions",
+            code="instructions_not_allowed",
+        )
     models: dict[str, str] = {}
     unknown: list[dict[str, object]] = []
     kinds = ("realtime",) if request.realtime else ("stt", "llm", "tts")
@@ -166,8 +222,10 @@ def decide_request(
             models[kind] = resolved
     if unknown:
         names = ", ".join(f"{u['field']}={u['value']!r}" for u in unknown)
-        raise DispatchRejectedError(f"unknown model: {names}", code="unknown_model",
-                                    details=unknown)
+        raise DispatchRejectedError(
+            f"unknown model: {names}", code="unknown_model", details=unknown
+        )
+    avatar = decide_avatar(request.avatar, catalog)
     return AgentDispatchRequested(
         dispatch_id=dispatch_id,
         room=request.room,
@@ -178,6 +236,7 @@ def decide_request(
         participant=request.participant or "",
         requested_at=now,
         deadline_at=now + timedelta(seconds=deadline_seconds),
+        avatar=avatar,
         **models,
     )
 
@@ -208,10 +267,12 @@ class DispatchState(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: datetime | None = None
 
 
-def _end(state: DispatchState, *, failed: bool, reason: str, detail: str,
-         at: datetime) -> DispatchState:
-    return msgspec.structs.replace(state, state="failed" if failed else "ended", reason=reason,
-                                   detail=detail, ended_at=at)
+def _end(
+    state: DispatchState, *, failed: bool, reason: str, detail: str, at: datetime
+) -> DispatchState:
+    return msgspec.structs.replace(
+        state, state="failed" if failed else "ended", reason=reason, detail=detail, ended_at=at
+    )
 
 
 def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None:
@@ -222,29 +283,56 @@ def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None
         if state is not None:
             return state
         return DispatchState(
-            dispatch_id=data.dispatch_id, tenant_id=event.tenant, room=data.room, role=data.role,
-            state="requested", language=data.language, stt=data.stt, llm=data.llm, tts=data.tts,
-            realtime=data.realtime, requested_at=data.requested_at, deadline_at=data.deadline_at,
+            dispatch_id=data.dispatch_id,
+            tenant_id=event.tenant,
+            room=data.room,
+            role=data.role,
+            state="requested",
+            language=data.language,
+            stt=data.stt,
+            llm=data.llm,
+            tts=data.tts,
+            realtime=data.realtime,
+            requested_at=data.requested_at,
+            deadline_at=data.deadline_at,
         )
     if state is None or state.state in TERMINAL:
         return state
     replace = msgspec.structs.replace
     if isinstance(data, AgentDispatched):
         new = "dispatched" if state.state == "requested" else state.state
-        return replace(state, state=new, livekit_dispatch_id=data.livekit_dispatch_id,
-                       dispatched_at=data.dispatched_at)
+        return replace(
+            state,
+            state=new,
+            livekit_dispatch_id=data.livekit_dispatch_id,
+            dispatched_at=data.dispatched_at,
+        )
     if isinstance(data, AgentSessionStarted):
-        return replace(state, state="joined", joined_at=data.started_at,
-                       agent_identity=data.agent_identity, worker_id=data.worker_id)
+        return replace(
+            state,
+            state="joined",
+            joined_at=data.started_at,
+            agent_identity=data.agent_identity,
+            worker_id=data.worker_id,
+        )
     if isinstance(data, AgentEndRequested):
         if state.state in OPEN:  # nobody there yet: cancelling is ending
-            return _end(replace(state, end_requested_at=data.requested_at), failed=False,
-                        reason="cancelled", detail="ended before an agent joined",
-                        at=data.requested_at)
+            return _end(
+                replace(state, end_requested_at=data.requested_at),
+                failed=False,
+                reason="cancelled",
+                detail="ended before an agent joined",
+                at=data.requested_at,
+            )
         return replace(state, end_requested_at=state.end_requested_at or data.requested_at)
     if isinstance(data, AgentSessionEnded):
-        return _end(state, failed=data.reason == "error", reason=data.reason, detail=data.detail,
-                    at=data.ended_at)
+        return _end(
+            state,
+            failed=data.reason == "error",
+            reason=data.reason,
+            detail=data.detail,
+            at=data.ended_at,
+        )
     if isinstance(data, AgentSessionFailed):
         return _end(state, failed=True, reason=data.reason, detail=data.detail, at=data.failed_at)
     if isinstance(data, AgentDispatchFailed):
@@ -252,8 +340,9 @@ def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None
     return state
 
 
-def worker_lost(state: DispatchState, *, worker_id: str, detail: str,
-                at: datetime) -> DispatchState:
+def worker_lost(
+    state: DispatchState, *, worker_id: str, detail: str, at: datetime
+) -> DispatchState:
     """A joined dispatch whose worker died: failed, ``worker_lost``. It is not re-dispatched:
     a consultation cannot resume mid-sentence with a new agent that heard nothing; the caller
     decides whether to dispatch again."""

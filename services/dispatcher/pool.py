@@ -69,8 +69,11 @@ class PoolWorker:
 
     def view(self, now: float) -> pool_core.WorkerView:
         return pool_core.WorkerView(
-            worker_id=self.worker_id, registered=self.registered, load=self.load,
-            active_jobs=self.active_jobs, idle_seconds=now - self.idle_since,
+            worker_id=self.worker_id,
+            registered=self.registered,
+            load=self.load,
+            active_jobs=self.active_jobs,
+            idle_seconds=now - self.idle_since,
             stopping=self.stopping,
         )
 
@@ -109,8 +112,10 @@ class WorkerPool:
             await asyncio.Event().wait()  # nothing to run; stay up like the other loops
         self.bus = bus
         subscription = await bus.js.subscribe(
-            subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT), cb=self._on_registered,
-            ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT),
+            cb=self._on_registered,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         )
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
@@ -133,8 +138,10 @@ class WorkerPool:
             await self.start_worker("restart", attempt)
         decision = pool_core.plan(
             [w.view(now) for w in self.workers.values()],
-            minimum=self.settings.agent_pool_min, maximum=self.settings.agent_pool_max,
-            scale_up_load=self.settings.agent_scale_up_load, restarting=len(self._restarts),
+            minimum=self.settings.agent_pool_min,
+            maximum=self.settings.agent_pool_max,
+            scale_up_load=self.settings.agent_scale_up_load,
+            restarting=len(self._restarts),
         )
         for _ in range(decision.start):
             await self.start_worker(decision.reason, 0)
@@ -146,25 +153,51 @@ class WorkerPool:
         port = _free_port(self.settings.host)
         log_dir = self.settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **to_environ(self.settings), "HF_HUB_OFFLINE": "1",
-               "MEDIAI_AGENT_WORKER_ID": worker_id}
+        env = {
+            **os.environ,
+            **to_environ(self.settings),
+            "HF_HUB_OFFLINE": "1",
+            "MEDIAI_AGENT_WORKER_ID": worker_id,
+        }
         with (log_dir / f"agent-worker-{worker_id}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "deploy", "agent-worker",
-                "--worker-id", worker_id, "--http-port", str(port),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                sys.executable,
+                "-m",
+                "deploy",
+                "agent-worker",
+                "--worker-id",
+                worker_id,
+                "--http-port",
+                str(port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
-        worker = PoolWorker(worker_id=worker_id, process=process, http_port=port,
-                            started=time.monotonic(), attempt=attempt)
+        worker = PoolWorker(
+            worker_id=worker_id,
+            process=process,
+            http_port=port,
+            started=time.monotonic(),
+            attempt=attempt,
+        )
         self.workers[worker_id] = worker
         monitor = asyncio.create_task(self._monitor(worker), name=f"pool-{worker_id}")
         self._monitors.add(monitor)
         monitor.add_done_callback(self._monitors.discard)
         log.info("pool: started agent worker %s (pid %d, %s)", worker_id, process.pid, reason)
-        await self._publish(AgentWorkerStarted(worker_id=worker_id, pid=process.pid, reason=reason,
-                                               attempt=attempt, started_at=datetime.now(UTC)),
-                            key=worker_id)
+        await self._publish(
+            AgentWorkerStarted(
+                worker_id=worker_id,
+                pid=process.pid,
+                reason=reason,
+                attempt=attempt,
+                started_at=datetime.now(UTC),
+            ),
+            key=worker_id,
+        )
         return worker
 
     def stop_worker(self, worker_id: str) -> None:
@@ -189,14 +222,25 @@ class WorkerPool:
             attempt = pool_core.next_attempt(worker.attempt, uptime)
             delay = pool_core.restart_delay(attempt)
             self._restarts.append((time.monotonic() + delay, attempt))
-            log.error("pool: agent worker %s died (code %s); restarting in %.1fs",
-                      worker.worker_id, code, delay)
-        await self._publish(AgentWorkerExited(
-            worker_id=worker.worker_id, pid=worker.process.pid,
-            exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
-            expected=expected, uptime_seconds=round(uptime, 3), restart_delay_seconds=delay,
-            exited_at=datetime.now(UTC),
-        ), key=worker.worker_id)
+            log.error(
+                "pool: agent worker %s died (code %s); restarting in %.1fs",
+                worker.worker_id,
+                code,
+                delay,
+            )
+        await self._publish(
+            AgentWorkerExited(
+                worker_id=worker.worker_id,
+                pid=worker.process.pid,
+                exit_code=code if code >= 0 else None,
+                signal=-code if code < 0 else None,
+                expected=expected,
+                uptime_seconds=round(uptime, 3),
+                restart_delay_seconds=delay,
+                exited_at=datetime.now(UTC),
+            ),
+            key=worker.worker_id,
+        )
 
     async def _poll_loads(self, http: aiohttp.ClientSession) -> None:
         async def poll(worker: PoolWorker) -> None:

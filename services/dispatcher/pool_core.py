@@ -31,8 +31,14 @@ class Plan:
     stop: tuple[str, ...]  # workers to drain
 
 
-def plan(workers: list[WorkerView], *, minimum: int, maximum: int, scale_up_load: float,
-         restarting: int = 0) -> Plan:
+def plan(
+    workers: list[WorkerView],
+    *,
+    minimum: int,
+    maximum: int,
+    scale_up_load: float,
+    restarting: int = 0,
+) -> Plan:
     """What to do now. ``restarting`` counts dead workers waiting out their backoff (they are
     part of the pool: no new worker is started in their place)."""
     alive = [w for w in workers if not w.stopping]
@@ -41,11 +47,18 @@ def plan(workers: list[WorkerView], *, minimum: int, maximum: int, scale_up_load
         return Plan(start=minimum - size, reason="minimum", stop=())
     starting = [w for w in alive if not w.registered]
     reporting = [w for w in alive if w.registered and w.load is not None]
-    if (size < maximum and not starting and not restarting and reporting
-            and all(w.load is not None and w.load >= scale_up_load for w in reporting)):
+    if (
+        size < maximum
+        and not starting
+        and not restarting
+        and reporting
+        and all(w.load is not None and w.load >= scale_up_load for w in reporting)
+    ):
         return Plan(start=1, reason="scale_up", stop=())
-    idle = sorted((w for w in reporting if w.active_jobs == 0 and w.idle_seconds >= IDLE_SECONDS),
-                  key=lambda w: -w.idle_seconds)
+    idle = sorted(
+        (w for w in reporting if w.active_jobs == 0 and w.idle_seconds >= IDLE_SECONDS),
+        key=lambda w: -w.idle_seconds,
+    )
     if size > minimum and idle and not starting:
         # At most one at a time, and only if the others are not about to need it.
         others = [w for w in reporting if w.worker_id != idle[0].worker_id]

@@ -37,18 +37,23 @@ async def save(conn: Connection, state: DispatchState) -> None:
 async def for_tenant(pool: asyncpg.Pool, tenant_id: str, dispatch_id: str) -> DispatchState | None:
     row = await pool.fetchrow(
         "SELECT * FROM agent_dispatches WHERE dispatch_id = $1 AND tenant_id = $2",
-        dispatch_id, tenant_id,
+        dispatch_id,
+        tenant_id,
     )
     return _state(row) if row else None
 
 
-async def list_for_tenant(pool: asyncpg.Pool, tenant_id: str, *, room: str | None,
-                          state: str | None, limit: int) -> list[DispatchState]:
+async def list_for_tenant(
+    pool: asyncpg.Pool, tenant_id: str, *, room: str | None, state: str | None, limit: int
+) -> list[DispatchState]:
     rows = await pool.fetch(
         "SELECT * FROM agent_dispatches WHERE tenant_id = $1"
         " AND ($2::text IS NULL OR room = $2) AND ($3::text IS NULL OR state = $3)"
         " ORDER BY requested_at DESC LIMIT $4",
-        tenant_id, room, state, limit,
+        tenant_id,
+        room,
+        state,
+        limit,
     )
     return [_state(r) for r in rows]
 
@@ -74,7 +79,8 @@ async def ending_too_long(pool: asyncpg.Pool, before: datetime) -> list[Dispatch
 
 async def joined_on_worker(pool: asyncpg.Pool, worker_id: str) -> list[DispatchState]:
     rows = await pool.fetch(
-        "SELECT * FROM agent_dispatches WHERE state = 'joined' AND worker_id = $1", worker_id,
+        "SELECT * FROM agent_dispatches WHERE state = 'joined' AND worker_id = $1",
+        worker_id,
     )
     return [_state(r) for r in rows]
 
@@ -86,12 +92,15 @@ def _limit(row: asyncpg.Record) -> UsageLimit:
     return msgspec.convert({c: row[c] for c in _LIMIT_COLUMNS}, UsageLimit)
 
 
-async def load_usage_limit(conn: Connection, tenant_id: str, meter: str,
-                           period_start: datetime) -> UsageLimit | None:
+async def load_usage_limit(
+    conn: Connection, tenant_id: str, meter: str, period_start: datetime
+) -> UsageLimit | None:
     row = await conn.fetchrow(
         "SELECT * FROM dispatch_usage_limits"
         " WHERE tenant_id = $1 AND meter = $2 AND period_start = $3",
-        tenant_id, meter, period_start,
+        tenant_id,
+        meter,
+        period_start,
     )
     return _limit(row) if row else None
 
@@ -111,13 +120,14 @@ async def save_usage_limit(conn: Connection, limit: UsageLimit) -> None:
     )
 
 
-async def usage_limits_in_force(pool: asyncpg.Pool, tenant_id: str,
-                                now: datetime) -> list[UsageLimit]:
+async def usage_limits_in_force(
+    pool: asyncpg.Pool, tenant_id: str, now: datetime
+) -> list[UsageLimit]:
     """The tenant's caps in force whose month has not ended (those of past months can never
     refuse again); ``core.blocking_limits`` decides."""
     rows = await pool.fetch(
-        "SELECT * FROM dispatch_usage_limits WHERE tenant_id = $1 AND in_force"
-        " AND period_end > $2",
-        tenant_id, now,
+        "SELECT * FROM dispatch_usage_limits WHERE tenant_id = $1 AND in_force AND period_end > $2",
+        tenant_id,
+        now,
     )
     return [_limit(r) for r in rows]

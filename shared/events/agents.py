@@ -28,6 +28,8 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     whether they are appended to the role's template or replace it (when the role allows).
     They are configuration written by the clinic, not patient data, and are kept with the
     business log. ``participant`` is the identity the agent listens to ("" = the role's rule).
+    ``avatar`` is the face a speaking role shows: ``"bey"`` (Beyond Presence), ``"tavus"``,
+    ``"none"`` (voice only) or ``""`` (the deployment's ``MEDIAI_AGENT_AVATAR``).
     A dispatch that has not joined by ``deadline_at`` fails.
     """
 
@@ -46,6 +48,7 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     participant: str = ""
     requested_at: datetime
     deadline_at: datetime
+    avatar: str = ""
 
 
 class AgentDispatched(Event, frozen=True, kw_only=True):
