@@ -223,6 +223,22 @@ def _log_level(value: str) -> str:
 
 # Environment variable -> (Settings field, parser). The names follow the seeds and LiveKit's
 # own conventions where they exist (LIVEKIT_*, DATABASE_URL); ours start with MEDIAI_.
+# Every port of the local stack, each a setting ``MEDIAI_<NAME>_PORT`` and a field ``<name>_port``.
+PORT_NAMES = (
+    "gateway",
+    "nats",
+    "postgres",
+    "livekit",
+    "livekit_rtc_tcp",
+    "livekit_rtc_udp",
+    "token",
+    "rooms",
+    "webhooks",
+    "dispatcher",
+    "billing",
+    "scheduling",
+)
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_DATA_DIR": ("data_dir", Path),
     "MEDIAI_SERVICES": ("services", lambda v: tuple(s.strip() for s in v.split(",") if s.strip())),
@@ -275,23 +291,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_BILLING_AUDIT_LOOKBACK": ("billing_audit_lookback", parse_duration),
     "MEDIAI_ROOMS_RECONCILE_INTERVAL": ("rooms_reconcile_interval", parse_duration),
     "MEDIAI_ROOMS_EGRESS_TIMEOUT": ("rooms_egress_timeout", parse_duration),
-    **{
-        f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port)
-        for name in (
-            "gateway",
-            "nats",
-            "postgres",
-            "livekit",
-            "livekit_rtc_tcp",
-            "livekit_rtc_udp",
-            "token",
-            "rooms",
-            "webhooks",
-            "dispatcher",
-            "billing",
-            "scheduling",
-        )
-    },
+    **{f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port) for name in PORT_NAMES},
 }
 
 

@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import subjects
 from shared.bus import Bus
-from shared.config import Settings
+from shared.config import PORT_NAMES, Settings
 from shared.events import CODEC, Envelope, Event
 
 
@@ -26,23 +26,7 @@ def free_port() -> int:
 
 def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for a stack on free ports under ``data_dir``, as ``mediai up`` would run it."""
-    ports = {
-        f"{name}_port": free_port()
-        for name in (
-            "gateway",
-            "nats",
-            "postgres",
-            "livekit",
-            "livekit_rtc_tcp",
-            "livekit_rtc_udp",
-            "token",
-            "rooms",
-            "webhooks",
-            "dispatcher",
-            "billing",
-            "scheduling",
-        )
-    }
+    ports = {f"{name}_port": free_port() for name in PORT_NAMES}
     host = "127.0.0.1"
     values: dict[str, object] = {
         "data_dir": data_dir,
