@@ -82,7 +82,11 @@ def up() -> None:
                 '-H \'Content-Type: application/json\' -d \'{"room":"demo","identity":"patient-1"}\'\n'
                 "Ctrl-C stops everything.",
             )
+            watcher = asyncio.create_task(
+                stack.supervisor.report_exits(lambda line: click.echo(f"mediai: {line}", err=True))
+            )
             await waiter
+            watcher.cancel()
         else:
             waiter.cancel()
             if not start.done():

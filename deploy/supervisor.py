@@ -139,6 +139,17 @@ class Supervisor:
             if isinstance(result, BaseException):
                 raise result
 
+    async def report_exits(self, report: Callable[[str], None]) -> None:
+        """Until cancelled, report each part that exits on its own (a crash after it was
+        ready), naming its exit code and log. The rest of the stack keeps running."""
+
+        async def watch(part: Part) -> None:
+            assert part.process is not None
+            code = await part.process.wait()
+            report(f"{part.name} exited with code {code}; see {self.log_path(part)}")
+
+        await asyncio.gather(*(watch(p) for p in self.parts if p.process is not None))
+
     async def stop(self, budget: float = STOP_BUDGET_SECONDS) -> None:
         """Stop every part in reverse order; whatever is still running at its share of the
         budget gets SIGKILL, so the whole stop takes at most ``budget`` seconds."""

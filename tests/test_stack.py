@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from deploy.stack import child_environ
@@ -173,3 +174,25 @@ def test_without_go_or_livekit_url_the_build_says_how_to_fix_it(tmp_path: Path) 
         "mediai: LiveKit server: Go is not installed and LIVEKIT_URL is not set; install Go "
         "1.23+ (https://go.dev/dl) or set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
     ]
+
+
+async def test_a_part_that_crashes_is_reported_and_the_rest_keeps_running(
+    up_settings: Settings,
+) -> None:
+    settings = msgspec.structs.replace(up_settings, services=("token",))
+    process = await start_up(settings)
+    try:
+        parts = {
+            p["name"]: p for p in json.loads(mediai(settings, "status", "--json").stdout)["parts"]
+        }
+        os.kill(parts["token"]["pid"], signal.SIGKILL)
+        assert process.stdout is not None
+        async with asyncio.timeout(10):  # past the rest of the ready banner
+            while not (line := (await process.stdout.readline()).decode().strip()).startswith(
+                "mediai:"
+            ):
+                assert line or process.returncode is None
+        assert line == f"mediai: token exited with code -9; see {parts['token']['log']}"
+        assert alive(parts["gateway"]["pid"]) and alive(parts["nats"]["pid"])
+    finally:
+        await stop_up(process)
