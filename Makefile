@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test install system-packages livekit lint typecheck docs clean
+.PHONY: up test install livekit lint typecheck docs clean
 
 up: install livekit
 	$(UV) run mediai up
@@ -21,18 +21,12 @@ up: install livekit
 test: install livekit lint typecheck docs
 	$(UV) run pytest
 
-install: $(UV) system-packages
+install: $(UV)
 	$(UV) sync --frozen
 
 $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-
-# espeak-ng makes the speech the end-to-end tests' "patient" says.
-system-packages:
-	@command -v espeak-ng >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; fi; }
 
 # Builds the pinned LiveKit server once into ~/.cache/mediai (skipped when LIVEKIT_URL is set).
 livekit: install
