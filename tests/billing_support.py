@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.events import CODEC, Envelope
 from shared.tenants import create_tenant
+from tests.support import eventually
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,17 +67,15 @@ async def publish(bus: Bus, events: Sequence[Envelope], *, chunk: int = 200) -> 
 
 async def caught_up(bus: Bus, timeout: float = 60.0) -> None:
     """Wait until the live projection has applied and acknowledged everything published."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def idle() -> bool:
         try:
             info = await bus.js.consumer_info(USAGE_PROJECTION.stream, USAGE_PROJECTION.durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
         except nats.js.errors.NotFoundError:
-            pass  # the billing service has not created its consumer yet
-        if time.monotonic() > deadline:
-            raise TimeoutError("the billing projection did not catch up")
-        await asyncio.sleep(0.05)
+            return False  # the billing service has not created its consumer yet
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(idle, timeout)
 
 
 async def usage_totals(http: httpx.AsyncClient, start: str, end: str) -> dict[str, int]:

@@ -4,9 +4,8 @@ waiting for conditions."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +28,6 @@ ROLES = load_registry()
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait for a condition set by another task or process, failing after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - state changed elsewhere, polled
-            await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -15,6 +16,8 @@ from shared import subjects
 from shared.bus import Bus
 from shared.config import PORT_NAMES, Settings
 from shared.events import CODEC, Envelope, Event
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -43,6 +46,31 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     values["services"] = tuple(s for s in selected.split(",") if s)
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> None:
+    """Wait until ``condition()`` is true: state changed by another task or process, which
+    announces nothing to wait on; fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polled on purpose, see the docstring
+            await asyncio.sleep(step)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 15.0, step: float = 0.05
+) -> T:
+    """The first truthy result of ``await check()`` (a read model in another process, an HTTP
+    answer), polled until ``timeout``; the failure says the last value seen."""
+    result = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = await check()
+                if result:
+                    return result
+                await asyncio.sleep(step)
+    except TimeoutError:
+        raise AssertionError(f"still {result!r} after {timeout}s") from None
 
 
 class EventStream:

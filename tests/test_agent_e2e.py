@@ -42,7 +42,7 @@ from shared.events.agents import (
 )
 from shared.naming import SYSTEM_TENANT
 from tests.standin import OpenAIStandin
-from tests.support import EventStream, watch
+from tests.support import EventStream, until, watch
 
 pytestmark = pytest.mark.livekit
 
@@ -164,13 +164,6 @@ class Participant:
         await self.room.disconnect()
         for task in list(self._tasks):
             task.cancel()
-
-
-async def until(condition: Callable[[], object], timeout: float, step: float = 0.05) -> None:
-    """Wait for a condition (checked every ``step``), failing after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - state changed by other processes, polled
-            await asyncio.sleep(step)
 
 
 async def state_of(

@@ -7,8 +7,7 @@ import os
 import random
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from shared.events import DeadLettered
 from shared.events.agents import AgentUsageReported
 from tests import billing_script as script
 from tests.billing_support import caught_up, client, new_tenant, publish, usage_totals
-from tests.support import watch
+from tests.support import eventually, watch
 
 DAY = "2001-03-10"
 REPO = Path(__file__).resolve().parent.parent
@@ -144,19 +143,18 @@ class BillingProcess:
         self.pid = self.replacement.pid
         await self._until(lambda ready: ready)
 
-    async def _until(self, wanted: object, timeout: float = 30.0) -> None:
+    async def _until(self, wanted: Callable[[bool], bool], timeout: float = 30.0) -> None:
         url = f"http://{self.settings.host}:{self.settings.billing_port}/readyz"
-        deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1) as http:
-            while time.monotonic() < deadline:
+
+            async def changed() -> bool:
                 try:
                     ready = (await http.get(url)).status_code == 200
                 except httpx.HTTPError:
                     ready = False
-                if wanted(ready):  # type: ignore[operator]
-                    return
-                await asyncio.sleep(0.1)
-        raise TimeoutError("the billing service did not change state")
+                return wanted(ready)
+
+            await eventually(changed, timeout, step=0.1)
 
     async def stop(self) -> None:
         if self.replacement is not None and self.replacement.returncode is None:
@@ -199,15 +197,16 @@ async def test_a_consumer_killed_midway_and_restarted_counts_everything_once(
         " WHERE consumer = 'billing-usage'"
     )
     await publish(bus, events)
-    applied = 0
-    async with asyncio.timeout(60):
-        while applied < 200:
-            applied = await pool.fetchval(
-                "SELECT count(*) FROM consumer_inbox WHERE consumer = 'billing-usage'"
-                " AND stream_sequence > $1",
-                before,
-            )
-            await asyncio.sleep(0.01)
+
+    async def some_applied() -> bool:
+        applied: int = await pool.fetchval(
+            "SELECT count(*) FROM consumer_inbox WHERE consumer = 'billing-usage'"
+            " AND stream_sequence > $1",
+            before,
+        )
+        return applied >= 200
+
+    await eventually(some_applied, 60, step=0.01)
     await billing_process.kill()
     midway = await pool.fetchval(
         "SELECT count(*) FROM consumer_inbox WHERE consumer = 'billing-usage'"

@@ -12,7 +12,8 @@ from services.dispatcher.pool import WorkerPool
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events.agents import AgentWorkerExited, AgentWorkerRegistered, AgentWorkerStarted
-from tests.test_agent_e2e import alive_in_group, following, until
+from tests.support import until
+from tests.test_agent_e2e import alive_in_group, following
 
 pytestmark = pytest.mark.livekit
 

@@ -20,9 +20,9 @@ from shared.events.agents import AgentSessionStarted, AgentTranscribed, AgentUsa
 from shared.events.base import PHI_STREAM
 from shared.events.clinical import CopilotHintSent, CopilotHintWritten
 from shared.tenants import authenticate
-from tests.roles_support import consultation, tag, until
+from tests.roles_support import consultation, tag
 from tests.standin import OpenAIStandin
-from tests.support import watch
+from tests.support import until, watch
 
 pytestmark = pytest.mark.livekit
 

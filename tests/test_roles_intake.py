@@ -24,9 +24,9 @@ from shared.events.clinical import (
     RedFlagRaised,
 )
 from shared.tenants import authenticate
-from tests.roles_support import consultation, said, session_on, until
+from tests.roles_support import consultation, said, session_on
 from tests.standin import OpenAIStandin
-from tests.support import watch
+from tests.support import until, watch
 
 CONSENT_PHASE = consent.PHASE_HEADING.removeprefix("## ")
 

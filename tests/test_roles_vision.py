@@ -25,8 +25,9 @@ from services.agent.session import VideoClock
 from shared.bus import Bus
 from shared.config import Settings
 from shared.tenants import authenticate
-from tests.roles_support import consultation, session_on, tag, until
+from tests.roles_support import consultation, session_on, tag
 from tests.standin import OpenAIStandin
+from tests.support import until
 
 pytestmark = pytest.mark.livekit
 CONSENT = "Agora: consentimento"

@@ -35,8 +35,8 @@ from shared.events.rooms import (
     TrackMuted,
     TrackPublished,
 )
-from tests.support import watch
-from tests.test_webhooks import Seen, deliver, eventually, tenant_of, unique, webhook
+from tests.support import eventually, watch
+from tests.test_webhooks import Seen, deliver, tenant_of, unique, webhook
 
 pytestmark = pytest.mark.livekit
 

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from shared.bus import Bus, Delivery
 from shared.events import DeadLettered, envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.tenants import authenticate
-from tests.support import watch
+from tests.support import eventually, watch
 
 QUESTIONNAIRE = (
     Path(__file__).resolve().parent.parent
@@ -186,14 +185,6 @@ async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
     tenant = await authenticate(pool, tenant_key)
     assert tenant is not None
     return tenant.id
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    """Wait until ``probe()`` is true (the consumer stores records asynchronously and announces
-    nothing), or fail."""
-    async with asyncio.timeout(seconds):
-        while not await probe():  # noqa: ASYNC110 - polling an HTTP answer: no event to await
-            await asyncio.sleep(0.05)
 
 
 async def test_a_recorded_anamnesis_is_served_for_its_room_only(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +42,7 @@ from shared.events.rooms import (
     WebhooksDropped,
 )
 from shared.tenants import authenticate
-from tests.support import EventStream, free_port, watch
+from tests.support import EventStream, eventually, free_port, watch
 
 PATH = "/v1/webhooks/livekit"
 T = TypeVar("T")
@@ -296,20 +296,6 @@ async def test_webhooks_out_of_order_end_in_the_right_state(
     assert row["joined_at"] is not None
     assert row["name"] == "Ana"
     assert (await api.get(f"/v1/rooms/{gone}")).status_code == 404
-
-
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
-    """The first truthy result of ``await check()``, polled until ``timeout``."""
-    result = None
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"still {result!r} after {timeout}s") from None
 
 
 # --- NATS outage: a private NATS (and database), so the session's stack is left alone ---------
