@@ -26,6 +26,16 @@ def parse_duration(text: str) -> int:
     return amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def parse_size(text: str) -> int:
+    """Parse a size such as ``"64MiB"``, ``"512k"``, ``"1G"`` or ``"4096"`` into bytes (powers
+    of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 4096, 512KiB, 64MiB or 1GiB")
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    return amount * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a MediAI process needs, validated once at start-up and passed down."""
 
@@ -97,6 +107,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds a stopping worker gives its sessions to end gracefully (the local stack stops
     # within 10 s; production wants minutes, below the orchestrator's grace period).
     agent_drain_timeout: int = 3
+    # Bytes of unpublished session events the agent spool may hold on this data dir (events
+    # wait there while NATS is away; see docs/agents.md, "What survives what").
+    agent_spool_max_bytes: int = 64 * 1024 * 1024
 
     # The medical roles (services/agent, docs/agents-roles.md). Vision: the look_at_patient tool
     # (one camera frame on demand); streaming adds a frame every few seconds (off by default, as
@@ -275,6 +288,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
     "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
     "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
+    "MEDIAI_AGENT_SPOOL_MAX_BYTES": ("agent_spool_max_bytes", parse_size),
     # The names of the seeds (ENABLE_VISION, BEY_*, TAVUS_*) where they had one.
     "ENABLE_VISION": ("enable_vision", _bool),
     "ENABLE_VISION_STREAMING": ("enable_vision_streaming", _bool),

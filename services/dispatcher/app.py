@@ -275,7 +275,7 @@ def _dispatching(workers: WorkerPool) -> Any:
 
 def _worker_pool(workers: WorkerPool) -> Any:
     async def run(app: Litestar) -> None:
-        await workers.run(app.state.bus)
+        await workers.run(app.state.bus, app.state.pool)
 
     run.__name__ = "worker_pool"
     return run
