@@ -192,7 +192,9 @@ class Bus:
         try:
             await self.nc.drain()
         except (nats.errors.Error, TimeoutError):
-            await self.nc.close()
+            # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:

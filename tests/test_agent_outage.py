@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from tests.test_agent_e2e import (
     following,
     last_event,
     new_room,
+    registered_workers,
     speech,
     state_of,
 )
@@ -93,7 +95,12 @@ async def kill_nats(stack: Stack) -> None:
 
 
 async def start_nats(stack: Stack) -> None:
-    await stack.supervisor.start(nats_part(stack.settings))  # same port, same data folder
+    """NATS again on the same port and data, in its old place among the parts (so the stack
+    still stops it after the services)."""
+    parts = stack.supervisor.parts
+    place = next(i for i, part in enumerate(parts) if part.name == "nats")
+    await stack.supervisor.start(nats_part(stack.settings))
+    parts[place] = parts.pop()
 
 
 @pytest.fixture
@@ -108,6 +115,7 @@ async def outage(
     openai_standin.reset()
     assert stack.state is not None
     bus = await connect_bus(stack.settings, "tests")
+    await registered_workers(bus)  # a replacement may still be starting after the last test
     async with httpx.AsyncClient(
         base_url=stack.state.gateway_url,
         headers={"Authorization": f"Bearer {stack.state.dev_api_key}"},
@@ -219,11 +227,13 @@ async def test_a_session_ending_while_nats_is_away_reaches_the_log_once_it_is_ba
     tenant = ended_on_disk.tenant
 
     await start_nats(stack)
+    back = time.monotonic()
 
     async def ended() -> list[Envelope]:
         return await logged(bus, AgentSessionEnded, tenant, dispatch_id)
 
     (ended_event,) = await once_back(ended)  # exactly one, whatever was retried
+    print(f"NATS back -> session_ended on the log: {time.monotonic() - back:.2f}s")
     assert ended_event.id == ended_on_disk.id and ended_event.data.reason == "room_empty"
     reports = await logged(bus, AgentUsageReported, tenant, dispatch_id)
     ids = [r.id for r in reports]
@@ -261,8 +271,10 @@ async def test_a_worker_killed_while_nats_is_away_loses_at_most_one_usage_period
     tenant = unsent(journal)[0].tenant
 
     await start_nats(stack)
+    back = time.monotonic()
     # A replacement worker (the pool restarts it) publishes what the dead job left.
     await until(lambda: not journal.exists(), timeout=90)
+    print(f"NATS back -> the dead job's events published: {time.monotonic() - back:.2f}s")
     assert not journal.parent.exists()  # the dead worker's folder is gone with it
 
     async def failed() -> list[Envelope]:
