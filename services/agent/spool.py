@@ -61,17 +61,33 @@ def _same_file(path: Path, fd: int) -> bool:
         return False
 
 
+def _journal_entries(root: Path) -> Iterator[os.DirEntry[str]]:
+    # os.scandir, not Path.glob: this runs on every append, in the job's audio loop.
+    try:
+        with os.scandir(root) as entries:
+            folders = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                found = [e for e in entries if e.name.endswith(SUFFIX)]
+        except FileNotFoundError:
+            continue
+        yield from sorted(found, key=lambda e: e.name)
+
+
 def journals(root: Path) -> Iterator[Path]:
-    """Every journal under the spool, oldest worker folder first."""
-    return iter(sorted(root.glob(f"*/*{SUFFIX}")))
+    """Every journal under the spool, folder by folder."""
+    return (Path(entry.path) for entry in _journal_entries(root))
 
 
 def spooled_bytes(root: Path, *, besides: Path | None = None) -> int:
     total = 0
-    for path in journals(root):
-        if path != besides:
+    for entry in _journal_entries(root):
+        if besides is None or entry.path != str(besides):
             with contextlib.suppress(FileNotFoundError):
-                total += path.stat().st_size
+                total += entry.stat().st_size
     return total
 
 
