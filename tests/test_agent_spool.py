@@ -17,13 +17,9 @@ import pytest
 
 from deploy.stack import nats_part
 from deploy.supervisor import Supervisor
-from services.agent.spool import (
-    Journal,
-    WorkerSpool,
-    read_unsent,
-    refused_total,
-    spooled_bytes,
-)
+from services.agent.leftovers import WorkerSpool
+from services.agent.metrics import SpoolCollector
+from services.agent.spool import Journal, read_unsent, refused_total, spooled_bytes
 from shared import subjects
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
@@ -129,7 +125,8 @@ CHILD = """
 import sys, time
 from datetime import UTC, datetime
 from pathlib import Path
-from services.agent.spool import Journal, WorkerSpool
+from services.agent.leftovers import WorkerSpool
+from services.agent.spool import Journal
 from tests.test_agent_spool import transcript
 root, dispatch_id = Path(sys.argv[1]), sys.argv[2]
 worker = WorkerSpool(root, "dead-worker")
@@ -191,7 +188,12 @@ async def test_what_a_killed_job_left_is_published_once_by_another_worker(
         logged = await on_the_log(bus, AgentTranscribed, dispatch_id)
         assert [e.id for e in logged] == ids[2:]  # in order, each once (Msg-Id dedup)
         assert [e.data.text for e in logged] == [f"{SAID} ({n})" for n in (2, 3, 4)]
-        assert replacement.flushed == 3
+        served = {m.name: m.samples[0].value for m in SpoolCollector(replacement).collect()}
+        assert served == {
+            "mediai_agent_spool_bytes": 0,
+            "mediai_agent_spool_refused": 0,
+            "mediai_agent_spool_flushed": 3,
+        }
     finally:
         replacement.close()
         await bus.close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY
 
-from services.agent.spool import WorkerSpool
+from services.agent.leftovers import WorkerSpool
 
 
 class SpoolCollector:

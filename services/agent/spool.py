@@ -6,9 +6,7 @@ session, written only by the job process holding its ``flock``. Each line is one
 document, ``-{json}\\n``; its first byte becomes ``+`` once JetStream acknowledged it, and the
 journal is emptied each time everything in it was acknowledged (so in normal operation it holds
 at most the events in flight). A journal nobody holds (its process exited or was killed) is a
-leftover: a worker locks it, publishes its unsent lines in order with their own event ids
-(JetStream's Msg-Id window, and consumers by event id, drop what was already published) and
-deletes it.
+leftover, which a worker publishes (services/agent/leftovers.py).
 
 Lines go to the kernel with one ``pwrite`` and no ``fsync``: the page cache outlives a killed
 process, which is the failure this is for, and an ``fsync`` per event would stall the job's
@@ -21,7 +19,6 @@ ids and files only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import logging
@@ -30,8 +27,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.bus import Bus
-from shared.events import CODEC, Envelope, EventDecodeError
+from shared.events import CODEC, Envelope
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +41,7 @@ def spool_root(data_dir: Path) -> Path:
     return data_dir / SPOOL_DIR
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -53,7 +49,7 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _same_file(path: Path, fd: int) -> bool:
+def same_file(path: Path, fd: int) -> bool:
     """Whether ``path`` still names the file open as ``fd`` (not deleted or replaced since)."""
     try:
         return path.stat().st_ino == os.fstat(fd).st_ino
@@ -134,7 +130,7 @@ class Journal:
             # Between open and lock a sweeper could take the empty file for a leftover and
             # delete it: keep the lock only if the path still names this file.
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(path, fd):
+            if same_file(path, fd):
                 return cls(path, fd, root, max_bytes)
             os.close(fd)
         raise OSError(f"could not create a spool journal in {folder}")
@@ -218,92 +214,3 @@ def unsent_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
 def read_unsent(path: Path) -> list[Envelope]:
     """The events a journal still holds for JetStream (read-only: what a flush would send)."""
     return [CODEC.decode(document) for _, document in unsent_lines(path.read_bytes())]
-
-
-def _adopt(path: Path) -> tuple[int, bytes] | None:
-    """Lock a journal nobody holds: its open descriptor and contents, or None."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    if _try_lock(fd) and _same_file(path, fd):
-        return fd, os.pread(fd, os.fstat(fd).st_size, 0)
-    os.close(fd)
-    return None
-
-
-async def flush_journal(bus: Bus, path: Path) -> int | None:
-    """Publish a leftover journal's unsent events in order and delete it: the number published,
-    or None if someone holds it. BusUnavailableError (NATS away) leaves the rest for later."""
-    adopted = await asyncio.to_thread(_adopt, path)  # a journal can be megabytes
-    if adopted is None:
-        return None
-    fd, data = adopted
-    try:
-        published = 0
-        for offset, document in unsent_lines(data):
-            try:
-                event = CODEC.decode(document)
-            except EventDecodeError:
-                log.error("spool: %s: an undecodable line at %d is dropped", path.name, offset)
-                continue
-            await bus.publish_envelope(event)  # BusUnavailableError: stop here, keep the rest
-            os.pwrite(fd, SENT, offset)
-            published += 1
-        await asyncio.to_thread(path.unlink)
-        if published:
-            log.info("spool: published %d leftover events of %s", published, path.name)
-        return published
-    finally:
-        os.close(fd)
-
-
-class WorkerSpool:
-    """A worker's folder in the spool, locked for the worker's life (so sweepers can tell a
-    dead worker's folder from a live one), and the flushing of every leftover on the data dir."""
-
-    def __init__(self, root: Path, worker_id: str) -> None:
-        self.root, self.folder = root, root / worker_id
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        if not _try_lock(self._fd):
-            os.close(self._fd)
-            raise OSError(f"another live worker holds {self.folder}")
-        self.flushed = 0
-
-    def refused(self) -> int:
-        return refused_total(self.folder)
-
-    def bytes(self) -> int:
-        return spooled_bytes(self.root)
-
-    async def flush(self, bus: Bus) -> int:
-        """Publish what exited or killed jobs left (any worker's on this data dir); remove the
-        folders of dead workers once empty. BusUnavailableError when NATS went away meanwhile."""
-        published = 0
-        for path in journals(self.root):
-            published += await flush_journal(bus, path) or 0
-        self.flushed += published
-        for folder in self.root.iterdir():
-            if folder != self.folder and folder.is_dir():
-                _remove_if_dead(folder)
-        return published
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def _remove_if_dead(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        if not _try_lock(fd) or any(folder.glob(f"*{SUFFIX}")):
-            return  # its worker lives, or a leftover is still waiting
-        with contextlib.suppress(FileNotFoundError):
-            (folder / REFUSED_FILE).unlink()
-        with contextlib.suppress(OSError):  # not empty: a journal was just created there
-            folder.rmdir()
-    finally:
-        os.close(fd)

@@ -20,6 +20,7 @@ from typing import Any
 
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 
+from services.agent.leftovers import WorkerSpool
 from services.agent.metadata import JobMetadata, MetadataError, parse_metadata
 from services.agent.metrics import register_spool_metrics
 from services.agent.providers import (
@@ -31,7 +32,7 @@ from services.agent.providers import (
 from services.agent.reporter import Reporter
 from services.agent.roles import Role, RoleError, load_registry, render_instructions
 from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe, open_journal
-from services.agent.spool import WorkerSpool, spool_root
+from services.agent.spool import spool_root
 from services.agent.tools import TOOLS
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings, load_settings
@@ -68,8 +69,8 @@ def preload_modules(settings: Settings) -> list[str]:
 
 
 _PR_SET_PDEATHSIG = 1
-# How often the worker looks for leftovers in the spool (and so how soon after NATS is back
-# they are published); a round is a folder listing while there is nothing to do.
+# How often the worker looks for leftovers in the spool (so how soon after NATS is back, or after
+# a job died, they are published); a round is a folder listing while there is nothing to do.
 SPOOL_FLUSH_SECONDS = 1.0
 FINAL_FLUSH_SECONDS = 2.0
 
@@ -317,23 +318,6 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def flush_spool_forever(self) -> None:
-        """Publish what ended or killed jobs left in the spool (this worker's, or a dead
-        worker's on the same data dir): at start, and within a second of NATS being back."""
-        while True:
-            await self.flush_spool()
-            await asyncio.sleep(SPOOL_FLUSH_SECONDS)
-
-    async def flush_spool(self) -> None:
-        if not self.bus.nc.is_connected:
-            return  # nothing would be acknowledged; the next round after the reconnect
-        try:
-            await self.spool.flush(self.bus)
-        except BusUnavailableError:
-            log.warning("spool: NATS went away during a flush; the rest waits for it")
-        except OSError as error:
-            log.error("spool: flush failed: %s", type(error).__name__)
-
     async def drain(self) -> None:
         """Ask every session to end (goodbye, final usage), wait for them, then close."""
         for info in self.server.active_jobs:
@@ -359,9 +343,9 @@ class Worker:
                 self.settings.agent_drain_timeout,
             )
         await self.server.aclose()
-        # Jobs closed at the deadline may have left events: one last, bounded try.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush_spool(), FINAL_FLUSH_SECONDS)
+        if self.bus.nc.is_connected:  # jobs closed at the deadline may have left events
+            with contextlib.suppress(TimeoutError, BusUnavailableError, OSError):
+                await asyncio.wait_for(self.spool.flush(self.bus), FINAL_FLUSH_SECONDS)
 
 
 async def run_worker(
@@ -377,6 +361,9 @@ async def run_worker(
         log.warning(
             "agent worker: provider %s unavailable: %s; jobs asking for it fail", provider, problem
         )
+    # Fixed now, so the job processes (started later, with this environment) name this worker,
+    # not their own pid, in their events and spool folder.
+    os.environ[WORKER_ID_VARIABLE] = worker_id()
     try:
         spool = WorkerSpool(spool_root(settings.data_dir), worker_id())
     except OSError as error:
@@ -388,7 +375,9 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    flushing = asyncio.create_task(worker.flush_spool_forever(), name="mediai-spool")
+    flushing = asyncio.create_task(
+        spool.flush_forever(bus, SPOOL_FLUSH_SECONDS), name="mediai-spool"
+    )
     running = asyncio.create_task(worker.server.run(devmode=False))
     stopping = asyncio.create_task(stop.wait())
     try:
