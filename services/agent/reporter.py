@@ -39,6 +39,7 @@ class Reporter:
         self.bus, self.journal = bus, journal
         self.tenant, self.key, self.traceparent = tenant, key, traceparent
         self._queue: asyncio.Queue[tuple[Envelope, int | None]] = asyncio.Queue()
+        self._closed = False
         self._task = asyncio.create_task(self._send_forever(), name="mediai-reporter")
 
     def emit(self, data: Event) -> Envelope:
@@ -50,6 +51,11 @@ class Reporter:
             subject=self.key,
             traceparent=self.traceparent,
         )
+        if self._closed:  # e.g. a late callback of a closing session: nobody would send it
+            log.warning(
+                "reporter: %s %s emitted after the session closed; dropped", event.type, event.id
+            )
+            return event
         offset = self.journal.append(event)
         self._queue.put_nowait((event, offset))
         return event
@@ -77,6 +83,7 @@ class Reporter:
         """Publish what is queued within ``within``, then stop and release the journal: what
         is still unsent stays in it for the worker to publish once NATS is back."""
         await self.flush(within)
+        self._closed = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
