@@ -8,6 +8,7 @@ stream's window) and carries the trace context in the ``traceparent`` header. Co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
