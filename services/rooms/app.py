@@ -16,6 +16,7 @@ from services.rooms.reconcile import run_reconciler
 from shared.bus import Consumer
 from shared.config import Settings
 from shared.http import create_service_app
+from shared.idempotency import prune_idempotency_keys
 
 
 async def _project(app: Litestar) -> None:
@@ -45,7 +46,7 @@ def create_app(settings: Settings) -> Litestar:
             *routes_participants.HANDLERS,
             *routes_media.HANDLERS,
         ],
-        background=[_project, _reconcile],
+        background=[_project, _reconcile, prune_idempotency_keys],
         dependencies={"livekit": Provide(provide_livekit)},
         description="Rooms, participants, data messages, egress and ingress of the caller's "
         "tenant, through LiveKit. Reads answer from a read model kept by LiveKit's webhooks "
