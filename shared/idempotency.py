@@ -12,13 +12,12 @@ which JetStream's duplicate window and the consumers' inboxes drop. Once the key
 it is a new request with a new seed.
 
 A route opts in with ``idempotent(handler, ...)`` among the app's route handlers; a handler that
-creates takes ``ids: RequestIds``. Each service runs ``prune_idempotency_keys`` in the
-background. The table is ``shared.idempotency_store``.
+creates takes ``ids: RequestIds``. Each service runs ``KEY_PRUNER`` among its background
+tasks. The table is ``shared.idempotency_store``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -38,6 +37,7 @@ from litestar.params import Parameter
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from shared import idempotency_store as store
+from shared.background import every
 from shared.events import new_event_id
 from shared.http import ErrorBody, ErrorDetail
 from shared.tenants import authenticate
@@ -76,15 +76,13 @@ class RequestIds:
         return str(uuid.uuid5(self._seed, purpose))
 
 
-async def prune_idempotency_keys(app: Litestar) -> None:
-    """Background task (``create_service_app(background=[...])``): prune every few minutes."""
-    while True:
-        try:
-            if deleted := await store.prune(app.state.pool):
-                log.info("pruned %d expired idempotency keys", deleted)
-        except _DATABASE_ERRORS as error:
-            log.warning("idempotency keys not pruned: %s", type(error).__name__)
-        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+async def _prune(app: Litestar) -> None:
+    if deleted := await store.prune(app.state.pool):
+        log.info("pruned %d expired idempotency keys", deleted)
+
+
+# Each service that takes keys runs it among its background tasks.
+KEY_PRUNER = every("idempotency-key-pruner", PRUNE_EVERY_SECONDS, _prune)
 
 
 # --- the middleware ----------------------------------------------------------------------------
