@@ -97,6 +97,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_dispatch_deadline: int = 10
     # Seconds between usage reports of a running session (a crash loses at most one).
     agent_usage_period: int = 15
+    # Seconds a joined agent may be missing from its room, its session not ended, before its
+    # dispatch fails with worker_lost (a worker that died where the pool could not see it).
+    agent_lost_grace: int = 60
     # Seconds an agent waits for someone to join an empty room before it leaves.
     agent_empty_room_timeout: int = 300
     # The worker pool the dispatcher runs (0/0 when an orchestrator runs the workers instead).
@@ -297,6 +300,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_MODELS": ("agent_models", _models),
     "MEDIAI_AGENT_DISPATCH_DEADLINE": ("agent_dispatch_deadline", parse_duration),
     "MEDIAI_AGENT_USAGE_PERIOD": ("agent_usage_period", parse_duration),
+    "MEDIAI_AGENT_LOST_GRACE": ("agent_lost_grace", parse_duration),
     "MEDIAI_AGENT_EMPTY_ROOM_TIMEOUT": ("agent_empty_room_timeout", parse_duration),
     "MEDIAI_AGENT_POOL_MIN": ("agent_pool_min", _non_negative_int),
     "MEDIAI_AGENT_POOL_MAX": ("agent_pool_max", _non_negative_int),

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from deploy.stack import child_environ
+from deploy.stack import StackState, child_environ
 from shared.config import Settings
 from tests.support import stack_settings
 
@@ -196,3 +196,37 @@ async def test_a_part_that_crashes_is_reported_and_the_rest_keeps_running(
         assert alive(parts["gateway"]["pid"]) and alive(parts["nats"]["pid"])
     finally:
         await stop_up(process)
+
+
+async def test_readyz_shows_every_background_task_of_every_service(
+    stack: StackState, settings: Settings
+) -> None:
+    """Each service's background work is supervised task by task, and /readyz says how each is
+    doing (an outage names the dependency a task waits for: tests/faults)."""
+    expected = {
+        "rooms": {"outbox-relay", "read-model", "reconciler"},
+        "dispatcher": {
+            "outbox-relay",
+            "worker-pool",
+            "dispatcher-read-model",
+            "dispatcher-launcher",
+            "dispatcher-supervision",
+            "deadline-sweeper",
+            "lost-agent-sweeper",
+            "usage-limits",
+        },
+        "billing": {"outbox-relay", "usage-projection", "invoice-schedule"},
+    }
+    async with httpx.AsyncClient(timeout=5) as client:
+        running = set(settings.services) or set(expected)
+        for service, tasks in expected.items():
+            if service not in running:
+                continue
+            answer = await client.get(
+                f"http://{settings.host}:{settings.service_port(service)}/readyz"
+            )
+            body = answer.json()
+            assert answer.status_code == 200, body
+            assert set(body["tasks"]) == tasks
+            assert all(task["state"] == "running" for task in body["tasks"].values()), body
+            assert body["checks"] == {"nats": "ok", "postgres": "ok"}

@@ -273,6 +273,10 @@ async def _sweep(app: Litestar) -> None:
     await app.state.dispatcher.sweep()
 
 
+async def _sweep_lost(app: Litestar) -> None:
+    await app.state.dispatcher.sweep_lost_agents()
+
+
 def _worker_pool(workers: WorkerPool) -> BackgroundTask:
     async def run(app: Litestar) -> None:
         await workers.run(app.state.bus)
@@ -315,6 +319,7 @@ def create_app(settings: Settings) -> Litestar:
             _consumer(consumers.LAUNCHER),
             _consumer(consumers.SUPERVISION),
             every("deadline-sweeper", SWEEP_SECONDS, _sweep),
+            every("lost-agent-sweeper", max(1.0, settings.agent_lost_grace / 4), _sweep_lost),
             BackgroundTask("usage-limits", limits.project_usage_limits),
             KEY_PRUNER,
         ],
