@@ -217,7 +217,7 @@ async def test_readyz_shows_every_background_task_of_every_service(
     """Each service's background work is supervised task by task, and /readyz says how each is
     doing (an outage names the dependency a task waits for: tests/faults)."""
     expected = {
-        "rooms": {"outbox-relay", "read-model", "reconciler"},
+        "rooms": {"outbox-relay", "read-model", "reconciler", "idempotency-key-pruner"},
         "dispatcher": {
             "outbox-relay",
             "worker-pool",
@@ -227,8 +227,14 @@ async def test_readyz_shows_every_background_task_of_every_service(
             "deadline-sweeper",
             "lost-agent-sweeper",
             "usage-limits",
+            "idempotency-key-pruner",
         },
-        "billing": {"outbox-relay", "usage-projection", "invoice-schedule"},
+        "billing": {
+            "outbox-relay",
+            "usage-projection",
+            "invoice-schedule",
+            "idempotency-key-pruner",
+        },
     }
     async with httpx.AsyncClient(timeout=5) as client:
         running = set(settings.services) or set(expected)
