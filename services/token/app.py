@@ -14,10 +14,7 @@ from services.token.core import TokenRequestError, token_ttl
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, livekit_room
-
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+from shared.naming import Identity, RoomName, livekit_room
 
 
 class CreateTokenRequest(
