@@ -118,6 +118,10 @@ NAME_FIELDS: dict[str, tuple[str, str, dict[str, str], dict[str, Any] | None, st
         "POST", "/v1/tokens", {}, {"room": "c-1", "identity": f"p-1{NL}"}, "identity",
         "invalid_request",
     ),
+    "token role": (
+        "POST", "/v1/tokens", {}, {"room": "c-1", "identity": "p-1", "role": f"doctor{NL}"},
+        "role", "invalid_role",
+    ),
     "room create name": ("POST", "/v1/rooms", {}, {"name": f"c-1{NL}"}, "name", "invalid_request"),
     "room path": ("GET", "/v1/rooms/c-1%0A", {}, None, "", "invalid_room_name"),
     "participant path": (
