@@ -27,9 +27,6 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     PubAck,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -39,21 +36,17 @@ from shared import subjects
 from shared.config import Settings
 from shared.events import (
     CODEC,
-    DEADLETTER_STREAM,
-    EVENTS_STREAM,
-    PHI_STREAM,
     DeadLettered,
     Envelope,
     Event,
     EventDecodeError,
     envelope,
 )
+from shared.streams import create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, extract, inject, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
-
-DUPLICATE_WINDOW_SECONDS = 3600.0  # LiveKit retries webhooks for minutes; keep an hour
 
 
 class BusUnavailableError(Exception):
@@ -62,38 +55,6 @@ class BusUnavailableError(Exception):
 
 class PoisonMessageError(Exception):
     """Raised by a handler for a message that can never succeed: dead-letter it at once."""
-
-
-def stream_configs(settings: Settings) -> list[StreamConfig]:
-    """Every stream of the system. File storage, explicit retention, replicas per settings."""
-
-    def stream(name: str, max_age: float, description: str) -> StreamConfig:
-        return StreamConfig(
-            name=subjects.stream_name(name),
-            description=description,
-            subjects=[subjects.stream_subjects(name)],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=max_age,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            num_replicas=settings.nats_replicas,
-        )
-
-    return [
-        stream(EVENTS_STREAM, 0, "Business events; kept for billing audits (0 = no age limit)"),
-        stream(PHI_STREAM, float(settings.phi_retention), "Personal health data in transit"),
-        stream(DEADLETTER_STREAM, 0, "Messages consumers gave up on, for operators to replay"),
-    ]
-
-
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream; safe to call from every process at start-up."""
-    for config in stream_configs(settings):
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # The stream exists with another configuration: bring it to the declared one.
-            await js.update_stream(config)
 
 
 @dataclass
@@ -196,7 +157,7 @@ class Bus:
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
-    """Connect to NATS as ``service`` and make sure the streams exist."""
+    """Connect to NATS as ``service`` and create the streams that are missing (shared.streams)."""
     nc = await nats.connect(
         servers=settings.nats_url.split(","),
         name=f"mediai-{service}",
@@ -207,7 +168,7 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
     )
     js = nc.jetstream()
     if declare:
-        await ensure_streams(js, settings)
+        await create_missing_streams(js, stream_configs(settings))
     return Bus(nc=nc, js=js, source=f"mediai/{service}")
 
 
