@@ -40,23 +40,36 @@ async def _operator_bus(settings: Settings) -> Bus:
 @click.group(invoke_without_command=True)
 @click.pass_context
 def streams(context: click.Context) -> None:
-    """The streams: their settings, contents and differences from the declaration."""
+    """The streams: their settings, contents and differences from the declaration, and the
+    outbox rows waiting for them."""
     if context.invoked_subcommand is not None:
         return
+    import asyncpg
+
     from deploy.cli import fail, settings_or_exit
     from shared import streams as declared
+    from shared.db import create_pool
+    from shared.outbox import OutboxState, outbox_state
 
     settings = settings_or_exit()
 
-    async def main() -> list[declared.StreamStatus]:
+    async def main() -> tuple[list[declared.StreamStatus], OutboxState | str]:
         bus = await _operator_bus(settings)
         try:
-            return await declared.stream_status(bus.js, declared.stream_configs(settings))
+            statuses = await declared.stream_status(bus.js, declared.stream_configs(settings))
         finally:
             await bus.close()
+        try:
+            pool = await create_pool(settings, max_size=1)
+        except (OSError, asyncpg.PostgresError) as error:
+            return statuses, f"unknown (Postgres unreachable: {type(error).__name__})"
+        try:
+            return statuses, await outbox_state(pool)
+        finally:
+            await pool.close()
 
     try:
-        statuses = asyncio.run(main())
+        statuses, outbox = asyncio.run(main())
     except (OSError, TimeoutError):
         fail("cannot reach NATS at NATS_URL")
     for status in statuses:
@@ -65,6 +78,15 @@ def streams(context: click.Context) -> None:
             click.echo(f"  differs: {difference}")
     if any(status.info is None or status.differences for status in statuses):
         click.echo("run 'mediai streams apply' to apply the declaration")
+    if isinstance(outbox, str):
+        click.echo(f"outbox: {outbox}")
+        return
+    click.echo(f"outbox: {outbox.pending} pending, {outbox.set_aside_count} set aside")
+    for row in outbox.set_aside:
+        click.echo(
+            f"  set aside: position {row.position}  event {row.event_id}  "
+            f"written {row.created_at:%Y-%m-%d %H:%M:%S}  {row.reason[:100]}"
+        )
 
 
 @streams.command("apply")

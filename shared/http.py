@@ -216,7 +216,7 @@ Background = Callable[[Litestar], Any]
 
 
 async def _relay_outbox(app: Litestar) -> None:
-    await run_outbox_relay(app.state.pool, app.state.bus)
+    await run_outbox_relay(app.state.pool, app.state.bus, app.state.settings)
 
 
 async def _supervised(start: Background, app: Litestar) -> None:

@@ -216,6 +216,7 @@ async def test_streams_shows_each_stream_its_contents_and_its_differences(
     assert len(differs) == 3
     assert all("num_replicas declared 1, actual 3 (applying it weakens" in d for d in differs)
     assert "run 'mediai streams apply' to apply the declaration" in lines
+    assert "outbox: unknown (Postgres unreachable" in result.stdout
 
 
 async def test_apply_refuses_to_weaken_in_one_line_unless_allowed(
