@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -15,7 +14,7 @@ from litestar.params import Parameter
 
 from services.billing import admin, invoices, queries
 from services.billing.audit import PriceBookNotFoundError, run_audit
-from services.billing.consumers import USAGE_PROJECTION, usage_handler
+from services.billing.consumers import USAGE_PROJECTION, UsageProjector
 from services.billing.meters import DEFAULT
 from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
@@ -29,9 +28,12 @@ from services.billing.schemas import (
     UsageReport,
     UsageRow,
 )
-from shared.bus import Bus, Consumer
+from shared.background import BackgroundTask, every
+from shared.bus import Bus
 from shared.config import Settings
+from shared.consumer import Consumer
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
+from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -130,10 +132,26 @@ async def get_invoice(
     return found
 
 
+async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> AuditReport | None:
+    report = await pool.fetchval(
+        "SELECT report FROM billing.audits WHERE id = $1 AND tenant = $2", audit_id, tenant
+    )
+    return None if report is None else msgspec.convert(report, AuditReport)
+
+
 @post("/v1/audits", operation_id="createAudit", summary="Audit by replay of the stream")
 async def create_audit(
-    data: AuditRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, settings: Settings
+    data: AuditRequest,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    bus: Bus,
+    settings: Settings,
+    ids: RequestIds,
 ) -> AuditReport:
+    audit_id = f"aud-{ids.id('audit')}"
+    # A retry (same Idempotency-Key) of an audit that was recorded although its answer was lost.
+    if (earlier := await _stored_audit(pool, tenant.id, audit_id)) is not None:
+        return earlier
     zone = _zone(settings)
     if (data.price_plan is None) != (data.price_version is None):
         raise ApiError(
@@ -156,6 +174,7 @@ async def create_audit(
             zone=zone,
             lookback=timedelta(seconds=settings.billing_audit_lookback),
             what_if=what_if,
+            audit_id=audit_id,
         )
     except PriceBookNotFoundError as error:
         raise NotFoundError(str(error), code="price_book_not_found") from None
@@ -167,44 +186,46 @@ async def create_audit(
 
 @get("/v1/audits/{audit_id:str}", operation_id="getAudit", summary="A past audit's report")
 async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
-    report = await pool.fetchval(
-        "SELECT report FROM billing.audits WHERE id = $1 AND tenant = $2", audit_id, tenant.id
-    )
+    report = await _stored_audit(pool, tenant.id, audit_id)
     if report is None:
         raise NotFoundError(f"no audit {audit_id}")
-    return msgspec.convert(report, AuditReport)
+    return report
 
 
-def _projection(app: Litestar) -> Any:
+async def _projection(app: Litestar) -> None:
+    projector = UsageProjector(app.state.pool, _zone(app.state.settings))
+    await Consumer(app.state.bus, USAGE_PROJECTION, projector).run()
+
+
+async def _issue_due_invoices(app: Litestar) -> None:
+    """Issue last month's invoices once its grace period is over."""
     settings: Settings = app.state.settings
-    handler = usage_handler(app.state.pool, _zone(settings))
-    # Throughput over latency: usage may show a second late, a rebuild-sized backlog drains fast.
-    return Consumer(app.state.bus, USAGE_PROJECTION, handler, batch=64).run()
-
-
-async def _invoice_schedule(app: Litestar) -> None:
-    """Issue last month's invoices once its grace period is over (checked every few minutes)."""
-    settings: Settings = app.state.settings
-    while True:
-        try:
-            await invoices.issue_due(
-                app.state.pool,
-                datetime.now(UTC),
-                timedelta(seconds=settings.billing_invoice_grace),
-                _zone(settings),
-                DEFAULT,
-            )
-        except (asyncpg.PostgresError, OSError, PricingError) as error:
-            log.warning("invoice schedule: %s: %s", type(error).__name__, error)
-        await asyncio.sleep(INVOICE_CHECK_SECONDS)
+    await invoices.issue_due(
+        app.state.pool,
+        datetime.now(UTC),
+        timedelta(seconds=settings.billing_invoice_grace),
+        _zone(settings),
+        DEFAULT,
+    )
 
 
 def create_app(settings: Settings) -> Litestar:
     return create_service_app(
         service="billing",
         settings=settings,
-        route_handlers=[get_usage, get_limits, list_invoices, get_invoice, create_audit, get_audit],
-        background=[_projection, _invoice_schedule],
+        route_handlers=[
+            get_usage,
+            get_limits,
+            list_invoices,
+            get_invoice,
+            idempotent(create_audit),
+            get_audit,
+        ],
+        background=[
+            BackgroundTask("usage-projection", _projection),
+            every("invoice-schedule", INVOICE_CHECK_SECONDS, _issue_due_invoices),
+            KEY_PRUNER,
+        ],
         description=(
             "Usage metered from the event log (per minute, tenant, room, dispatch and meter), "
             "priced by versioned price books in integer cents, invoiced monthly, and auditable "
