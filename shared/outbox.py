@@ -34,10 +34,8 @@ import asyncpg
 import nats.errors
 
 from shared.bus import Bus, BusUnavailableError
-from shared.config import Settings
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
-from shared.pruning import PRUNE_INTERVAL_SECONDS, prune_bus_records
 from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -151,21 +149,14 @@ async def _set_aside(conn: Connection, row: asyncpg.Record, reason: str) -> None
         )
 
 
-async def run_outbox_relay(
-    pool: asyncpg.Pool, bus: Bus, settings: Settings, *, interval: float = 1.0
-) -> None:
+async def run_outbox_relay(pool: asyncpg.Pool, bus: Bus, *, interval: float = 1.0) -> None:
     """Relay forever (until cancelled); a NATS outage only delays events, never loses them.
-
-    Now and then it also prunes what the bus no longer needs (shared.pruning)."""
-    loop = asyncio.get_running_loop()
-    retry_set_aside, next_prune = True, loop.time()
+    The first round that gets the lock also retries the set-aside rows."""
+    retry_set_aside = True
     while True:
         try:
             if await relay_outbox(pool, bus, retry_set_aside=retry_set_aside) is not None:
                 retry_set_aside = False
-            if loop.time() >= next_prune:
-                await prune_bus_records(pool, settings)
-                next_prune = loop.time() + PRUNE_INTERVAL_SECONDS
         except (BusUnavailableError, nats.errors.Error, OSError, asyncpg.PostgresError) as error:
             log.warning("outbox relay paused: %s", type(error).__name__)
         await asyncio.sleep(interval)
