@@ -200,8 +200,10 @@ async def create_missing_streams(js: JetStreamContext, declared: Sequence[Stream
                 log.info("created stream %s", config.name)
                 continue
             except nats.js.errors.APIError:
-                # Another process created it a moment ago, perhaps with other settings.
-                info = await js.stream_info(str(config.name))
+                # Another process may have created it a moment ago, perhaps with other settings.
+                info = await _info(js, str(config.name))
+                if info is None:
+                    raise
         found = differences(config, info.config)
         if found:
             log.warning(

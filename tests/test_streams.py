@@ -72,9 +72,11 @@ def test_a_stream_as_declared_has_no_difference() -> None:
 # --- a real three-node cluster ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def cluster() -> AsyncIterator[Settings]:
-    """Three nats-server nodes (the stack's NATS part, clustered); settings declaring R3."""
+    """Three nats-server nodes (the stack's NATS part, clustered), new for each test (a stream
+    deleted and made again at once can trip over its own leftovers on a peer); settings
+    declaring R3."""
     base = Path(tempfile.mkdtemp(prefix="mediai-nats-cluster-"))
     clients, routes = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     route_urls = ",".join(f"nats://127.0.0.1:{port}" for port in routes)
@@ -120,11 +122,9 @@ async def cluster() -> AsyncIterator[Settings]:
 
 @pytest.fixture
 async def js(cluster: Settings) -> AsyncIterator[JetStreamContext]:
-    """A JetStream client on the cluster, every stream deleted first."""
+    """A JetStream client on the cluster."""
     bus = await connect_bus(cluster, "tests", declare=False)
     try:
-        for info in await bus.js.streams_info():
-            await bus.js.delete_stream(str(info.config.name))
         yield bus.js
     finally:
         await bus.close()
