@@ -36,6 +36,7 @@ import nats.errors
 from shared.bus import Bus, BusUnavailableError
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
+from shared.metrics import OUTBOX_SET_ASIDE
 from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ async def _set_aside(conn: Connection, row: asyncpg.Record, reason: str) -> None
         reason,
     )
     if row["set_aside_at"] is None:
+        OUTBOX_SET_ASIDE.inc()
         log.error(
             "outbox row %d (event %s) set aside, the relay goes on without it: %s;"
             " see 'mediai streams'",

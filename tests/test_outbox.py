@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 import pytest
 from nats.js.api import DiscardPolicy
+from prometheus_client import REGISTRY
 
 from deploy.stack import StackState, nats_part
 from deploy.supervisor import Supervisor
@@ -29,6 +30,10 @@ from shared.outbox import RELAY_LOCK, add_to_outbox, outbox_state, relay_outbox
 from shared.pruning import PRUNE_LOCK, Pruned, prune_bus_records
 from shared.streams import stream_configs
 from tests.support import eventually, free_port, private_database, watch
+
+
+def set_aside_count() -> float:
+    return REGISTRY.get_sample_value("mediai_outbox_set_aside_total") or 0.0
 
 
 def issued(n: int) -> TokenIssued:
@@ -152,6 +157,7 @@ async def test_a_row_that_cannot_be_decoded_is_set_aside_and_the_rest_goes_on(
         )
         after = [await write(pool, tenant, "k", n) for n in (2, 3)]
 
+        set_aside_before = set_aside_count()
         with caplog.at_level(logging.ERROR, logger="shared.outbox"):
             assert await relay_outbox(pool, bus) == 3
             assert [(await seen.next()).id for _ in range(3)] == [before, *after]
@@ -159,6 +165,7 @@ async def test_a_row_that_cannot_be_decoded_is_set_aside_and_the_rest_goes_on(
             assert await relay_outbox(pool, bus, retry_set_aside=True) == 0
 
     [line] = [r.getMessage() for r in caplog.records if r.name == "shared.outbox"]
+    assert set_aside_count() == set_aside_before + 1
     assert line.startswith(f"outbox row {bad} (event broken-1) set aside")
     assert "undecodable" in line
     state = await outbox_state(pool)
