@@ -24,6 +24,7 @@ import asyncpg
 
 from shared.background import every
 from shared.config import Settings
+from shared.db import Connection
 from shared.streams import DUPLICATE_WINDOW_SECONDS
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ async def prune_bus_records(pool: asyncpg.Pool, settings: Settings) -> Pruned | 
     return Pruned(outbox=outbox, inbox=inbox)
 
 
-async def _delete_in_batches(conn: Any, delete: str, keep_seconds: float) -> int:
+async def _delete_in_batches(conn: Connection, delete: str, keep_seconds: float) -> int:
     deleted = 0
     for _ in range(_BATCHES_PER_ROUND):
         status = await conn.execute(delete, keep_seconds, _BATCH)
