@@ -37,6 +37,7 @@ from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
+from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
 
@@ -308,7 +309,8 @@ def create_service_app(
     app's lifetime, each supervised on its own; their health is in ``/readyz``.
     """
     setup_telemetry(service, settings)
-    tasks = [_as_task(b) for b in (BackgroundTask("outbox-relay", _relay_outbox), *background)]
+    platform = (BackgroundTask("outbox-relay", _relay_outbox), BUS_PRUNER)
+    tasks = [_as_task(b) for b in (*platform, *background)]
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{service}: background task names must be unique: {names}")
