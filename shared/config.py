@@ -342,7 +342,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
     "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
     "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
-    "MEDIAI_AGENT_SPOOL_MAX_BYTES": ("agent_spool_max_bytes", parse_size),
+    "MEDIAI_AGENT_SPOOL_MAX_BYTES": ("agent_spool_max_bytes", _positive_size),
     # The names of the seeds (ENABLE_VISION, BEY_*, TAVUS_*) where they had one.
     "ENABLE_VISION": ("enable_vision", _bool),
     "ENABLE_VISION_STREAMING": ("enable_vision_streaming", _bool),
