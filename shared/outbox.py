@@ -29,13 +29,16 @@ async def add_to_outbox(
     tenant: str,
     key: str,
     time: datetime | None = None,
+    event_id: str | None = None,
 ) -> Envelope:
-    """Record an event to publish once the surrounding transaction commits."""
+    """Record an event to publish once the surrounding transaction commits; ``event_id`` (a
+    fresh UUIDv7 when None) lets a producer give a finding a deterministic id."""
     event = envelope(
         data,
         source=source,
         tenant=tenant,
         subject=key,
+        event_id=event_id,
         time=time,
         traceparent=current_traceparent(),
     )

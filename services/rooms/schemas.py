@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.track_core import TrackRow
 from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
 
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
