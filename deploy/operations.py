@@ -18,6 +18,9 @@ def register(cli: click.Group) -> None:
     from services.billing.cli import billing
 
     cli.add_command(billing)
+    from services.rooms.cli import rooms
+
+    cli.add_command(rooms)
 
 
 @click.group()
