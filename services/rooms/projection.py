@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
 from services.rooms import core, media_core, store, track_core
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.store import Row
 from services.rooms.track_core import TrackRow
 from shared.consumer import ConsumerSpec, Delivery
 from shared.db import Connection, projection
@@ -61,34 +62,42 @@ async def _room_sid(conn: Connection, tenant: str, room: str, sid: str) -> str:
     return open_room.sid if open_room else ""
 
 
-# --- rooms ------------------------------------------------------------------------------------
-
-
-async def _room(conn: Connection, sid: str, rule: Callable[[RoomRow | None], RoomRow]) -> None:
-    row = await store.load(conn, RoomRow, sid)
+async def _change(
+    conn: Connection, kind: type[Row], key: str, rule: Callable[[Row | None], Row]
+) -> None:
+    """Load one row under its lock, apply a rule of the pure core, write it if it changed."""
+    row = await store.load(conn, kind, key)
     await store.change(conn, row, rule(row))
 
 
-async def _room_started(conn: Connection, tenant: str, data: RoomStarted, at: datetime) -> None:
-    await _room(conn, data.room_sid, lambda row: core.on_room_started(row, data, tenant))
+# A rule of the pure core as a fold sees it: (row, event data, tenant, room sid, event time).
+Rule = Callable[[Any, Any, str, str, datetime], Any]
 
 
-async def _room_created(conn: Connection, tenant: str, data: RoomCreated, at: datetime) -> None:
-    await _room(conn, data.room_sid, lambda row: core.on_room_created(row, data, tenant))
+def _fold(
+    kind: type[Any], key: str, rule: Rule, *, room: Literal["", "event", "open"] = ""
+) -> Fold:
+    """The fold of an event that changes one row: ``kind`` keyed by the event's ``key`` field.
+    ``room``: find the room instance first, from the event's ``room_sid`` (recording a room
+    not seen yet) or as the open room of its name (action events name only the room)."""
 
+    async def fold(conn: Connection, tenant: str, data: Any, at: datetime) -> None:
+        room_sid = ""
+        if room:
+            named = data.room_sid if room == "event" else ""
+            room_sid = await _room_sid(conn, tenant, data.room, named)
+        await _change(
+            conn, kind, getattr(data, key), lambda row: rule(row, data, tenant, room_sid, at)
+        )
 
-async def _room_found(conn: Connection, tenant: str, data: RoomFound, at: datetime) -> None:
-    await _room(conn, data.room_sid, lambda row: core.on_room_found(row, data, tenant))
-
-
-async def _room_finished(conn: Connection, tenant: str, data: RoomFinished, at: datetime) -> None:
-    await _room(conn, data.room_sid, lambda row: core.on_room_finished(row, data, tenant))
+    return fold
 
 
 async def _room_deleted(conn: Connection, tenant: str, data: RoomDeleted, at: datetime) -> None:
     if data.room_sid:  # empty: the read model had no open room of that name
-        await _room(
+        await _change(
             conn,
+            RoomRow,
             data.room_sid,
             lambda row: core.on_room_deleted(
                 row, sid=data.room_sid, tenant=tenant, name=data.room, at=at
@@ -96,100 +105,19 @@ async def _room_deleted(conn: Connection, tenant: str, data: RoomDeleted, at: da
         )
 
 
-async def _room_presumed_finished(
-    conn: Connection, tenant: str, data: RoomPresumedFinished, at: datetime
-) -> None:
-    await _room(conn, data.room_sid, lambda row: core.on_room_presumed_finished(row, data, tenant))
-
-
-async def _room_reconciled(
-    conn: Connection, tenant: str, data: RoomReconciled, at: datetime
-) -> None:
-    """The old reconciliation's announcement (no longer published): what it closed, it had
-    closed at ``observed_at``."""
-    if data.room_gone:
-        room = await store.load(conn, RoomRow, data.room_sid)
-        if room is not None:
-            after = core.finish_room(room, at=data.observed_at, by=core.RECONCILE)
-            await store.change(conn, room, after)
-    for gone in data.participants_gone:
-        row = await store.load(conn, ParticipantRow, gone.participant_sid)
-        if row is not None:
-            after_leave = core.leave(row, at=data.observed_at, by=core.RECONCILE)
-            await store.change(conn, row, after_leave)
-
-
-# --- participants -----------------------------------------------------------------------------
-
-
-async def _participant(
-    conn: Connection, sid: str, rule: Callable[[ParticipantRow | None], ParticipantRow]
-) -> None:
-    row = await store.load(conn, ParticipantRow, sid)
-    await store.change(conn, row, rule(row))
-
-
-async def _participant_joined(
-    conn: Connection, tenant: str, data: ParticipantJoined, at: datetime
-) -> None:
-    room_sid = await _room_sid(conn, tenant, data.room, data.room_sid)
-    await _participant(
-        conn,
-        data.participant_sid,
-        lambda row: core.on_participant_joined(row, data, tenant, room_sid),
-    )
-
-
-async def _participant_left(
-    conn: Connection, tenant: str, data: ParticipantLeft, at: datetime
-) -> None:
-    room_sid = await _room_sid(conn, tenant, data.room, data.room_sid)
-    await _participant(
-        conn,
-        data.participant_sid,
-        lambda row: core.on_participant_left(row, data, tenant, room_sid),
-    )
-
-
-async def _participant_found(
-    conn: Connection, tenant: str, data: ParticipantFound, at: datetime
-) -> None:
-    await _room_sid(conn, tenant, data.room, data.room_sid)
-    await _participant(
-        conn, data.participant_sid, lambda row: core.on_participant_found(row, data, tenant)
-    )
-
-
-async def _participant_presumed_gone(
-    conn: Connection, tenant: str, data: ParticipantPresumedGone, at: datetime
-) -> None:
-    await _room_sid(conn, tenant, data.room, data.room_sid)
-    await _participant(
-        conn,
-        data.participant_sid,
-        lambda row: core.on_participant_presumed_gone(row, data, tenant),
-    )
+_UPDATE = _fold(
+    ParticipantRow,
+    "participant_sid",
+    lambda r, e, t, sid, _: core.on_participant_updated(r, e, t, sid),
+    room="open",
+)
 
 
 async def _participant_updated(
     conn: Connection, tenant: str, data: ParticipantUpdated, at: datetime
 ) -> None:
-    if not data.participant_sid:
-        return
-    room_sid = await _room_sid(conn, tenant, data.room, "")
-    await _participant(
-        conn,
-        data.participant_sid,
-        lambda row: core.on_participant_updated(row, data, tenant, room_sid),
-    )
-
-
-# --- tracks -----------------------------------------------------------------------------------
-
-
-async def _track(conn: Connection, sid: str, rule: Callable[[TrackRow | None], TrackRow]) -> None:
-    row = await store.load(conn, TrackRow, sid)
-    await store.change(conn, row, rule(row))
+    if data.participant_sid:  # empty: LiveKit's answer named no participant
+        await _UPDATE(conn, tenant, data, at)
 
 
 async def _track_published(
@@ -199,120 +127,116 @@ async def _track_published(
     participant = await store.load(conn, ParticipantRow, data.participant_sid)
     if participant is None:
         await store.save(conn, core.participant_from_track(data, tenant, room_sid))
-    await _track(
-        conn, data.track_sid, lambda row: track_core.on_track_published(row, data, tenant, room_sid)
-    )
-
-
-async def _track_unpublished(
-    conn: Connection, tenant: str, data: TrackUnpublished, at: datetime
-) -> None:
-    room_sid = data.room_sid or await _room_sid(conn, tenant, data.room, "")
-    await _track(
+    await _change(
         conn,
+        TrackRow,
         data.track_sid,
-        lambda row: track_core.on_track_unpublished(row, data, tenant, room_sid),
+        lambda row: track_core.on_track_published(row, data, tenant, room_sid),
     )
 
 
-async def _track_found(conn: Connection, tenant: str, data: TrackFound, at: datetime) -> None:
-    await _track(conn, data.track_sid, lambda row: track_core.on_track_found(row, data, tenant))
-
-
-async def _track_presumed_unpublished(
-    conn: Connection, tenant: str, data: TrackPresumedUnpublished, at: datetime
+async def _room_reconciled(
+    conn: Connection, tenant: str, data: RoomReconciled, at: datetime
 ) -> None:
-    await _track(
-        conn,
-        data.track_sid,
-        lambda row: track_core.on_track_presumed_unpublished(row, data, tenant),
-    )
-
-
-async def _track_muted(conn: Connection, tenant: str, data: TrackMuted, at: datetime) -> None:
-    room_sid = await _room_sid(conn, tenant, data.room, "")
-    await _track(
-        conn,
-        data.track_sid,
-        lambda row: track_core.on_track_muted(row, data, tenant, room_sid, at),
-    )
-
-
-# --- egress and ingress -----------------------------------------------------------------------
-
-
-async def _egress(
-    conn: Connection, tenant: str, data: EgressStarted | EgressUpdated | EgressEnded, at: datetime
-) -> None:
-    egress = await store.load(conn, EgressRow, data.egress_id)
-    await store.change(conn, egress, media_core.on_egress_event(egress, data, tenant))
-
-
-async def _egress_requested(
-    conn: Connection, tenant: str, data: EgressRequested, at: datetime
-) -> None:
-    egress = await store.load(conn, EgressRow, data.egress_id)
-    await store.change(conn, egress, media_core.on_egress_requested(egress, data, tenant, at))
-
-
-async def _egress_stop_requested(
-    conn: Connection, tenant: str, data: EgressStopRequested, at: datetime
-) -> None:
-    egress = await store.load(conn, EgressRow, data.egress_id)
-    await store.change(conn, egress, media_core.on_egress_stop_requested(egress, data, tenant))
-
-
-async def _ingress(
-    conn: Connection, tenant: str, data: IngressStarted | IngressEnded, at: datetime
-) -> None:
-    ingress = await store.load(conn, IngressRow, data.ingress_id)
-    await store.change(conn, ingress, media_core.on_ingress_event(ingress, data, tenant))
-
-
-async def _ingress_created(
-    conn: Connection, tenant: str, data: IngressCreated, at: datetime
-) -> None:
-    ingress = await store.load(conn, IngressRow, data.ingress_id)
-    await store.change(conn, ingress, media_core.on_ingress_created(ingress, data, tenant, at))
-
-
-async def _ingress_deleted(
-    conn: Connection, tenant: str, data: IngressDeleted, at: datetime
-) -> None:
-    ingress = await store.load(conn, IngressRow, data.ingress_id)
-    await store.change(conn, ingress, media_core.on_ingress_deleted(ingress, data, tenant, at))
+    """The old reconciliation's announcement (no longer published): what it closed, it had
+    closed at ``observed_at``."""
+    at = data.observed_at
+    if data.room_gone:
+        room = await store.load(conn, RoomRow, data.room_sid)
+        if room is not None:
+            await store.change(conn, room, core.finish_room(room, at=at, by=core.RECONCILE))
+    for gone in data.participants_gone:
+        row = await store.load(conn, ParticipantRow, gone.participant_sid)
+        if row is not None:
+            await store.change(conn, row, core.leave(row, at=at, by=core.RECONCILE))
 
 
 # How each event type changes the read model (inside the projection's transaction).
 APPLY: dict[type[Event], Fold] = {
     # LiveKit's webhooks
-    RoomStarted: _room_started,
-    RoomFinished: _room_finished,
-    ParticipantJoined: _participant_joined,
-    ParticipantLeft: _participant_left,
+    RoomStarted: _fold(RoomRow, "room_sid", lambda r, e, t, _, __: core.on_room_started(r, e, t)),
+    RoomFinished: _fold(RoomRow, "room_sid", lambda r, e, t, _, __: core.on_room_finished(r, e, t)),
+    ParticipantJoined: _fold(
+        ParticipantRow,
+        "participant_sid",
+        lambda r, e, t, sid, _: core.on_participant_joined(r, e, t, sid),
+        room="event",
+    ),
+    ParticipantLeft: _fold(
+        ParticipantRow,
+        "participant_sid",
+        lambda r, e, t, sid, _: core.on_participant_left(r, e, t, sid),
+        room="event",
+    ),
     TrackPublished: _track_published,
-    TrackUnpublished: _track_unpublished,
-    EgressStarted: _egress,
-    EgressUpdated: _egress,
-    EgressEnded: _egress,
-    IngressStarted: _ingress,
-    IngressEnded: _ingress,
-    # the API's actions
-    RoomCreated: _room_created,
+    TrackUnpublished: _fold(
+        TrackRow,
+        "track_sid",
+        lambda r, e, t, sid, _: track_core.on_track_unpublished(r, e, t, sid),
+        room="event",
+    ),
+    EgressStarted: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_event(r, e, t)
+    ),
+    EgressUpdated: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_event(r, e, t)
+    ),
+    EgressEnded: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_event(r, e, t)
+    ),
+    IngressStarted: _fold(
+        IngressRow, "ingress_id", lambda r, e, t, _, __: media_core.on_ingress_event(r, e, t)
+    ),
+    IngressEnded: _fold(
+        IngressRow, "ingress_id", lambda r, e, t, _, __: media_core.on_ingress_event(r, e, t)
+    ),
+    # the API's actions (applied at once by the edge too; the event's time is the action's)
+    RoomCreated: _fold(RoomRow, "room_sid", lambda r, e, t, _, __: core.on_room_created(r, e, t)),
     RoomDeleted: _room_deleted,
     ParticipantUpdated: _participant_updated,
-    TrackMuted: _track_muted,
-    EgressRequested: _egress_requested,
-    EgressStopRequested: _egress_stop_requested,
-    IngressCreated: _ingress_created,
-    IngressDeleted: _ingress_deleted,
+    TrackMuted: _fold(
+        TrackRow,
+        "track_sid",
+        lambda r, e, t, sid, at: track_core.on_track_muted(r, e, t, sid, at),
+        room="open",
+    ),
+    EgressRequested: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, at: media_core.on_egress_requested(r, e, t, at)
+    ),
+    EgressStopRequested: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_stop_requested(r, e, t)
+    ),
+    IngressCreated: _fold(
+        IngressRow, "ingress_id", lambda r, e, t, _, at: media_core.on_ingress_created(r, e, t, at)
+    ),
+    IngressDeleted: _fold(
+        IngressRow, "ingress_id", lambda r, e, t, _, at: media_core.on_ingress_deleted(r, e, t, at)
+    ),
     # the reconciliation's findings
-    RoomFound: _room_found,
-    RoomPresumedFinished: _room_presumed_finished,
-    ParticipantFound: _participant_found,
-    ParticipantPresumedGone: _participant_presumed_gone,
-    TrackFound: _track_found,
-    TrackPresumedUnpublished: _track_presumed_unpublished,
+    RoomFound: _fold(RoomRow, "room_sid", lambda r, e, t, _, __: core.on_room_found(r, e, t)),
+    RoomPresumedFinished: _fold(
+        RoomRow, "room_sid", lambda r, e, t, _, __: core.on_room_presumed_finished(r, e, t)
+    ),
+    ParticipantFound: _fold(
+        ParticipantRow,
+        "participant_sid",
+        lambda r, e, t, _, __: core.on_participant_found(r, e, t),
+        room="event",
+    ),
+    ParticipantPresumedGone: _fold(
+        ParticipantRow,
+        "participant_sid",
+        lambda r, e, t, _, __: core.on_participant_presumed_gone(r, e, t),
+        room="event",
+    ),
+    TrackFound: _fold(
+        TrackRow, "track_sid", lambda r, e, t, _, __: track_core.on_track_found(r, e, t)
+    ),
+    TrackPresumedUnpublished: _fold(
+        TrackRow,
+        "track_sid",
+        lambda r, e, t, _, __: track_core.on_track_presumed_unpublished(r, e, t),
+    ),
     RoomReconciled: _room_reconciled,
 }
 
