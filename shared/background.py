@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import metrics
 from shared.failures import unavailable_dependency
 
 log = logging.getLogger(__name__)
@@ -60,18 +61,19 @@ class TaskHealth:
             )
         self._set("running", "")
 
-    def waiting(self, dependency: str, error: BaseException) -> None:
-        """The task cannot go on until ``dependency`` is back (logged once per outage)."""
+    def waiting(self, dependency: str, why: BaseException | str) -> None:
+        """The task cannot go on until ``dependency`` is there (logged once per outage)."""
         if self.state != "waiting" or self.detail != dependency:
             log.warning(
-                "%s: waiting for %s (%s); holding its work until it is back",
+                "%s: waiting for %s (%s); holding its work until it is there",
                 self.name,
                 dependency,
-                type(error).__name__,
+                why if isinstance(why, str) else type(why).__name__,
             )
             self._set("waiting", dependency)
 
     def restarting(self, error: BaseException) -> None:
+        metrics.TASK_RESTARTS.labels(self.name).inc()
         self._set("restarting", type(error).__name__)
 
     def view(self) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class TaskHealth:
     def _set(self, state: str, detail: str) -> None:
         if (state, detail) != (self.state, self.detail):
             self.state, self.detail, self.since = state, detail, time.monotonic()
+            metrics.TASK_UP.labels(self.name).set(1 if state == "running" else 0)
 
     @staticmethod
     def current() -> TaskHealth:

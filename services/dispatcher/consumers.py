@@ -14,6 +14,7 @@ from livekit import api
 
 from services.dispatcher import core, store
 from services.dispatcher.pool import WorkerPool
+from shared import metrics
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import ConsumerSpec, Delivery, data_of
@@ -29,10 +30,13 @@ from shared.events.agents import (
     AgentSessionStarted,
     AgentWorkerExited,
 )
+from shared.failures import DependencyUnavailableError
 from shared.naming import livekit_room
 
 log = logging.getLogger(__name__)
 
+# The states a dispatch outcome metric counts (requested and dispatched are on the way).
+OUTCOMES = ("joined", "ended", "failed")
 # A joined agent asked to end gets this long to say goodbye before LiveKit is told to drop it.
 END_GRACE = timedelta(seconds=20)
 _IDS = uuid.UUID("6f1d3c1e-4a52-4d8e-9a55-0d1a5c7e2b10")
@@ -53,14 +57,28 @@ async def apply(
     pool: asyncpg.Pool, event: Envelope, delivery: Delivery
 ) -> core.DispatchState | None:
     """Apply one event to the read model, once (shared by the consumer and the HTTP edge)."""
+    before = after = None
     async with projection(pool, delivery, event.id) as conn:
         if conn is None:
             return await store.load(pool, event.subject)
         before = await store.load(conn, event.subject)
+        if core.needs_parking(before, event):
+            await store.park(conn, event.subject, delivery.stream_sequence, CODEC.encode(event))
+            return None
         after = core.evolve(before, event)
+        if before is None:  # the request: fold what arrived before it, in stream order
+            parked = await store.unpark(conn, event.subject)
+            after = core.fold(after, (CODEC.decode(p) for p in parked))
         if after is not None and after != before:
             await store.save(conn, after)
-        return after
+    # Counted once committed (a transaction that failed is applied again, not counted twice).
+    if (
+        after is not None
+        and after.state in OUTCOMES
+        and (before is None or before.state != after.state)
+    ):
+        metrics.DISPATCH_OUTCOMES.labels(after.role, after.state, after.reason).inc()
+    return after
 
 
 @dataclass
@@ -76,6 +94,8 @@ class Dispatcher:
     # and ended dispatches it already withdrew.
     _attempted: set[str] = field(default_factory=set)
     _withdrawn: set[str] = field(default_factory=set)
+    # Joined dispatches whose agent was not in its room, since when (the lost-agent sweeper).
+    _absent_since: dict[str, datetime] = field(default_factory=dict)
 
     async def publish(
         self, data: Event, *, tenant: str, key: str, event_id: str | None = None
@@ -233,6 +253,46 @@ class Dispatcher:
             )
 
     # -- deadlines -------------------------------------------------------------------------
+
+    async def sweep_lost_agents(self) -> None:
+        """Fail the joined dispatches whose agent has been out of its room for the grace period
+        without ending its session: its job or worker died where the pool could not see it (an
+        orchestrator's worker, a killed job process, a dispatcher restart). LiveKit is the
+        truth about who is in a room; the pool's own worker exits are handled at once."""
+        now = utcnow()
+        grace = timedelta(seconds=self.settings.agent_lost_grace)
+        joined = await store.joined_since(self.pool, now - grace)
+        for state in joined:
+            if await self.agent_in_room(state):
+                self._absent_since.pop(state.dispatch_id, None)
+                continue
+            first_missed = self._absent_since.setdefault(state.dispatch_id, now)
+            if now - first_missed >= grace:
+                await self.fail(
+                    state.tenant_id,
+                    state.dispatch_id,
+                    state.room,
+                    state.role,
+                    "worker_lost",
+                    "the agent left the room without ending its session (its worker stopped); "
+                    "dispatch again to get a new agent",
+                )
+        still_joined = {state.dispatch_id for state in joined}
+        for dispatch_id in set(self._absent_since) - still_joined:
+            del self._absent_since[dispatch_id]
+
+    async def agent_in_room(self, state: core.DispatchState) -> bool:
+        try:
+            await self.livekit.room.get_participant(
+                api.RoomParticipantIdentity(
+                    room=livekit_room(state.tenant_id, state.room), identity=state.agent_identity
+                )
+            )
+        except api.TwirpError as error:
+            if error.code == "not_found":
+                return False
+            raise DependencyUnavailableError("livekit", error.code) from None
+        return True
 
     async def sweep(self) -> None:
         """Fail the dispatches past their deadline; withdraw those asked to end long ago."""

@@ -21,13 +21,7 @@ from shared.events.agents import (
     AgentSessionStarted,
 )
 from shared.events.billing import UsageLimitCleared, UsageLimitReached
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
-
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
-Language = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", examples=["pt-BR", "en-US"])
-]
+from shared.naming import Identity, Language, RoomName
 
 OPEN = ("requested", "dispatched")
 TERMINAL = ("ended", "failed")
@@ -338,6 +332,19 @@ def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None
     if isinstance(data, AgentDispatchFailed):
         return _end(state, failed=True, reason=data.reason, detail=data.detail, at=data.failed_at)
     return state
+
+
+def fold(state: DispatchState | None, events: Iterable[Envelope]) -> DispatchState | None:
+    """The state after several events, in order."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def needs_parking(state: DispatchState | None, event: Envelope) -> bool:
+    """An event about a dispatch whose request the read model has not seen yet: folding it now
+    would lose it (``evolve`` cannot start from it), so it waits for the request."""
+    return state is None and not isinstance(event.data, AgentDispatchRequested)
 
 
 def worker_lost(

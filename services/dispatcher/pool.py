@@ -26,7 +26,8 @@ import aiohttp
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.dispatcher import pool_core
-from shared import subjects
+from shared import metrics, subjects
+from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.config import Settings, to_environ
 from shared.events import CODEC, Event
@@ -88,6 +89,7 @@ class WorkerPool:
         self._restarts: list[tuple[float, int]] = []  # (due, attempt)
         self._monitors: set[asyncio.Task[None]] = set()
         self._registered = asyncio.Event()
+        self.health = TaskHealth.current()
         self._stopping = False
 
     @property
@@ -111,6 +113,8 @@ class WorkerPool:
         if not self.enabled:
             await asyncio.Event().wait()  # nothing to run; stay up like the other loops
         self.bus = bus
+        self.health = TaskHealth.current()
+        self._update_registered()
         subscription = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT),
             cb=self._on_registered,
@@ -147,6 +151,22 @@ class WorkerPool:
             await self.start_worker(decision.reason, 0)
         for worker_id in decision.stop:
             self.stop_worker(worker_id)
+        self._measure()
+
+    def _measure(self) -> None:
+        workers = self.workers.values()
+        registered = [w for w in workers if w.registered and not w.stopping]
+        metrics.POOL_WORKERS.labels("registered").set(len(registered))
+        metrics.POOL_WORKERS.labels("starting").set(
+            sum(1 for w in workers if not w.registered and not w.stopping)
+        )
+        metrics.POOL_WORKERS.labels("stopping").set(sum(1 for w in workers if w.stopping))
+        loads = [w.load for w in registered if w.load is not None]
+        metrics.POOL_LOAD.set(sum(loads) / len(loads) if loads else 0.0)
+        metrics.POOL_ACTIVE_JOBS.set(sum(w.active_jobs for w in registered))
+        metrics.POOL_CAPACITY.set(
+            self.settings.agent_pool_max * self.settings.agent_jobs_per_worker
+        )
 
     async def start_worker(self, reason: str, attempt: int) -> PoolWorker:
         worker_id = f"agent-{uuid.uuid4().hex[:8]}"
@@ -267,10 +287,15 @@ class WorkerPool:
                 self._update_registered()
 
     def _update_registered(self) -> None:
+        """The pool is ready (and with it the dispatcher's /readyz, so `mediai up` says ready
+        only then) once a worker is registered with LiveKit and can take a dispatch at once."""
         if any(w.registered and not w.stopping for w in self.workers.values()):
             self._registered.set()
+            self.health.running()
         else:
             self._registered.clear()
+            if self.settings.agent_pool_min > 0 and not self._stopping:
+                self.health.waiting("agent-worker", "no worker registered with LiveKit yet")
 
     async def drain(self) -> None:
         """Stop every worker gracefully within the drain timeout, then kill what is left."""
