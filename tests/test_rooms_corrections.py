@@ -321,6 +321,17 @@ async def test_the_read_model_rebuilt_from_the_log_equals_the_live_one(private: 
     applied = int(out.split("rebuilt from ")[1].split(" events")[0])
     assert applied > 20
 
+    # A row written behind the projection's back is what the comparison exists to catch.
+    sid = await private.pool.fetchval(
+        "SELECT sid FROM room_participants WHERE tenant = $1 AND identity = 'doctor-1'", tenant
+    )
+    await private.pool.execute(
+        "UPDATE room_participants SET metadata = 'written by hand' WHERE sid = $1", sid
+    )
+    code, out, _ = await mediai(private.settings, "rooms", "rebuild")
+    assert code == 1
+    assert f"DIFFERS room_participants: live only ['{sid}'], rebuilt only ['{sid}']" in out
+
 
 async def quiet(private: Private) -> None:
     """Wait until everything recorded is in the log and folded (the outbox relayed, the
