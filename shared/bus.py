@@ -8,6 +8,7 @@ stream's window) and carries the trace context in the ``traceparent`` header. Co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -146,7 +147,9 @@ class Bus:
         try:
             await self.nc.drain()
         except (nats.errors.Error, TimeoutError):
-            await self.nc.close()
+            # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
