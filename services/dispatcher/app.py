@@ -27,6 +27,7 @@ from services.dispatcher.core import (
 from services.dispatcher.pool import WorkerPool
 from shared.bus import Bus, Consumer, Delivery
 from shared.config import Settings
+from shared.crashpoints import crash_point
 from shared.events import Envelope, Event, envelope, new_event_id
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
@@ -95,6 +96,8 @@ async def publish_and_apply(
         data, source=bus.source, tenant=tenant, subject=key, traceparent=current_traceparent()
     )
     ack = await bus.publish_envelope(event)
+    # A crash here leaves the event on the log, unapplied: the read-model consumer applies it.
+    crash_point("dispatcher.after_publish_before_apply")
     delivery = Delivery(
         consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq, deliveries=1
     )
