@@ -41,8 +41,9 @@ OUTAGE_SECONDS = float(os.environ.get("MEDIAI_FAULT_OUTAGE", "8"))
 # The consumers' retry schedule in the fault stacks, shortened so an outage of a few seconds
 # already outlasts it (a consumer that dead-letters on a dependency outage shows it in CI).
 CONSUMER_BACKOFF = os.environ.get("MEDIAI_FAULT_CONSUMER_BACKOFF", "0.2,0.4,0.8,1.6")
-# Longest a service may take to answer while a dependency is away (its own timeouts are less).
-ANSWER_BUDGET_SECONDS = 10.0
+# Longest a service may take to answer while a dependency is away (its own timeouts are less):
+# shorter than the outage, so a request that hangs until the dependency is back is caught.
+ANSWER_BUDGET_SECONDS = float(os.environ.get("MEDIAI_FAULT_ANSWER_BUDGET", "5"))
 
 FIGURES: list[str] = []  # printed in the terminal summary (tests/faults/conftest.py)
 
