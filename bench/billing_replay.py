@@ -138,7 +138,7 @@ async def main(events: int) -> None:
         for part in (nats_part(settings), postgres_part(settings)):
             await supervisor.start(part)
         bus = await connect_bus(settings, "bench")
-        pool = await create_pool(settings, max_size=4)
+        pool = await create_pool(settings, max_size=4, statement_timeout=None)
         print(f"publishing {events:,} usage events of one tenant over {MONTH} ...", flush=True)
         published = await publish(bus, consultations(events, zone), events)
         print(f"  {published:.0f}s ({events / published:,.0f} events/s)")

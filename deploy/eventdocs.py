@@ -10,7 +10,7 @@ from collections import defaultdict
 from msgspec import inspect
 
 import services
-from shared.bus import ConsumerSpec
+from shared.consumer import ConsumerSpec
 from shared.events import CODEC, Event
 from shared.events.legacy import LEGACY
 

@@ -22,7 +22,7 @@ def register(cli: click.Group) -> None:
 
 @click.group()
 def deadletters() -> None:
-    """Messages consumers gave up on: list them, replay one."""
+    """Messages consumers gave up on: list them, replay them."""
 
 
 @deadletters.command("list")
@@ -37,7 +37,7 @@ def deadletters_list(limit: int) -> None:
     settings = settings_or_exit()
 
     async def main() -> None:
-        bus = await connect_bus(settings, "operator")
+        bus = await connect_bus(settings, "operator", declare=False)
         try:
             letters = await list_dead_letters(bus, limit=limit)
         finally:
@@ -56,27 +56,40 @@ def deadletters_list(limit: int) -> None:
 
 
 @deadletters.command("replay")
-@click.argument("sequence", type=int)
-def deadletters_replay(sequence: int) -> None:
-    """Publish dead letter SEQUENCE's original message again."""
+@click.argument("sequence", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
+@click.option("--consumer", help="Replay the dead letters of this consumer (durable name).")
+@click.option("--type", "event_type", help="Replay the dead letters of this event type.")
+def deadletters_replay(
+    sequence: int | None, everything: bool, consumer: str | None, event_type: str | None
+) -> None:
+    """Publish dead letters again, each for the consumer that gave up on it: SEQUENCE alone,
+    or in bulk (--all, --consumer, --type; the filters combine). A replayed dead letter leaves
+    the list; one that fails again comes back to it."""
     from deploy.cli import fail, settings_or_exit
     from shared.bus import connect_bus
-    from shared.deadletters import DeadLetterNotFoundError, replay
+    from shared.deadletters import DeadLetterNotFoundError, matching, replay, replay_all
 
+    bulk = everything or consumer is not None or event_type is not None
+    if (sequence is None) == (not bulk):
+        fail("give one dead letter's SEQUENCE, or --all / --consumer / --type", code=2)
     settings = settings_or_exit()
 
-    async def main() -> str:
-        bus = await connect_bus(settings, "operator")
+    async def main() -> list[str]:
+        bus = await connect_bus(settings, "operator", declare=False)
         try:
-            return await replay(bus, sequence)
+            if sequence is not None:
+                return [await replay(bus, sequence)]
+            sequences = await replay_all(bus, matching(consumer=consumer, event_type=event_type))
+            return [f"{len(sequences)} dead letter(s)"]
         finally:
             await bus.close()
 
     try:
-        subject = asyncio.run(main())
+        done = asyncio.run(main())
     except DeadLetterNotFoundError as error:
         fail(str(error))
-    click.echo(f"replayed to {subject}")
+    click.echo(f"replayed {done[0]}" if sequence is None else f"replayed to {done[0]}")
 
 
 @click.group()

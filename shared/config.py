@@ -70,6 +70,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
 
+    # Consumers: a message whose handler fails for an unclassified reason (a bug) is delivered
+    # this many times, with these delays in seconds between deliveries, then dead-lettered. An
+    # outage of PostgreSQL, NATS or LiveKit never counts: the consumer waits it out.
+    consumer_max_deliver: int = 5
+    consumer_backoff: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+    # PostgreSQL: how long a query may wait for a pooled connection, and how long a statement
+    # may run, in seconds; past either the database counts as unavailable (503, or a consumer
+    # that waits), so a hung database is a failure, not a hang.
+    db_acquire_timeout: float = 5.0
+    db_statement_timeout: float = 15.0
+
     # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
     phi_retention: int = 30 * 86400
 
@@ -92,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_dispatch_deadline: int = 10
     # Seconds between usage reports of a running session (a crash loses at most one).
     agent_usage_period: int = 15
+    # Seconds a joined agent may be missing from its room, its session not ended, before its
+    # dispatch fails with worker_lost (a worker that died where the pool could not see it).
+    agent_lost_grace: int = 60
     # Seconds an agent waits for someone to join an empty room before it leaves.
     agent_empty_room_timeout: int = 300
     # The worker pool the dispatcher runs (0/0 when an orchestrator runs the workers instead).
@@ -231,6 +245,20 @@ def _avatar(value: str) -> str:
     return text
 
 
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 3600:
+        raise ValueError(f"{value} must be a number of seconds between 0 (exclusive) and 3600")
+    return number
+
+
+def _delays(value: str) -> tuple[float, ...]:
+    delays = tuple(_seconds(part) for part in value.split(",") if part.strip())
+    if not delays:
+        raise ValueError(f"{value!r} is not a comma-separated list of seconds like 0.5,2,10")
+    return delays
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -273,6 +301,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_LIVEKIT_API_KEY": ("livekit_api_key", str),
     "MEDIAI_LIVEKIT_API_SECRET": ("livekit_api_secret", str),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _url("http", "https")),
+    "MEDIAI_CONSUMER_MAX_DELIVER": ("consumer_max_deliver", _positive_int),
+    "MEDIAI_CONSUMER_BACKOFF": ("consumer_backoff", _delays),
+    "MEDIAI_DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _seconds),
+    "MEDIAI_DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _seconds),
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
@@ -287,6 +319,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_MODELS": ("agent_models", _models),
     "MEDIAI_AGENT_DISPATCH_DEADLINE": ("agent_dispatch_deadline", parse_duration),
     "MEDIAI_AGENT_USAGE_PERIOD": ("agent_usage_period", parse_duration),
+    "MEDIAI_AGENT_LOST_GRACE": ("agent_lost_grace", parse_duration),
     "MEDIAI_AGENT_EMPTY_ROOM_TIMEOUT": ("agent_empty_room_timeout", parse_duration),
     "MEDIAI_AGENT_POOL_MIN": ("agent_pool_min", _non_negative_int),
     "MEDIAI_AGENT_POOL_MAX": ("agent_pool_max", _non_negative_int),
@@ -318,7 +351,7 @@ def to_environ(settings: Settings) -> dict[str, str]:
     """The environment that makes ``load_settings`` rebuild ``settings`` in a child process."""
 
     def text(value: object) -> str:
-        return ",".join(value) if isinstance(value, tuple) else str(value)
+        return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
     environ = {
         variable: text(getattr(settings, field))

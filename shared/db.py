@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from shared.bus import Delivery
 from shared.config import Settings
+from shared.consumer import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,50 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """The process's connection pool; JSON columns come back as Python values."""
-    pool = await asyncpg.create_pool(
-        settings.database_url, min_size=min_size, max_size=max_size, init=_init_connection
+class BoundedPool(asyncpg.Pool):
+    """A pool whose every acquire gives up after ``acquire_timeout`` seconds: asyncpg's default
+    waits forever, so a frozen database would hang every request instead of failing it."""
+
+    acquire_timeout: float | None = None
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_timeout: float | None = -1,
+) -> asyncpg.Pool:
+    """The process's connection pool; JSON columns come back as Python values.
+
+    Acquiring a connection, connecting and every statement are bounded by the settings (a
+    batch job may pass ``statement_timeout=None`` for no statement bound): past them asyncpg
+    raises, and ``shared.failures`` reads that as PostgreSQL being unavailable."""
+    statement = settings.db_statement_timeout if statement_timeout == -1 else statement_timeout
+    server_settings = {}
+    if statement is not None:
+        # The server's own bound, and the client's (which also fires when the server is frozen
+        # and cannot answer at all).
+        server_settings["statement_timeout"] = str(int(statement * 1000))
+    pool = BoundedPool(
+        settings.database_url,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        init=_init_connection,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        timeout=settings.db_acquire_timeout,  # connecting
+        command_timeout=statement + 1 if statement is not None else None,
+        server_settings=server_settings,
     )
-    assert pool is not None
+    pool.acquire_timeout = settings.db_acquire_timeout
+    await pool
     return pool
 
 

@@ -1,9 +1,11 @@
 """The Litestar app factory every HTTP service uses.
 
 It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS and Postgres
-reachable), OpenAPI at ``/schema``, API-key auth through the ``tenant`` dependency, errors as
-``{"error": {"code", "message", "details"}}`` with a stable code, tracing of every request, and a
-lifespan that owns the NATS connection, the database pool and the outbox relay.
+reachable, every background task running), OpenAPI at ``/schema``, API-key auth through the
+``tenant`` dependency, errors as ``{"error": {"code", "message", "details"}}`` with a stable code
+(an outage of a dependency is a 503 with ``Retry-After``, never a 500), tracing of every request,
+and a lifespan that owns the NATS connection, the database pool, the service's other resources
+and its background tasks (each supervised on its own, see ``shared.background``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -27,9 +30,11 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 from opentelemetry import trace
 
+from shared.background import BackgroundTask, TaskHealth, supervise
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
+from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
 from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
@@ -97,9 +102,17 @@ class ServiceUnavailableError(ApiError):
     code = "unavailable"
 
 
+# Seconds a client should wait before retrying after a 503 (a dependency restarting).
+RETRY_AFTER_SECONDS = 5
+
+
 def _error(status: int, code: str, message: str, details: Any = None) -> Response[ErrorBody]:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return Response(body, status_code=status, headers=headers)
 
 
@@ -109,6 +122,21 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
         return _error(error.status_code, error.code, error.message, error.details)
     if isinstance(error, BusUnavailableError):
         return _error(503, "bus_unavailable", "the event bus is unavailable; retry shortly")
+    dependency = unavailable_dependency(error)
+    if dependency is not None:
+        log.warning(
+            "%s %s: %s unavailable (%s)",
+            request.method,
+            request.scope.get("path_template", ""),
+            dependency,
+            type(error).__name__,
+        )
+        return _error(
+            503,
+            "dependency_unavailable",
+            f"{dependency} is unavailable; retry shortly",
+            [{"dependency": dependency}],
+        )
     if isinstance(error, ValidationException):
         details = [
             {"field": str(item.get("key", "")), "problem": str(item.get("message", ""))}
@@ -159,7 +187,8 @@ def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
     return str(scope.get("method", "HTTP")), {}
 
 
-def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
+async def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
+    # async: a synchronous hook would hop to a thread on every request.
     route = f"{request.method} {request.scope.get('path_template', '')}"
     span = trace.get_current_span()
     span.update_name(route)
@@ -196,6 +225,8 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", include_in_schema=False)
 async def readyz(state: State) -> Response[dict[str, Any]]:
+    """Ready when NATS and PostgreSQL answer and every background task runs; otherwise 503
+    naming what is missing (a consumer waiting out an outage names the dependency)."""
     checks: dict[str, str] = {}
     bus: Bus = state.bus
     try:
@@ -208,31 +239,31 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         checks["postgres"] = "ok"
     except Exception as error:  # noqa: BLE001 - any failure means not ready
         checks["postgres"] = f"unreachable: {type(error).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    tasks: dict[str, TaskHealth] = state.tasks
+    ready = all(v == "ok" for v in checks.values()) and all(t.ready for t in tasks.values())
+    waiting = sorted({t.detail for t in tasks.values() if t.waiting_for})
+    body: dict[str, Any] = {
+        "ready": ready,
+        "checks": checks,
+        "tasks": {name: health.view() for name, health in tasks.items()},
+    }
+    if waiting:
+        body["waiting_for"] = waiting
+    return Response(body, status_code=200 if ready else 503)
 
 
-Background = Callable[[Litestar], Any]
+Background = BackgroundTask | Callable[[Litestar], Any]
+Resource = Callable[[Litestar], AbstractAsyncContextManager[Any]]
 
 
 async def _relay_outbox(app: Litestar) -> None:
     await run_outbox_relay(app.state.pool, app.state.bus)
 
 
-async def _supervised(start: Background, app: Litestar) -> None:
-    """Run a background loop for the app's lifetime, restarting it (and logging why) when it
-    fails: a consumer that died unseen would leave events unhandled while the service still
-    answered ready."""
-    name = getattr(start, "__name__", repr(start))
-    delay = 0.5
-    while True:
-        try:
-            await start(app)
-            log.warning("background task %s returned; restarting it", name)
-        except Exception:
-            log.exception("background task %s failed; restarting it in %.1fs", name, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+def _as_task(background: Background) -> BackgroundTask:
+    if isinstance(background, BackgroundTask):
+        return background
+    return BackgroundTask(getattr(background, "__name__", repr(background)), background)
 
 
 def create_service_app(
@@ -241,32 +272,44 @@ def create_service_app(
     settings: Settings,
     route_handlers: Sequence[ControllerRouterHandler],
     background: Sequence[Background] = (),
+    resources: Sequence[Resource] = (),
     dependencies: dict[str, Provide] | None = None,
     description: str = "",
 ) -> Litestar:
     """A Litestar app for one MediAI service.
 
-    ``background`` functions get the app and return coroutines that run for the app's
-    lifetime (consumers, relays): restarted if they fail, cancelled on shutdown.
+    ``resources`` are async context managers of the app (a LiveKit client) entered after the
+    pool and the bus and before the background tasks, and left after them. ``background``
+    tasks (``BackgroundTask``, or functions of the app named by their ``__name__``) run for the
+    app's lifetime, each supervised on its own; their health is in ``/readyz``.
     """
     setup_telemetry(service, settings)
+    tasks = [_as_task(b) for b in (BackgroundTask("outbox-relay", _relay_outbox), *background)]
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{service}: background task names must be unique: {names}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.pool = await create_pool(settings)
-        app.state.bus = await connect_bus(settings, service)
-        tasks = [
-            asyncio.create_task(_supervised(start, app)) for start in (_relay_outbox, *background)
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await app.state.bus.close()
-            await app.state.pool.close()
+        app.state.tasks = {task.name: TaskHealth(task.name) for task in tasks}
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.pool = await create_pool(settings)
+            stack.push_async_callback(app.state.pool.close)
+            app.state.bus = await connect_bus(settings, service)
+            stack.push_async_callback(app.state.bus.close)
+            for resource in resources:
+                await stack.enter_async_context(resource(app))
+            running = [
+                asyncio.create_task(supervise(t, app, app.state.tasks[t.name]), name=t.name)
+                for t in tasks
+            ]
+            try:
+                yield
+            finally:
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
 
     return Litestar(
         route_handlers=[healthz, readyz, *route_handlers],

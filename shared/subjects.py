@@ -70,3 +70,8 @@ def key_filter(event_type: type[Event], *, tenant: str, key: str) -> str:
     """A filter matching the events of one type about one aggregate (e.g. one dispatch)."""
     type_tokens = _type_tokens(event_type.TYPE)
     return f"{PREFIX}.{event_type.STREAM}.{type_tokens}.{token(tenant)}.{token(key)}"
+
+
+def max_deliveries_advisory(stream: str, consumer: str) -> str:
+    """Where JetStream announces that it stopped delivering a message to ``consumer``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"

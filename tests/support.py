@@ -63,6 +63,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "livekit_url": f"ws://{host}:{ports['livekit_port']}",
         "livekit_api_key": "mediai-test",
         "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
+        # A vanished agent fails its dispatch sooner than in production (60 s).
+        "agent_lost_grace": 10,
     }
     # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
     selected = os.environ.get("MEDIAI_SERVICES", "")

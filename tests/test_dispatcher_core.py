@@ -13,6 +13,8 @@ from services.dispatcher.core import (
     DispatchRejectedError,
     decide_request,
     evolve,
+    fold,
+    needs_parking,
     past_deadline,
 )
 from services.dispatcher.pool_core import (
@@ -169,6 +171,25 @@ def test_a_session_started_before_dispatched_was_seen_stays_joined() -> None:
         dispatched_at=T0,
     )
     assert replay(started(), dispatched).state == "joined"  # type: ignore[attr-defined]
+
+
+def test_events_before_their_request_wait_for_it_and_fold_in_order() -> None:
+    dispatched = AgentDispatched(
+        dispatch_id="d1",
+        room="consult-1",
+        role="generic",
+        livekit_dispatch_id="AD_1",
+        agent_name="a",
+        dispatched_at=T0,
+    )
+    early = [ev(dispatched), ev(started())]
+    assert all(needs_parking(None, e) for e in early)  # type: ignore[arg-type]
+    request = ev(decide())
+    assert not needs_parking(None, request)  # type: ignore[arg-type]
+    state = fold(evolve(None, request), early)  # type: ignore[arg-type]
+    assert state is not None
+    assert (state.state, state.livekit_dispatch_id, state.worker_id) == ("joined", "AD_1", "w1")
+    assert not needs_parking(state, early[0])  # type: ignore[arg-type]
 
 
 def test_failures_are_final_and_carry_their_reason() -> None:

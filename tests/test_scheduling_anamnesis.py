@@ -17,7 +17,8 @@ from fhir.resources.R4B.questionnaire import Questionnaire
 
 from deploy.stack import StackState
 from services.scheduling.anamnesis import InvalidRecordError, store_record, validate_record
-from shared.bus import Bus, Delivery
+from shared.bus import Bus
+from shared.consumer import Delivery
 from shared.events import DeadLettered, envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.tenants import authenticate

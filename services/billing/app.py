@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -15,7 +14,7 @@ from litestar.params import Parameter
 
 from services.billing import admin, invoices, queries
 from services.billing.audit import PriceBookNotFoundError, run_audit
-from services.billing.consumers import USAGE_PROJECTION, usage_handler
+from services.billing.consumers import USAGE_PROJECTION, UsageProjector
 from services.billing.meters import DEFAULT
 from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
@@ -29,8 +28,10 @@ from services.billing.schemas import (
     UsageReport,
     UsageRow,
 )
-from shared.bus import Bus, Consumer
+from shared.background import BackgroundTask, every
+from shared.bus import Bus
 from shared.config import Settings
+from shared.consumer import Consumer
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
 from shared.tenants import Tenant
 
@@ -175,28 +176,21 @@ async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditR
     return msgspec.convert(report, AuditReport)
 
 
-def _projection(app: Litestar) -> Any:
-    settings: Settings = app.state.settings
-    handler = usage_handler(app.state.pool, _zone(settings))
-    # Throughput over latency: usage may show a second late, a rebuild-sized backlog drains fast.
-    return Consumer(app.state.bus, USAGE_PROJECTION, handler, batch=64).run()
+async def _projection(app: Litestar) -> None:
+    projector = UsageProjector(app.state.pool, _zone(app.state.settings))
+    await Consumer(app.state.bus, USAGE_PROJECTION, projector).run()
 
 
-async def _invoice_schedule(app: Litestar) -> None:
-    """Issue last month's invoices once its grace period is over (checked every few minutes)."""
+async def _issue_due_invoices(app: Litestar) -> None:
+    """Issue last month's invoices once its grace period is over."""
     settings: Settings = app.state.settings
-    while True:
-        try:
-            await invoices.issue_due(
-                app.state.pool,
-                datetime.now(UTC),
-                timedelta(seconds=settings.billing_invoice_grace),
-                _zone(settings),
-                DEFAULT,
-            )
-        except (asyncpg.PostgresError, OSError, PricingError) as error:
-            log.warning("invoice schedule: %s: %s", type(error).__name__, error)
-        await asyncio.sleep(INVOICE_CHECK_SECONDS)
+    await invoices.issue_due(
+        app.state.pool,
+        datetime.now(UTC),
+        timedelta(seconds=settings.billing_invoice_grace),
+        _zone(settings),
+        DEFAULT,
+    )
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -204,7 +198,10 @@ def create_app(settings: Settings) -> Litestar:
         service="billing",
         settings=settings,
         route_handlers=[get_usage, get_limits, list_invoices, get_invoice, create_audit, get_audit],
-        background=[_projection, _invoice_schedule],
+        background=[
+            BackgroundTask("usage-projection", _projection),
+            every("invoice-schedule", INVOICE_CHECK_SECONDS, _issue_due_invoices),
+        ],
         description=(
             "Usage metered from the event log (per minute, tenant, room, dispatch and meter), "
             "priced by versioned price books in integer cents, invoiced monthly, and auditable "

@@ -31,7 +31,8 @@ def _settings() -> Settings:
 async def _connected(
     settings: Settings, bus: bool
 ) -> AsyncIterator[tuple[asyncpg.Pool, Bus | None]]:
-    pool = await create_pool(settings, max_size=4)
+    # A rebuild or an audit of a long period runs statements longer than a request's bound.
+    pool = await create_pool(settings, max_size=4, statement_timeout=None)
     connected = await connect_bus(settings, "billing") if bus else None
     try:
         yield pool, connected

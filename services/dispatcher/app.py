@@ -3,7 +3,8 @@ background, its consumers, the deadline sweeper and the agent worker pool."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -12,7 +13,6 @@ import msgspec
 from litestar import Litestar, Response, delete, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
-from livekit import api
 
 from services.dispatcher import consumers, limits, store
 from services.dispatcher.catalog import Catalog, build_catalog
@@ -25,12 +25,15 @@ from services.dispatcher.core import (
     evolve,
 )
 from services.dispatcher.pool import WorkerPool
-from shared.bus import Bus, Consumer, Delivery
+from shared.background import BackgroundTask, every
+from shared.bus import Bus
 from shared.config import Settings
+from shared.consumer import Consumer, ConsumerSpec, Delivery
 from shared.crashpoints import crash_point
 from shared.events import Envelope, Event, envelope, new_event_id
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
+from shared.livekit_api import livekit_resource
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
 
@@ -81,6 +84,10 @@ class CommandAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel")
     id: str
     command: str
     state: str
+
+
+# How often deadlines are checked: a dispatch past its deadline fails within this.
+SWEEP_SECONDS = 0.5
 
 
 def utcnow() -> datetime:
@@ -238,50 +245,41 @@ async def command_agent(
     return CommandAccepted(id=dispatch_id, command=data.command, state=state.state)
 
 
-def _dispatching(workers: WorkerPool) -> Any:
-    """The consumers and the sweeper, for the app's lifetime (restarted by the app factory if
-    they fail; the worker pool runs apart, so a restart never drains running sessions)."""
-
+def _consumer(spec: ConsumerSpec[consumers.Dispatcher]) -> BackgroundTask:
     async def run(app: Litestar) -> None:
-        settings: Settings = app.state.settings
-        bus: Bus = app.state.bus
-        async with api.LiveKitAPI(
-            settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret
-        ) as livekit:
-            dispatcher = consumers.Dispatcher(
-                settings=settings, bus=bus, pool=app.state.pool, livekit=livekit, workers=workers
-            )
-            # batch=1: nats-py's fetch holds a first message until its pull request expires
-            # (up to a second) while it waits to fill a larger batch; a dispatch cannot wait.
-            tasks = [
-                asyncio.create_task(
-                    Consumer(bus, consumers.READ_MODEL, dispatcher.on_read_model, batch=1).run()
-                ),
-                asyncio.create_task(
-                    Consumer(bus, consumers.LAUNCHER, dispatcher.on_launcher, batch=1).run()
-                ),
-                asyncio.create_task(
-                    Consumer(bus, consumers.SUPERVISION, dispatcher.on_worker_exited, batch=1).run()
-                ),
-                asyncio.create_task(dispatcher.sweep_forever(), name="dispatcher-sweeper"),
-            ]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        await Consumer(app.state.bus, spec, app.state.dispatcher).run()
 
-    run.__name__ = "dispatching"
-    return run
+    return BackgroundTask(spec.durable, run)
 
 
-def _worker_pool(workers: WorkerPool) -> Any:
+async def _sweep(app: Litestar) -> None:
+    await app.state.dispatcher.sweep()
+
+
+async def _sweep_lost(app: Litestar) -> None:
+    await app.state.dispatcher.sweep_lost_agents()
+
+
+def _worker_pool(workers: WorkerPool) -> BackgroundTask:
     async def run(app: Litestar) -> None:
         await workers.run(app.state.bus)
 
-    run.__name__ = "worker_pool"
-    return run
+    return BackgroundTask("worker-pool", run)
+
+
+def _dispatcher(workers: WorkerPool) -> Any:
+    @contextlib.asynccontextmanager
+    async def resource(app: Litestar) -> AsyncIterator[None]:
+        app.state.dispatcher = consumers.Dispatcher(
+            settings=app.state.settings,
+            bus=app.state.bus,
+            pool=app.state.pool,
+            livekit=app.state.livekit,
+            workers=workers,
+        )
+        yield
+
+    return resource
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -291,7 +289,16 @@ def create_app(settings: Settings) -> Litestar:
         service="dispatcher",
         settings=settings,
         route_handlers=[dispatch_agent, list_agents, get_agent, end_agent, command_agent],
-        background=[_worker_pool(workers), _dispatching(workers), limits.project_usage_limits],
+        resources=[livekit_resource, _dispatcher(workers)],
+        background=[
+            _worker_pool(workers),
+            _consumer(consumers.READ_MODEL),
+            _consumer(consumers.LAUNCHER),
+            _consumer(consumers.SUPERVISION),
+            every("deadline-sweeper", SWEEP_SECONDS, _sweep),
+            every("lost-agent-sweeper", max(1.0, settings.agent_lost_grace / 4), _sweep_lost),
+            BackgroundTask("usage-limits", limits.project_usage_limits),
+        ],
         dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "
         "from the event log, command it, end it.",

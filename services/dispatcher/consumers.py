@@ -3,10 +3,9 @@ dispatches, the supervision of dead workers, and the sweeper of deadlines."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -15,8 +14,9 @@ from livekit import api
 
 from services.dispatcher import core, store
 from services.dispatcher.pool import WorkerPool
-from shared.bus import Bus, ConsumerSpec, Delivery
+from shared.bus import Bus
 from shared.config import Settings
+from shared.consumer import ConsumerSpec, Delivery, data_of
 from shared.crashpoints import crash_point
 from shared.db import projection
 from shared.events import CODEC, Envelope, Event
@@ -30,40 +30,13 @@ from shared.events.agents import (
     AgentSessionStarted,
     AgentWorkerExited,
 )
+from shared.failures import DependencyUnavailableError
 from shared.naming import livekit_room
 
 log = logging.getLogger(__name__)
 
-READ_MODEL = ConsumerSpec(
-    durable="dispatcher-read-model",
-    events=(
-        AgentDispatchRequested,
-        AgentDispatched,
-        AgentDispatchFailed,
-        AgentEndRequested,
-        AgentSessionStarted,
-        AgentSessionFailed,
-        AgentSessionEnded,
-    ),
-)
-LAUNCHER = ConsumerSpec(
-    durable="dispatcher-launcher",
-    events=(
-        AgentDispatchRequested,
-        AgentEndRequested,
-        AgentDispatchFailed,
-        AgentSessionFailed,
-        AgentSessionStarted,
-    ),
-    # A dispatch has seconds to live: retry fast, and give up into a failure event.
-    max_deliver=6,
-    backoff=(0.2, 0.5, 1.0, 2.0, 3.0),
-)
-SUPERVISION = ConsumerSpec(durable="dispatcher-supervision", events=(AgentWorkerExited,))
-
 # A joined agent asked to end gets this long to say goodbye before LiveKit is told to drop it.
 END_GRACE = timedelta(seconds=20)
-SWEEP_SECONDS = 0.5
 _IDS = uuid.UUID("6f1d3c1e-4a52-4d8e-9a55-0d1a5c7e2b10")
 LIVEKIT_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
 
@@ -86,7 +59,13 @@ async def apply(
         if conn is None:
             return await store.load(pool, event.subject)
         before = await store.load(conn, event.subject)
+        if core.needs_parking(before, event):
+            await store.park(conn, event.subject, delivery.stream_sequence, CODEC.encode(event))
+            return None
         after = core.evolve(before, event)
+        if before is None:  # the request: fold what arrived before it, in stream order
+            parked = await store.unpark(conn, event.subject)
+            after = core.fold(after, (CODEC.decode(p) for p in parked))
         if after is not None and after != before:
             await store.save(conn, after)
         return after
@@ -101,44 +80,50 @@ class Dispatcher:
     pool: asyncpg.Pool
     livekit: api.LiveKitAPI
     workers: WorkerPool
+    # Dispatch ids this process asked LiveKit to create (a retry checks before creating again),
+    # and ended dispatches it already withdrew.
+    _attempted: set[str] = field(default_factory=set)
+    _withdrawn: set[str] = field(default_factory=set)
+    # Joined dispatches whose agent was not in its room, since when (the lost-agent sweeper).
+    _absent_since: dict[str, datetime] = field(default_factory=dict)
 
     async def publish(
         self, data: Event, *, tenant: str, key: str, event_id: str | None = None
     ) -> None:
         await self.bus.publish(data, tenant=tenant, key=key, event_id=event_id)
 
-    # -- read model ------------------------------------------------------------------------
+    # Handlers of the consumers (their maps are at the bottom of the module).
 
     async def on_read_model(self, event: Envelope, delivery: Delivery) -> None:
         await apply(self.pool, event, delivery)
 
-    # -- launcher --------------------------------------------------------------------------
+    async def on_requested(self, event: Envelope, delivery: Delivery) -> None:
+        await self.launch(event, data_of(event, AgentDispatchRequested), delivery)
 
-    async def on_launcher(self, event: Envelope, delivery: Delivery) -> None:
-        data = event.data
-        if isinstance(data, AgentDispatchRequested):
-            await self.launch(event, data, delivery)
-        elif isinstance(data, AgentEndRequested | AgentDispatchFailed | AgentSessionFailed):
-            state = await store.load(self.pool, data.dispatch_id)
-            # Before it joined (or after it failed) nobody will end the job for us: take the
-            # dispatch back from LiveKit so no worker picks it up late.
-            if state is not None and state.state != "joined":
-                await self.withdraw(event.tenant, state)
-        elif isinstance(data, AgentSessionStarted):
-            state = await store.load(self.pool, data.dispatch_id)
-            if state is not None and state.state in core.TERMINAL and state.joined_at is None:
-                # Joined after its dispatch had failed (too late): tell it to leave.
-                await self.publish(
-                    AgentEndRequested(
-                        dispatch_id=data.dispatch_id,
-                        room=data.room,
-                        requested_by="dispatcher",
-                        requested_at=utcnow(),
-                    ),
-                    tenant=event.tenant,
-                    key=data.dispatch_id,
-                    event_id=outcome_id(data.dispatch_id, "late-join"),
-                )
+    async def on_ending(self, event: Envelope, delivery: Delivery) -> None:
+        """An end was asked for, or the dispatch failed: before it joined (or after it failed)
+        nobody will end the job for us, so take the dispatch back from LiveKit so no worker
+        picks it up late."""
+        state = await store.load(self.pool, event.subject)  # a dispatch's events are keyed by it
+        if state is not None and state.state != "joined":
+            await self.withdraw(event.tenant, state)
+
+    async def on_session_started(self, event: Envelope, delivery: Delivery) -> None:
+        data = data_of(event, AgentSessionStarted)
+        state = await store.load(self.pool, data.dispatch_id)
+        if state is not None and state.state in core.TERMINAL and state.joined_at is None:
+            # Joined after its dispatch had failed (too late): tell it to leave.
+            await self.publish(
+                AgentEndRequested(
+                    dispatch_id=data.dispatch_id,
+                    room=data.room,
+                    requested_by="dispatcher",
+                    requested_at=utcnow(),
+                ),
+                tenant=event.tenant,
+                key=data.dispatch_id,
+                event_id=outcome_id(data.dispatch_id, "late-join"),
+            )
 
     async def launch(
         self, event: Envelope, request: AgentDispatchRequested, delivery: Delivery
@@ -164,9 +149,13 @@ class Dispatcher:
             return
         room = livekit_room(event.tenant, request.room)
         metadata = CODEC.encode(event).decode()
+        # A redelivery, or a retry while LiveKit was away (the consumer holds the message and
+        # calls again), may follow a create that worked.
+        retry = delivery.deliveries > 1 or request.dispatch_id in self._attempted
+        self._attempted.add(request.dispatch_id)
         try:
             dispatch = None
-            if delivery.deliveries > 1:
+            if retry:
                 # A retry may follow a create that worked. Listing is only done on retries: it
                 # costs LiveKit seconds for a room that does not exist yet (livekit/livekit#4488).
                 existing = await self.livekit.agent_dispatch.list_dispatch(room)
@@ -180,8 +169,8 @@ class Dispatcher:
                     )
                 )
         except LIVEKIT_ERRORS as error:
-            if delivery.deliveries < LAUNCHER.max_deliver and utcnow() < request.deadline_at:
-                raise  # retried with backoff
+            if utcnow() < request.deadline_at:
+                raise  # an outage of LiveKit: the consumer holds the message and retries
             await self.fail(
                 event.tenant,
                 request.dispatch_id,
@@ -243,8 +232,7 @@ class Dispatcher:
     # -- supervision -----------------------------------------------------------------------
 
     async def on_worker_exited(self, event: Envelope, delivery: Delivery) -> None:
-        data = event.data
-        assert isinstance(data, AgentWorkerExited)
+        data = data_of(event, AgentWorkerExited)
         how = f"signal {data.signal}" if data.signal else f"exit code {data.exit_code}"
         for state in await store.joined_on_worker(self.pool, data.worker_id):
             await self.fail(
@@ -259,16 +247,48 @@ class Dispatcher:
 
     # -- deadlines -------------------------------------------------------------------------
 
-    async def sweep_forever(self) -> None:
-        ended: set[str] = set()
-        while True:
-            try:
-                await self.sweep(ended)
-            except (asyncpg.PostgresError, OSError) as error:
-                log.warning("sweeper paused: %s", type(error).__name__)
-            await asyncio.sleep(SWEEP_SECONDS)
+    async def sweep_lost_agents(self) -> None:
+        """Fail the joined dispatches whose agent has been out of its room for the grace period
+        without ending its session: its job or worker died where the pool could not see it (an
+        orchestrator's worker, a killed job process, a dispatcher restart). LiveKit is the
+        truth about who is in a room; the pool's own worker exits are handled at once."""
+        now = utcnow()
+        grace = timedelta(seconds=self.settings.agent_lost_grace)
+        joined = await store.joined_since(self.pool, now - grace)
+        for state in joined:
+            if await self.agent_in_room(state):
+                self._absent_since.pop(state.dispatch_id, None)
+                continue
+            first_missed = self._absent_since.setdefault(state.dispatch_id, now)
+            if now - first_missed >= grace:
+                await self.fail(
+                    state.tenant_id,
+                    state.dispatch_id,
+                    state.room,
+                    state.role,
+                    "worker_lost",
+                    "the agent left the room without ending its session (its worker stopped); "
+                    "dispatch again to get a new agent",
+                )
+        still_joined = {state.dispatch_id for state in joined}
+        for dispatch_id in set(self._absent_since) - still_joined:
+            del self._absent_since[dispatch_id]
 
-    async def sweep(self, ended: set[str]) -> None:
+    async def agent_in_room(self, state: core.DispatchState) -> bool:
+        try:
+            await self.livekit.room.get_participant(
+                api.RoomParticipantIdentity(
+                    room=livekit_room(state.tenant_id, state.room), identity=state.agent_identity
+                )
+            )
+        except api.TwirpError as error:
+            if error.code == "not_found":
+                return False
+            raise DependencyUnavailableError("livekit", error.code) from None
+        return True
+
+    async def sweep(self) -> None:
+        """Fail the dispatches past their deadline; withdraw those asked to end long ago."""
         now = utcnow()
         deadline = self.settings.agent_dispatch_deadline
         for state in await store.past_deadline(self.pool, now):
@@ -281,6 +301,39 @@ class Dispatcher:
                 state.tenant_id, state.dispatch_id, state.room, state.role, "no_worker", detail
             )
         for state in await store.ending_too_long(self.pool, now - END_GRACE):
-            if state.dispatch_id not in ended:
-                ended.add(state.dispatch_id)
+            if state.dispatch_id not in self._withdrawn:
+                self._withdrawn.add(state.dispatch_id)
                 await self.withdraw(state.tenant_id, state)
+
+
+READ_MODEL: ConsumerSpec[Dispatcher] = ConsumerSpec(
+    durable="dispatcher-read-model",
+    handlers=dict.fromkeys(
+        (
+            AgentDispatchRequested,
+            AgentDispatched,
+            AgentDispatchFailed,
+            AgentEndRequested,
+            AgentSessionStarted,
+            AgentSessionFailed,
+            AgentSessionEnded,
+        ),
+        Dispatcher.on_read_model,
+    ),
+)
+LAUNCHER: ConsumerSpec[Dispatcher] = ConsumerSpec(
+    durable="dispatcher-launcher",
+    handlers={
+        AgentDispatchRequested: Dispatcher.on_requested,
+        AgentEndRequested: Dispatcher.on_ending,
+        AgentDispatchFailed: Dispatcher.on_ending,
+        AgentSessionFailed: Dispatcher.on_ending,
+        AgentSessionStarted: Dispatcher.on_session_started,
+    },
+    # A dispatch has seconds to live: retry fast, and give up into a failure event.
+    max_deliver=6,
+    backoff=(0.2, 0.5, 1.0, 2.0, 3.0),
+)
+SUPERVISION: ConsumerSpec[Dispatcher] = ConsumerSpec(
+    durable="dispatcher-supervision", handlers={AgentWorkerExited: Dispatcher.on_worker_exited}
+)

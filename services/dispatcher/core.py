@@ -340,6 +340,19 @@ def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None
     return state
 
 
+def fold(state: DispatchState | None, events: Iterable[Envelope]) -> DispatchState | None:
+    """The state after several events, in order."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def needs_parking(state: DispatchState | None, event: Envelope) -> bool:
+    """An event about a dispatch whose request the read model has not seen yet: folding it now
+    would lose it (``evolve`` cannot start from it), so it waits for the request."""
+    return state is None and not isinstance(event.data, AgentDispatchRequested)
+
+
 def worker_lost(
     state: DispatchState, *, worker_id: str, detail: str, at: datetime
 ) -> DispatchState:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import Any
-
 import asyncpg
 from litestar import Litestar
 
 from services.dispatcher import core, store
-from shared.bus import Consumer, ConsumerSpec, Delivery
+from shared.consumer import Consumer, ConsumerSpec, Delivery
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.billing import UsageLimitCleared, UsageLimitReached
-
-# Services never call each other's HTTP APIs: billing announces caps reached and cleared, and
-# the dispatcher keeps what it needs to refuse a dispatch without asking anyone.
-USAGE_LIMITS = ConsumerSpec(
-    durable="dispatcher-usage-limits",
-    events=(UsageLimitReached, UsageLimitCleared),
-)
 
 
 async def apply(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> None:
@@ -38,12 +28,14 @@ async def apply(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> None
             await store.save_usage_limit(conn, after)
 
 
-def project_usage_limits(app: Litestar) -> Coroutine[Any, Any, None]:
+# Services never call each other's HTTP APIs: billing announces caps reached and cleared, and
+# the dispatcher keeps what it needs to refuse a dispatch without asking anyone.
+USAGE_LIMITS: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
+    durable="dispatcher-usage-limits",
+    handlers={UsageLimitReached: apply, UsageLimitCleared: apply},
+)
+
+
+async def project_usage_limits(app: Litestar) -> None:
     """The consumer, for the app's lifetime (a background of the app)."""
-    pool: asyncpg.Pool = app.state.pool
-
-    async def handle(event: Envelope, delivery: Delivery) -> None:
-        await apply(pool, event, delivery)
-
-    # batch=1: a lone message must not wait for a batch to fill (see shared.bus.Consumer).
-    return Consumer(app.state.bus, USAGE_LIMITS, handle, batch=1).run()
+    await Consumer(app.state.bus, USAGE_LIMITS, app.state.pool).run()

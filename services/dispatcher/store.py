@@ -85,6 +85,35 @@ async def joined_on_worker(pool: asyncpg.Pool, worker_id: str) -> list[DispatchS
     return [_state(r) for r in rows]
 
 
+async def park(conn: Connection, dispatch_id: str, stream_sequence: int, event: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO dispatch_parked_events (dispatch_id, stream_sequence, event)"
+        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        dispatch_id,
+        stream_sequence,
+        event,
+    )
+
+
+async def unpark(conn: Connection, dispatch_id: str) -> list[bytes]:
+    """The events parked for a dispatch, in stream order, removed from the parking."""
+    rows = await conn.fetch(
+        "DELETE FROM dispatch_parked_events WHERE dispatch_id = $1 RETURNING stream_sequence, event",
+        dispatch_id,
+    )
+    return [r["event"] for r in sorted(rows, key=lambda r: r["stream_sequence"])]
+
+
+async def joined_since(pool: asyncpg.Pool, before: datetime) -> list[DispatchState]:
+    """Dispatches joined before ``before`` and still running (the lost-agent sweeper's list)."""
+    rows = await pool.fetch(
+        "SELECT * FROM agent_dispatches WHERE state = 'joined' AND joined_at <= $1"
+        " ORDER BY joined_at LIMIT 500",
+        before,
+    )
+    return [_state(r) for r in rows]
+
+
 _LIMIT_COLUMNS = tuple(UsageLimit.__struct_fields__)
 
 

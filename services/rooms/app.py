@@ -3,37 +3,35 @@ egress, ingress) and the read model of who is where, projected from the webhook 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
 
 from services.rooms import routes_media, routes_participants, routes_rooms
-from services.rooms.edges import livekit_of, provide_livekit
-from services.rooms.projection import READ_MODEL, handler
-from services.rooms.reconcile import run_reconciler
-from shared.bus import Consumer
+from services.rooms.edges import provide_livekit
+from services.rooms.projection import READ_MODEL
+from services.rooms.reconcile import reconcile_turn
+from shared.background import BackgroundTask, every
 from shared.config import Settings
+from shared.consumer import Consumer
 from shared.http import create_service_app
+from shared.livekit_api import livekit_resource
 
 
 async def _project(app: Litestar) -> None:
-    await Consumer(app.state.bus, READ_MODEL, handler(app.state.pool)).run()
+    await Consumer(app.state.bus, READ_MODEL, app.state.pool).run()
 
 
 async def _reconcile(app: Litestar) -> None:
-    """Reconcile for the app's lifetime, then close the LiveKit client (it owns a session)."""
-    settings: Settings = app.state.settings
-    api = livekit_of(app.state)
-    try:
-        if settings.rooms_reconcile_interval > 0:
-            await run_reconciler(app.state.pool, api, settings.rooms_reconcile_interval)
-        else:
-            await asyncio.Event().wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await api.aclose()
+    await reconcile_turn(app.state.pool, app.state.livekit)
+
+
+def _background(settings: Settings) -> list[Any]:
+    tasks: list[Any] = [BackgroundTask("read-model", _project)]
+    if settings.rooms_reconcile_interval > 0:
+        tasks.append(every("reconciler", settings.rooms_reconcile_interval, _reconcile))
+    return tasks
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -45,8 +43,9 @@ def create_app(settings: Settings) -> Litestar:
             *routes_participants.HANDLERS,
             *routes_media.HANDLERS,
         ],
-        background=[_project, _reconcile],
-        dependencies={"livekit": Provide(provide_livekit)},
+        background=_background(settings),
+        resources=[livekit_resource],
+        dependencies={"livekit": Provide(provide_livekit, sync_to_thread=False)},
         description="Rooms, participants, data messages, egress and ingress of the caller's "
         "tenant, through LiveKit. Reads answer from a read model kept by LiveKit's webhooks "
         "and reconciled against LiveKit; every action is published as an event.",

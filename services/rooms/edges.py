@@ -12,7 +12,6 @@ from livekit import api as lk
 
 from services.rooms import store
 from services.rooms.errors import InvalidNameError
-from services.rooms.livekit_client import livekit_api
 from services.rooms.requests import RequestError
 from shared.events import Event
 from shared.http import ApiError
@@ -40,17 +39,9 @@ def bad_request(error: RequestError) -> ApiError:
     return ApiError(str(error), code=error.code)
 
 
-def livekit_of(state: State) -> lk.LiveKitAPI:
-    """The process's LiveKit client, made on first use inside the running event loop."""
-    client: lk.LiveKitAPI | None = state.get("livekit")
-    if client is None:
-        client = livekit_api(state.settings)
-        state.livekit = client
+def provide_livekit(state: State) -> lk.LiveKitAPI:
+    client: lk.LiveKitAPI = state.livekit
     return client
-
-
-async def provide_livekit(state: State) -> lk.LiveKitAPI:
-    return livekit_of(state)
 
 
 async def record(

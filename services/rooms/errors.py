@@ -35,6 +35,7 @@ class IngressUnavailableError(ServiceUnavailableError):
 
 class LiveKitUnavailableError(ServiceUnavailableError):
     code = "livekit_unavailable"
+    dependency = "livekit"  # an outage, for shared.failures: wait, never dead-letter
 
 
 _DESCRIPTIONS = {

@@ -18,7 +18,6 @@ from services.rooms.errors import (
     IngressUnavailableError,
     LiveKitUnavailableError,
 )
-from shared.config import Settings
 from shared.http import ApiError, NotFoundError
 from shared.livekit_proto import enum_name, from_unix
 from shared.naming import tenant_room
@@ -33,15 +32,6 @@ INGRESS_HELP = (
     "no LiveKit ingress service is connected to the LiveKit server, so external streams cannot "
     "be brought into rooms; run LiveKit Ingress next to the server (see docs/rooms.md)"
 )
-
-
-def livekit_api(settings: Settings) -> lk.LiveKitAPI:
-    return lk.LiveKitAPI(
-        settings.livekit_url,
-        settings.livekit_api_key,
-        settings.livekit_api_secret,
-        timeout=aiohttp.ClientTimeout(total=10),
-    )
 
 
 def _message(error: ServerError) -> str:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import asyncpg
 from livekit import api as lk
 
@@ -29,7 +28,6 @@ from services.rooms.reconciling import (
 )
 from shared.db import Connection
 from shared.events.rooms import RoomReconciled
-from shared.http import ApiError
 from shared.outbox import add_to_outbox
 
 log = logging.getLogger(__name__)
@@ -135,17 +133,12 @@ async def reconcile_once(
     return announced
 
 
-async def run_reconciler(pool: asyncpg.Pool, api: lk.LiveKitAPI, interval: float) -> None:
-    """Reconcile every ``interval`` seconds until cancelled; one replica at a time."""
-    while True:
-        await asyncio.sleep(interval)
+async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI) -> None:
+    """One reconciliation, unless another replica is running one."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
+            return
         try:
-            async with pool.acquire() as conn:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
-                    continue
-                try:
-                    await reconcile_once(pool, api)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
-        except (ApiError, aiohttp.ClientError, OSError, asyncpg.PostgresError) as error:
-            log.warning("reconciliation skipped: %s", type(error).__name__)
+            await reconcile_once(pool, api)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

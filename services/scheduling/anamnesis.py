@@ -13,17 +13,16 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
 
 from services.scheduling import store
-from shared.bus import Consumer, ConsumerSpec, Delivery, PoisonMessageError
+from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
+from shared.failures import PoisonMessageError
 from shared.http import NotFoundError
 from shared.naming import is_room_name
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
-
-ANAMNESIS_CONSUMER = ConsumerSpec(durable="scheduling-anamnesis", events=(AnamnesisRecorded,))
 
 # FHIR's QuestionnaireResponse.status value set (fhir.resources checks the shape, not codes).
 _STATUSES = {"in-progress", "completed", "amended", "entered-in-error", "stopped"}
@@ -66,8 +65,7 @@ def _link_ids(items: list[dict[str, Any]]) -> set[str]:
 
 async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> None:
     """The consumer's handler: validate (poison if invalid), then store once."""
-    record = event.data
-    assert isinstance(record, AnamnesisRecorded)
+    record = data_of(event, AnamnesisRecorded)
     try:
         validate_record(record)
     except InvalidRecordError as error:
@@ -90,13 +88,13 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
         )
 
 
+ANAMNESIS_CONSUMER: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
+    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}
+)
+
+
 async def run_anamnesis_consumer(app: Litestar) -> None:
-    pool = app.state.pool
-
-    async def handle(event: Envelope, delivery: Delivery) -> None:
-        await store_record(pool, event, delivery)
-
-    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, handle).run()
+    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, app.state.pool).run()
 
 
 class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -38,9 +38,9 @@ WEBHOOKS_PATH = "/v1/webhooks/livekit"
 # Outage length (seconds) of the cases: in CI longer than the consumers' whole (shortened)
 # retry schedule below; 60 for the figures in docs/reliability.md.
 OUTAGE_SECONDS = float(os.environ.get("MEDIAI_FAULT_OUTAGE", "8"))
-# The consumers' retry schedule in the fault stacks, shortened so an outage of a few seconds
-# already outlasts it (a consumer that dead-letters on a dependency outage shows it in CI).
-CONSUMER_BACKOFF = os.environ.get("MEDIAI_FAULT_CONSUMER_BACKOFF", "0.2,0.4,0.8,1.6")
+# The consumers' retry schedule in the fault stacks (MEDIAI_CONSUMER_BACKOFF), shortened so an
+# outage of a few seconds outlasts it: a consumer that dead-letters on an outage shows in CI.
+CONSUMER_BACKOFF = (0.2, 0.4, 0.8, 1.6)
 # Longest a service may take to answer while a dependency is away (its own timeouts are less):
 # shorter than the outage, so a request that hangs until the dependency is back is caught.
 ANSWER_BUDGET_SECONDS = float(os.environ.get("MEDIAI_FAULT_ANSWER_BUDGET", "5"))
@@ -65,7 +65,8 @@ class Figures:
         applied = " ".join(f"{name}={count}" for name, count in self.applied.items())
         extra = "".join(f" {name}={value}" for name, value in self.extra.items())
         line = (
-            f"FAULT {self.case}: outage={OUTAGE_SECONDS:g}s sent={self.sent} "
+            f"FAULT {self.case}: outage={OUTAGE_SECONDS:g}s "
+            f"backoff={'+'.join(f'{d:g}' for d in CONSUMER_BACKOFF)}s sent={self.sent} "
             f"acknowledged={self.acknowledged} stored={self.stored} applied[{applied}] "
             f"dead_lettered={self.dead_lettered} recovery={self.recovery_seconds:.1f}s{extra}"
         )
@@ -103,15 +104,15 @@ class FaultStack:
 async def fault_stack(
     services: list[str],
     *,
-    environment: dict[str, str] | None = None,
+    environment: dict[str, dict[str, str]] | None = None,
     **overrides: object,
 ) -> AsyncIterator[FaultStack]:
     """Start a stack of ``services`` on free ports under a temporary folder, as ``mediai up``
-    would; ``environment`` goes to every service (the shortened retry schedule by default)."""
+    would, with the shortened retry schedule; ``environment`` adds variables to some services
+    (a crash point)."""
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-fault-"))
-    settings = stack_settings(data_dir, **overrides)
-    extra = {"MEDIAI_CONSUMER_BACKOFF": CONSUMER_BACKOFF, **(environment or {})}
-    stack = Stack(settings, services=services, environment={s: extra for s in services})
+    settings = stack_settings(data_dir, **{"consumer_backoff": CONSUMER_BACKOFF, **overrides})
+    stack = Stack(settings, services=services, environment=environment)
     state = await stack.start()
     try:
         pool = await asyncpg.connect(settings.database_url)
@@ -123,10 +124,7 @@ async def fault_stack(
         yield FaultStack(settings, stack, state, tenant.id, state.dev_api_key)
     finally:
         await stack.stop()
-        if not os.environ.get("MEDIAI_FAULT_KEEP"):
-            shutil.rmtree(data_dir, ignore_errors=True)
-        else:
-            print("kept", data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # -- webhooks as LiveKit sends them -------------------------------------------------------------
