@@ -155,6 +155,7 @@ class Sent:
 
     sent: list[str] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
+    acknowledged_at: list[float] = field(default_factory=list)  # time.monotonic() of each
     statuses: dict[int, int] = field(default_factory=dict)
 
 
@@ -184,6 +185,7 @@ async def deliver(
             sent.statuses[answer.status_code] = sent.statuses.get(answer.status_code, 0) + 1
             if 200 <= answer.status_code < 300:
                 sent.acknowledged.append(hook.id)
+                sent.acknowledged_at.append(time.monotonic())
                 return True
             assert answer.status_code in (502, 503), (answer.status_code, answer.text)
         except httpx.TransportError:

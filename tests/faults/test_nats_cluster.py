@@ -82,8 +82,12 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
     sent = Sent()
     dispatched: list[tuple[int, str, float]] = []  # status, dispatch id, when
 
+    restarted = asyncio.Event()
+
     async def dispatch_all(http: httpx.AsyncClient) -> None:
-        for _ in range(DISPATCHES):
+        """Dispatch at a steady pace, before, during and after the failover: until the killed
+        node is back and ``DISPATCHES`` were sent."""
+        while len(dispatched) < DISPATCHES or not restarted.is_set():
             room = unique("consulta").replace("_", "-")
             try:
                 answer = await http.post("/v1/agents", json={"room": room, **OPENAI})
@@ -92,7 +96,7 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
             except httpx.TimeoutException:
                 status, body = 0, {}
             dispatched.append((status, body.get("id", ""), time.monotonic()))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.3)
 
     try:
         async with faulty.client(authenticated=False) as livekit, faulty.client() as http:
@@ -107,8 +111,22 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
             elected = time.monotonic() - killed_at
             await asyncio.sleep(max(0.0, OUTAGE_SECONDS - elected))  # the node stays dead
             await supervisor.start_again(leader)
-            await asyncio.wait_for(asyncio.gather(webhooks, dispatches), timeout=300)
+            restarted.set()
+            await asyncio.wait_for(webhooks, timeout=300)
+            await asyncio.wait_for(dispatches, timeout=300)
             accepted = [d for d in dispatched if d[0] == 202]
+            pool = await asyncpg.connect(settings.database_url)
+            try:
+
+                async def rooms_caught_up() -> bool:
+                    applied = await inbox_count(pool, ROOMS_READ_MODEL.durable, sent.acknowledged)
+                    return applied == len(sent.acknowledged)
+
+                await eventually(rooms_caught_up, timeout=120)
+                recovery = time.monotonic() - killed_at
+                applied_rooms = await inbox_count(pool, ROOMS_READ_MODEL.durable, sent.acknowledged)
+            finally:
+                await pool.close()
 
             async def all_failed_at_deadline() -> bool:
                 states = [
@@ -118,19 +136,7 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
                 return all(state == "failed" for state in states)
 
             await eventually(all_failed_at_deadline, timeout=60, step=0.5)
-
-        pool = await asyncpg.connect(settings.database_url)
-        try:
-
-            async def rooms_caught_up() -> bool:
-                applied = await inbox_count(pool, ROOMS_READ_MODEL.durable, sent.acknowledged)
-                return applied == len(sent.acknowledged)
-
-            await eventually(rooms_caught_up, timeout=120)
-            applied_rooms = await inbox_count(pool, ROOMS_READ_MODEL.durable, sent.acknowledged)
-        finally:
-            await pool.close()
-        recovery = time.monotonic() - killed_at
+        first_ack_after_kill = min(t for t in sent.acknowledged_at if t > killed_at) - killed_at
         stored_hooks = {e.id for e in await stored_events(js, ParticipantJoined, faulty.tenant)}
         stored_dispatches = {
             e.data.dispatch_id  # type: ignore[union-attr]
@@ -158,6 +164,7 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
             "killed": leader,
             "new_leader": new_leader,
             "election": f"{elected:.1f}s",
+            "publish_gap": f"{first_ack_after_kill:.1f}s",
             "acked_at_kill": acknowledged_at_kill,
             "dispatch_answers": dict(sorted(statuses.items())),
             "webhook_answers": dict(sorted(sent.statuses.items())),
