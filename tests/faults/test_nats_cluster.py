@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import httpx
@@ -83,19 +84,37 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
     dispatched: list[tuple[int, str, float]] = []  # status, dispatch id, when
 
     restarted = asyncio.Event()
+    rooms: list[str] = []
 
     async def dispatch_all(http: httpx.AsyncClient) -> None:
-        """Dispatch at a steady pace, before, during and after the failover: until the killed
-        node is back and ``DISPATCHES`` were sent."""
-        while len(dispatched) < DISPATCHES or not restarted.is_set():
+        """Dispatch at a steady pace, before, during and after the failover, until the killed
+        node is back and ``DISPATCHES`` were sent; each dispatch as a careful client sends it:
+        one Idempotency-Key, retried on a 503 or no answer until it is accepted."""
+        while len(rooms) < DISPATCHES or not restarted.is_set():
             room = unique("consulta").replace("_", "-")
-            try:
-                answer = await http.post("/v1/agents", json={"room": room, **OPENAI})
-                status = answer.status_code
-                body: dict[str, Any] = answer.json() if status == 202 else {}
-            except httpx.TimeoutException:
-                status, body = 0, {}
-            dispatched.append((status, body.get("id", ""), time.monotonic()))
+            rooms.append(room)
+            key = str(uuid.uuid4())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    answer = await http.post(
+                        "/v1/agents",
+                        json={"room": room, **OPENAI},
+                        headers={"Idempotency-Key": key},
+                    )
+                    status = answer.status_code
+                except httpx.TimeoutException:
+                    status = 0
+                dispatched.append(
+                    (
+                        status,
+                        answer.json().get("id", "") if status == 202 else room,
+                        time.monotonic(),
+                    )
+                )
+                if status == 202:
+                    break
+                await asyncio.sleep(0.5)
             await asyncio.sleep(0.3)
 
     try:
@@ -138,10 +157,9 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
             await eventually(all_failed_at_deadline, timeout=60, step=0.5)
         first_ack_after_kill = min(t for t in sent.acknowledged_at if t > killed_at) - killed_at
         stored_hooks = {e.id for e in await stored_events(js, ParticipantJoined, faulty.tenant)}
-        stored_dispatches = {
-            e.data.dispatch_id  # type: ignore[union-attr]
-            for e in await stored_events(js, AgentDispatchRequested, faulty.tenant)
-        }
+        requested = await stored_events(js, AgentDispatchRequested, faulty.tenant)
+        stored_dispatches = {e.data.dispatch_id for e in requested}  # type: ignore[union-attr]
+        per_room = Counter(e.data.room for e in requested)  # type: ignore[union-attr]
         after = await js.stream_info(EVENTS_STREAM)
         dead = await dead_letters(js)
     finally:
@@ -175,7 +193,9 @@ async def test_stream_leader_sigkilled_mid_burst_loses_no_acknowledged_event(
     assert not lost_hooks, f"{len(lost_hooks)} acknowledged webhooks missing from the stream"
     assert not lost_dispatches, f"{len(lost_dispatches)} accepted dispatches missing"
     assert len(sent.acknowledged) == WEBHOOKS and stored_hooks == set(sent.sent)
-    assert set(statuses) <= {202, 503}, statuses  # never a 500 or a hang
+    # Every dispatch accepted in the end, each once: one request per room on the log.
+    assert len(accepted) == len(rooms) and per_room == Counter(rooms), per_room
+    assert set(statuses) <= {202, 503}, statuses  # never a 500, never a hang
     assert any(when > killed_at + elected for status, _, when in dispatched if status == 202)
     assert after.cluster is not None and len(after.cluster.replicas or []) == 2
     assert dead == 0
