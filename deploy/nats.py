@@ -1,9 +1,10 @@
 """The local NATS JetStream: one server, or a cluster of 3 (``MEDIAI_NATS_NODES=3``) on this
 machine, each node its own ports, store folder and generated config.
 
-Every node fsyncs each write before JetStream acknowledges it (``sync_interval: always``): the
-default syncs every two minutes, and JetStream acknowledges a publish once the write is in its
-own buffers, so a node killed right after an acknowledgement could lose it (Jepsen, NATS 2.12).
+Every node fsyncs each write before JetStream acknowledges it (``sync_interval: always``), as
+production does (deploy/production/nats/nats.conf says why): with NATS's default (a sync every
+two minutes) an acknowledged event survives a killed process (it is in the page cache) but not
+a power cut or kernel crash (Jepsen, NATS 2.12).
 """
 
 from __future__ import annotations
