@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from deploy import livekit
+from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts
 from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
 from services import http_services

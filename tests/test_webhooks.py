@@ -26,8 +26,7 @@ from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 from nats.js import JetStreamContext
 
-from deploy.nats import nats_part
-from deploy.stack import StackState
+from deploy.stack import StackState, nats_part
 from deploy.supervisor import Supervisor
 from services.webhooks.app import create_app
 from services.webhooks.signing import sign
