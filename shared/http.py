@@ -26,6 +26,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 from opentelemetry import trace
@@ -266,6 +267,12 @@ def _as_task(background: Background) -> BackgroundTask:
     return BackgroundTask(getattr(background, "__name__", repr(background)), background)
 
 
+class _Metrics(PrometheusController):
+    """``/metrics`` (Prometheus): on the service's own port, never routed by the gateway."""
+
+    include_in_schema = False
+
+
 def create_service_app(
     *,
     service: str,
@@ -311,8 +318,17 @@ def create_service_app(
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
+    # Requests are counted by route template (group_path), never by path: paths carry room
+    # names and identities, which must not become metric labels.
+    prometheus = PrometheusConfig(
+        app_name=service,
+        prefix="mediai_http",
+        group_path=True,
+        exclude=["/healthz", "/readyz", "/metrics"],
+    )
     return Litestar(
-        route_handlers=[healthz, readyz, *route_handlers],
+        route_handlers=[healthz, readyz, _Metrics, *route_handlers],
+        middleware=[prometheus.middleware],
         lifespan=[lifespan],
         dependencies={
             "tenant": Provide(provide_tenant),

@@ -368,7 +368,8 @@ async def test_every_creating_operation_documents_the_header_and_its_errors(
     stack: StackState,
 ) -> None:
     urls = {part.name: part.url for part in stack.parts}
-    async with httpx.AsyncClient() as client:
+    # A service builds its OpenAPI document on the first ask: seconds on a busy machine.
+    async with httpx.AsyncClient(timeout=60) as client:
 
         async def operation(service: str, path: str, method: str) -> dict[str, Any]:
             schema = (await client.get(f"{urls[service]}/schema/openapi.json")).json()

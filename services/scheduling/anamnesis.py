@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 import pydantic
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
+from litestar.params import Parameter
 
 from services.scheduling import store
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
@@ -19,7 +20,7 @@ from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
 from shared.http import NotFoundError
-from shared.naming import is_room_name
+from shared.naming import ROOM_NAME, ROOM_NAME_RULE, is_room_name
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -118,12 +119,15 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     operation_id="getAnamnesis",
     summary="The latest anamnesis record of a consultation room",
 )
-async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool) -> AnamnesisBody:
-    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``."""
-    row = None
-    if is_room_name(room):
-        async with pool.acquire() as conn:
-            row = await store.latest_anamnesis(conn, tenant.id, room)
+async def get_anamnesis(
+    room: Annotated[str, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)],
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+) -> AnamnesisBody:
+    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``
+    (400 ``invalid_request`` for a name that can be no room's)."""
+    async with pool.acquire() as conn:
+        row = await store.latest_anamnesis(conn, tenant.id, room)
     if row is None:
         raise NotFoundError(
             "no anamnesis has been recorded in this room", code="anamnesis_not_found"
