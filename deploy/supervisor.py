@@ -203,12 +203,12 @@ class Supervisor:
 
     async def start_again(self, name: str, env: dict[str, str] | None = None) -> None:
         """Start a stopped or killed part on the same ports and data, and wait until it is
-        ready. ``env`` replaces the part's own extra environment (e.g. a crash point)."""
+        ready. ``env`` updates the part's environment from then on (e.g. a crash point; set a
+        variable to "" to clear it: MediAI reads an empty variable as unset)."""
         part = self.part(name)
         if part.process is not None and part.process.returncode is None:
             raise StackError(f"{name} is still running (pid {part.process.pid})")
-        if env is not None:
-            part.env = env
+        part.env = {**part.env, **(env or {})}
         await self.start(part)
 
     def freeze(self, name: str) -> list[int]:

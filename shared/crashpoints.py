@@ -38,5 +38,13 @@ def crash_point(name: str) -> None:
     if name != _armed:
         return
     log.critical("crash point %s reached: exiting with code %d", name, CRASH_EXIT_CODE)
+    # os._exit flushes nothing: get the line out first. The services log through a queue that a
+    # thread drains (Litestar's QueueListenerHandler): stopping its listener drains it.
+    for handler in logging.getLogger().handlers:
+        listener = getattr(handler, "listener", None)
+        if listener is not None:
+            listener.stop()
+        handler.flush()
+    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(CRASH_EXIT_CODE)

@@ -31,7 +31,7 @@ async def _always() -> bool:
 @pytest.fixture
 async def supervisor(tmp_path: Path) -> AsyncIterator[Supervisor]:
     running = Supervisor("127.0.0.1", tmp_path / "logs")
-    part = Part(name="tree", argv=["sh", "-c", SCRIPT], url="", ready=_always)
+    part = Part(name="tree", argv=["sh", "-c", SCRIPT], url="", ready=_always, env={"KEPT": "yes"})
     await running.start(part)
     await until(lambda: len(process_tree(part.process.pid)) == 3)  # type: ignore[union-attr]
     yield running
@@ -60,7 +60,7 @@ async def test_kill_then_start_again_runs_a_new_process_and_a_frozen_part_still_
     await supervisor.start_again("tree", env={"MEDIAI_CRASH_POINT": "nowhere"})
     second = supervisor.pid("tree")
     assert second not in (None, first)
-    assert "MEDIAI_CRASH_POINT=nowhere" in environ_of(second)
+    assert {"MEDIAI_CRASH_POINT=nowhere", "KEPT=yes"} <= set(environ_of(second).split("\0"))
     with pytest.raises(StackError, match="still running"):
         await supervisor.start_again("tree")
     supervisor.freeze("tree")

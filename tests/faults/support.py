@@ -124,7 +124,10 @@ async def fault_stack(
         yield FaultStack(settings, stack, state, tenant.id, state.dev_api_key)
     finally:
         await stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if os.environ.get("MEDIAI_FAULT_KEEP"):  # the stack's folder and logs, to look into
+            print(f"kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # -- webhooks as LiveKit sends them -------------------------------------------------------------
