@@ -37,6 +37,7 @@ from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
+from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
 
@@ -140,7 +141,7 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
         )
     if isinstance(error, ValidationException):
         details = [
-            {"field": str(item.get("key", "")), "problem": str(item.get("message", ""))}
+            _problem(request, str(item.get("key", "")), str(item.get("message", "")))
             for item in (error.extra if isinstance(error.extra, list) else [])
             if isinstance(item, dict)
         ]
@@ -154,6 +155,23 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
         return _error(error.status_code, code, error.detail)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+def _problem(request: Request[Any, Any, Any], key: str, message: str) -> dict[str, Any]:
+    """One validation problem as the client knows the field: a query or header parameter by
+    the name it sends (``patientRef``, not the handler's ``patient_ref``), and a pattern
+    mismatch by the parameter's rule when it has one, rather than the regular expression."""
+    try:
+        parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    except AttributeError:
+        parameter = None
+    definition = getattr(parameter, "kwarg_definition", None)
+    for alias in ("query", "header", "cookie"):
+        key = getattr(definition, alias, None) or key
+    rule = getattr(definition, "description", None)
+    if rule and "regex" in message:
+        message = f"must be {rule}"
+    return {"field": key, "problem": message}
 
 
 async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
@@ -291,7 +309,8 @@ def create_service_app(
     app's lifetime, each supervised on its own; their health is in ``/readyz``.
     """
     setup_telemetry(service, settings)
-    tasks = [_as_task(b) for b in (BackgroundTask("outbox-relay", _relay_outbox), *background)]
+    platform = (BackgroundTask("outbox-relay", _relay_outbox), BUS_PRUNER)
+    tasks = [_as_task(b) for b in (*platform, *background)]
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{service}: background task names must be unique: {names}")

@@ -45,6 +45,13 @@ DEAD_LETTERS = Counter(
     ["consumer"],
 )
 
+# -- the outbox (shared.outbox) ---------------------------------------------------------------
+
+OUTBOX_SET_ASIDE = Counter(
+    "mediai_outbox_set_aside_total",
+    "Outbox rows the relay set aside because it cannot decode them ('mediai streams' lists them)",
+)
+
 # -- background tasks (shared.background) ----------------------------------------------------
 
 TASK_UP = Gauge(

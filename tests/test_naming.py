@@ -178,8 +178,7 @@ NAME_FIELDS: dict[str, tuple[str, str, dict[str, str], dict[str, Any] | None, st
         "room", "invalid_request",
     ),
     "appointment list patientRef": (
-        # Litestar's error names the handler's parameter, not the query key ``patientRef``.
-        "GET", "/v1/appointments", {"patientRef": f"p-1{NL}"}, None, "patient_ref",
+        "GET", "/v1/appointments", {"patientRef": f"p-1{NL}"}, None, "patientRef",
         "invalid_request",
     ),
     "anamnesis path": (
@@ -197,4 +196,7 @@ async def test_every_name_field_rejects_a_trailing_newline(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == code
-    assert field in json.dumps(error)
+    # The field as the client sends it: in the details of a schema check, or the message of a
+    # path check.
+    named = [str(d.get("field")).split("[")[0] for d in error.get("details") or []]
+    assert field in named or field in error["message"], error
