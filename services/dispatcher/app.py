@@ -29,6 +29,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer, ConsumerSpec, Delivery
+from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
@@ -111,6 +112,8 @@ async def publish_and_apply(
         traceparent=current_traceparent(),
     )
     ack = await bus.publish_envelope(event)
+    # A crash here leaves the event on the log, unapplied: the read-model consumer applies it.
+    crash_point("dispatcher.after_publish_before_apply")
     if ack.duplicate:
         logged = await bus.js.get_msg(ack.stream, ack.seq)
         event = CODEC.decode(logged.data or b"")
