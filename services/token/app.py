@@ -14,7 +14,15 @@ from services.token.core import TokenRequestError, token_ttl
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, livekit_room
+from shared.naming import (
+    IDENTITY,
+    IDENTITY_RULE,
+    PATIENT_REF_ATTRIBUTE,
+    ROOM_NAME,
+    ROOM_NAME_RULE,
+    PatientRef,
+    livekit_room,
+)
 
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
 Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
@@ -23,7 +31,10 @@ Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDE
 class CreateTokenRequest(
     msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
-    """The spec's CreateTokenRequest."""
+    """The spec's CreateTokenRequest, plus ``patientRef``: when the participant is a patient,
+    the clinic's pseudonymous id of that patient, signed into the token as the participant
+    attribute ``mediai.patient_ref`` (so whoever sees the participant's name knows whose
+    personal data it is). Never a name, CPF or contact."""
 
     room: RoomName
     identity: Identity
@@ -31,6 +42,7 @@ class CreateTokenRequest(
     can_publish: bool = True
     can_subscribe: bool = True
     ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
+    patient_ref: PatientRef | None = None
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -54,11 +66,15 @@ async def create_token(
         can_publish=data.can_publish,
         can_subscribe=data.can_subscribe,
         can_publish_data=data.can_publish,
+        # The attributes are the clinic's word: the participant may not rewrite them.
+        can_update_own_metadata=False,
     )
+    attributes = {PATIENT_REF_ATTRIBUTE: data.patient_ref} if data.patient_ref else {}
     jwt = (
         livekit_api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
         .with_identity(data.identity)
         .with_name(data.name or data.identity)
+        .with_attributes(attributes)
         .with_ttl(ttl)
         .with_grants(grants)
         .to_jwt()
@@ -71,6 +87,7 @@ async def create_token(
             can_subscribe=data.can_subscribe,
             ttl_seconds=int(ttl.total_seconds()),
             expires_at=datetime.now(UTC) + ttl,
+            patient_ref=data.patient_ref or "",
         ),
         tenant=tenant.id,
         key=data.room,
