@@ -14,7 +14,7 @@ from services.scheduling import core
 from services.scheduling.core import Schedule, SchedulingError, Slot, Window
 from services.scheduling.store import Appointment, Doctor
 from shared.http import ApiError
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
+from shared.naming import ROOM_NAME, ROOM_NAME_RULE, PatientRef
 
 # Domain error code -> HTTP status; the code itself is what clients branch on.
 STATUS = {
@@ -49,7 +49,6 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
 ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 Clock = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["08:00"])]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True, examples=["2026-03-02T09:00:00-03:00"])]
-PatientRef = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -192,8 +191,8 @@ class BookAppointmentRequest(
     doctor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     # Must be the start of one of the doctor's slots (see GET /v1/doctors/{id}/slots).
     starts_at: AwareDatetime
-    # Opaque and chosen by the clinic (its patient id, or the patient's identity in LiveKit);
-    # it is the only patient data that goes into events.
+    # The clinic's pseudonymous id of the patient (never a name, CPF or contact); it is the
+    # only patient data that goes into events.
     patient_ref: PatientRef
     patient_name: Name | None = None
     patient_contact: Name | None = None
