@@ -50,7 +50,12 @@ async def consultation(
     room: str | None = None,
     patient: str = "patient-1",
     rtc_room: rtc.Room | None = None,
+    patient_ref: str = "",
+    appointment_id: str = "",
+    patient_is_minor: bool = False,
 ) -> AsyncIterator[Harness]:
+    """``patient`` is the identity of the person on the call; ``patient_ref``,
+    ``appointment_id`` and ``patient_is_minor`` are what the dispatch said of the patient."""
     dispatch_id = str(uuid.uuid4())
     reporter = Reporter(bus, tenant=tenant, key=dispatch_id)
     ended: list[tuple[str, str]] = []
@@ -71,6 +76,9 @@ async def consultation(
         patient=lambda: patient,
         nc=bus.nc,
         rtc_room=rtc_room,
+        patient_ref=patient_ref,
+        appointment_id=appointment_id,
+        patient_is_minor=patient_is_minor,
     )
     try:
         yield Harness(made, reporter, ended, emitted)

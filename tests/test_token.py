@@ -73,6 +73,36 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
     assert response.json()["token"] not in str(event)
 
 
+async def test_a_patients_token_carries_the_patient_ref_as_a_signed_attribute(
+    api: httpx.AsyncClient, stack: StackState, bus: Bus
+) -> None:
+    async with watch(bus, TokenIssued) as issued:
+        response = await api.post(
+            "/v1/tokens",
+            json={"room": "consult-3", "identity": "sala-3-p", "patientRef": "pac-000123"},
+        )
+        assert response.status_code == 201, response.text
+        event = await issued.wait_for(lambda e: e.subject == "consult-3")
+    token = response.json()["token"]
+    claims = livekit_api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret).verify(
+        token
+    )
+    assert claims.attributes == {"mediai.patient_ref": "pac-000123"}
+    assert claims.video.can_update_own_metadata is False  # the participant cannot rewrite it
+    assert isinstance(event.data, TokenIssued) and event.data.patient_ref == "pac-000123"
+    # LiveKit gives the participant the attribute the clinic signed.
+    room = rtc.Room()
+    await room.connect(response.json()["wsUrl"], token)
+    try:
+        assert room.local_participant.attributes == {"mediai.patient_ref": "pac-000123"}
+    finally:
+        await room.disconnect()
+    # Without patientRef: no attribute, and the event says no patient.
+    plain = await api.post("/v1/tokens", json={"room": "consult-3", "identity": "doctor-3"})
+    verifier = livekit_api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret)
+    assert not verifier.verify(plain.json()["token"]).attributes
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
