@@ -10,6 +10,7 @@ from livekit import rtc
 from deploy.stack import StackState
 from shared.bus import Bus
 from shared.events import TokenIssued
+from shared.events.rooms import ParticipantJoined
 from tests.support import watch
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -90,13 +91,17 @@ async def test_a_patients_token_carries_the_patient_ref_as_a_signed_attribute(
     assert claims.attributes == {"mediai.patient_ref": "pac-000123"}
     assert claims.video.can_update_own_metadata is False  # the participant cannot rewrite it
     assert isinstance(event.data, TokenIssued) and event.data.patient_ref == "pac-000123"
-    # LiveKit gives the participant the attribute the clinic signed.
-    room = rtc.Room()
-    await room.connect(response.json()["wsUrl"], token)
-    try:
-        assert room.local_participant.attributes == {"mediai.patient_ref": "pac-000123"}
-    finally:
-        await room.disconnect()
+    # LiveKit gives the participant the attribute the clinic signed, and its webhook tells the
+    # platform whose personal data the participant's name is.
+    async with watch(bus, ParticipantJoined) as joins:
+        room = rtc.Room()
+        await room.connect(response.json()["wsUrl"], token)
+        try:
+            assert room.local_participant.attributes == {"mediai.patient_ref": "pac-000123"}
+            joined = await joins.wait_for(lambda e: e.data.identity == "sala-3-p")
+        finally:
+            await room.disconnect()
+    assert isinstance(joined.data, ParticipantJoined) and joined.data.patient_ref == "pac-000123"
     # Without patientRef: no attribute, and the event says no patient.
     plain = await api.post("/v1/tokens", json={"room": "consult-3", "identity": "doctor-3"})
     verifier = livekit_api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret)
