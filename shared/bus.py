@@ -17,12 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import (
-    PubAck,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
@@ -30,55 +25,19 @@ from shared import subjects
 from shared.config import Settings
 from shared.events import (
     CODEC,
-    DEADLETTER_STREAM,
-    EVENTS_STREAM,
-    PHI_STREAM,
     Envelope,
     Event,
     envelope,
 )
+from shared.streams import create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, inject, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
-DUPLICATE_WINDOW_SECONDS = 3600.0  # LiveKit retries webhooks for minutes; keep an hour
-
 
 class BusUnavailableError(Exception):
     """JetStream did not acknowledge a publish after the retries (NATS down or unreachable)."""
-
-
-def stream_configs(settings: Settings) -> list[StreamConfig]:
-    """Every stream of the system. File storage, explicit retention, replicas per settings."""
-
-    def stream(name: str, max_age: float, description: str) -> StreamConfig:
-        return StreamConfig(
-            name=subjects.stream_name(name),
-            description=description,
-            subjects=[subjects.stream_subjects(name)],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=max_age,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            num_replicas=settings.nats_replicas,
-        )
-
-    return [
-        stream(EVENTS_STREAM, 0, "Business events; kept for billing audits (0 = no age limit)"),
-        stream(PHI_STREAM, float(settings.phi_retention), "Personal health data in transit"),
-        stream(DEADLETTER_STREAM, 0, "Messages consumers gave up on, for operators to replay"),
-    ]
-
-
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream; safe to call from every process at start-up."""
-    for config in stream_configs(settings):
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # The stream exists with another configuration: bring it to the declared one.
-            await js.update_stream(config)
 
 
 @dataclass(frozen=True)
@@ -202,6 +161,6 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
     )
     js = nc.jetstream()
     if declare:
-        await ensure_streams(js, settings)
+        await create_missing_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
     return Bus(nc=nc, js=js, source=f"mediai/{service}", retry=retry)

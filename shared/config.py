@@ -26,6 +26,17 @@ def parse_duration(text: str) -> int:
     return amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size such as ``"512MiB"``, ``"1GiB"`` or ``"1048576"`` (bytes) into bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512MiB, 1GiB or a number of bytes")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a MediAI process needs, validated once at start-up and passed down."""
 
@@ -77,6 +88,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
     phi_retention: int = 30 * 86400
+    # The dead-letter stream is bounded by age and by size (the oldest go first). Consumer inbox
+    # rows outlive dead letters (shared.pruning), so a replayed dead letter is still recognised.
+    deadletter_retention: int = 30 * 86400
+    deadletter_max_bytes: int = 1 << 30
 
     # AI providers of the agent workers (services/agent). OpenAI-compatible means OpenAI itself
     # or an on-premises server (Ollama, vLLM, speaches) so patient audio never leaves the clinic.
@@ -173,6 +188,20 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError(f"{value} must be 1 or more")
     return number
+
+
+def _positive_duration(value: str) -> int:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"{value} must be a duration of 1s or more")
+    return seconds
+
+
+def _positive_size(value: str) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError(f"{value} must be 1 byte or more")
+    return size
 
 
 def _non_negative_int(value: str) -> int:
@@ -289,6 +318,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
+    "MEDIAI_DEADLETTER_RETENTION": ("deadletter_retention", _positive_duration),
+    "MEDIAI_DEADLETTER_MAX_BYTES": ("deadletter_max_bytes", _positive_size),
     "GOOGLE_API_KEY": ("google_api_key", str),
     "OPENAI_API_KEY": ("openai_api_key", str),
     "OPENAI_BASE_URL": ("openai_base_url", _url("http", "https")),

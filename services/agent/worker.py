@@ -38,6 +38,7 @@ from shared.events.agents import (
     AgentWorkerRegistered,
 )
 from shared.naming import SYSTEM_TENANT
+from shared.participants import ROLE_ATTRIBUTE
 
 log = logging.getLogger("mediai.agent")
 
@@ -273,8 +274,10 @@ class Worker:
             await request.accept(
                 identity=agent_identity(meta),
                 name=meta.request.role,
+                # Its role ("copilot"…) is what frontends check, with its kind (agent), before
+                # they trust a message from it (shared/participants.py).
                 attributes={
-                    "mediai.role": meta.request.role,
+                    ROLE_ATTRIBUTE: meta.request.role,
                     "mediai.dispatch_id": meta.dispatch_id,
                 },
             )

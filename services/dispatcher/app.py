@@ -34,6 +34,7 @@ from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
+from shared.naming import ROOM_NAME, ROOM_NAME_RULE
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
 
@@ -175,7 +176,9 @@ async def dispatch_agent(
 async def list_agents(
     tenant: Tenant,
     pool: asyncpg.Pool,
-    room: str | None = None,
+    room: Annotated[
+        str | None, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)
+    ] = None,
     # "state" is a name Litestar reserves for the app state: the query parameter is mapped.
     state_filter: Annotated[
         Literal["requested", "dispatched", "joined", "ended", "failed"] | None,

@@ -21,17 +21,12 @@ from shared.events.agents import (
     AgentSessionStarted,
 )
 from shared.events.billing import UsageLimitCleared, UsageLimitReached
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, PatientRef
+from shared.naming import Identity, Language, PatientRef, RoomName, whole
 
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
-Language = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", examples=["pt-BR", "en-US"])
-]
 AppointmentId = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?!\n)$",
+        pattern=whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"),
         description="the id of one of the clinic's appointments (POST /v1/appointments)",
     ),
 ]

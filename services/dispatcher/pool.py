@@ -26,7 +26,7 @@ import aiohttp
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.dispatcher import pool_core
-from shared import subjects
+from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.config import Settings, to_environ
@@ -151,6 +151,22 @@ class WorkerPool:
             await self.start_worker(decision.reason, 0)
         for worker_id in decision.stop:
             self.stop_worker(worker_id)
+        self._measure()
+
+    def _measure(self) -> None:
+        workers = self.workers.values()
+        registered = [w for w in workers if w.registered and not w.stopping]
+        metrics.POOL_WORKERS.labels("registered").set(len(registered))
+        metrics.POOL_WORKERS.labels("starting").set(
+            sum(1 for w in workers if not w.registered and not w.stopping)
+        )
+        metrics.POOL_WORKERS.labels("stopping").set(sum(1 for w in workers if w.stopping))
+        loads = [w.load for w in registered if w.load is not None]
+        metrics.POOL_LOAD.set(sum(loads) / len(loads) if loads else 0.0)
+        metrics.POOL_ACTIVE_JOBS.set(sum(w.active_jobs for w in registered))
+        metrics.POOL_CAPACITY.set(
+            self.settings.agent_pool_max * self.settings.agent_jobs_per_worker
+        )
 
     async def start_worker(self, reason: str, attempt: int) -> PoolWorker:
         worker_id = f"agent-{uuid.uuid4().hex[:8]}"

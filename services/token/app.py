@@ -10,31 +10,23 @@ from litestar import Litestar, post
 from litestar.params import JSONBody
 from livekit import api as livekit_api
 
-from services.token.core import TokenRequestError, token_ttl
+from services.token.core import TokenRequestError, person_role, token_ttl
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
-from shared.naming import (
-    IDENTITY,
-    IDENTITY_RULE,
-    PATIENT_REF_ATTRIBUTE,
-    ROOM_NAME,
-    ROOM_NAME_RULE,
-    PatientRef,
-    livekit_room,
-)
-
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+from shared.naming import Identity, PatientRef, RoomName, livekit_room
+from shared.participants import PATIENT, PATIENT_REF_ATTRIBUTE, PERSON_ROLES, ROLE_ATTRIBUTE
 
 
 class CreateTokenRequest(
     msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
-    """The spec's CreateTokenRequest, plus ``patientRef``: when the participant is a patient,
-    the clinic's pseudonymous id of that patient, signed into the token as the participant
-    attribute ``mediai.patient_ref`` (so whoever sees the participant's name knows whose
-    personal data it is). Never a name, CPF or contact."""
+    """The spec's CreateTokenRequest, plus ``role``: who the person is in the consultation,
+    signed into the token (agents and frontends trust it; the participant cannot change it).
+    There is no way to ask for another participant kind (e.g. an agent's): unknown fields are
+    rejected. ``patientRef``, for a patient's token: the clinic's pseudonymous id of that
+    patient, signed in as the attribute ``mediai.patient_ref`` (so whoever sees the
+    participant's name knows whose personal data it is). Never a name, CPF or contact."""
 
     room: RoomName
     identity: Identity
@@ -42,6 +34,8 @@ class CreateTokenRequest(
     can_publish: bool = True
     can_subscribe: bool = True
     ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
+    # A plain string, not a Literal: an unknown role gets our own 400 listing the valid ones.
+    role: Annotated[str, msgspec.Meta(examples=list(PERSON_ROLES))] = PATIENT
     patient_ref: PatientRef | None = None
 
 
@@ -60,6 +54,17 @@ async def create_token(
         )
     except TokenRequestError as error:
         raise ApiError(str(error), code="invalid_ttl") from None
+    try:
+        role = person_role(data.role)
+    except TokenRequestError as error:
+        details = [{"field": "role", "valid": list(PERSON_ROLES)}]
+        raise ApiError(str(error), code="invalid_role", details=details) from None
+    if data.patient_ref and role != PATIENT:
+        raise ApiError(
+            f"patientRef names the patient a token is for; a {role}'s token takes none",
+            code="patient_ref_not_allowed",
+            details=[{"field": "patientRef", "role": role}],
+        )
     grants = livekit_api.VideoGrants(
         room_join=True,
         room=livekit_room(tenant.id, data.room),
@@ -69,7 +74,9 @@ async def create_token(
         # The attributes are the clinic's word: the participant may not rewrite them.
         can_update_own_metadata=False,
     )
-    attributes = {PATIENT_REF_ATTRIBUTE: data.patient_ref} if data.patient_ref else {}
+    attributes = {ROLE_ATTRIBUTE: role}
+    if data.patient_ref:
+        attributes[PATIENT_REF_ATTRIBUTE] = data.patient_ref
     jwt = (
         livekit_api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
         .with_identity(data.identity)
@@ -85,6 +92,7 @@ async def create_token(
             identity=data.identity,
             can_publish=data.can_publish,
             can_subscribe=data.can_subscribe,
+            role=role,
             ttl_seconds=int(ttl.total_seconds()),
             expires_at=datetime.now(UTC) + ttl,
             patient_ref=data.patient_ref or "",

@@ -30,7 +30,8 @@ from shared.events.rooms import (
     WebhooksDropped,
 )
 from shared.livekit_proto import enum_name, from_unix
-from shared.naming import PATIENT_REF_ATTRIBUTE, SYSTEM_TENANT, is_patient_ref, tenant_room
+from shared.naming import SYSTEM_TENANT, is_patient_ref, tenant_room
+from shared.participants import PATIENT_REF_ATTRIBUTE
 
 # Rooms that are not a tenant's (made outside MediAI on the same LiveKit server) are recorded
 # under this tenant rather than dropped; it can never be a tenant id (those are t + 10 chars).
