@@ -25,6 +25,9 @@ def register(cli: click.Group) -> None:
     from services.billing.cli import billing
 
     cli.add_command(billing)
+    from services.rooms.cli import rooms
+
+    cli.add_command(rooms)
 
 
 async def _operator_bus(settings: Settings) -> Bus:

@@ -8,6 +8,7 @@ stream's window) and carries the trace context in the ``traceparent`` header. Co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -146,11 +147,36 @@ class Bus:
         try:
             await self.nc.drain()
         except (nats.errors.Error, TimeoutError):
-            await self.nc.close()
+            # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
+
+
+@dataclass
+class _OutageLog:
+    """One line when NATS goes away and one when it is back, instead of nats-py's traceback
+    every reconnect attempt (every half second of an outage, in every process)."""
+
+    service: str
+    down: bool = False
+
+    async def error(self, error: Exception) -> None:
+        if not self.down:
+            log.warning("%s: NATS error: %s", self.service, type(error).__name__)
+
+    async def disconnected(self) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("%s: disconnected from NATS; reconnecting", self.service)
+
+    async def reconnected(self) -> None:
+        self.down = False
+        log.warning("%s: reconnected to NATS", self.service)
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
     """Connect to NATS as ``service`` and make sure the streams exist."""
+    outage = _OutageLog(service)
     nc = await nats.connect(
         servers=settings.nats_url.split(","),
         name=f"mediai-{service}",
@@ -158,6 +184,9 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
         reconnect_time_wait=0.5,
         connect_timeout=2,
         drain_timeout=5,
+        error_cb=outage.error,
+        disconnected_cb=outage.disconnected,
+        reconnected_cb=outage.reconnected,
     )
     js = nc.jetstream()
     if declare:

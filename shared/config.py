@@ -126,6 +126,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds a stopping worker gives its sessions to end gracefully (the local stack stops
     # within 10 s; production wants minutes, below the orchestrator's grace period).
     agent_drain_timeout: int = 3
+    # Bytes of unpublished session events the agent spool may hold on this data dir (events
+    # wait there while NATS is away; see docs/agents.md, "What survives what").
+    agent_spool_max_bytes: int = 64 * 1024 * 1024
 
     # The medical roles (services/agent, docs/agents-roles.md). Vision: the look_at_patient tool
     # (one camera frame on demand); streaming adds a frame every few seconds (off by default, as
@@ -339,6 +342,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
     "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
     "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
+    "MEDIAI_AGENT_SPOOL_MAX_BYTES": ("agent_spool_max_bytes", _positive_size),
     # The names of the seeds (ENABLE_VISION, BEY_*, TAVUS_*) where they had one.
     "ENABLE_VISION": ("enable_vision", _bool),
     "ENABLE_VISION_STREAMING": ("enable_vision_streaming", _bool),

@@ -55,8 +55,10 @@ async def add_to_outbox(
     tenant: str,
     key: str,
     time: datetime | None = None,
+    event_id: str | None = None,
 ) -> Envelope:
-    """Record an event to publish once the surrounding transaction commits.
+    """Record an event to publish once the surrounding transaction commits; ``event_id`` (a
+    fresh UUIDv7 when None) lets a producer give a finding a deterministic id.
 
     Concurrent transactions writing events of the same key wait for each other here, until the
     first commits or rolls back: that is what keeps the key's events in order on the stream.
@@ -66,6 +68,7 @@ async def add_to_outbox(
         source=source,
         tenant=tenant,
         subject=key,
+        event_id=event_id,
         time=time,
         traceparent=current_traceparent(),
     )

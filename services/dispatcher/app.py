@@ -286,7 +286,7 @@ async def _sweep_lost(app: Litestar) -> None:
 
 def _worker_pool(workers: WorkerPool) -> BackgroundTask:
     async def run(app: Litestar) -> None:
-        await workers.run(app.state.bus)
+        await workers.run(app.state.bus, app.state.pool)
 
     return BackgroundTask("worker-pool", run)
 

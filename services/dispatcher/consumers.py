@@ -259,6 +259,11 @@ class Dispatcher:
         without ending its session: its job or worker died where the pool could not see it (an
         orchestrator's worker, a killed job process, a dispatcher restart). LiveKit is the
         truth about who is in a room; the pool's own worker exits are handled at once."""
+        if not self.bus.nc.is_connected:
+            # An agent that ended while NATS was away left its session_ended in its worker's
+            # spool, published once NATS is back: count the grace from then, not from before.
+            self._absent_since.clear()
+            return
         now = utcnow()
         grace = timedelta(seconds=self.settings.agent_lost_grace)
         joined = await store.joined_since(self.pool, now - grace)

@@ -6,10 +6,9 @@ import asyncpg
 from litestar import delete, get, patch, post
 from litestar.params import JSONBody, Parameter
 from livekit import api as lk
-from msgspec.structs import replace
 
 from services.rooms import store
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
 from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, participant_row, track_row
@@ -134,19 +133,17 @@ async def mute_track(
                 muted=data.muted,
             )
         )
-    event = TrackMuted(room=name, identity=identity, track_sid=track_sid, muted=data.muted)
-    await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=name,
-        rows=[
-            (TrackRow, track_sid, lambda row: row and replace(row, muted=answer.track.muted)),
-        ],
-    )
     owner = await _present(pool, room, identity) or ParticipantRow(
         sid="", room_sid=room.sid, tenant=tenant.id, room=name, identity=identity
     )
+    event = TrackMuted(
+        room=name,
+        identity=identity,
+        track_sid=track_sid,
+        muted=answer.track.muted,
+        participant_sid=owner.sid,
+    )
+    await record(pool, event, tenant=tenant.id, key=name)
     return TrackView.of(track_row(answer.track, owner))
 
 
@@ -205,19 +202,7 @@ async def update_participant(
         attributes=data.attributes,
         permission=permission,
     )
-    await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=name,
-        rows=[
-            (
-                ParticipantRow,
-                info.sid,
-                lambda row: row and replace(row, name=seen.name, metadata=seen.metadata),
-            ),
-        ],
-    )
+    await record(pool, event, tenant=tenant.id, key=name)
     return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
 
 

@@ -22,6 +22,7 @@ from services.rooms.schemas import (
     RoomView,
     SendDataRequest,
 )
+from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import CallerTenant, PoolDep
 from shared.idempotency import idempotent
@@ -59,24 +60,42 @@ async def create_room(
                 )
             )
     seen = room_row(room)
-    event = RoomCreated(
-        room=data.name,
+    if existing is None:
+        await record(pool, _created(data.name, seen), tenant=tenant.id, key=data.name)
+    else:
+        # Open before: the read model may not have it yet (its room_started late or dropped).
+        found = _found(data.name, seen)
+        known = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid)
+        if known is None or core.on_room_found(known, found, tenant.id) != known:
+            await record(pool, found, tenant=tenant.id, key=data.name)
+    row = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid) or seen
+    present = await store.count_present(pool, row.sid)
+    return Response(RoomView.of(row, present), status_code=200 if existing else 201)
+
+
+def _created(name: str, seen: RoomRow) -> RoomCreated:
+    return RoomCreated(
+        room=name,
         room_sid=seen.sid,
         empty_timeout=seen.empty_timeout,
         departure_timeout=seen.departure_timeout,
         max_participants=seen.max_participants,
         metadata=seen.metadata,
+        created_at=seen.created_at,
     )
-    # A room already open is only brought into the read model: it was created before.
-    [after] = await record(
-        pool,
-        None if existing else event,
-        tenant=tenant.id,
-        key=data.name,
-        rows=[(RoomRow, seen.sid, lambda row: core.room_seen(row, seen))],
+
+
+def _found(name: str, seen: RoomRow) -> RoomFound:
+    return RoomFound(
+        room=name,
+        room_sid=seen.sid,
+        observed_at=datetime.now(UTC),
+        created_at=seen.created_at,
+        empty_timeout=seen.empty_timeout,
+        departure_timeout=seen.departure_timeout,
+        max_participants=seen.max_participants,
+        metadata=seen.metadata,
     )
-    present = await store.count_present(pool, after.sid)
-    return Response(RoomView.of(after, present), status_code=200 if existing else 201)
 
 
 @get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
@@ -110,23 +129,8 @@ async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: L
     async with calling(not_found=_no_room(name)):
         await livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room(tenant.id, name)))
     row = await store.open_room(pool, tenant.id, name)
-    now = datetime.now(UTC)
-    rows = []
-    if row is not None:
-        rows = [
-            (
-                RoomRow,
-                row.sid,
-                lambda r: r and core.finish_room(r, at=now, by=core.API, reason="api_delete"),
-            )
-        ]
-    await record(
-        pool,
-        RoomDeleted(room=name, room_sid=row.sid if row else ""),
-        tenant=tenant.id,
-        key=name,
-        rows=rows,
-    )
+    deleted = RoomDeleted(room=name, room_sid=row.sid if row else "")
+    await record(pool, deleted, tenant=tenant.id, key=name)
 
 
 @post(

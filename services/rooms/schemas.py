@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.track_core import TrackRow
 from shared.naming import FileName, Identity, RoomName
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)]
