@@ -30,8 +30,8 @@ from shared.events.rooms import (
     WebhooksDropped,
 )
 from shared.livekit_proto import enum_name, from_unix
-from shared.naming import SYSTEM_TENANT, is_patient_ref, tenant_room
-from shared.participants import PATIENT_REF_ATTRIBUTE
+from shared.naming import SYSTEM_TENANT, tenant_room
+from shared.participants import patient_ref_of
 
 # Rooms that are not a tenant's (made outside MediAI on the same LiveKit server) are recorded
 # under this tenant rather than dropped; it can never be a tenant id (those are t + 10 chars).
@@ -60,13 +60,6 @@ def webhook_id(hook: WebhookEvent, body: bytes) -> str:
 
 def participant_kind(info: lk_models.ParticipantInfo) -> str:
     return enum_name(lk_models.ParticipantInfo.Kind, info.kind)
-
-
-def patient_ref_of(info: lk_models.ParticipantInfo) -> str:
-    """The patient a participant is, as the clinic signed it into the token; "" when none or
-    when the attribute is not a patient reference (a token made outside MediAI)."""
-    ref = info.attributes.get(PATIENT_REF_ATTRIBUTE, "")
-    return ref if is_patient_ref(ref) else ""
 
 
 def _participant_joined_at(info: lk_models.ParticipantInfo) -> datetime | None:
@@ -143,7 +136,7 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             joined_at=_participant_joined_at(participant) or at,
             name=participant.name,
             metadata=participant.metadata,
-            patient_ref=patient_ref_of(participant),
+            patient_ref=patient_ref_of(participant.attributes),
         )
     if kind in ("participant_left", "participant_connection_aborted"):
         joined_at = _participant_joined_at(participant)
