@@ -41,7 +41,8 @@ from shared.tenants import Tenant
 
 
 class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A dispatch and its state: requested, dispatched, joined, ended or failed (with reason)."""
+    """A dispatch and its state: requested, dispatched, joined, ended or failed (with reason),
+    and the patient it is about (``patientRef``, ``appointmentId``: "" when none)."""
 
     id: str
     room: str
@@ -54,6 +55,8 @@ class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     llm: str
     tts: str
     realtime: str
+    patient_ref: str
+    appointment_id: str
     agent_identity: str
     requested_at: datetime
     deadline_at: datetime
@@ -261,6 +264,7 @@ async def command_agent(
             text=data.text,
             allow_interruptions=data.allow_interruptions,
             issued_at=utcnow(),
+            patient_ref=state.patient_ref,
         ),
         tenant=tenant.id,
         key=dispatch_id,

@@ -1,17 +1,18 @@
-"""Anamnesis records: validated as FHIR on the way in, stored per room, read by the doctor."""
+"""Anamnesis records: validated as FHIR on the way in, stored per consultation, read by the
+doctor by consultation (the dispatch, or the appointment it came from), never by room: a room
+name is reused, and the newest record of a room can be another patient's."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import msgspec
 import pydantic
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
-from litestar.params import Parameter
 
 from services.scheduling import store
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
@@ -20,7 +21,7 @@ from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
 from shared.http import NotFoundError
-from shared.naming import ROOM_NAME, ROOM_NAME_RULE, is_room_name
+from shared.naming import is_patient_ref, is_room_name
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ _STATUSES = {"in-progress", "completed", "amended", "entered-in-error", "stopped
 
 
 class InvalidRecordError(ValueError):
-    """The record can never be stored: not a FHIR QuestionnaireResponse, or a bad room name."""
+    """The record can never be stored: not a FHIR QuestionnaireResponse, a bad room name or
+    patient reference, or an appointment without its patient."""
 
 
 def validate_record(record: AnamnesisRecorded) -> None:
@@ -38,6 +40,10 @@ def validate_record(record: AnamnesisRecorded) -> None:
     same in R4 and R4B). Raises InvalidRecordError saying what is wrong, never what it says."""
     if not is_room_name(record.room):
         raise InvalidRecordError("room is not a room name")
+    if record.patient_ref and not is_patient_ref(record.patient_ref):
+        raise InvalidRecordError("patient_ref is not a patient reference")
+    if record.appointment_id and not record.patient_ref:
+        raise InvalidRecordError("appointment_id needs the appointment's patient_ref")
     try:
         response = QuestionnaireResponse.model_validate(record.questionnaire_response)
     except pydantic.ValidationError as error:
@@ -81,6 +87,8 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
             recorded_at=event.time,
             room=record.room,
             dispatch_id=record.dispatch_id,
+            patient_ref=record.patient_ref,
+            appointment_id=record.appointment_id,
             record={
                 "questionnaire_response": record.questionnaire_response,
                 "summary_pt_br": record.summary_pt_br,
@@ -104,8 +112,13 @@ class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel
 
 
 class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    room: str
+    # The consultation: the dispatch that made the record, and its appointment ("" if none).
     dispatch_id: str
+    appointment_id: str
+    # The patient, by the clinic's pseudonymous reference ("" if the dispatch named none).
+    patient_ref: str
+    # Where it happened (a room name is reused: never how a record is found).
+    room: str
     recorded_at: datetime
     # The FHIR R4 QuestionnaireResponse, as the agent recorded it.
     questionnaire_response: dict[str, Any]
@@ -113,33 +126,54 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Which transcript segments each answer (by linkId) came from.
     transcript_refs: list[TranscriptRefBody]
 
+    @classmethod
+    def of(cls, row: asyncpg.Record | None) -> AnamnesisBody:
+        if row is None:
+            raise NotFoundError(
+                "no anamnesis has been recorded in this consultation", code="anamnesis_not_found"
+            )
+        return cls(
+            dispatch_id=row["dispatch_id"],
+            appointment_id=row["appointment_id"],
+            patient_ref=row["patient_ref"],
+            room=row["room"],
+            recorded_at=row["recorded_at"],
+            questionnaire_response=row["questionnaire_response"],
+            summary_pt_br=row["summary_pt_br"],
+            transcript_refs=[
+                TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
+                for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])
+            ],
+        )
+
 
 @get(
-    "/v1/consultations/{room:str}/anamnesis",
-    operation_id="getAnamnesis",
-    summary="The latest anamnesis record of a consultation room",
+    "/v1/consultations/{dispatch_id:str}/anamnesis",
+    operation_id="getConsultationAnamnesis",
+    summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
 )
-async def get_anamnesis(
-    room: Annotated[str, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)],
-    tenant: Tenant,
-    pool: asyncpg.Pool,
+async def get_consultation_anamnesis(
+    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool
 ) -> AnamnesisBody:
-    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``
-    (400 ``invalid_request`` for a name that can be no room's)."""
+    """The newest record made by the intake agent of this dispatch (the ``id`` that
+    ``POST /v1/agents`` answered); 404 ``anamnesis_not_found``. A room name is not a
+    consultation: rooms are reused, so this path never looks one up."""
     async with pool.acquire() as conn:
-        row = await store.latest_anamnesis(conn, tenant.id, room)
-    if row is None:
-        raise NotFoundError(
-            "no anamnesis has been recorded in this room", code="anamnesis_not_found"
-        )
-    return AnamnesisBody(
-        room=row["room"],
-        dispatch_id=row["dispatch_id"],
-        recorded_at=row["recorded_at"],
-        questionnaire_response=row["questionnaire_response"],
-        summary_pt_br=row["summary_pt_br"],
-        transcript_refs=[
-            TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
-            for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])
-        ],
-    )
+        return AnamnesisBody.of(await store.dispatch_anamnesis(conn, tenant.id, dispatch_id))
+
+
+@get(
+    "/v1/appointments/{appointment_id:str}/anamnesis",
+    operation_id="getAppointmentAnamnesis",
+    summary="The latest anamnesis record made for an appointment",
+)
+async def get_appointment_anamnesis(
+    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool
+) -> AnamnesisBody:
+    """The newest record of the dispatches made for this appointment (``appointmentId`` on
+    ``POST /v1/agents``) about the appointment's own patient; 404 ``anamnesis_not_found``."""
+    async with pool.acquire() as conn:
+        return AnamnesisBody.of(await store.appointment_anamnesis(conn, tenant.id, appointment_id))
+
+
+ANAMNESIS_ROUTES = [get_consultation_anamnesis, get_appointment_anamnesis]

@@ -53,7 +53,8 @@ class RoomPresumedFinished(Event, frozen=True, kw_only=True):
 
 class ParticipantFound(Event, frozen=True, kw_only=True):
     """LiveKit lists a participant the read model lacks, shows gone only by a presumption, or
-    knows less about (its ``participant_joined`` was dropped)."""
+    knows less about (its ``participant_joined`` was dropped). ``patient_ref`` is, as in
+    ``ParticipantJoined``, the patient the participant's token names ("" for anyone else)."""
 
     TYPE: ClassVar[str] = "mediai.participant.found.v1"
     PRODUCER: ClassVar[str] = "rooms"
@@ -66,6 +67,7 @@ class ParticipantFound(Event, frozen=True, kw_only=True):
     joined_at: datetime | None = None
     name: str = ""
     metadata: str = ""
+    patient_ref: str = ""
 
 
 class ParticipantPresumedGone(Event, frozen=True, kw_only=True):
