@@ -34,6 +34,7 @@ import asyncpg
 import nats.errors
 
 from shared.bus import Bus, BusUnavailableError
+from shared.crashpoints import crash_point
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
 from shared.metrics import OUTBOX_SET_ASIDE
@@ -127,6 +128,9 @@ async def _publish_in_order(
             continue
         except (BusUnavailableError, nats.errors.Error) as error:
             return published, error  # keep the order: the rest waits for this one
+        # A crash here leaves the row on the stream and unmarked: the next relay republishes it
+        # under the same Nats-Msg-Id, which JetStream drops.
+        crash_point("outbox.after_publish_before_mark")
         await conn.execute(
             "UPDATE outbox SET published_at = now(), set_aside_at = NULL, set_aside_reason = NULL"
             " WHERE position = $1",
