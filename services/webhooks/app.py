@@ -156,4 +156,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[receive_livekit_webhook],
         dependencies={"receiver": Provide(lambda: receiver, sync_to_thread=False)},
         description="The LiveKit webhook edge: each verified webhook becomes one event on NATS.",
+        # It takes webhooks with NATS alone: ready while PostgreSQL is away (its outbox relay
+        # pauses), or LiveKit's webhooks would be refused and, after LiveKit's retries, lost.
+        ready_without=("postgres",),
     )
