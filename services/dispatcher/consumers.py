@@ -166,9 +166,11 @@ class Dispatcher:
         self._attempted.add(request.dispatch_id)
         try:
             dispatch = None
-            if retry:
-                # A retry may follow a create that worked. Listing is only done on retries: it
-                # costs LiveKit seconds for a room that does not exist yet (livekit/livekit#4488).
+            if retry and await self._room_exists(room):
+                # A retry may follow a create that worked, which made the room: a room LiveKit
+                # does not have holds no dispatch of ours (it closed, or was never made). Only
+                # retries list, and only an existing room: listing a room that does not exist
+                # fails after seconds (livekit/livekit#4488).
                 existing = await self.livekit.agent_dispatch.list_dispatch(room)
                 dispatch = next((d for d in existing if d.metadata == metadata), None)
             if dispatch is None:
@@ -181,6 +183,11 @@ class Dispatcher:
                 )
         except LIVEKIT_ERRORS as error:
             if utcnow() < request.deadline_at:
+                if isinstance(error, api.TwirpError) and error.status >= 500:
+                    # LiveKit answered but could not do it now: an outage too, not a failure
+                    # of this message (its bounded retries would dead-letter an accepted
+                    # dispatch once LiveKit is back).
+                    raise DependencyUnavailableError("livekit", error.code) from error
                 raise  # an outage of LiveKit: the consumer holds the message and retries
             await self.fail(
                 event.tenant,
@@ -207,6 +214,10 @@ class Dispatcher:
             key=request.dispatch_id,
             event_id=outcome_id(request.dispatch_id, "dispatched"),
         )
+
+    async def _room_exists(self, room: str) -> bool:
+        listing = await self.livekit.room.list_rooms(api.ListRoomsRequest(names=[room]))
+        return bool(listing.rooms)
 
     async def withdraw(self, tenant: str, state: core.DispatchState) -> None:
         """Delete the LiveKit dispatch (which also ends a job it started); best effort."""
