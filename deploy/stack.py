@@ -183,8 +183,9 @@ def service_part(settings: Settings, service: str, env: dict[str, str] | None = 
         env={**child_environ(settings), **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
         # The dispatcher is ready once its first agent worker has registered with LiveKit (a
-        # dispatch sent then is taken at once); a cold worker takes seconds to start.
-        ready_timeout=120.0 if service == "dispatcher" else 30.0,
+        # dispatch sent then is taken at once); a cold worker takes seconds to start. A service
+        # on a busy machine (several stacks on two cores) took more than 30 s to say ready.
+        ready_timeout=120.0 if service == "dispatcher" else 60.0,
     )
 
 
