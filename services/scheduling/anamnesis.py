@@ -98,7 +98,11 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
 
 
 ANAMNESIS_CONSUMER: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
-    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}
+    durable="scheduling-anamnesis",
+    handlers={AnamnesisRecorded: store_record},
+    # Storing a record takes milliseconds: a short ack wait brings back sooner the message a
+    # killed scheduling process held (the doctor waits for the anamnesis), as billing's does.
+    ack_wait=10.0,
 )
 
 
