@@ -2,7 +2,8 @@
 and its pool of one worker, usage every second): NATS killed when a session ends, and an agent
 worker SIGKILLed while NATS is away (the agent's spool); ``POST /v1/agents`` sent twice with one
 Idempotency-Key, and retried after a NATS timeout (NATS frozen while the dispatcher publishes):
-one agent in the room each time."""
+one agent in the room each time. The worker is killed last: the cases after it would wait for
+its replacement to start."""
 
 from __future__ import annotations
 
@@ -103,6 +104,113 @@ async def agents(
         await eventually(dispatcher_ready, timeout=WORKER_START_SECONDS, step=0.5)
         yield bus, api
     await bus.close()
+
+
+# -- POST /v1/agents with an Idempotency-Key ----------------------------------------------------
+
+
+async def test_post_agents_twice_with_one_key_puts_one_agent_in_the_room(
+    faulty: FaultStack, agents: tuple[Bus, httpx.AsyncClient]
+) -> None:
+    bus, api = agents
+    room = new_room()
+    patient = await Participant.join(api, room, "patient-1")
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"room": room, "role": "generic", **OPENAI}
+    dispatch_id = ""
+    try:
+        async with following(bus, AgentSessionStarted) as events:
+            first = await api.post("/v1/agents", json=body, headers=key)
+            again = await api.post("/v1/agents", json=body, headers=key)
+            assert first.status_code == again.status_code == 202, first.text
+            dispatch_id = first.json()["id"]
+            started = await events.next(AgentSessionStarted, dispatch_id, timeout=60)
+        await until(lambda: started.agent_identity in agents_in(patient), 10)
+        listed = [r["id"] for r in (await api.get("/v1/agents", params={"room": room})).json()]
+        in_livekit = await livekit_dispatches(faulty, room)
+        Figures(
+            "post-agents-twice-one-key",
+            sent=2,
+            acknowledged=2,
+            stored=len(listed),
+            applied={"agents_in_room": len(agents_in(patient)), "livekit": len(in_livekit)},
+            dead_lettered=await dead_letters(bus.js),
+            extra={"replayed": again.headers.get(REPLAYED, "")},
+        ).report()
+        assert (REPLAYED not in first.headers, again.headers[REPLAYED]) == (True, "true")
+        assert again.json() == first.json()
+        assert agents_in(patient) == [started.agent_identity]
+        assert listed == [dispatch_id]
+        assert len(in_livekit) == 1
+    finally:
+        if dispatch_id:
+            await api.delete(f"/v1/agents/{dispatch_id}")
+        await patient.leave()
+
+
+async def test_a_retry_after_a_nats_timeout_whose_publish_landed_is_one_agent(
+    faulty: FaultStack, agents: tuple[Bus, httpx.AsyncClient]
+) -> None:
+    """NATS is frozen (SIGSTOP by pid) while the dispatcher publishes: no ack comes, and after
+    its retries the dispatcher answers 503. But the publish was written to NATS's socket; once
+    NATS runs again it lands. The client's retry with the same key must not make a second
+    dispatch: it republishes the same event id, which JetStream drops, and answers with the
+    dispatch the log holds."""
+    bus, api = agents
+    room = new_room()
+    patient = await Participant.join(api, room, "patient-2")  # its token needs NATS: before
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"room": room, "role": "generic", **OPENAI}
+    dispatch_id = ""
+
+    async def requested() -> list[Envelope]:
+        """The dispatch requests for the room on the log (their key, the dispatch id, derives
+        from the Idempotency-Key: the test reads the tenant's and keeps the room's)."""
+        every = await stored_events(bus.js, AgentDispatchRequested, faulty.tenant)
+        return [e for e in every if e.data.room == room]  # type: ignore[union-attr]
+
+    try:
+        faulty.supervisor.freeze("nats")
+        try:
+            first = await api.post("/v1/agents", json=body, headers=key)
+        finally:
+            faulty.supervisor.thaw("nats")
+        thawed = time.monotonic()
+        assert first.status_code == 503, first.text
+        assert first.json()["error"]["code"] == "bus_unavailable"
+        assert first.headers["retry-after"]
+        [landed] = await once_back(requested)  # the 503's publish did land
+        recovery = time.monotonic() - thawed
+        retry = await api.post("/v1/agents", json=body, headers=key)
+        assert retry.status_code == 202, retry.text
+        dispatch_id = retry.json()["id"]
+        await until(lambda: len(agents_in(patient)) > 0, 60)
+        on_log = await requested()
+        in_livekit = await livekit_dispatches(faulty, room)
+        listed = [r["id"] for r in (await api.get("/v1/agents", params={"room": room})).json()]
+        Figures(
+            "post-agents-retried-after-nats-timeout",
+            sent=2,
+            acknowledged=1,
+            stored=len(on_log),
+            applied={"agents_in_room": len(agents_in(patient)), "livekit": len(in_livekit)},
+            dead_lettered=await dead_letters(bus.js),
+            recovery_seconds=recovery,
+            extra={"answers": [first.status_code, retry.status_code]},
+        ).report()
+        assert REPLAYED not in retry.headers  # a 5xx is not kept: it ran again
+        # The answer is the dispatch the log holds: the first attempt's, not a copy.
+        assert landed.data.dispatch_id == dispatch_id  # type: ignore[union-attr]
+        requested_at = datetime.fromisoformat(retry.json()["requestedAt"])
+        assert requested_at == landed.data.requested_at  # type: ignore[union-attr]
+        assert [e.id for e in on_log] == [landed.id]
+        assert listed == [dispatch_id]
+        assert len(in_livekit) == 1
+        assert len(agents_in(patient)) == 1
+    finally:
+        if dispatch_id:
+            await api.delete(f"/v1/agents/{dispatch_id}")
+        await patient.leave()
 
 
 # -- NATS away when a session ends; a worker SIGKILLed while NATS is away -----------------------
@@ -223,110 +331,3 @@ async def test_a_worker_killed_while_nats_is_away_loses_at_most_one_usage_period
     assert lost <= PERIOD + 1.0  # at most one period
     assert await logged(bus, AgentSessionEnded, tenant, dispatch_id) == []
     await patient.leave()
-
-
-# -- POST /v1/agents with an Idempotency-Key ----------------------------------------------------
-
-
-async def test_post_agents_twice_with_one_key_puts_one_agent_in_the_room(
-    faulty: FaultStack, agents: tuple[Bus, httpx.AsyncClient]
-) -> None:
-    bus, api = agents
-    room = new_room()
-    patient = await Participant.join(api, room, "patient-1")
-    key = {"Idempotency-Key": str(uuid.uuid4())}
-    body = {"room": room, "role": "generic", **OPENAI}
-    dispatch_id = ""
-    try:
-        async with following(bus, AgentSessionStarted) as events:
-            first = await api.post("/v1/agents", json=body, headers=key)
-            again = await api.post("/v1/agents", json=body, headers=key)
-            assert first.status_code == again.status_code == 202, first.text
-            dispatch_id = first.json()["id"]
-            started = await events.next(AgentSessionStarted, dispatch_id, timeout=60)
-        await until(lambda: started.agent_identity in agents_in(patient), 10)
-        listed = [r["id"] for r in (await api.get("/v1/agents", params={"room": room})).json()]
-        in_livekit = await livekit_dispatches(faulty, room)
-        Figures(
-            "post-agents-twice-one-key",
-            sent=2,
-            acknowledged=2,
-            stored=len(listed),
-            applied={"agents_in_room": len(agents_in(patient)), "livekit": len(in_livekit)},
-            dead_lettered=await dead_letters(bus.js),
-            extra={"replayed": again.headers.get(REPLAYED, "")},
-        ).report()
-        assert (REPLAYED not in first.headers, again.headers[REPLAYED]) == (True, "true")
-        assert again.json() == first.json()
-        assert agents_in(patient) == [started.agent_identity]
-        assert listed == [dispatch_id]
-        assert len(in_livekit) == 1
-    finally:
-        if dispatch_id:
-            await api.delete(f"/v1/agents/{dispatch_id}")
-        await patient.leave()
-
-
-async def test_a_retry_after_a_nats_timeout_whose_publish_landed_is_one_agent(
-    faulty: FaultStack, agents: tuple[Bus, httpx.AsyncClient]
-) -> None:
-    """NATS is frozen (SIGSTOP by pid) while the dispatcher publishes: no ack comes, and after
-    its retries the dispatcher answers 503. But the publish was written to NATS's socket; once
-    NATS runs again it lands. The client's retry with the same key must not make a second
-    dispatch: it republishes the same event id, which JetStream drops, and answers with the
-    dispatch the log holds."""
-    bus, api = agents
-    room = new_room()
-    patient = await Participant.join(api, room, "patient-2")  # its token needs NATS: before
-    key = {"Idempotency-Key": str(uuid.uuid4())}
-    body = {"room": room, "role": "generic", **OPENAI}
-    dispatch_id = ""
-
-    async def requested() -> list[Envelope]:
-        """The dispatch requests for the room on the log (their key, the dispatch id, derives
-        from the Idempotency-Key: the test reads the tenant's and keeps the room's)."""
-        every = await stored_events(bus.js, AgentDispatchRequested, faulty.tenant)
-        return [e for e in every if e.data.room == room]  # type: ignore[union-attr]
-
-    try:
-        faulty.supervisor.freeze("nats")
-        try:
-            first = await api.post("/v1/agents", json=body, headers=key)
-        finally:
-            faulty.supervisor.thaw("nats")
-        thawed = time.monotonic()
-        assert first.status_code == 503, first.text
-        assert first.json()["error"]["code"] == "bus_unavailable"
-        assert first.headers["retry-after"]
-        [landed] = await once_back(requested)  # the 503's publish did land
-        recovery = time.monotonic() - thawed
-        retry = await api.post("/v1/agents", json=body, headers=key)
-        assert retry.status_code == 202, retry.text
-        dispatch_id = retry.json()["id"]
-        await until(lambda: len(agents_in(patient)) > 0, 60)
-        on_log = await requested()
-        in_livekit = await livekit_dispatches(faulty, room)
-        listed = [r["id"] for r in (await api.get("/v1/agents", params={"room": room})).json()]
-        Figures(
-            "post-agents-retried-after-nats-timeout",
-            sent=2,
-            acknowledged=1,
-            stored=len(on_log),
-            applied={"agents_in_room": len(agents_in(patient)), "livekit": len(in_livekit)},
-            dead_lettered=await dead_letters(bus.js),
-            recovery_seconds=recovery,
-            extra={"answers": [first.status_code, retry.status_code]},
-        ).report()
-        assert REPLAYED not in retry.headers  # a 5xx is not kept: it ran again
-        # The answer is the dispatch the log holds: the first attempt's, not a copy.
-        assert landed.data.dispatch_id == dispatch_id  # type: ignore[union-attr]
-        requested_at = datetime.fromisoformat(retry.json()["requestedAt"])
-        assert requested_at == landed.data.requested_at  # type: ignore[union-attr]
-        assert [e.id for e in on_log] == [landed.id]
-        assert listed == [dispatch_id]
-        assert len(in_livekit) == 1
-        assert len(agents_in(patient)) == 1
-    finally:
-        if dispatch_id:
-            await api.delete(f"/v1/agents/{dispatch_id}")
-        await patient.leave()
