@@ -18,6 +18,9 @@ def register(cli: click.Group) -> None:
     from services.billing.cli import billing
 
     cli.add_command(billing)
+    from services.keys.cli import keys
+
+    cli.add_command(keys)
 
 
 @click.group()

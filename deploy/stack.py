@@ -24,6 +24,7 @@ import nats
 from deploy import livekit
 from deploy.supervisor import Part, StackError, Supervisor, as_user
 from services import http_services
+from services.keys import kek
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
 from shared.tenants import authenticate, create_tenant
@@ -32,6 +33,7 @@ DEPLOY_DIR = Path(__file__).resolve().parent
 STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
+KEY_SERVICE = "keys"
 
 
 def _http_ok(url: str) -> bool:
@@ -55,11 +57,14 @@ def _bin(name: str) -> str:
     return found
 
 
-def child_environ(settings: Settings) -> dict[str, str]:
+def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     environ = to_environ(settings)
     if settings.livekit_local:
         # Blank out any external-server settings inherited from the shell.
         environ.update({"LIVEKIT_URL": "", "LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""})
+    if service != KEY_SERVICE:
+        # The key-encryption key, if the shell gave one, goes to the key service alone.
+        environ[kek.ENVIRONMENT_VARIABLE] = ""
     return environ
 
 
@@ -228,7 +233,7 @@ def service_part(settings: Settings, service: str) -> Part:
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env=child_environ(settings),
+        env=child_environ(settings, service),
         ready=lambda: _http_ready(f"{base}/readyz"),
     )
 
@@ -276,6 +281,8 @@ def stack_stages(settings: Settings, services: list[str] | None = None) -> list[
     if settings.livekit_local:
         servers.append(livekit_part(settings))
     selected = services if services is not None else known
+    # Every service that handles personal data needs the key service: it always runs.
+    selected = [*selected, *([] if KEY_SERVICE in selected else [KEY_SERVICE])]
     return [servers, [service_part(settings, s) for s in selected], [gateway_part(settings)]]
 
 
@@ -336,6 +343,8 @@ class Stack:
             servers, services, gateway = stack_stages(self.settings, self.services)
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
+            if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
+                kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
             await self.supervisor.start_together(services)
             await self.supervisor.start_together(gateway)
         except BaseException:

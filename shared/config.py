@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dispatcher_port: int = 8104
     billing_port: int = 8105
     scheduling_port: int = 8106
+    keys_port: int = 8107
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
@@ -77,6 +78,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
     phi_retention: int = 30 * 86400
+    # Patient data (docs/privacy.md): the keyring of key-encryption keys the key service reads
+    # (None: <data_dir>/kek; the MEDIAI_KEK variable, read by the key service alone, wins), how
+    # long a process keeps a data key in memory, and how long a patient's clinical record stays
+    # readable after its key was last used (then its key is destroyed; 20 years by default).
+    kek_file: Path | None = None
+    key_cache_ttl: int = 60
+    clinical_retention: int = 20 * 365 * 86400
 
     # AI providers of the agent workers (services/agent). OpenAI-compatible means OpenAI itself
     # or an on-premises server (Ollama, vLLM, speaches) so patient audio never leaves the clinic.
@@ -265,6 +273,7 @@ PORT_NAMES = (
     "dispatcher",
     "billing",
     "scheduling",
+    "keys",
 )
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -289,6 +298,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
+    "MEDIAI_KEK_FILE": ("kek_file", Path),
+    "MEDIAI_KEY_CACHE_TTL": ("key_cache_ttl", parse_duration),
+    "MEDIAI_CLINICAL_RETENTION": ("clinical_retention", parse_duration),
     "GOOGLE_API_KEY": ("google_api_key", str),
     "OPENAI_API_KEY": ("openai_api_key", str),
     "OPENAI_BASE_URL": ("openai_base_url", _url("http", "https")),

@@ -2,7 +2,9 @@
 announces, then relayed to JetStream, so the database and the log never diverge.
 
 The relay publishes with the event's own id as ``Nats-Msg-Id``, so a relay that crashes between
-publishing and marking the row sent republishes a duplicate JetStream drops.
+publishing and marking the row sent republishes a duplicate JetStream drops. Personal fields are
+sealed before the row is written (``phi``; a row lingers in dead tuples and WAL after it is
+sent), so an event type with personal fields needs it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncpg
 from shared.bus import Bus, BusUnavailableError
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, envelope
+from shared.events.privacy import sealing_plan
+from shared.phi import Phi
 from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,12 @@ async def add_to_outbox(
     tenant: str,
     key: str,
     time: datetime | None = None,
+    phi: Phi | None = None,
 ) -> Envelope:
-    """Record an event to publish once the surrounding transaction commits."""
+    """Record an event to publish once the surrounding transaction commits (sealed with
+    ``phi`` when it carries personal data); returns it as given, unsealed."""
+    if phi is None and sealing_plan(type(data)):
+        raise ValueError(f"{data.TYPE} carries personal data: pass phi to seal it")
     event = envelope(
         data,
         source=source,
@@ -39,8 +47,9 @@ async def add_to_outbox(
         time=time,
         traceparent=current_traceparent(),
     )
+    stored = event if phi is None else await phi.seal(event)
     await conn.execute(
-        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(event)
+        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(stored)
     )
     return event
 

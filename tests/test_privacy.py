@@ -22,9 +22,7 @@ from shared.events.privacy import (
 
 
 def test_every_string_of_every_event_is_classified() -> None:
-    missing = {
-        cls.TYPE: unclassified(cls) for cls in (*CURRENT, *(old for old, _, _ in LEGACY))
-    }
+    missing = {cls.TYPE: unclassified(cls) for cls in (*CURRENT, *(old for old, _, _ in LEGACY))}
     missing = {t: paths for t, paths in missing.items() if paths}
     assert not missing, (
         "mark these fields Personal, Clinical, Pseudonym or Plain (shared/events/privacy.py): "

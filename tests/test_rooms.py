@@ -419,7 +419,7 @@ async def test_reconciliation_heals_what_dropped_webhooks_broke(
         )
         assert await identities(api, room) == ["ghost"]
 
-        corrections = await reconcile_once(pool, livekit, settle=timedelta(0))
+        corrections = await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
 
         by_room = {c.room: c for c in corrections}
         assert [p.identity for p in by_room[room].participants_gone] == ["ghost"]
@@ -430,7 +430,7 @@ async def test_reconciliation_heals_what_dropped_webhooks_broke(
         announced = await events.wait_for(lambda e: e.data.room == room, timeout=10)
         assert announced.subject == room
         # Healed means a second pass finds nothing more to correct here.
-        again = await reconcile_once(pool, livekit, settle=timedelta(0))
+        again = await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
         assert not {room, phantom_room} & {c.room for c in again}
     await api.delete(f"/v1/rooms/{room}")
 

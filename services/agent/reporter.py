@@ -2,7 +2,10 @@
 
 Callbacks of the voice pipeline are synchronous and must return at once, so events go through a
 queue to one sender task, which keeps their order (transcripts are read in order) and retries
-with the same event id while NATS is away (JetStream drops the duplicates of a retry).
+with the same event id while NATS or the key service is away (JetStream drops the duplicates of
+a retry). Sealing happens there too, in ``Bus.publish_envelope``, off the audio path; an event
+that can no longer be sealed (its patient's key was destroyed mid-session) is dropped, never
+published in clear.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 
 from shared.bus import Bus, BusUnavailableError
 from shared.events import Envelope, Event, envelope
+from shared.keys_api import KeyRequestError
+from shared.phi import KeysUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +71,11 @@ class Reporter:
                 try:
                     await self.bus.publish_envelope(event)
                     break
-                except BusUnavailableError:
-                    log.warning("reporter: NATS unavailable, retrying %s", event.type)
+                except (BusUnavailableError, KeysUnavailableError) as error:
+                    log.warning("reporter: %s, retrying %s", type(error).__name__, event.type)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                except KeyRequestError as error:
+                    log.error("reporter: %s not published: %s", event.type, error.code)
+                    break
             self._queue.task_done()

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +38,10 @@ from shared.events.agents import (
     AgentSessionFailed,
     AgentWorkerRegistered,
 )
+from shared.keys import DispatchKeys
+from shared.keys_api import KeyRequestError
 from shared.naming import SYSTEM_TENANT
+from shared.phi import KeysUnavailableError, Phi, is_erased
 
 log = logging.getLogger("mediai.agent")
 
@@ -170,6 +174,26 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("start_failed")
         return
     bus = await bus_connecting
+    try:
+        meta = await open_with_dispatch_keys(bus, meta)
+    except (KeysUnavailableError, KeyRequestError, MetadataError) as error:
+        log.error("the dispatch's keys are unavailable: %s", error)
+        await bus.publish(
+            AgentSessionFailed(
+                dispatch_id=meta.dispatch_id,
+                room=meta.request.room,
+                role=role.name,
+                reason="keys_unavailable",
+                detail=str(error),
+                worker_id=deps.worker_id,
+                failed_at=datetime.now(UTC),
+            ),
+            tenant=meta.tenant,
+            key=meta.dispatch_id,
+        )
+        await bus.close()
+        ctx.shutdown("keys_unavailable")
+        return
     runtime = SessionRuntime(ctx, meta, role, deps, models, bus)
     try:
         await runtime.start()
@@ -188,6 +212,18 @@ async def entrypoint(ctx: JobContext) -> None:
         )
         runtime.end = ("error", f"start failed: {type(error).__name__}")
         ctx.shutdown("start_failed")
+
+
+async def open_with_dispatch_keys(bus: Bus, meta: JobMetadata) -> JobMetadata:
+    """Give the job's bus its dispatch's keys (asked for by dispatch id: the key service answers
+    only while the dispatch is live) and open the dispatch's sealed instructions with them.
+    From here on the job seals what it publishes with its patient's keys, and only those."""
+    keys = await DispatchKeys.fetch(bus.nc, tenant=meta.tenant, dispatch_id=meta.dispatch_id)
+    bus.phi = Phi(keys)
+    request = await bus.phi.open_data(meta.request, tenant=meta.tenant)
+    if is_erased(request.instructions):
+        raise MetadataError("the dispatch's instructions were erased (their key was destroyed)")
+    return replace(meta, request=request)
 
 
 async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> None:

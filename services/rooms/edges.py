@@ -17,6 +17,7 @@ from shared.events import Event
 from shared.http import ApiError
 from shared.naming import IDENTITY_RULE, ROOM_NAME_RULE, is_identity, is_room_name
 from shared.outbox import add_to_outbox
+from shared.phi import Phi
 
 SOURCE = "mediai/rooms"
 # ``livekit: LiveKitDep`` in a handler: the process's LiveKit server API client.
@@ -45,14 +46,20 @@ def provide_livekit(state: State) -> lk.LiveKitAPI:
 
 
 async def record(
-    pool: asyncpg.Pool, event: Event | None, *, tenant: str, key: str, rows: Any = ()
+    pool: asyncpg.Pool,
+    event: Event | None,
+    *,
+    tenant: str,
+    key: str,
+    rows: Any = (),
+    phi: Phi | None = None,
 ) -> list[Any]:
     """Write the rows an action changed and the event announcing it, atomically; returns the
     rows as written.
 
     ``rows`` are ``(kind, key, rule)`` triples: the row is loaded under its lock and replaced
     by ``rule(row)`` (None: left as it is), so a webhook projected meanwhile is merged, not
-    overwritten.
+    overwritten. An event with personal fields needs ``phi`` (it is sealed in the outbox).
     """
     written = []
     async with pool.acquire() as conn, conn.transaction():
@@ -63,5 +70,5 @@ async def record(
                 await store.change(conn, before, after)
             written.append(after)
         if event is not None:
-            await add_to_outbox(conn, event, source=SOURCE, tenant=tenant, key=key)
+            await add_to_outbox(conn, event, source=SOURCE, tenant=tenant, key=key, phi=phi)
     return written

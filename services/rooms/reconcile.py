@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from livekit import api as lk
+from msgspec.structs import replace
 
 from services.rooms import core, store
 from services.rooms.core import ParticipantRow, RoomRow, TrackRow
 from services.rooms.livekit_client import calling, participant_row, room_row, track_row
+from services.rooms.privacy import opened_all, sealed
 from services.rooms.reconciling import (
     FinishRoom,
     LiveParticipant,
@@ -29,6 +31,7 @@ from services.rooms.reconciling import (
 from shared.db import Connection
 from shared.events.rooms import RoomReconciled
 from shared.outbox import add_to_outbox
+from shared.phi import Phi
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,11 @@ async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
     return list(await asyncio.gather(*(one(room) for room in listing.rooms)))
 
 
-async def _apply(conn: Connection, operation: Operation, at: datetime) -> bool:
-    """Apply one planned operation to the row as it is now; True if it changed it."""
+async def _apply(conn: Connection, phi: Phi, operation: Operation, at: datetime) -> bool:
+    """Apply one planned operation to the row as it is now; True if it changed it. LiveKit's
+    rows come in clear: their personal columns are sealed before they are written."""
+    if isinstance(operation, SeeRoom | SeeParticipant | SeeTrack):
+        operation = replace(operation, row=await sealed(phi, operation.row))
     if isinstance(operation, FinishRoom | SeeRoom):
         sid = operation.sid if isinstance(operation, FinishRoom) else operation.row.sid
         room = await store.load(conn, RoomRow, sid)
@@ -90,9 +96,10 @@ async def _apply(conn: Connection, operation: Operation, at: datetime) -> bool:
 
 
 async def reconcile_once(
-    pool: asyncpg.Pool, api: lk.LiveKitAPI, *, settle: timedelta = SETTLE
+    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, *, settle: timedelta = SETTLE
 ) -> list[RoomReconciled]:
-    """One pass: list LiveKit, compare, correct; returns the corrections announced."""
+    """One pass: list LiveKit, compare, correct; returns the corrections announced. The read
+    model is compared opened, as LiveKit lists it, so sealing never looks like a change."""
     observed_at = datetime.now(UTC)
     live = await _live_rooms(api)
     rooms, participants, tracks = await store.snapshot(
@@ -102,16 +109,18 @@ async def reconcile_once(
         [t.sid for room in live for p in room.participants for t in p.tracks],
     )
     model = Model(
-        rooms={r.sid: r for r in rooms},
-        participants={p.sid: p for p in participants},
-        tracks={t.sid: t for t in tracks},
+        rooms={r.sid: r for r in await opened_all(phi, rooms)},
+        participants={p.sid: p for p in await opened_all(phi, participants)},
+        tracks={t.sid: t for t in await opened_all(phi, tracks)},
     )
     announced = []
     for room_plan in plan(
         model, live, observed_at=observed_at, settled_before=observed_at - settle
     ):
         async with pool.acquire() as conn, conn.transaction():
-            applied = {op for op in room_plan.operations if await _apply(conn, op, observed_at)}
+            applied = {
+                op for op in room_plan.operations if await _apply(conn, phi, op, observed_at)
+            }
             event = reconciled_event(room_plan, applied, observed_at)
             if event is not None:
                 await add_to_outbox(
@@ -133,12 +142,12 @@ async def reconcile_once(
     return announced
 
 
-async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI) -> None:
+async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi) -> None:
     """One reconciliation, unless another replica is running one."""
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
             return
         try:
-            await reconcile_once(pool, api)
+            await reconcile_once(pool, api, phi)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

@@ -37,7 +37,7 @@ from shared.events.rooms import (
     IngressCreated,
     IngressDeleted,
 )
-from shared.http import CallerTenant, NotFoundError, PoolDep, SettingsDep
+from shared.http import BusDep, CallerTenant, NotFoundError, PoolDep, SettingsDep
 from shared.livekit_proto import enum_name
 from shared.naming import ROOM_NAME, livekit_room
 
@@ -173,7 +173,11 @@ async def list_egress(
     responses=responses(400),
 )
 async def create_ingress(
-    data: JSONBody[CreateIngressRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+    data: JSONBody[CreateIngressRequest],
+    tenant: CallerTenant,
+    pool: PoolDep,
+    livekit: LiveKitDep,
+    bus: BusDep,
 ) -> IngressCreatedView:
     try:
         request = ingress_request(livekit_room(tenant.id, data.room), data)
@@ -203,6 +207,7 @@ async def create_ingress(
         event,
         tenant=tenant.id,
         key=data.room,
+        phi=bus.phi,
         rows=[
             (
                 IngressRow,

@@ -13,6 +13,7 @@ from services.rooms.core import ParticipantRow, RoomRow, TrackRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
 from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, participant_row, track_row
+from services.rooms.privacy import opened, opened_all, sealed
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -26,8 +27,9 @@ from shared.events.rooms import (
     ParticipantUpdated,
     TrackMuted,
 )
-from shared.http import CallerTenant, PoolDep
+from shared.http import BusDep, CallerTenant, PoolDep
 from shared.naming import livekit_room
+from shared.phi import Phi
 from shared.tenants import Tenant
 
 _BASE = "/v1/rooms/{name:str}/participants"
@@ -50,6 +52,10 @@ def _no_participant() -> ParticipantNotFoundError:
     return ParticipantNotFoundError("no such participant in this room")
 
 
+async def _view(phi: Phi, row: ParticipantRow, tracks: list[TrackRow]) -> ParticipantView:
+    return ParticipantView.of(await opened(phi, row), await opened_all(phi, tracks))
+
+
 async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> ParticipantRow | None:
     found = await store.present_participants(pool, room.sid, identity)
     return found[-1][0] if found else None
@@ -61,10 +67,12 @@ async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> Particip
     summary="List who is in a room",
     responses=responses(400, 404),
 )
-async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> ParticipantList:
+async def list_participants(
+    name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep
+) -> ParticipantList:
     room = await _room(pool, tenant, name)
     present = await store.present_participants(pool, room.sid)
-    return ParticipantList(participants=[ParticipantView.of(p, t) for p, t in present])
+    return ParticipantList(participants=[await _view(bus.phi, p, t) for p, t in present])
 
 
 @get(
@@ -74,14 +82,14 @@ async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> P
     responses=responses(400, 404),
 )
 async def get_participant(
-    name: str, identity: str, tenant: CallerTenant, pool: PoolDep
+    name: str, identity: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
     found = await store.present_participants(pool, room.sid, identity)
     if not found:
         raise _no_participant()
-    return ParticipantView.of(*found[-1])
+    return await _view(bus.phi, *found[-1])
 
 
 @delete(
@@ -164,6 +172,7 @@ async def update_participant(
     tenant: CallerTenant,
     pool: PoolDep,
     livekit: LiveKitDep,
+    bus: BusDep,
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -196,6 +205,7 @@ async def update_participant(
     async with calling(not_found=_no_participant()):
         info = await livekit.room.update_participant(update)
     seen = participant_row(info, room)
+    kept = await sealed(bus.phi, seen)
     event = ParticipantUpdated(
         room=name,
         identity=identity,
@@ -214,9 +224,10 @@ async def update_participant(
             (
                 ParticipantRow,
                 info.sid,
-                lambda row: row and replace(row, name=seen.name, metadata=seen.metadata),
+                lambda row: row and replace(row, name=kept.name, metadata=kept.metadata),
             ),
         ],
+        phi=bus.phi,
     )
     return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
 

@@ -13,6 +13,7 @@ from services.rooms.core import RoomRow
 from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
+from services.rooms.privacy import opened, sealed
 from services.rooms.requests import RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
@@ -22,7 +23,7 @@ from services.rooms.schemas import (
     SendDataRequest,
 )
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
-from shared.http import CallerTenant, PoolDep
+from shared.http import BusDep, CallerTenant, PoolDep
 from shared.naming import livekit_room
 
 
@@ -40,7 +41,11 @@ def _no_room(name: str) -> RoomNotFoundError:
     responses=responses(400),
 )
 async def create_room(
-    data: JSONBody[CreateRoomRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+    data: JSONBody[CreateRoomRequest],
+    tenant: CallerTenant,
+    pool: PoolDep,
+    livekit: LiveKitDep,
+    bus: BusDep,
 ) -> Response[RoomView]:
     name = livekit_room(tenant.id, data.name)
     existing = await find_room(livekit, name)
@@ -56,7 +61,7 @@ async def create_room(
                     metadata=data.metadata,
                 )
             )
-    seen = room_row(room)
+    seen = await sealed(bus.phi, room_row(room))
     event = RoomCreated(
         room=data.name,
         room_sid=seen.sid,
@@ -72,15 +77,17 @@ async def create_room(
         tenant=tenant.id,
         key=data.name,
         rows=[(RoomRow, seen.sid, lambda row: core.room_seen(row, seen))],
+        phi=bus.phi,
     )
     present = await store.count_present(pool, after.sid)
-    return Response(RoomView.of(after, present), status_code=200 if existing else 201)
+    view = RoomView.of(await opened(bus.phi, after), present)
+    return Response(view, status_code=200 if existing else 201)
 
 
 @get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
-async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
+async def list_rooms(tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomList:
     rows = await store.open_rooms(pool, tenant.id)
-    return RoomList(rooms=[RoomView.of(row, present) for row, present in rows])
+    return RoomList(rooms=[RoomView.of(await opened(bus.phi, r), n) for r, n in rows])
 
 
 @get(
@@ -89,11 +96,11 @@ async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
     summary="Get an open room",
     responses=responses(400, 404),
 )
-async def get_room(name: str, tenant: CallerTenant, pool: PoolDep) -> RoomView:
+async def get_room(name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomView:
     row = await store.open_room(pool, tenant.id, checked_room(name))
     if row is None:
         raise _no_room(name)
-    return RoomView.of(row, await store.count_present(pool, row.sid))
+    return RoomView.of(await opened(bus.phi, row), await store.count_present(pool, row.sid))
 
 
 @delete(

@@ -1,8 +1,15 @@
-"""Anamnesis records: validated as FHIR on the way in, stored per room, read by the doctor."""
+"""Anamnesis records: validated as FHIR on the way in, stored per room, read by the doctor.
+
+The record is the clinical record the clinic must keep: its answers and summary are stored
+sealed with the patient's clinical-record key (``shared.phi``; the tenant's key while the
+record names no patient), and opened only to answer the doctor. A record whose key was
+destroyed (its retention ended) is gone: 410 ``anamnesis_erased``.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,13 +20,15 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
 
 from services.scheduling import store
+from shared.bus import Bus
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
-from shared.http import NotFoundError
+from shared.http import ApiError, NotFoundError
 from shared.naming import is_room_name
+from shared.phi import CLINICAL, Phi, is_erased, patient_of
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -63,14 +72,30 @@ def _link_ids(items: list[dict[str, Any]]) -> set[str]:
     return found
 
 
-async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> None:
-    """The consumer's handler: validate (poison if invalid), then store once."""
+@dataclass(frozen=True)
+class Records:
+    """What the consumer needs: the database, and the sealing of clinical columns."""
+
+    pool: asyncpg.Pool
+    phi: Phi
+
+
+async def store_record(records: Records, event: Envelope, delivery: Delivery) -> None:
+    """The consumer's handler: validate (poison if invalid), then store once, sealed."""
     record = data_of(event, AnamnesisRecorded)
+    if is_erased(record.questionnaire_response) or is_erased(record.summary_pt_br):
+        log.info("an anamnesis whose key was destroyed was not stored")
+        return
     try:
         validate_record(record)
     except InvalidRecordError as error:
         raise PoisonMessageError(str(error)) from None
-    async with projection(pool, delivery, event.id) as conn:
+    sealing = {"tenant": event.tenant, "patient_ref": patient_of(record), "kind": CLINICAL}
+    response = await records.phi.seal_document(
+        record.questionnaire_response, path="questionnaire_response", **sealing
+    )
+    summary = await records.phi.seal_text(record.summary_pt_br, path="summary_pt_br", **sealing)
+    async with projection(records.pool, delivery, event.id) as conn:
         if conn is None:
             return
         await store.insert_anamnesis(
@@ -81,20 +106,21 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
             room=record.room,
             dispatch_id=record.dispatch_id,
             record={
-                "questionnaire_response": record.questionnaire_response,
-                "summary_pt_br": record.summary_pt_br,
+                "questionnaire_response": response,
+                "summary_pt_br": summary,
                 "transcript_refs": msgspec.to_builtins(record.transcript_refs),
             },
         )
 
 
-ANAMNESIS_CONSUMER: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
-    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}
+ANAMNESIS_CONSUMER: ConsumerSpec[Records] = ConsumerSpec(
+    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}, opens=True
 )
 
 
 async def run_anamnesis_consumer(app: Litestar) -> None:
-    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, app.state.pool).run()
+    records = Records(app.state.pool, app.state.bus.phi)
+    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, records).run()
 
 
 class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -118,8 +144,9 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     operation_id="getAnamnesis",
     summary="The latest anamnesis record of a consultation room",
 )
-async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool) -> AnamnesisBody:
-    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``."""
+async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus) -> AnamnesisBody:
+    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``, 410
+    ``anamnesis_erased`` when its key was destroyed."""
     row = None
     if is_room_name(room):
         async with pool.acquire() as conn:
@@ -128,12 +155,22 @@ async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool) -> Anamne
         raise NotFoundError(
             "no anamnesis has been recorded in this room", code="anamnesis_not_found"
         )
+    response = await bus.phi.open_document(
+        row["questionnaire_response"], tenant=tenant.id, path="questionnaire_response"
+    )
+    summary = await bus.phi.open_text(row["summary_pt_br"], tenant=tenant.id, path="summary_pt_br")
+    if is_erased(response) or is_erased(summary):
+        raise ApiError(
+            "this anamnesis was erased: its key was destroyed",
+            code="anamnesis_erased",
+            status_code=410,
+        )
     return AnamnesisBody(
         room=row["room"],
         dispatch_id=row["dispatch_id"],
         recorded_at=row["recorded_at"],
-        questionnaire_response=row["questionnaire_response"],
-        summary_pt_br=row["summary_pt_br"],
+        questionnaire_response=response,
+        summary_pt_br=summary,
         transcript_refs=[
             TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
             for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])

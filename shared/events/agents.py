@@ -27,8 +27,10 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     ``realtime``, when set, replaces the STT/LLM/TTS pipeline with a speech-to-speech model.
     ``instructions`` are the clinic's prompt for this dispatch; ``instructions_mode`` says
     whether they are appended to the role's template or replace it (when the role allows).
-    They are configuration written by the clinic, not patient data, and are kept with the
-    business log. ``participant`` is the identity the agent listens to ("" = the role's rule).
+    They often describe the patient ("Paciente de 8 anos, asmático"), so they are personal and
+    sealed, here and in the LiveKit job metadata (this event is that metadata); the agent job
+    opens them with its dispatch's key. ``participant`` is the identity the agent listens to
+    ("" = the role's rule).
     ``avatar`` is the face a speaking role shows: ``"bey"`` (Beyond Presence), ``"tavus"``,
     ``"none"`` (voice only) or ``""`` (the deployment's ``MEDIAI_AGENT_AVATAR``).
     A dispatch that has not joined by ``deadline_at`` fails.
@@ -203,7 +205,9 @@ class AgentSessionStarted(Event, frozen=True, kw_only=True):
 class AgentSessionFailed(Event, frozen=True, kw_only=True):
     """The agent could not run the job: the metadata was invalid (``invalid_metadata``), the
     provider has no credentials (``missing_credentials``), the role or model is unknown
-    (``unknown_role``, ``unknown_model``) or starting the session failed (``start_failed``).
+    (``unknown_role``, ``unknown_model``), the dispatch's data keys could not be had
+    (``keys_unavailable``: the key service is away, or the dispatch is no longer live) or
+    starting the session failed (``start_failed``).
     The job ends at once; no half-configured agent stays in the room."""
 
     TYPE: ClassVar[str] = "mediai.agent.session_failed.v1"

@@ -1,0 +1,47 @@
+"""The read model's personal columns, kept sealed as the events carry them (``shared.phi``).
+
+Participant names and metadata, room metadata and track names arrive sealed in the webhook
+events, and the projection copies the tokens into the rows without opening them (each column is
+sealed with the path of the event field it holds: ``name``, ``metadata``). What comes from
+LiveKit's API in clear (a create, an update, the reconciliation's listing) is sealed before it is
+written; the API opens rows only to answer. These are data about no patient: the tenant's key.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from msgspec.structs import replace
+
+from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from shared.phi import PERSONAL, Phi
+
+Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow)
+
+COLUMNS: dict[type, tuple[str, ...]] = {
+    RoomRow: ("metadata",),
+    ParticipantRow: ("name", "metadata"),
+    TrackRow: ("name",),
+}
+
+
+async def sealed(phi: Phi, row: Row) -> Row:
+    values = {
+        column: await phi.seal_text(
+            getattr(row, column), tenant=row.tenant, patient_ref="", kind=PERSONAL, path=column
+        )
+        for column in COLUMNS[type(row)]
+    }
+    return replace(row, **values)
+
+
+async def opened(phi: Phi, row: Row) -> Row:
+    values = {
+        column: await phi.open_text(getattr(row, column), tenant=row.tenant, path=column)
+        for column in COLUMNS[type(row)]
+    }
+    return replace(row, **values)
+
+
+async def opened_all(phi: Phi, rows: list[Row]) -> list[Row]:
+    return [await opened(phi, row) for row in rows]
