@@ -82,6 +82,9 @@ def up() -> None:
                 '-H \'Content-Type: application/json\' -d \'{"room":"demo","identity":"patient-1"}\'\n'
                 "Ctrl-C stops everything.",
             )
+            warning = provider_warning(settings)
+            if warning:
+                click.echo(f"\nmediai: {warning}", err=True)
             watcher = asyncio.create_task(
                 stack.supervisor.report_exits(lambda line: click.echo(f"mediai: {line}", err=True))
             )
@@ -103,6 +106,26 @@ def up() -> None:
         click.echo("stopped.")
 
     run(main)
+
+
+def provider_warning(settings: Settings) -> str | None:
+    """One line when the agents' default models cannot run: without it the stack is ready but
+    every dispatch fails in its worker, which only the worker's log would say."""
+    from services.agent.providers import missing_credentials
+
+    missing = missing_credentials(settings)
+    defaults = {
+        m.partition("/")[0] for m in (settings.agent_stt, settings.agent_llm, settings.agent_tts)
+    }
+    lacking = sorted(defaults & set(missing))
+    if not lacking:
+        return None
+    return (
+        f"agents cannot answer yet: their default models use {', '.join(lacking)} but "
+        f"{'; '.join(missing[p] for p in lacking)}. Set GOOGLE_API_KEY for Gemini, or "
+        "OPENAI_API_KEY (with OPENAI_BASE_URL for an on-premises server) and "
+        "MEDIAI_AGENT_STT/LLM/TTS=openai/<model>, then start again."
+    )
 
 
 @cli.command()

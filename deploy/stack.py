@@ -235,6 +235,9 @@ def service_part(settings: Settings, service: str) -> Part:
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
         env=child_environ(settings, service),
         ready=lambda: _http_ready(f"{base}/readyz"),
+        # The dispatcher is ready once its first agent worker has registered with LiveKit (a
+        # dispatch sent then is taken at once); a cold worker takes seconds to start.
+        ready_timeout=120.0 if service == "dispatcher" else 30.0,
     )
 
 

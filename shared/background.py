@@ -60,14 +60,14 @@ class TaskHealth:
             )
         self._set("running", "")
 
-    def waiting(self, dependency: str, error: BaseException) -> None:
-        """The task cannot go on until ``dependency`` is back (logged once per outage)."""
+    def waiting(self, dependency: str, why: BaseException | str) -> None:
+        """The task cannot go on until ``dependency`` is there (logged once per outage)."""
         if self.state != "waiting" or self.detail != dependency:
             log.warning(
-                "%s: waiting for %s (%s); holding its work until it is back",
+                "%s: waiting for %s (%s); holding its work until it is there",
                 self.name,
                 dependency,
-                type(error).__name__,
+                why if isinstance(why, str) else type(why).__name__,
             )
             self._set("waiting", dependency)
 

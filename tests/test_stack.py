@@ -18,17 +18,21 @@ import httpx
 import msgspec
 import pytest
 
-from deploy.stack import child_environ
+from deploy.stack import StackState, child_environ
 from shared.config import Settings
-from tests.support import stack_settings
+from tests.standin import OpenAIStandin
+from tests.support import eventually, stack_settings
 
-READY_TIMEOUT = 120  # the first start may build nothing, but the machine may be busy
+STANDIN_MODELS = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
+READY_TIMEOUT = 180  # ready includes a registered agent worker, and the machine may be busy
 
 
 @pytest.fixture
-def up_settings() -> Iterator[Settings]:
+def up_settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-up-"))
-    yield stack_settings(data_dir)
+    yield stack_settings(
+        data_dir, openai_base_url=openai_standin.base_url, openai_api_key="standin-key"
+    )
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -125,13 +129,22 @@ async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Setti
             json.loads(mediai(up_settings, "status", "--json").stdout)["dev_api_key"]
             == document["dev_api_key"]
         )
-        async with httpx.AsyncClient(base_url=up_settings.gateway_url) as client:
-            response = await client.post(
-                "/v1/tokens",
-                json={"room": "r1", "identity": "p1"},
-                headers={"Authorization": f"Bearer {clinic_key}"},
-            )
-        assert response.status_code == 201, response.text
+        async with httpx.AsyncClient(
+            base_url=up_settings.gateway_url, headers={"Authorization": f"Bearer {clinic_key}"}
+        ) as client:
+            response = await client.post("/v1/tokens", json={"room": "r1", "identity": "p1"})
+            assert response.status_code == 201, response.text
+            # Ready means ready: a dispatch sent the moment `mediai up` said so is taken.
+            dispatched = await client.post("/v1/agents", json={"room": "r1", **STANDIN_MODELS})
+            assert dispatched.status_code == 202, dispatched.text
+            dispatch_id = dispatched.json()["id"]
+
+            async def joined() -> str | None:
+                state = (await client.get(f"/v1/agents/{dispatch_id}")).json()["state"]
+                assert state != "failed", "the first dispatch after ready was not taken"
+                return state if state == "joined" else None
+
+            await eventually(joined, timeout=30)
     finally:
         output = await stop_up(process)
     assert "stopped." in output
@@ -189,10 +202,60 @@ async def test_a_part_that_crashes_is_reported_and_the_rest_keeps_running(
         assert process.stdout is not None
         async with asyncio.timeout(10):  # past the rest of the ready banner
             while not (line := (await process.stdout.readline()).decode().strip()).startswith(
-                "mediai:"
+                "mediai: token"
             ):
                 assert line or process.returncode is None
         assert line == f"mediai: token exited with code -9; see {parts['token']['log']}"
         assert alive(parts["gateway"]["pid"]) and alive(parts["nats"]["pid"])
     finally:
         await stop_up(process)
+
+
+async def test_readyz_shows_every_background_task_of_every_service(
+    stack: StackState, settings: Settings
+) -> None:
+    """Each service's background work is supervised task by task, and /readyz says how each is
+    doing (an outage names the dependency a task waits for: tests/faults)."""
+    expected = {
+        "rooms": {"outbox-relay", "read-model", "reconciler", "idempotency-key-pruner"},
+        "dispatcher": {
+            "outbox-relay",
+            "worker-pool",
+            "dispatcher-read-model",
+            "dispatcher-launcher",
+            "dispatcher-supervision",
+            "deadline-sweeper",
+            "lost-agent-sweeper",
+            "usage-limits",
+            "idempotency-key-pruner",
+        },
+        "billing": {
+            "outbox-relay",
+            "usage-projection",
+            "invoice-schedule",
+            "idempotency-key-pruner",
+        },
+    }
+    async with httpx.AsyncClient(timeout=5) as client:
+        running = set(settings.services) or set(expected)
+        for service, tasks in expected.items():
+            if service not in running:
+                continue
+            answer = await client.get(
+                f"http://{settings.host}:{settings.service_port(service)}/readyz"
+            )
+            body = answer.json()
+            assert answer.status_code == 200, body
+            assert set(body["tasks"]) == tasks
+            assert all(task["state"] == "running" for task in body["tasks"].values()), body
+            assert body["checks"] == {"nats": "ok", "postgres": "ok"}
+
+
+def test_without_a_provider_for_the_default_models_ready_says_how_to_fix_it() -> None:
+    from deploy.cli import provider_warning
+
+    bare = Settings()
+    warning = provider_warning(bare)
+    assert warning is not None and "GOOGLE_API_KEY is not set" in warning
+    assert "\n" not in warning
+    assert provider_warning(msgspec.structs.replace(bare, google_api_key="k")) is None

@@ -33,6 +33,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
+from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,26 @@ async def get_invoice(
     return found
 
 
+async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> AuditReport | None:
+    report = await pool.fetchval(
+        "SELECT report FROM billing.audits WHERE id = $1 AND tenant = $2", audit_id, tenant
+    )
+    return None if report is None else msgspec.convert(report, AuditReport)
+
+
 @post("/v1/audits", operation_id="createAudit", summary="Audit by replay of the stream")
 async def create_audit(
-    data: AuditRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, settings: Settings
+    data: AuditRequest,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    bus: Bus,
+    settings: Settings,
+    ids: RequestIds,
 ) -> AuditReport:
+    audit_id = f"aud-{ids.id('audit')}"
+    # A retry (same Idempotency-Key) of an audit that was recorded although its answer was lost.
+    if (earlier := await _stored_audit(pool, tenant.id, audit_id)) is not None:
+        return earlier
     zone = _zone(settings)
     if (data.price_plan is None) != (data.price_version is None):
         raise ApiError(
@@ -157,6 +174,7 @@ async def create_audit(
             zone=zone,
             lookback=timedelta(seconds=settings.billing_audit_lookback),
             what_if=what_if,
+            audit_id=audit_id,
         )
     except PriceBookNotFoundError as error:
         raise NotFoundError(str(error), code="price_book_not_found") from None
@@ -168,12 +186,10 @@ async def create_audit(
 
 @get("/v1/audits/{audit_id:str}", operation_id="getAudit", summary="A past audit's report")
 async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
-    report = await pool.fetchval(
-        "SELECT report FROM billing.audits WHERE id = $1 AND tenant = $2", audit_id, tenant.id
-    )
+    report = await _stored_audit(pool, tenant.id, audit_id)
     if report is None:
         raise NotFoundError(f"no audit {audit_id}")
-    return msgspec.convert(report, AuditReport)
+    return report
 
 
 async def _projection(app: Litestar) -> None:
@@ -197,10 +213,18 @@ def create_app(settings: Settings) -> Litestar:
     return create_service_app(
         service="billing",
         settings=settings,
-        route_handlers=[get_usage, get_limits, list_invoices, get_invoice, create_audit, get_audit],
+        route_handlers=[
+            get_usage,
+            get_limits,
+            list_invoices,
+            get_invoice,
+            idempotent(create_audit),
+            get_audit,
+        ],
         background=[
             BackgroundTask("usage-projection", _projection),
             every("invoice-schedule", INVOICE_CHECK_SECONDS, _issue_due_invoices),
+            KEY_PRUNER,
         ],
         description=(
             "Usage metered from the event log (per minute, tenant, room, dispatch and meter), "

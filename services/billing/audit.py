@@ -49,10 +49,12 @@ async def run_audit(
     what_if: tuple[str, int] | None = None,
     keep_rows: bool = False,
     catalogue: Catalogue = DEFAULT,
+    audit_id: str | None = None,
 ) -> AuditReport:
-    """Replay, compare, record the report and announce it (``AuditCompleted``)."""
+    """Replay, compare, record the report and announce it (``AuditCompleted``). ``audit_id``
+    names the audit (default: a new one)."""
     started = time.monotonic()
-    audit_id = f"aud-{new_event_id()}"
+    audit_id = audit_id or f"aud-{new_event_id()}"
     async with pool.acquire() as conn:
         book = await what_if_book(conn, *what_if) if what_if else None
         # Fail before the replay if the period cannot be priced at all.

@@ -29,9 +29,10 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer, ConsumerSpec, Delivery
-from shared.events import Envelope, Event, envelope, new_event_id
+from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
+from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
@@ -94,18 +95,28 @@ def utcnow() -> datetime:
 
 
 async def publish_and_apply(
-    bus: Bus, pool: asyncpg.Pool, data: Event, *, tenant: str, key: str
-) -> DispatchState | None:
+    bus: Bus, pool: asyncpg.Pool, data: Event, *, tenant: str, key: str, event_id: str | None = None
+) -> tuple[Envelope, DispatchState | None]:
     """Publish an event, then apply it to the read model at once (once: the read-model consumer
-    skips it by id), so the caller reads its own write."""
+    skips it by id), so the caller reads its own write. Returns the event as the log holds it:
+    when JetStream already had ``event_id`` (a retry of a publish that landed although its ack
+    was lost), that is the first one, not this copy."""
     event: Envelope = envelope(
-        data, source=bus.source, tenant=tenant, subject=key, traceparent=current_traceparent()
+        data,
+        source=bus.source,
+        tenant=tenant,
+        subject=key,
+        event_id=event_id,
+        traceparent=current_traceparent(),
     )
     ack = await bus.publish_envelope(event)
+    if ack.duplicate:
+        logged = await bus.js.get_msg(ack.stream, ack.seq)
+        event = CODEC.decode(logged.data or b"")
     delivery = Delivery(
         consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq, deliveries=1
     )
-    return await consumers.apply(pool, event, delivery)
+    return event, await consumers.apply(pool, event, delivery)
 
 
 def _rejected(error: DispatchRejectedError) -> ApiError:
@@ -117,6 +128,9 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     operation_id="dispatchAgent",
     summary="Dispatch an agent to a room",
     status_code=202,
+    description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
+    "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
+    "if the first attempt's publish did land, so a room never gets two agents from one request.",
 )
 async def dispatch_agent(
     data: DispatchAgentRequest,
@@ -125,6 +139,7 @@ async def dispatch_agent(
     pool: asyncpg.Pool,
     settings: Settings,
     catalog: Catalog,
+    ids: RequestIds,
 ) -> DispatchView:
     now = utcnow()
     usage_limits = await store.usage_limits_in_force(pool, tenant.id, now)
@@ -132,18 +147,23 @@ async def dispatch_agent(
         request = decide_request(
             data,
             catalog=catalog,
-            dispatch_id=new_event_id(),
+            dispatch_id=ids.id("dispatch"),
             now=now,
             deadline_seconds=settings.agent_dispatch_deadline,
             usage_limits=usage_limits,
         )
     except DispatchRejectedError as error:
         raise _rejected(error) from None
-    await publish_and_apply(bus, pool, request, tenant=tenant.id, key=request.dispatch_id)
-    # The answer is what was accepted: the consumers may already have moved the dispatch on.
-    accepted = evolve(
-        None, envelope(request, source=bus.source, tenant=tenant.id, subject=request.dispatch_id)
+    logged, _ = await publish_and_apply(
+        bus,
+        pool,
+        request,
+        tenant=tenant.id,
+        key=request.dispatch_id,
+        event_id=ids.id("dispatch-requested"),
     )
+    # The answer is what was accepted: the consumers may already have moved the dispatch on.
+    accepted = evolve(None, logged)
     assert accepted is not None
     return DispatchView.of(accepted)
 
@@ -188,7 +208,7 @@ async def end_agent(
     state = await _owned(pool, tenant, dispatch_id)
     if state.state in TERMINAL:
         return Response(DispatchView.of(state), status_code=200)
-    after = await publish_and_apply(
+    _, after = await publish_and_apply(
         bus,
         pool,
         AgentEndRequested(
@@ -215,7 +235,7 @@ async def command_agent(
             f"dispatch {dispatch_id!r} has {state.state}", code="dispatch_over", status_code=409
         )
     if data.command == "end":
-        after = await publish_and_apply(
+        _, after = await publish_and_apply(
             bus,
             pool,
             AgentEndRequested(
@@ -285,7 +305,13 @@ def create_app(settings: Settings) -> Litestar:
     return create_service_app(
         service="dispatcher",
         settings=settings,
-        route_handlers=[dispatch_agent, list_agents, get_agent, end_agent, command_agent],
+        route_handlers=[
+            idempotent(dispatch_agent),
+            list_agents,
+            get_agent,
+            end_agent,
+            command_agent,
+        ],
         resources=[livekit_resource, _dispatcher(workers)],
         background=[
             _worker_pool(workers),
@@ -295,6 +321,7 @@ def create_app(settings: Settings) -> Litestar:
             every("deadline-sweeper", SWEEP_SECONDS, _sweep),
             every("lost-agent-sweeper", max(1.0, settings.agent_lost_grace / 4), _sweep_lost),
             BackgroundTask("usage-limits", limits.project_usage_limits),
+            KEY_PRUNER,
         ],
         dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "

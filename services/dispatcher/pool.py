@@ -27,6 +27,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.dispatcher import pool_core
 from shared import subjects
+from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.config import Settings, to_environ
 from shared.events import CODEC, Event
@@ -88,6 +89,7 @@ class WorkerPool:
         self._restarts: list[tuple[float, int]] = []  # (due, attempt)
         self._monitors: set[asyncio.Task[None]] = set()
         self._registered = asyncio.Event()
+        self.health = TaskHealth.current()
         self._stopping = False
 
     @property
@@ -111,6 +113,8 @@ class WorkerPool:
         if not self.enabled:
             await asyncio.Event().wait()  # nothing to run; stay up like the other loops
         self.bus = bus
+        self.health = TaskHealth.current()
+        self._update_registered()
         subscription = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT),
             cb=self._on_registered,
@@ -267,10 +271,15 @@ class WorkerPool:
                 self._update_registered()
 
     def _update_registered(self) -> None:
+        """The pool is ready (and with it the dispatcher's /readyz, so `mediai up` says ready
+        only then) once a worker is registered with LiveKit and can take a dispatch at once."""
         if any(w.registered and not w.stopping for w in self.workers.values()):
             self._registered.set()
+            self.health.running()
         else:
             self._registered.clear()
+            if self.settings.agent_pool_min > 0 and not self._stopping:
+                self.health.waiting("agent-worker", "no worker registered with LiveKit yet")
 
     async def drain(self) -> None:
         """Stop every worker gracefully within the drain timeout, then kill what is left."""

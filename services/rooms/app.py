@@ -16,6 +16,7 @@ from shared.background import BackgroundTask, every
 from shared.config import Settings
 from shared.consumer import Consumer
 from shared.http import create_service_app
+from shared.idempotency import KEY_PRUNER
 from shared.livekit_api import livekit_resource
 
 
@@ -28,7 +29,7 @@ async def _reconcile(app: Litestar) -> None:
 
 
 def _background(settings: Settings) -> list[Any]:
-    tasks: list[Any] = [BackgroundTask("read-model", _project)]
+    tasks: list[Any] = [BackgroundTask("read-model", _project), KEY_PRUNER]
     if settings.rooms_reconcile_interval > 0:
         tasks.append(every("reconciler", settings.rooms_reconcile_interval, _reconcile))
     return tasks

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from litestar import delete, get, post
 from litestar.params import JSONBody, Parameter
+from litestar.types import ControllerRouterHandler
 from livekit import api as lk
 from livekit.protocol import egress as lk_egress
 from msgspec.structs import replace
@@ -38,6 +39,7 @@ from shared.events.rooms import (
     IngressDeleted,
 )
 from shared.http import BusDep, CallerTenant, NotFoundError, PoolDep, SettingsDep
+from shared.idempotency import idempotent
 from shared.livekit_proto import enum_name
 from shared.naming import ROOM_NAME, livekit_room
 
@@ -262,4 +264,13 @@ async def list_ingress(tenant: CallerTenant, pool: PoolDep, room: RoomFilter = N
     return IngressList(ingress=[IngressView.of(row) for row in rows])
 
 
-HANDLERS = [start_egress, stop_egress, list_egress, create_ingress, delete_ingress, list_ingress]
+# LiveKit names an egress or ingress itself: a retry after a 5xx whose LiveKit call did succeed
+# (an egress worker answering after our timeout) can start a second one (docs/rooms.md).
+HANDLERS: list[ControllerRouterHandler] = [
+    idempotent(start_egress),
+    stop_egress,
+    list_egress,
+    idempotent(create_ingress),
+    delete_ingress,
+    list_ingress,
+]

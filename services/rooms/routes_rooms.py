@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from litestar import Response, delete, get, post
 from litestar.params import JSONBody
+from litestar.types import ControllerRouterHandler
 from livekit import api as lk
 
 from services.rooms import core, store
@@ -24,6 +25,7 @@ from services.rooms.schemas import (
 )
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import BusDep, CallerTenant, PoolDep
+from shared.idempotency import idempotent
 from shared.naming import livekit_room
 
 
@@ -186,4 +188,12 @@ async def send_data(
     )
 
 
-HANDLERS = [create_room, list_rooms, get_room, delete_room, send_data]
+# Creating a room is idempotent by its name already; the key makes a retry answer the first
+# answer. Data messages are not created things: each send is delivered once, as asked.
+HANDLERS: list[ControllerRouterHandler] = [
+    idempotent(create_room),
+    list_rooms,
+    get_room,
+    delete_room,
+    send_data,
+]

@@ -9,6 +9,7 @@ from services.scheduling.routes import ROUTES
 from services.scheduling.rpc import serve_requests
 from shared.config import Settings
 from shared.http import create_service_app
+from shared.idempotency import KEY_PRUNER
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -16,7 +17,7 @@ def create_app(settings: Settings) -> Litestar:
         service="scheduling",
         settings=settings,
         route_handlers=[*ROUTES, get_anamnesis],
-        background=[serve_requests, run_anamnesis_consumer],
+        background=[serve_requests, run_anamnesis_consumer, KEY_PRUNER],
         description=(
             "Doctors and their weekly schedules, free slots, appointments (no double booking), "
             "and the anamnesis records made by the intake agent. Agents reach the same "

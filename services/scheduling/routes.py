@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import asyncpg
 from litestar import get, patch, post
 from litestar.params import Parameter
+from litestar.types import ControllerRouterHandler
 
 from services.scheduling import service
 from services.scheduling.schemas import (
@@ -27,6 +28,7 @@ from services.scheduling.schemas import (
 )
 from services.scheduling.store import AppointmentFilter, DoctorFilter
 from shared.bus import Bus
+from shared.idempotency import RequestIds, idempotent
 from shared.tenants import Tenant
 
 Limit = Annotated[int, Parameter(ge=1, le=100)]
@@ -40,7 +42,11 @@ def _now() -> datetime:
 
 @post("/v1/doctors", operation_id="createDoctor", summary="Register a doctor and their schedule")
 async def create_doctor(
-    data: CreateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
+    data: CreateDoctorRequest,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    ids: RequestIds,
+    bus: Bus,
 ) -> DoctorBody:
     now = _now()
     with api_errors():
@@ -48,6 +54,7 @@ async def create_doctor(
             pool,
             tenant.id,
             phi=bus.phi,
+            doctor_id=ids.id("doctor"),
             name=data.name,
             specialty=data.specialty,
             city=data.city,
@@ -159,13 +166,12 @@ async def book_appointment(
     data: BookAppointmentRequest,
     tenant: Tenant,
     pool: asyncpg.Pool,
-    idempotency_key: Annotated[
-        str | None, Parameter(header="Idempotency-Key", min_length=1, max_length=64)
-    ] = None,
+    ids: RequestIds,
 ) -> AppointmentBody:
     """409 ``slot_taken`` when another patient has the slot; 422 ``slot_unavailable`` when the
     time is not one of the doctor's slots. With ``Idempotency-Key``, a retry returns the first
-    request's appointment instead of booking again."""
+    request's appointment instead of booking again (the key is also kept on the appointment, so
+    a retry after a 5xx finds the booking that did commit)."""
     booking = service.Booking(
         doctor_id=data.doctor_id,
         starts_at=data.starts_at,
@@ -174,7 +180,7 @@ async def book_appointment(
         patient_contact=data.patient_contact,
         reason=data.reason,
         room=data.room,
-        request_key=idempotency_key,
+        request_key=ids.key,
         channel="api",
     )
     with api_errors():
@@ -257,13 +263,15 @@ async def cancel_appointment(
     return AppointmentBody.of(appointment)
 
 
-ROUTES = [
-    create_doctor,
+# Reschedule and cancel change an appointment to a stated end (the same slot, cancelled), so a
+# retry changes nothing: they need no key.
+ROUTES: list[ControllerRouterHandler] = [
+    idempotent(create_doctor),
     search_doctors,
     get_doctor,
     update_doctor,
     free_slots,
-    book_appointment,
+    idempotent(book_appointment),
     list_appointments,
     get_appointment,
     reschedule_appointment,

@@ -83,6 +83,7 @@ async def create_doctor(
     tenant_id: str,
     *,
     phi: Phi,
+    doctor_id: str,
     name: str,
     specialty: str,
     city: str,
@@ -93,7 +94,7 @@ async def create_doctor(
     now: datetime,
 ) -> Doctor:
     doctor = Doctor(
-        id=new_id(),
+        id=doctor_id,
         name=name.strip(),
         specialty=specialty.strip(),
         city=city.strip(),
@@ -105,6 +106,10 @@ async def create_doctor(
         updated_at=now,
     )
     async with pool.acquire() as conn, conn.transaction():
+        # A retry of a request that did commit (its id derives from its idempotency key): the
+        # doctor is there already, and is not announced twice.
+        if (earlier := await store.get_doctor(conn, tenant_id, doctor_id)) is not None:
+            return earlier
         await store.save_doctor(conn, tenant_id, doctor)
         await add_to_outbox(
             conn,
