@@ -113,3 +113,22 @@ def test_the_patient_data_of_the_schema_is_sealed() -> None:
 
 def test_personal_is_a_plain_str_on_the_wire() -> None:
     assert msgspec.json.decode(b'{"text": "enc:v1:k:abc"}', type=Message).text == "enc:v1:k:abc"
+
+
+def test_billing_never_opens_anything() -> None:
+    """Billing needs no personal data: its consumers never ask for a key, so an erasure can
+    never stop an audit from replaying the log and matching to the cent."""
+    import importlib
+    import pkgutil
+
+    import services.billing
+    from shared.consumer import ConsumerSpec
+
+    specs = [
+        value
+        for info in pkgutil.walk_packages(services.billing.__path__, "services.billing.")
+        for value in vars(importlib.import_module(info.name)).values()
+        if isinstance(value, ConsumerSpec)
+    ]
+    assert specs, "billing's consumers were not found"
+    assert not [spec.durable for spec in specs if spec.opens]
