@@ -281,6 +281,33 @@ async def test_an_agent_job_gets_keys_only_for_a_live_dispatch_of_its_tenant(
     assert await keys.for_dispatch(tenant, with_patient) is None
 
 
+async def test_a_clinical_key_unused_for_the_retention_period_is_destroyed(
+    pool: asyncpg.Pool, settings: Settings, clinic: tuple[str, httpx.AsyncClient]
+) -> None:
+    tenant, _ = clinic
+    keys = KeyService(pool, LocalKeyring.load(settings))
+    old = await keys.for_sealing(tenant, f"pac-{tag()}", "clinical")
+    recent = await keys.for_sealing(tenant, f"pac-{tag()}", "clinical")
+    personal = await keys.for_sealing(tenant, "pac-personal", "personal")
+    await pool.execute(
+        "UPDATE data_keys SET last_sealed_at = now() - interval '21 years'"
+        " WHERE key_id = ANY($1::text[])",
+        [old.key_id, personal.key_id],
+    )
+    retention = 20 * 365 * 86400
+    assert await keys.expire_clinical(retention, datetime.now(UTC)) >= 1
+    state = {
+        row["key_id"]: (row["destroyed_at"] is not None, row["destroy_reason"])
+        for row in await pool.fetch(
+            "SELECT key_id, destroyed_at, destroy_reason FROM data_keys WHERE tenant_id = $1",
+            tenant,
+        )
+    }
+    assert state[old.key_id] == (True, "retention")
+    assert state[recent.key_id] == (False, None)
+    assert state[personal.key_id] == (False, None)  # personal data follows erasure, not this
+
+
 def _secrets_of(keyring: Path) -> list[bytes]:
     """Every KEK of the keyring as it could leak: raw, base64, hex."""
     found = []

@@ -49,7 +49,13 @@ WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
 # Imported once in the forkserver, so a job process does not spend its first second importing
 # them while the patient waits (livekit-agents warns about it); a provider without credentials
 # is not loaded at all (Gemini's SDKs alone take seconds to import).
-PRELOAD = ["services.agent.session", "livekit.plugins.silero", "anyio.streams.memory"]
+PRELOAD = [
+    "services.agent.session",
+    "livekit.plugins.silero",
+    "anyio.streams.memory",
+    # OpenSSL's bindings load on first use: the job's first key exchange must not pay for it.
+    "cryptography.hazmat.backends.openssl.backend",
+]
 PROVIDER_PRELOAD = {
     "openai": ["livekit.plugins.openai", "openai.types.beta.realtime"],
     "google": ["livekit.plugins.google"],
