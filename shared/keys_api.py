@@ -8,7 +8,12 @@ Types and framing only; who may have which key is decided by the key service. A 
 - ``for_opening``: the key a sealed value names, if it still exists and is the tenant's.
 - ``for_dispatch``: the keys of a dispatch's patient (or its tenant's key when it has no
   patient), only while the dispatch is requested, dispatched or joined; agent jobs.
-- ``destroy``: destroy the live key of (tenant, patient, purpose) for good (erasure).
+- ``destroy``: destroy the live key of (tenant, patient, purpose) for good (erasure)::
+
+      reply = await call(nc, DestroyKeysRequest(tenant=t, patient_ref=ref, purpose="personal"))
+      reply.destroyed  # the key ids destroyed now ([] if it was already gone: idempotent)
+
+  The key service announces each with ``DataKeyDestroyed`` (every process's cache drops it).
 
 Data keys never travel in clear, not even inside the bus: each request carries the requester's
 X25519 public key (``reply_key``), and the service seals every key of the reply to it with
