@@ -1,15 +1,22 @@
-"""Operator commands: dead letters and generated docs."""
+"""Operator commands: streams, dead letters and generated docs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from shared.bus import Bus
+    from shared.config import Settings
 
 
 def register(cli: click.Group) -> None:
     """Add the operator commands to the ``mediai`` group."""
+    cli.add_command(streams)
     cli.add_command(deadletters)
     cli.add_command(docs)
     from services.agent.command import agent_worker
@@ -21,6 +28,103 @@ def register(cli: click.Group) -> None:
     from services.keys.cli import keys
 
     cli.add_command(keys)
+    from services.rooms.cli import rooms
+
+    cli.add_command(rooms)
+
+
+async def _operator_bus(settings: Settings) -> Bus:
+    """A connection for an operator command that reads or changes streams itself (declare=False:
+    it must not create anything as a side effect). TimeoutError when NATS is not there."""
+    from shared.bus import connect_bus
+
+    # nats-py logs a traceback per failed attempt; the command says it in one line instead.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    return await asyncio.wait_for(connect_bus(settings, "operator", declare=False), timeout=5)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def streams(context: click.Context) -> None:
+    """The streams: their settings, contents and differences from the declaration, and the
+    outbox rows waiting for them."""
+    if context.invoked_subcommand is not None:
+        return
+    import asyncpg
+
+    from deploy.cli import fail, settings_or_exit
+    from shared import streams as declared
+    from shared.db import create_pool
+    from shared.outbox import OutboxState, outbox_state
+
+    settings = settings_or_exit()
+
+    async def main() -> tuple[list[declared.StreamStatus], OutboxState | str]:
+        bus = await _operator_bus(settings)
+        try:
+            statuses = await declared.stream_status(bus.js, declared.stream_configs(settings))
+        finally:
+            await bus.close()
+        try:
+            pool = await create_pool(settings, max_size=1)
+        except (OSError, asyncpg.PostgresError) as error:
+            return statuses, f"unknown (Postgres unreachable: {type(error).__name__})"
+        try:
+            return statuses, await outbox_state(pool)
+        finally:
+            await pool.close()
+
+    try:
+        statuses, outbox = asyncio.run(main())
+    except (OSError, TimeoutError):
+        fail("cannot reach NATS at NATS_URL")
+    for status in statuses:
+        click.echo(declared.describe(status))
+        for difference in status.differences:
+            click.echo(f"  differs: {difference}")
+    if any(status.info is None or status.differences for status in statuses):
+        click.echo("run 'mediai streams apply' to apply the declaration")
+    if isinstance(outbox, str):
+        click.echo(f"outbox: {outbox}")
+        return
+    click.echo(f"outbox: {outbox.pending} pending, {outbox.set_aside_count} set aside")
+    for row in outbox.set_aside:
+        click.echo(
+            f"  set aside: position {row.position}  event {row.event_id}  "
+            f"written {row.created_at:%Y-%m-%d %H:%M:%S}  {row.reason[:100]}"
+        )
+
+
+@streams.command("apply")
+@click.option(
+    "--allow-weaken",
+    is_flag=True,
+    help="Also apply changes that weaken a stream (fewer replicas, shorter retention, ...).",
+)
+def streams_apply(allow_weaken: bool) -> None:
+    """Create missing streams and bring the others to the declaration, printing each change."""
+    from deploy.cli import fail, settings_or_exit
+    from shared.streams import StreamApplyError, apply_streams, stream_configs
+
+    settings = settings_or_exit()
+
+    async def main() -> list[str]:
+        bus = await _operator_bus(settings)
+        try:
+            return await apply_streams(
+                bus.js, stream_configs(settings), allow_weaken=allow_weaken, report=click.echo
+            )
+        finally:
+            await bus.close()
+
+    try:
+        changes = asyncio.run(main())
+    except StreamApplyError as error:
+        fail(str(error))
+    except (OSError, TimeoutError):
+        fail("cannot reach NATS at NATS_URL")
+    if not changes:
+        click.echo("every stream matches its declaration")
 
 
 @click.group()

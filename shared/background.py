@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import metrics
 from shared.failures import unavailable_dependency
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class TaskHealth:
             self._set("waiting", dependency)
 
     def restarting(self, error: BaseException) -> None:
+        metrics.TASK_RESTARTS.labels(self.name).inc()
         self._set("restarting", type(error).__name__)
 
     def view(self) -> dict[str, Any]:
@@ -87,6 +89,7 @@ class TaskHealth:
     def _set(self, state: str, detail: str) -> None:
         if (state, detail) != (self.state, self.detail):
             self.state, self.detail, self.since = state, detail, time.monotonic()
+            metrics.TASK_UP.labels(self.name).set(1 if state == "running" else 0)
 
     @staticmethod
     def current() -> TaskHealth:

@@ -8,6 +8,7 @@ carries the trace context in the ``traceparent`` header. Consumers are in ``shar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,12 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import (
-    PubAck,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
@@ -30,57 +26,21 @@ from shared import subjects
 from shared.config import Settings
 from shared.events import (
     CODEC,
-    DEADLETTER_STREAM,
-    EVENTS_STREAM,
-    PHI_STREAM,
     Envelope,
     Event,
     envelope,
 )
 from shared.keys import KeyCache
 from shared.phi import Phi
+from shared.streams import create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, inject, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
-DUPLICATE_WINDOW_SECONDS = 3600.0  # LiveKit retries webhooks for minutes; keep an hour
-
 
 class BusUnavailableError(Exception):
     """JetStream did not acknowledge a publish after the retries (NATS down or unreachable)."""
-
-
-def stream_configs(settings: Settings) -> list[StreamConfig]:
-    """Every stream of the system. File storage, explicit retention, replicas per settings."""
-
-    def stream(name: str, max_age: float, description: str) -> StreamConfig:
-        return StreamConfig(
-            name=subjects.stream_name(name),
-            description=description,
-            subjects=[subjects.stream_subjects(name)],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=max_age,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            num_replicas=settings.nats_replicas,
-        )
-
-    return [
-        stream(EVENTS_STREAM, 0, "Business events; kept for billing audits (0 = no age limit)"),
-        stream(PHI_STREAM, float(settings.phi_retention), "Personal health data in transit"),
-        stream(DEADLETTER_STREAM, 0, "Messages consumers gave up on, for operators to replay"),
-    ]
-
-
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream; safe to call from every process at start-up."""
-    for config in stream_configs(settings):
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # The stream exists with another configuration: bring it to the declared one.
-            await js.update_stream(config)
 
 
 @dataclass(frozen=True)
@@ -193,11 +153,36 @@ class Bus:
         try:
             await self.nc.drain()
         except (nats.errors.Error, TimeoutError):
-            await self.nc.close()
+            # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
+
+
+@dataclass
+class _OutageLog:
+    """One line when NATS goes away and one when it is back, instead of nats-py's traceback
+    every reconnect attempt (every half second of an outage, in every process)."""
+
+    service: str
+    down: bool = False
+
+    async def error(self, error: Exception) -> None:
+        if not self.down:
+            log.warning("%s: NATS error: %s", self.service, type(error).__name__)
+
+    async def disconnected(self) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("%s: disconnected from NATS; reconnecting", self.service)
+
+    async def reconnected(self) -> None:
+        self.down = False
+        log.warning("%s: reconnected to NATS", self.service)
 
 
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
     """Connect to NATS as ``service`` and make sure the streams exist."""
+    outage = _OutageLog(service)
     nc = await nats.connect(
         servers=settings.nats_url.split(","),
         name=f"mediai-{service}",
@@ -205,10 +190,13 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
         reconnect_time_wait=0.5,
         connect_timeout=2,
         drain_timeout=5,
+        error_cb=outage.error,
+        disconnected_cb=outage.disconnected,
+        reconnected_cb=outage.reconnected,
     )
     js = nc.jetstream()
     if declare:
-        await ensure_streams(js, settings)
+        await create_missing_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
     phi = Phi(KeyCache(nc, ttl=settings.key_cache_ttl))
     return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, retry=retry)

@@ -26,6 +26,17 @@ def parse_duration(text: str) -> int:
     return amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size such as ``"512MiB"``, ``"1GiB"`` or ``"1048576"`` (bytes) into bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512MiB, 1GiB or a number of bytes")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a MediAI process needs, validated once at start-up and passed down."""
 
@@ -78,6 +89,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Retention of the PHI stream (transcripts, clinical records in transit), in seconds.
     phi_retention: int = 30 * 86400
+    # The dead-letter stream is bounded by age and by size (the oldest go first). Consumer inbox
+    # rows outlive dead letters (shared.pruning), so a replayed dead letter is still recognised.
+    deadletter_retention: int = 30 * 86400
+    deadletter_max_bytes: int = 1 << 30
     # Patient data (docs/privacy.md): the keyring of key-encryption keys the key service reads
     # (None: <data_dir>/kek; the MEDIAI_KEK variable, read by the key service alone, wins), how
     # long a process keeps a data key in memory, and how long a patient's clinical record stays
@@ -119,6 +134,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds a stopping worker gives its sessions to end gracefully (the local stack stops
     # within 10 s; production wants minutes, below the orchestrator's grace period).
     agent_drain_timeout: int = 3
+    # Bytes of unpublished session events the agent spool may hold on this data dir (events
+    # wait there while NATS is away; see docs/agents.md, "What survives what").
+    agent_spool_max_bytes: int = 64 * 1024 * 1024
 
     # The medical roles (services/agent, docs/agents-roles.md). Vision: the look_at_patient tool
     # (one camera frame on demand); streaming adds a frame every few seconds (off by default, as
@@ -181,6 +199,20 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError(f"{value} must be 1 or more")
     return number
+
+
+def _positive_duration(value: str) -> int:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"{value} must be a duration of 1s or more")
+    return seconds
+
+
+def _positive_size(value: str) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError(f"{value} must be 1 byte or more")
+    return size
 
 
 def _non_negative_int(value: str) -> int:
@@ -298,6 +330,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
+    "MEDIAI_DEADLETTER_RETENTION": ("deadletter_retention", _positive_duration),
+    "MEDIAI_DEADLETTER_MAX_BYTES": ("deadletter_max_bytes", _positive_size),
     "MEDIAI_KEK_FILE": ("kek_file", Path),
     "MEDIAI_KEY_CACHE_TTL": ("key_cache_ttl", parse_duration),
     "MEDIAI_CLINICAL_RETENTION": ("clinical_retention", parse_duration),
@@ -320,6 +354,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_AGENT_SCALE_UP_LOAD": ("agent_scale_up_load", _load),
     "MEDIAI_AGENT_IDLE_PROCESSES": ("agent_idle_processes", _non_negative_int),
     "MEDIAI_AGENT_DRAIN_TIMEOUT": ("agent_drain_timeout", parse_duration),
+    "MEDIAI_AGENT_SPOOL_MAX_BYTES": ("agent_spool_max_bytes", _positive_size),
     # The names of the seeds (ENABLE_VISION, BEY_*, TAVUS_*) where they had one.
     "ENABLE_VISION": ("enable_vision", _bool),
     "ENABLE_VISION_STREAMING": ("enable_vision_streaming", _bool),

@@ -38,7 +38,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
-from shared import subjects
+from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.events import CODEC, DeadLettered, Envelope, Event, EventDecodeError
@@ -60,6 +60,8 @@ DELIVERY_HEADROOM = 5
 # Holding a message through an outage: the first retry, and the longest wait between retries.
 HOLD_FIRST_SECONDS = 0.2
 HOLD_MAX_SECONDS = 5.0
+# How often a consumer reads its lag (pending messages) from JetStream, for its metric.
+LAG_EVERY_SECONDS = 15.0
 _DEAD_LETTER_IDS = uuid.UUID("3b0c7d0e-0f4e-4f54-9d7c-2a1e6f0b5c21")
 
 
@@ -158,7 +160,11 @@ class Consumer(Generic[C]):
                 await subscription.unsubscribe()
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
+        lag_checked = 0.0
         while True:
+            if time.monotonic() - lag_checked > LAG_EVERY_SECONDS:
+                lag_checked = time.monotonic()
+                await self._measure_lag()
             try:
                 messages = await subscription.fetch(self.spec.batch, timeout=1.0)
             except TimeoutError:
@@ -192,6 +198,13 @@ class Consumer(Generic[C]):
                     )
                 self._in_hand.remove(message)
 
+    async def _measure_lag(self) -> None:
+        try:
+            info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+        except (nats.errors.Error, OSError):
+            return  # NATS away: the fetch below says so
+        metrics.PENDING.labels(self.spec.durable).set(info.num_pending + info.num_ack_pending)
+
     async def process(self, message: Msg) -> None:
         """Handle one message and settle it (ack, nak with delay, or dead-letter)."""
         metadata = message.metadata
@@ -200,9 +213,13 @@ class Consumer(Generic[C]):
             stream_sequence=metadata.sequence.stream,
             deliveries=metadata.num_delivered,
         )
+        name = self.spec.durable
+        if delivery.deliveries > 1:
+            metrics.REDELIVERED.labels(name).inc()
         replay_for = (message.headers or {}).get(REPLAY_FOR_HEADER)
-        if replay_for is not None and replay_for != self.spec.durable:
+        if replay_for is not None and replay_for != name:
             await message.ack()  # a dead letter replayed for another consumer
+            metrics.CONSUMED.labels(name, "", "skipped").inc()
             return
         try:
             event = CODEC.decode(message.data)
@@ -228,6 +245,7 @@ class Consumer(Generic[C]):
                 attr.DELIVERIES: delivery.deliveries,
             },
         ) as span:
+            started = time.monotonic()
             try:
                 await self._handle_through_outages(handler, event, delivery)
             except PoisonMessageError as error:
@@ -238,7 +256,10 @@ class Consumer(Generic[C]):
                 span.set_status(trace.StatusCode.ERROR, type(error).__name__)
                 await self._retry_later(message, delivery, event, error)
                 return
+            finally:
+                metrics.HANDLE_SECONDS.labels(name).observe(time.monotonic() - started)
         await message.ack()
+        metrics.CONSUMED.labels(name, event.type, "ok").inc()
 
     async def _handle_through_outages(
         self, handler: Handler[C], event: Envelope, delivery: Delivery
@@ -256,6 +277,7 @@ class Consumer(Generic[C]):
                 if dependency is None:
                     raise
                 self.health.waiting(dependency, error)
+                metrics.WAITING.labels(self.spec.durable).set(1)
                 if time.monotonic() - last_progress >= progress_every:
                     await self._keep_in_progress()
                     last_progress = time.monotonic()
@@ -264,6 +286,7 @@ class Consumer(Generic[C]):
                 continue
             if not self.health.ready:
                 self.health.running()
+                metrics.WAITING.labels(self.spec.durable).set(0)
             return
 
     async def _readable(self, event: Envelope) -> Envelope:
@@ -290,6 +313,7 @@ class Consumer(Generic[C]):
             type(error).__name__,
         )
         await message.nak(delay=self.backoff[min(delivery.deliveries, len(self.backoff)) - 1])
+        metrics.CONSUMED.labels(self.spec.durable, event.type, "retried").inc()
 
     async def _dead_letter(
         self, message: Msg, delivery: Delivery, event: Envelope | None, reason: str
@@ -309,6 +333,9 @@ class Consumer(Generic[C]):
         # Only now, with the dead letter acknowledged by JetStream: a failure above leaves the
         # message pending, and it comes back.
         await message.term()
+        metrics.CONSUMED.labels(
+            self.spec.durable, event.type if event else "", "dead_lettered"
+        ).inc()
 
     async def _on_advisory(self, advisory: Msg) -> None:
         """JetStream stopped delivering a message (its delivery limit): dead-letter it too."""
@@ -391,6 +418,7 @@ async def publish_dead_letter(
         key=consumer,
         event_id=str(uuid.uuid5(_DEAD_LETTER_IDS, f"{consumer}:{stream}:{stream_sequence}")),
     )
+    metrics.DEAD_LETTERS.labels(consumer).inc()
     log.error(
         "consumer %s dead-lettered stream seq %d (%s) after %d deliveries: %s",
         consumer,

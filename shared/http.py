@@ -26,6 +26,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 from opentelemetry import trace
@@ -36,6 +37,7 @@ from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
+from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
 
@@ -139,7 +141,7 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
         )
     if isinstance(error, ValidationException):
         details = [
-            {"field": str(item.get("key", "")), "problem": str(item.get("message", ""))}
+            _problem(request, str(item.get("key", "")), str(item.get("message", "")))
             for item in (error.extra if isinstance(error.extra, list) else [])
             if isinstance(item, dict)
         ]
@@ -153,6 +155,23 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
         return _error(error.status_code, code, error.detail)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+def _problem(request: Request[Any, Any, Any], key: str, message: str) -> dict[str, Any]:
+    """One validation problem as the client knows the field: a query or header parameter by
+    the name it sends (``patientRef``, not the handler's ``patient_ref``), and a pattern
+    mismatch by the parameter's rule when it has one, rather than the regular expression."""
+    try:
+        parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    except AttributeError:
+        parameter = None
+    definition = getattr(parameter, "kwarg_definition", None)
+    for alias in ("query", "header", "cookie"):
+        key = getattr(definition, alias, None) or key
+    rule = getattr(definition, "description", None)
+    if rule and "regex" in message:
+        message = f"must be {rule}"
+    return {"field": key, "problem": message}
 
 
 async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
@@ -266,6 +285,12 @@ def _as_task(background: Background) -> BackgroundTask:
     return BackgroundTask(getattr(background, "__name__", repr(background)), background)
 
 
+class _Metrics(PrometheusController):
+    """``/metrics`` (Prometheus): on the service's own port, never routed by the gateway."""
+
+    include_in_schema = False
+
+
 def create_service_app(
     *,
     service: str,
@@ -284,7 +309,8 @@ def create_service_app(
     app's lifetime, each supervised on its own; their health is in ``/readyz``.
     """
     setup_telemetry(service, settings)
-    tasks = [_as_task(b) for b in (BackgroundTask("outbox-relay", _relay_outbox), *background)]
+    platform = (BackgroundTask("outbox-relay", _relay_outbox), BUS_PRUNER)
+    tasks = [_as_task(b) for b in (*platform, *background)]
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"{service}: background task names must be unique: {names}")
@@ -311,8 +337,17 @@ def create_service_app(
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
+    # Requests are counted by route template (group_path), never by path: paths carry room
+    # names and identities, which must not become metric labels.
+    prometheus = PrometheusConfig(
+        app_name=service,
+        prefix="mediai_http",
+        group_path=True,
+        exclude=["/healthz", "/readyz", "/metrics"],
+    )
     return Litestar(
-        route_handlers=[healthz, readyz, *route_handlers],
+        route_handlers=[healthz, readyz, _Metrics, *route_handlers],
+        middleware=[prometheus.middleware],
         lifespan=[lifespan],
         dependencies={
             "tenant": Provide(provide_tenant),

@@ -105,6 +105,9 @@ class KeyCache:
 
         return await self._once(("sealing", wanted), fetch)
 
+    def held(self, tenant: str, patient_ref: str, purpose: str) -> DataKey | None:
+        return _get(self._scopes, scope(tenant, patient_ref, purpose))
+
     async def for_opening(self, tenant: str, key_id: str) -> DataKey | None:
         entry = self._ids.get((tenant, key_id))
         if entry is not None and entry[0] > time.monotonic():
@@ -215,13 +218,18 @@ class DispatchKeys:
         return next((k.patient_ref for k in self._by_id.values() if k.patient_ref), "")
 
     async def for_sealing(self, tenant: str, patient_ref: str, purpose: str) -> DataKey:
-        if tenant != self.tenant or (patient_ref and patient_ref != self.patient_ref):
-            raise api.KeyRequestError("unknown_key", "data of another tenant or patient")
-        keys = {key.purpose: key for key in self._by_id.values()}
-        key = keys.get(purpose) or keys.get(TENANT_PURPOSE)
+        key = self.held(tenant, patient_ref, purpose)
         if key is None:
-            raise api.KeyRequestError("unknown_key", f"the dispatch's {purpose} key is destroyed")
+            raise api.KeyRequestError(
+                "unknown_key", f"no {purpose} key of this dispatch for that data (or destroyed)"
+            )
         return key
+
+    def held(self, tenant: str, patient_ref: str, purpose: str) -> DataKey | None:
+        if tenant != self.tenant or (patient_ref and patient_ref != self.patient_ref):
+            return None  # data of another tenant or patient
+        keys = {key.purpose: key for key in self._by_id.values()}
+        return keys.get(purpose) or keys.get(TENANT_PURPOSE)
 
     async def for_opening(self, tenant: str, key_id: str) -> DataKey | None:
         key = self._by_id.get(key_id)

@@ -1,17 +1,43 @@
-"""Names that cross service boundaries: how a tenant's room maps to a LiveKit room.
+"""Names that cross service boundaries: their patterns, and how a tenant's room maps to a
+LiveKit room.
 
 A tenant names its rooms freely within ``ROOM_NAME``; in LiveKit the room is
 ``<tenant id>~<room>`` so two clinics can use the same name and never meet. ``~`` is outside
 every alphabet a tenant may use, so the mapping is reversible.
+
+Every pattern here matches the whole string, and means the same to Python's ``re`` (what
+msgspec and the services use) and to JavaScript's ``RegExp`` (what clients generated from the
+OpenAPI documents use): see ``whole``. Room names, identities and ``patientRef`` are
+pseudonymous identifiers that end up in NATS subjects and LiveKit: never a person's name.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
-TENANT_ID = re.compile(r"^t[a-z0-9]{10}$")
+import msgspec
+
+
+def whole(body: str) -> str:
+    """``body`` as a pattern of the whole string, with the same meaning in Python and JavaScript.
+
+    ``$`` alone also matches before a final newline in Python, so ``"consulta-1\\n"`` would pass
+    as a room that prints like ``consulta-1``; Python's ``\\Z`` does not exist in JavaScript.
+    ``(?!\\n)$`` is the end of the string in both. ``body`` must not have a top-level ``|``.
+    """
+    return rf"^{body}(?!\n)$"
+
+
+ROOM_NAME = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
+IDENTITY = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}"))
+# The clinic's own pseudonymous id of a person: the same alphabet as an identity.
+PATIENT_REF = IDENTITY
+TENANT_ID = re.compile(whole(r"t[a-z0-9]{10}"))
+# A file or playlist name chosen by the caller (egress), without extension.
+FILE_NAME = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
+# A language tag as the agents take it: "pt-BR", "en", "spa".
+LANGUAGE = re.compile(whole(r"[a-z]{2,3}(-[A-Z]{2})?"))
 _SEPARATOR = "~"
 # The tenant of what is not a tenant's: rooms made outside MediAI, the platform's own events.
 SYSTEM_TENANT = "system"
@@ -20,14 +46,29 @@ ROOM_NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a
 IDENTITY_RULE = (
     "1-128 characters: letters, digits, '-', '_', '.', '@' and ':', starting with a letter or digit"
 )
+FILE_NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
+
+# The types request and message bodies use (msgspec validates them; OpenAPI shows the pattern).
+RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
+Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+PatientRef = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=PATIENT_REF.pattern,
+        description=f"The clinic's pseudonymous id of the patient (never a name); {IDENTITY_RULE}",
+    ),
+]
+TenantId = Annotated[str, msgspec.Meta(pattern=TENANT_ID.pattern)]
+FileName = Annotated[str, msgspec.Meta(pattern=FILE_NAME.pattern, description=FILE_NAME_RULE)]
+Language = Annotated[str, msgspec.Meta(pattern=LANGUAGE.pattern, examples=["pt-BR", "en-US"])]
 
 
 def is_room_name(name: str) -> bool:
-    return bool(ROOM_NAME.match(name))
+    return ROOM_NAME.fullmatch(name) is not None
 
 
 def is_identity(identity: str) -> bool:
-    return bool(IDENTITY.match(identity))
+    return IDENTITY.fullmatch(identity) is not None
 
 
 def livekit_room(tenant_id: str, room: str) -> str:
@@ -38,7 +79,7 @@ def livekit_room(tenant_id: str, room: str) -> str:
 def split_livekit_room(livekit_name: str) -> tuple[str, str] | None:
     """``(tenant id, room)`` of a LiveKit room name, or None if it is not one of ours."""
     tenant_id, separator, room = livekit_name.partition(_SEPARATOR)
-    if not separator or not TENANT_ID.match(tenant_id) or not is_room_name(room):
+    if not separator or not TENANT_ID.fullmatch(tenant_id) or not is_room_name(room):
         return None
     return tenant_id, room
 

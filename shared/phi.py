@@ -31,7 +31,7 @@ token can be copied from an event into a row without opening it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -76,6 +76,10 @@ class KeySource(Protocol):
         """The key ``key_id`` of ``tenant``; None if it was destroyed or is not the tenant's."""
         ...
 
+    def held(self, tenant: str, patient_ref: str, purpose: str) -> DataKey | None:
+        """The key ``for_sealing`` would give, if it is in memory now (no waiting)."""
+        ...
+
 
 def is_erased(value: object) -> bool:
     """Whether an opened value could not be opened (its key is gone)."""
@@ -88,12 +92,10 @@ def patient_of(data: object) -> str:
     return ref if isinstance(ref, str) else ""
 
 
-Text = Callable[[str, Seal], Awaitable[str]]
-Document = Callable[[dict[str, Any], Seal], Awaitable[dict[str, Any]]]
-
-
 class Phi:
-    """Seals and opens personal and clinical data with the keys of ``keys``."""
+    """Seals and opens personal and clinical data with the keys of ``keys``.
+
+    Keys are looked up first (the only waiting), then every field is sealed or opened at once."""
 
     def __init__(self, keys: KeySource) -> None:
         self.keys = keys
@@ -106,6 +108,21 @@ class Phi:
         data = await self.seal_data(event.data, tenant=event.tenant)
         return event if data is event.data else msgspec.structs.replace(event, data=data)
 
+    def seal_now(self, event: Envelope) -> Envelope:
+        """``seal`` without waiting, for a caller that must not (the agent's voice pipeline),
+        with the keys ``keys`` holds in memory; an event whose keys are not held comes back as
+        it is, and is sealed when it is published."""
+        plan = sealing_plan(type(event.data))
+        kinds = _kinds_to_seal(plan, event.data)
+        if not kinds:
+            return event
+        patient = patient_of(event.data)
+        keys = {kind: self.keys.held(event.tenant, patient, kind) for kind in kinds}
+        held = {kind: key for kind, key in keys.items() if key is not None}
+        if len(held) < len(kinds):
+            return event
+        return msgspec.structs.replace(event, data=_apply(plan, event.data, _sealer(held)))
+
     async def open(self, event: Envelope) -> Envelope:
         """The event with its sealed fields opened (``ERASED`` where the key is gone)."""
         data = await self.open_data(event.data, tenant=event.tenant)
@@ -113,34 +130,20 @@ class Phi:
 
     async def seal_data(self, data: S, *, tenant: str) -> S:
         plan = sealing_plan(type(data))
-        if not plan:
+        kinds = _kinds_to_seal(plan, data)
+        if not kinds:
             return data
         patient = patient_of(data)
-
-        async def text(value: str, step: Seal) -> str:
-            return await self.seal_text(
-                value, tenant=tenant, patient_ref=patient, kind=step.kind, path=step.path
-            )
-
-        async def document(value: dict[str, Any], step: Seal) -> dict[str, Any]:
-            return await self.seal_document(
-                value, tenant=tenant, patient_ref=patient, kind=step.kind, path=step.path
-            )
-
-        return await _apply(plan, data, text, document)
+        keys = {kind: await self.keys.for_sealing(tenant, patient, kind) for kind in kinds}
+        return _apply(plan, data, _sealer(keys))
 
     async def open_data(self, data: S, *, tenant: str) -> S:
         plan = sealing_plan(type(data))
-        if not plan:
+        ids = {key_id_of(token) for value, _ in _places(plan, data) for token in _tokens(value)}
+        if not ids:
             return data
-
-        async def text(value: str, step: Seal) -> str:
-            return await self.open_text(value, tenant=tenant, path=step.path)
-
-        async def document(value: dict[str, Any], step: Seal) -> dict[str, Any]:
-            return await self.open_document(value, tenant=tenant, path=step.path)
-
-        return await _apply(plan, data, text, document)
+        keys = {key_id: await self.keys.for_opening(tenant, key_id) for key_id in ids}
+        return _apply(plan, data, _opener(keys))
 
     # -- single values (table columns) ---------------------------------------------------
 
@@ -155,7 +158,8 @@ class Phi:
     async def open_text(self, value: str, *, tenant: str, path: str) -> str:
         if not is_sealed(value):
             return value  # empty, or written before encryption
-        plain = await self._open(value, tenant, path)
+        key = await self.keys.for_opening(tenant, key_id_of(value))
+        plain = _open_token(key, value, path)
         return ERASED if plain is None else plain.decode()
 
     async def seal_document(
@@ -171,45 +175,106 @@ class Phi:
     ) -> dict[str, Any]:
         if not _sealed_document(value):
             return value
-        plain = await self._open(value[SEALED_KEY], tenant, path)
-        if plain is None:
-            return dict(ERASED_DOCUMENT)
-        opened: dict[str, Any] = msgspec.json.decode(plain)
-        return opened
-
-    async def _open(self, token: str, tenant: str, path: str) -> bytes | None:
-        key = await self.keys.for_opening(tenant, key_id_of(token))
-        if key is None:
-            return None
-        try:
-            return key.open(token, path)
-        except UnreadableError as error:
-            # Tampered, or copied from another field: unreadable, like an erased value.
-            log.warning("a sealed %s could not be opened: %s", path, error)
-            return None
+        key = await self.keys.for_opening(tenant, key_id_of(value[SEALED_KEY]))
+        return _open_document(key, value, path)
 
 
 def _sealed_document(value: dict[str, Any]) -> bool:
     return len(value) == 1 and is_sealed(value.get(SEALED_KEY))
 
 
-async def _apply(plan: tuple[Seal, ...], data: S, text: Text, document: Document) -> S:
-    """``data`` with ``text``/``document`` applied to each sealed place of ``plan``."""
+def _tokens(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value] if is_sealed(value) else []
+    if isinstance(value, dict) and _sealed_document(value):
+        return [value[SEALED_KEY]]
+    return []
+
+
+def _places(plan: tuple[Seal, ...], data: object) -> Iterator[tuple[Any, Seal]]:
+    """Every non-empty value at a sealed place of ``data`` (list items one by one)."""
+    for step in plan:
+        value = getattr(data, step.name)
+        if not value:
+            continue
+        if step.shape in (TEXT, DOCUMENT):
+            yield value, step
+        elif step.shape == TEXTS:
+            yield from ((item, step) for item in value if item)
+        elif step.shape == NESTED:
+            yield from _places(step.inner, value)
+        elif step.shape == NESTED_LIST:
+            for item in value:
+                yield from _places(step.inner, item)
+
+
+def _kinds_to_seal(plan: tuple[Seal, ...], data: object) -> set[str]:
+    return {step.kind for value, step in _places(plan, data) if not _tokens(value)}
+
+
+def _open_token(key: DataKey | None, token: str, path: str) -> bytes | None:
+    if key is None:
+        return None
+    try:
+        return key.open(token, path)
+    except UnreadableError as error:
+        # Tampered, or copied from another field: unreadable, like an erased value.
+        log.warning("a sealed %s could not be opened: %s", path, error)
+        return None
+
+
+def _open_document(key: DataKey | None, value: dict[str, Any], path: str) -> dict[str, Any]:
+    plain = _open_token(key, value[SEALED_KEY], path)
+    if plain is None:
+        return dict(ERASED_DOCUMENT)
+    opened: dict[str, Any] = msgspec.json.decode(plain)
+    return opened
+
+
+Change = Callable[[Any, Seal], Any]
+
+
+def _sealer(keys: Mapping[str, DataKey]) -> Change:
+    def seal(value: Any, step: Seal) -> Any:
+        if not value or _tokens(value):
+            return value
+        key = keys[step.kind]
+        if isinstance(value, str):
+            return key.seal(value.encode(), step.path)
+        return {SEALED_KEY: key.seal(msgspec.json.encode(value), step.path)}
+
+    return seal
+
+
+def _opener(keys: Mapping[str, DataKey | None]) -> Change:
+    def open_(value: Any, step: Seal) -> Any:
+        tokens = _tokens(value)
+        if not tokens:
+            return value  # empty, or written before encryption
+        key = keys.get(key_id_of(tokens[0]))
+        if isinstance(value, str):
+            plain = _open_token(key, value, step.path)
+            return ERASED if plain is None else plain.decode()
+        return _open_document(key, value, step.path)
+
+    return open_
+
+
+def _apply(plan: tuple[Seal, ...], data: S, change: Change) -> S:
+    """``data`` with ``change`` applied to each value at a sealed place of ``plan``."""
     changes: dict[str, Any] = {}
     for step in plan:
         value = getattr(data, step.name)
         if not value:
             continue
-        if step.shape == TEXT:
-            changed: Any = await text(value, step)
+        if step.shape in (TEXT, DOCUMENT):
+            changed: Any = change(value, step)
         elif step.shape == TEXTS:
-            changed = [await text(item, step) if item else item for item in value]
-        elif step.shape == DOCUMENT:
-            changed = await document(value, step)
+            changed = [change(item, step) if item else item for item in value]
         elif step.shape == NESTED:
-            changed = await _apply(step.inner, value, text, document)
+            changed = _apply(step.inner, value, change)
         elif step.shape == NESTED_LIST:
-            changed = [await _apply(step.inner, item, text, document) for item in value]
+            changed = [_apply(step.inner, item, change) for item in value]
         else:
             raise AssertionError(step.shape)
         if changed is not value and changed != value:

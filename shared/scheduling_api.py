@@ -23,7 +23,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from shared.naming import IDENTITY, ROOM_NAME, TENANT_ID
+from shared.naming import PatientRef, RoomName, TenantId
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import inject
 
@@ -38,14 +38,10 @@ ErrorCode = Literal[
 ]
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
-TenantId = Annotated[str, msgspec.Meta(pattern=TENANT_ID.pattern)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Filter = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-# Opaque and chosen by the clinic (its patient id, or the patient's LiveKit identity).
-PatientRef = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern)]
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern)]
 
 ReplyT = TypeVar("ReplyT")
 

@@ -18,6 +18,7 @@ from services.agent.consultation import Consultation
 from services.agent.medical import ClinicalAgent, build_agent
 from services.agent.reporter import Reporter
 from services.agent.roles import load_registry, render_instructions
+from services.agent.spool import Journal, spool_root
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events import Event
@@ -52,7 +53,10 @@ async def consultation(
     rtc_room: rtc.Room | None = None,
 ) -> AsyncIterator[Harness]:
     dispatch_id = str(uuid.uuid4())
-    reporter = Reporter(bus, tenant=tenant, key=dispatch_id)
+    journal = Journal.create(
+        spool_root(settings.data_dir), "role-tests", dispatch_id, settings.agent_spool_max_bytes
+    )
+    reporter = Reporter(bus, journal, tenant=tenant, key=dispatch_id)
     ended: list[tuple[str, str]] = []
     emitted: list[Event] = []
 

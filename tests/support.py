@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared import subjects
 from shared.bus import Bus
 from shared.config import PORT_NAMES, Settings
+from shared.db import apply_migrations, discover_migrations
 from shared.events import CODEC, Envelope, Event
 
 T = TypeVar("T")
@@ -127,3 +129,29 @@ async def watch(
     finally:
         for subscription in subscriptions:
             await subscription.unsubscribe()
+
+
+@asynccontextmanager
+async def private_database(settings: Settings, prefix: str) -> AsyncIterator[str]:
+    """The URL of a new database on the stack's Postgres with every migration applied, dropped
+    afterwards: for rows the stack's services must not see (their outbox relays, their pruning)."""
+    name = f"{prefix}_{os.urandom(4).hex()}"
+    server = settings.database_url.rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(f"{server}/{name}")
+    try:
+        await apply_migrations(conn, discover_migrations())
+    finally:
+        await conn.close()
+    try:
+        yield f"{server}/{name}"
+    finally:
+        admin = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

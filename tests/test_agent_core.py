@@ -135,6 +135,8 @@ def write_role(folder: Path, toml: str, prompt: str | None = "Você é {{instruc
     [
         ('name = "other"', "x", "must match its folder"),
         ('name = "r"\nspeaks = false', "x", "needs text_to"),
+        # Who reads a text-only role is a role signed into a token, not an identity prefix.
+        ('name = "r"\nspeaks = false\ntext_to = ["doctor-"]', "x", "not roles a token gives"),
         ('name = "r"\nwhatever = 1', "x", "whatever"),
         ('name = "r"\ninstructions = "merge"', "x", "instructions"),
         ('name = "r"', None, "prompt.pt-BR.md is missing"),
@@ -152,11 +154,11 @@ def test_invalid_role_files_are_refused_naming_the_file(
 def test_role_json_is_read_too(tmp_path: Path) -> None:
     folder = tmp_path / "scribe"
     folder.mkdir()
-    (folder / "role.json").write_text('{"name": "scribe", "speaks": false, "text_to": ["dr"]}')
+    (folder / "role.json").write_text('{"name": "scribe", "speaks": false, "text_to": ["doctor"]}')
     (folder / "prompt.pt-BR.md").write_text("Anote.")
     (folder / "questionnaire.json").write_text("{}")  # other files belong to the role's code
     role = load_role(folder)
-    assert (role.speaks, role.text_to, role.template("pt-BR")) == (False, ["dr"], "Anote.")
+    assert (role.speaks, role.text_to, role.template("pt-BR")) == (False, ["doctor"], "Anote.")
 
 
 def test_instructions_are_added_where_the_template_says() -> None:

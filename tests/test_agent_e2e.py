@@ -86,9 +86,16 @@ class Participant:
 
     @classmethod
     async def join(
-        cls, api: httpx.AsyncClient, room: str, identity: str, topics: tuple[str, ...] = ()
+        cls,
+        api: httpx.AsyncClient,
+        room: str,
+        identity: str,
+        topics: tuple[str, ...] = (),
+        role: str = "patient",
     ) -> Participant:
-        grant = await api.post("/v1/tokens", json={"room": room, "identity": identity})
+        grant = await api.post(
+            "/v1/tokens", json={"room": room, "identity": identity, "role": role}
+        )
         assert grant.is_success, grant.text
         person = cls(identity)
         person.room.on("track_subscribed", person._on_track)
@@ -437,7 +444,7 @@ async def test_two_agents_of_different_roles_share_a_room(
     room = new_room()
     hints = "mediai.copilot.hints"
     patient = await Participant.join(api, room, "patient-7", topics=(hints,))
-    doctor = await Participant.join(api, room, "doctor-ana", topics=(hints,))
+    doctor = await Participant.join(api, room, "doctor-ana", topics=(hints,), role="doctor")
     async with following(bus, *SESSION_EVENTS) as events:
         intake, copilot = await asyncio.gather(
             dispatch(api, room=room, role="intake", participant="patient-7", **OPENAI),

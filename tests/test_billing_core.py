@@ -40,6 +40,7 @@ from services.billing.pricing import (
     segments,
 )
 from services.billing.projector import Projector
+from shared.events.reconciliation import ParticipantPresumedGone
 from tests import billing_script as script
 from tests.billing_script import at
 
@@ -181,6 +182,45 @@ def test_a_leave_alone_bills_from_the_join_it_names_and_an_egress_end_alone_too(
     )
     rows = fold(list(enumerate(script.envelopes(T, [leave, ended]), start=1)))
     assert by_meter(rows) == {"participant_time": 60_000, "egress_time": 30_000}
+
+
+def _presumed(sid: str, last_seen: str, joined: str | None = None) -> ParticipantPresumedGone:
+    return ParticipantPresumedGone(
+        room=script.ROOM,
+        room_sid="RM_1",
+        participant_sid=sid,
+        identity=f"id-{sid}",
+        joined_at=at(joined) if joined else None,
+        last_seen_at=at(last_seen),
+        observed_at=at(last_seen) + timedelta(seconds=31),
+    )
+
+
+def test_a_presumed_leave_closes_the_stay_when_it_was_last_seen() -> None:
+    # The participant_left never came: the reconciliation saw the patient last at 10:02:00
+    # and found it gone at 10:02:31. Only what the log shows is billed: up to 10:02:00.
+    events = [script._joined("PA_p", "10:00:00"), _presumed("PA_p", "10:02:00", "10:00:00")]
+    rows = fold(list(enumerate(script.envelopes(T, events), start=1)))
+    assert by_meter(rows) == {"participant_time": 120_000}
+    # With the join lost too, the presumption names the join as the read model knew it.
+    alone = fold(list(enumerate(script.envelopes(T, events[1:]), start=1)))
+    assert by_meter(alone) == {"participant_time": 120_000}
+
+
+def test_a_late_real_leave_replaces_the_presumed_end_in_any_order() -> None:
+    # The real leave (10:02:20) is never before the last sighting: it moves the end, once.
+    events = [
+        script._joined("PA_q", "10:00:00"),
+        _presumed("PA_q", "10:02:00", "10:00:00"),
+        script._left("PA_q", "10:02:20"),
+    ]
+    for order in itertools.permutations(script.envelopes(T, events)):
+        rows = fold(list(enumerate(order, start=1)))
+        assert by_meter(rows) == {"participant_time": 140_000}
+    # Back after a presumption (LiveKit listed it again), then presumed gone again later.
+    again = [*events[:2], _presumed("PA_q", "10:05:00", "10:00:00")]
+    for order in itertools.permutations(script.envelopes(T, again)):
+        assert by_meter(fold(list(enumerate(order, start=1)))) == {"participant_time": 300_000}
 
 
 def test_open_stays_and_agent_or_egress_participants_bill_nothing() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, load_settings, parse_duration, to_environ
+from shared.config import ConfigError, load_settings, parse_duration, parse_size, to_environ
 
 
 def test_defaults_describe_the_local_stack() -> None:
@@ -49,6 +49,8 @@ def test_livekit_url_with_credentials_means_an_external_server() -> None:
         ({"MEDIAI_TOKEN_TTL_MAX": "forever"}, "MEDIAI_TOKEN_TTL_MAX"),
         ({"LIVEKIT_URL": "wss://x.livekit.cloud"}, "LIVEKIT_API_KEY: required"),
         ({"MEDIAI_LOG_LEVEL": "loud"}, "MEDIAI_LOG_LEVEL"),
+        ({"MEDIAI_DEADLETTER_MAX_BYTES": "1 gigabyte"}, "MEDIAI_DEADLETTER_MAX_BYTES"),
+        ({"MEDIAI_DEADLETTER_RETENTION": "0"}, "MEDIAI_DEADLETTER_RETENTION: 0 must be"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(environ: dict[str, str], message: str) -> None:
@@ -82,6 +84,20 @@ def test_durations() -> None:
     ]
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("2 hours")
+
+
+def test_sizes() -> None:
+    assert [parse_size(x) for x in ("512", "512B", "64KiB", "512MiB", "1GiB", "2TiB")] == [
+        512,
+        512,
+        64 << 10,
+        512 << 20,
+        1 << 30,
+        2 << 40,
+    ]
+    assert load_settings({}, env_file=None).deadletter_max_bytes == 1 << 30
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("1GB")
 
 
 def test_cli_reports_a_bad_setting_in_one_line_with_exit_code_2(tmp_path: Path) -> None:

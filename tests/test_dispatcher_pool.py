@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -19,26 +20,29 @@ pytestmark = pytest.mark.livekit
 
 
 async def test_the_pool_starts_its_minimum_and_drains_on_shutdown(
-    settings: Settings, bus: Bus, stack: object
+    settings: Settings, bus: Bus, pool: asyncpg.Pool
 ) -> None:
-    pool = WorkerPool(msgspec.structs.replace(settings, agent_pool_min=1, agent_pool_max=1))
+    # Its events go through the database's outbox; the stack's services relay it.
+    workers = WorkerPool(msgspec.structs.replace(settings, agent_pool_min=1, agent_pool_max=1))
     async with following(
         bus, AgentWorkerStarted, AgentWorkerRegistered, AgentWorkerExited
     ) as events:
-        running = asyncio.create_task(pool.run(bus))
-        started = await events.next(AgentWorkerStarted, where=lambda d: d.worker_id in pool.workers)
+        running = asyncio.create_task(workers.run(bus, pool))
+        started = await events.next(
+            AgentWorkerStarted, where=lambda d: d.worker_id in workers.workers
+        )
         mine = started.worker_id
-        assert mine in pool.workers
+        assert mine in workers.workers
         registered = await events.next(
             AgentWorkerRegistered, where=lambda d: d.worker_id == mine, timeout=90
         )
         assert registered.pid == started.pid
-        assert await pool.wait_ready(1.0)
+        assert await workers.wait_ready(1.0)
 
         running.cancel()  # what the dispatcher's shutdown does
         await asyncio.gather(running, return_exceptions=True)
         exited = await events.next(AgentWorkerExited, where=lambda d: d.worker_id == mine)
     assert exited.expected and exited.restart_delay_seconds is None
     assert exited.exit_code == 0  # it drained and exited by itself, not killed
-    assert not pool.workers
+    assert not workers.workers
     await until(lambda: not alive_in_group(started.pid), 5)  # SIGKILL delivery takes a moment

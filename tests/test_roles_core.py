@@ -264,6 +264,6 @@ def test_the_roles_wire_the_medical_tools() -> None:
     assert {"search_doctors", "book_appointment", "cancel_appointment"} <= set(
         roles["receptionist"].tools
     )
-    hints = roles["copilot"]
+    hints = roles[copilot.ROLE]  # the name frontends check in the sender's mediai.role
     assert (hints.speaks, hints.text_to, hints.text_topic) == (False, ["doctor"], copilot.TOPIC)
     assert consent.TOOL not in hints.tools  # the doctor's tool: no patient consent asked

@@ -20,6 +20,11 @@ from services.rooms.reconcile import reconcile_once
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events import Envelope
+from shared.events.reconciliation import (
+    ParticipantFound,
+    ParticipantPresumedGone,
+    RoomPresumedFinished,
+)
 from shared.events.rooms import (
     DataMessageSent,
     EgressStarted,
@@ -30,7 +35,6 @@ from shared.events.rooms import (
     RoomCreated,
     RoomDeleted,
     RoomFinished,
-    RoomReconciled,
     RoomStarted,
     TrackMuted,
     TrackPublished,
@@ -383,7 +387,7 @@ async def test_another_tenant_never_reaches_a_room(
     await api.delete(f"/v1/rooms/{room}")
 
 
-async def test_reconciliation_heals_what_dropped_webhooks_broke(
+async def test_the_reconciliation_publishes_what_dropped_webhooks_missed(
     api: httpx.AsyncClient,
     bus: Bus,
     pool: asyncpg.Pool,
@@ -395,10 +399,12 @@ async def test_reconciliation_heals_what_dropped_webhooks_broke(
     tenant = await tenant_of(pool, tenant_key)
     room, phantom_room = unique("heal"), unique("phantom")
     created = (await api.post("/v1/rooms", json={"name": room})).json()
+    findings = (ParticipantPresumedGone, ParticipantFound, RoomPresumedFinished)
     async with (
         participant(api, room, "patient-1"),
-        watch(bus, RoomReconciled, tenant=tenant) as events,
+        watch(bus, *findings, tenant=tenant) as stream,
     ):
+        events = Seen(stream)
         assert await eventually(lambda: _has(api, room, "patient-1"))
         # A join LiveKit never had (as if its leave had been dropped), a room that ended
         # without a room_finished, and a real participant whose join was lost.
@@ -419,20 +425,26 @@ async def test_reconciliation_heals_what_dropped_webhooks_broke(
         )
         assert await identities(api, room) == ["ghost"]
 
-        corrections = await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
+        await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
 
-        by_room = {c.room: c for c in corrections}
-        assert [p.identity for p in by_room[room].participants_gone] == ["ghost"]
-        assert [p.identity for p in by_room[room].participants_found] == ["patient-1"]
-        assert by_room[phantom_room].room_gone
-        assert await identities(api, room) == ["patient-1"]
-        assert (await api.get(f"/v1/rooms/{phantom_room}")).status_code == 404
-        announced = await events.wait_for(lambda e: e.data.room == room, timeout=10)
-        assert announced.subject == room
-        # Healed means a second pass finds nothing more to correct here.
+        # (The service's own pass may have published them first: one event either way.)
+        gone = await events.find(lambda e: isinstance(e.data, ParticipantPresumedGone))
+        assert (gone.data.identity, gone.data.room, gone.subject) == ("ghost", room, room)
+        found = await events.find(lambda e: isinstance(e.data, ParticipantFound))
+        assert (found.data.identity, found.data.room_sid) == ("patient-1", created["sid"])
+        finished = await events.find(lambda e: isinstance(e.data, RoomPresumedFinished))
+        assert finished.data.room == phantom_room
+        # The projection folds them: the reconciliation itself wrote no row.
+        assert await eventually(lambda: _identities_are(api, room, ["patient-1"]))
+        assert await eventually(lambda: _status(api, phantom_room, 404))
+        # Folded, there is nothing more to find here.
         again = await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
-        assert not {room, phantom_room} & {c.room for c in again}
+        assert not {room, phantom_room} & {e.subject for e in again}
     await api.delete(f"/v1/rooms/{room}")
+
+
+async def _identities_are(api: httpx.AsyncClient, room: str, expected: list[str]) -> bool:
+    return await identities(api, room) == expected
 
 
 async def _status(api: httpx.AsyncClient, room: str, status: int) -> bool:

@@ -1,32 +1,17 @@
-"""The rooms service's pure core: read-model rules, reconciliation plans, request building."""
+"""The rooms service's pure core: read-model rules of webhook events, request building
+(the reconciliation and the API's actions: tests/test_rooms_corrections_core.py)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import pytest
 from livekit import api as lk
-from msgspec.structs import replace
 
-from services.rooms import core, media_core
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms import core, media_core, track_core
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
-from services.rooms.reconciling import (
-    FinishRoom,
-    Leave,
-    LiveParticipant,
-    LiveRoom,
-    Model,
-    SeeParticipant,
-    SeeRoom,
-    SeeTrack,
-    Unpublish,
-    plan,
-    reconciled_event,
-)
 from services.rooms.requests import (
     MAX_DATA_BYTES,
     RequestError,
@@ -179,8 +164,8 @@ def test_tracks_unpublished_first_stay_unpublished() -> None:
         track_type="audio",
         unpublished_at=at(30),
     )
-    first = core.on_track_unpublished(None, unpublished, T, "RM_1")
-    row = core.on_track_published(first, published, T, "RM_1")
+    first = track_core.on_track_unpublished(None, unpublished, T, "RM_1")
+    row = track_core.on_track_published(first, published, T, "RM_1")
     assert (row.unpublished_at, row.published_at, row.source) == (at(30), at(12), "microphone")
 
 
@@ -223,115 +208,6 @@ def test_an_ingress_can_start_and_end_again_and_the_latest_state_wins() -> None:
         row = media_core.on_ingress_event(row, event, T)
     assert row is not None
     assert (row.status, row.ended_at) == ("inactive", at(30))
-
-
-# --- reconciliation ---------------------------------------------------------------------------
-
-ROOM = RoomRow(
-    sid="RM_1", tenant=T, name="c1", livekit_name=f"{T}~c1", created_at=at(0), updated_at=at(0)
-)
-PA = ParticipantRow(
-    sid="PA_1",
-    room_sid="RM_1",
-    tenant=T,
-    room="c1",
-    identity="patient-1",
-    joined_at=at(10),
-    updated_at=at(10),
-)
-TRACK = TrackRow(
-    sid="TR_1", participant_sid="PA_1", room_sid="RM_1", tenant=T, type="audio", updated_at=at(12)
-)
-
-
-Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow)
-
-
-def fresh(row: Row) -> Row:
-    """The row as LiveKit lists it (a listing has no write time)."""
-    return replace(row, updated_at=None)
-
-
-def model(
-    rooms: Sequence[RoomRow],
-    participants: Sequence[ParticipantRow] = (),
-    tracks: Sequence[TrackRow] = (),
-) -> Model:
-    return Model(
-        rooms={r.sid: r for r in rooms},
-        participants={p.sid: p for p in participants},
-        tracks={t.sid: t for t in tracks},
-    )
-
-
-def test_in_step_means_nothing_to_do() -> None:
-    live = [
-        LiveRoom(
-            row=fresh(ROOM), participants=[LiveParticipant(row=fresh(PA), tracks=[fresh(TRACK)])]
-        )
-    ]
-    assert (
-        plan(model([ROOM], [PA], [TRACK]), live, observed_at=at(100), settled_before=at(95)) == []
-    )
-
-
-def test_a_dropped_leave_and_a_dropped_finish_are_healed_and_announced() -> None:
-    ghost = ParticipantRow(
-        sid="PA_2", room_sid="RM_1", tenant=T, room="c1", identity="ghost", updated_at=at(20)
-    )
-    live = [LiveRoom(row=fresh(ROOM), participants=[LiveParticipant(row=fresh(PA))])]
-    [room_plan] = plan(
-        model([ROOM], [PA, ghost], [TRACK]), live, observed_at=at(100), settled_before=at(95)
-    )
-    assert set(room_plan.operations) == {Leave("PA_2", at(100)), Unpublish("TR_1", at(100))}
-    event = reconciled_event(room_plan, set(room_plan.operations), at(100))
-    assert event is not None
-    assert [p.participant_sid for p in event.participants_gone] == ["PA_2"]
-    assert not event.room_gone
-
-    gone_plan = plan(model([ROOM], [PA]), [], observed_at=at(100), settled_before=at(95))
-    assert set(gone_plan[0].operations) == {FinishRoom("RM_1", at(100)), Leave("PA_1", at(100))}
-    event = reconciled_event(gone_plan[0], set(gone_plan[0].operations), at(100))
-    assert event is not None
-    assert event.room_gone
-
-
-def test_what_livekit_shows_but_the_model_lacks_is_found() -> None:
-    live = [
-        LiveRoom(
-            row=fresh(ROOM), participants=[LiveParticipant(row=fresh(PA), tracks=[fresh(TRACK)])]
-        )
-    ]
-    [room_plan] = plan(model([]), live, observed_at=at(100), settled_before=at(95))
-    assert [type(op) for op in room_plan.operations] == [SeeRoom, SeeParticipant, SeeTrack]
-    event = reconciled_event(room_plan, set(room_plan.operations), at(100))
-    assert event is not None
-    assert event.room_found
-    assert [p.identity for p in event.participants_found] == ["patient-1"]
-
-
-def test_rows_written_after_the_listing_began_are_left_to_their_webhooks() -> None:
-    just_joined = ParticipantRow(
-        sid="PA_3", room_sid="RM_1", tenant=T, room="c1", identity="new", updated_at=at(99)
-    )
-    just_started = RoomRow(
-        sid="RM_2", tenant=T, name="c2", livekit_name=f"{T}~c2", updated_at=at(99)
-    )
-    live = [LiveRoom(row=fresh(ROOM))]
-    assert (
-        plan(
-            model([ROOM, just_started], [just_joined]),
-            live,
-            observed_at=at(100),
-            settled_before=at(95),
-        )
-        == []
-    )
-
-
-def test_an_operation_that_changed_nothing_is_not_announced() -> None:
-    [room_plan] = plan(model([ROOM], [PA]), [], observed_at=at(100), settled_before=at(95))
-    assert reconciled_event(room_plan, set(), at(100)) is None
 
 
 # --- requests ---------------------------------------------------------------------------------

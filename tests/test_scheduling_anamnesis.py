@@ -233,7 +233,9 @@ async def test_a_recorded_anamnesis_is_served_for_its_room_only(
         elsewhere = await other.get(url)
     assert elsewhere.status_code == 404
     assert (await api.get("/v1/consultations/no-such-room/anamnesis")).status_code == 404
-    assert (await api.get("/v1/consultations/bad~room/anamnesis")).status_code == 404
+    # A name that can be no room's is the caller's mistake, as on every name field: 400.
+    invalid = await api.get("/v1/consultations/bad~room/anamnesis")
+    assert (invalid.status_code, invalid.json()["error"]["code"]) == (400, "invalid_request")
 
 
 async def test_an_invalid_record_is_dead_lettered_and_never_served(

@@ -217,9 +217,16 @@ async def test_readyz_shows_every_background_task_of_every_service(
     """Each service's background work is supervised task by task, and /readyz says how each is
     doing (an outage names the dependency a task waits for: tests/faults)."""
     expected = {
-        "rooms": {"outbox-relay", "read-model", "reconciler", "idempotency-key-pruner"},
+        "rooms": {
+            "outbox-relay",
+            "bus-pruner",
+            "read-model",
+            "reconciler",
+            "idempotency-key-pruner",
+        },
         "dispatcher": {
             "outbox-relay",
+            "bus-pruner",
             "worker-pool",
             "dispatcher-read-model",
             "dispatcher-launcher",
@@ -231,6 +238,7 @@ async def test_readyz_shows_every_background_task_of_every_service(
         },
         "billing": {
             "outbox-relay",
+            "bus-pruner",
             "usage-projection",
             "invoice-schedule",
             "idempotency-key-pruner",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import httpx
+import jwt
 import pytest
 from livekit import api as livekit_api
 from livekit import rtc
+from livekit.rtc._ffi_client import FfiClient
+from livekit.rtc._proto import ffi_pb2
 
 from deploy.stack import StackState
 from shared.bus import Bus
 from shared.events import TokenIssued
-from tests.support import watch
+from shared.participants import ROLE_ATTRIBUTE
+from tests.support import until, watch
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -60,7 +64,7 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
     async with watch(bus, TokenIssued) as issued:
         response = await api.post(
             "/v1/tokens",
-            json={"room": "consult-2", "identity": "doctor-1", "ttl": "30m"},
+            json={"room": "consult-2", "identity": "doctor-1", "ttl": "30m", "role": "doctor"},
             headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
         )
         assert response.status_code == 201
@@ -70,6 +74,7 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
     data = event.data
     assert isinstance(data, TokenIssued)
     assert (data.room, data.identity, data.ttl_seconds) == ("consult-2", "doctor-1", 1800)
+    assert data.role == "doctor"  # who was given a doctor's token is on the audit record
     assert response.json()["token"] not in str(event)
 
 
@@ -82,6 +87,11 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
         ({"room": "r1", "identity": "p 1"}, "identity"),
         ({"room": "r1", "identity": "p1", "canPublish": "yes"}, "canPublish"),
         ({"room": "r1", "identity": "p1", "admin": True}, "admin"),
+        # Only LiveKit makes agents: a caller can ask for no other participant kind,
+        ({"room": "r1", "identity": "p1", "kind": "agent"}, "kind"),
+        # nor for attributes or metadata of its own choosing.
+        ({"room": "r1", "identity": "p1", "attributes": {ROLE_ATTRIBUTE: "copilot"}}, "attrib"),
+        ({"room": "r1", "identity": "p1", "metadata": "{}"}, "metadata"),
     ],
 )
 async def test_invalid_bodies_get_400_saying_what_was_wrong(
@@ -92,6 +102,85 @@ async def test_invalid_bodies_get_400_saying_what_was_wrong(
     error = response.json()["error"]
     assert error["code"] == "invalid_request"
     assert field in str(error["details"])
+
+
+async def own_attributes_answer(
+    participant: rtc.LocalParticipant, attributes: dict[str, str]
+) -> str:
+    """The server's answer ("" or its error) to a participant setting its own attributes: the
+    request ``LocalParticipant.set_attributes`` makes, whose answer that method drops."""
+    request = ffi_pb2.FfiRequest()
+    request.set_local_attributes.local_participant_handle = participant._ffi_handle.handle
+    for key, value in attributes.items():
+        entry = request.set_local_attributes.attributes.add()
+        entry.key, entry.value = key, value
+    queue = FfiClient.instance.queue.subscribe()
+    try:
+        sent = FfiClient.instance.request(request).set_local_attributes.async_id
+        answer = await queue.wait_for(lambda e: e.set_local_attributes.async_id == sent)
+    finally:
+        FfiClient.instance.queue.unsubscribe(queue)
+    return str(answer.set_local_attributes.error)
+
+
+async def test_the_role_is_signed_into_the_token_and_the_participant_cannot_change_it(
+    api: httpx.AsyncClient, stack: StackState
+) -> None:
+    doctor_grant = (
+        await api.post("/v1/tokens", json={"room": "c-roles", "identity": "m-1", "role": "doctor"})
+    ).json()
+    patient_grant = (
+        await api.post("/v1/tokens", json={"room": "c-roles", "identity": "p-1"})
+    ).json()
+    # Signed claims, read raw: the role is an attribute, updating it is forbidden in so many
+    # words, and there is no kind (LiveKit then makes a standard participant).
+    claims = jwt.decode(doctor_grant["token"], stack.livekit_api_secret, algorithms=["HS256"])
+    assert claims["attributes"] == {ROLE_ATTRIBUTE: "doctor"}
+    assert claims["video"]["canUpdateOwnMetadata"] is False
+    assert "kind" not in claims and "metadata" not in claims
+    patient_claims = jwt.decode(
+        patient_grant["token"], stack.livekit_api_secret, algorithms=["HS256"]
+    )
+    assert patient_claims["attributes"] == {ROLE_ATTRIBUTE: "patient"}  # the default
+
+    doctor, patient = rtc.Room(), rtc.Room()
+    await doctor.connect(doctor_grant["wsUrl"], doctor_grant["token"])
+    await patient.connect(patient_grant["wsUrl"], patient_grant["token"])
+    try:
+        await until(lambda: "m-1" in patient.remote_participants)
+        seen = patient.remote_participants["m-1"]
+        assert seen.attributes == {ROLE_ATTRIBUTE: "doctor"}
+        assert seen.kind == rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+        # The patient tries to make itself a doctor (or the copilot): the server refuses.
+        for role in ("doctor", "copilot"):
+            answer = await own_attributes_answer(patient.local_participant, {ROLE_ATTRIBUTE: role})
+            assert "NotAllowed" in answer and "update own metadata" in answer
+        async with livekit_api.LiveKitAPI(
+            stack.livekit_url.replace("ws", "http", 1),
+            stack.livekit_api_key,
+            stack.livekit_api_secret,
+        ) as server:
+            listed = await server.room.list_participants(
+                livekit_api.ListParticipantsRequest(room=patient.name)
+            )
+        assert {p.identity: dict(p.attributes) for p in listed.participants} == {
+            "m-1": {ROLE_ATTRIBUTE: "doctor"},
+            "p-1": {ROLE_ATTRIBUTE: "patient"},
+        }
+    finally:
+        await doctor.disconnect()
+        await patient.disconnect()
+
+
+@pytest.mark.parametrize("role", ["admin", "Doctor", "copilot", "agent", ""])
+async def test_a_role_not_given_to_people_is_400_listing_the_valid_ones(
+    api: httpx.AsyncClient, role: str
+) -> None:
+    response = await api.post("/v1/tokens", json={"room": "r1", "identity": "p1", "role": role})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_role"
+    assert error["details"] == [{"field": "role", "valid": ["patient", "doctor"]}]
 
 
 @pytest.mark.parametrize(

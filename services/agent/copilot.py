@@ -1,10 +1,13 @@
 """The doctor's copilot: hints sent only to the doctor, at most one every few seconds, never the
-same twice. A pure policy core decides; the sender writes to the doctor's identity only.
+same twice. A pure policy core decides; the sender writes only to the people whose token says
+they are doctors (``mediai.role``, shared/participants.py), never by the spelling of a name.
 
 Each reply of the copilot's model is a candidate hint (one line; empty or "—" for nothing). A
 leading ``Pergunta:``, ``Lembrete:`` or ``Alerta:`` sets its kind. The frontend reads hints on
 the LiveKit text-stream topic ``mediai.copilot.hints`` (see docs/agents-roles.md): the text is
-the hint, the stream's attributes carry ``mediai.hint.id`` and ``mediai.hint.kind``.
+the hint, the stream's attributes carry ``mediai.hint.id`` and ``mediai.hint.kind``. Anyone in
+a room may write on any topic, so a frontend shows a stream as a hint only when ``is_hint``
+says so: its sender is an agent whose role is the copilot.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from services.agent.consultation import Consultation, utcnow
 from services.agent.intake_record import fold
 from shared.events import new_event_id
 from shared.events.clinical import CopilotHintSent, CopilotHintWritten
+from shared.participants import ROLE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
 TOPIC = "mediai.copilot.hints"
+# The copilot's participant carries its role's name in ``mediai.role`` (services/agent/worker.py).
+ROLE = "copilot"
 Kind = Literal["question", "reminder", "red_flag", "note"]
 PREFIXES: dict[str, Kind] = {
     "pergunta": "question",
@@ -104,12 +110,27 @@ def evolve(state: PolicyState, hint: Hint, now: datetime) -> PolicyState:
     return replace(state, last_sent_at=now, seen=state.seen | {hint.key}, sent=state.sent + 1)
 
 
+def is_hint(sender: rtc.RemoteParticipant | None) -> bool:
+    """The receiver's rule, what every frontend does with a text stream on ``TOPIC``: it is a
+    hint only when its sender is an agent (LiveKit sets a participant's kind from its token, and
+    no token of the token service can ask for ``agent``) whose ``mediai.role`` is the copilot's.
+    LiveKit cannot reserve a topic: a patient may write on this one to the doctor, and that
+    stream does arrive; this rule is what makes it no hint. ``sender`` is
+    ``room.remote_participants.get(<the stream's sender identity>)``."""
+    return (
+        sender is not None
+        and sender.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        and sender.attributes.get(ROLE_ATTRIBUTE) == ROLE
+    )
+
+
 # -- the edges -------------------------------------------------------------------------------
 
 
 class HintSender:
-    """Writes hints as LiveKit text streams addressed to the given identities only: the SFU
-    delivers a stream with ``destination_identities`` to those participants and nobody else."""
+    """Writes hints as LiveKit text streams addressed to the given identities only (the
+    doctors': ``Presence.humans(["doctor"])``): the SFU delivers a stream with
+    ``destination_identities`` to those participants and nobody else."""
 
     def __init__(
         self, room: rtc.Room, *, recipients: Callable[[], list[str]], topic: str = TOPIC

@@ -25,6 +25,7 @@ from services.agent.listening import RoomListener
 from services.agent.presence import is_human, matches
 from services.agent.tools import TOOLS
 from shared.events.agents import AgentTranscribed
+from shared.participants import DOCTOR, person_role
 
 log = logging.getLogger(__name__)
 # The copilot's conversation kept for its model (the whole consultation would grow unbounded).
@@ -196,7 +197,9 @@ class Medical:
         """A final segment of someone in the room (copilot): into the model's conversation,
         labelled by who said it, onto the PHI stream, and a reply (a hint, or nothing) asked."""
         role = self.runtime.role
-        who = "Médico" if matches(identity, role.text_to) else "Paciente"
+        speaker = self.runtime.ctx.room.remote_participants.get(identity)
+        is_doctor = speaker is not None and person_role(speaker.attributes) == DOCTOR
+        who = "Médico" if is_doctor else "Paciente"
         message = llm.ChatMessage(role="user", content=[f"{who}: {text}"])
         self._heard_since.append(message)
         c = self.consultation

@@ -7,15 +7,13 @@ schema and the agent runs exactly what the event log says was requested.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from shared.events import CODEC, EventDecodeError
 from shared.events.agents import AgentDispatchRequested
-from shared.naming import IDENTITY, ROOM_NAME, TENANT_ID
+from shared.naming import IDENTITY, LANGUAGE, ROOM_NAME, TENANT_ID
 
 PROVIDERS = ("google", "openai")
-LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Z]{2})?$")
 INSTRUCTION_MODES = ("append", "replace")
 
 
@@ -82,18 +80,18 @@ def validate(meta: JobMetadata) -> None:
     r = meta.request
     if not r.dispatch_id:
         raise MetadataError("job metadata has no dispatch_id")
-    if not TENANT_ID.match(meta.tenant):
+    if not TENANT_ID.fullmatch(meta.tenant):
         raise MetadataError(f"job metadata: {meta.tenant!r} is not a tenant id")
-    if not ROOM_NAME.match(r.room):
+    if not ROOM_NAME.fullmatch(r.room):
         raise MetadataError(f"job metadata: {r.room!r} is not a room name")
-    if not LANGUAGE.match(r.language):
+    if not LANGUAGE.fullmatch(r.language):
         raise MetadataError(f"job metadata: {r.language!r} is not a language tag like pt-BR")
     if r.instructions_mode not in INSTRUCTION_MODES:
         raise MetadataError(
             f"job metadata: instructions_mode {r.instructions_mode!r} is not one of "
             f"{INSTRUCTION_MODES}"
         )
-    if r.participant and not IDENTITY.match(r.participant):
+    if r.participant and not IDENTITY.fullmatch(r.participant):
         raise MetadataError(f"job metadata: {r.participant!r} is not a participant identity")
     if not r.realtime and not (r.stt and r.llm and r.tts):
         raise MetadataError("job metadata needs stt, llm and tts models, or a realtime model")

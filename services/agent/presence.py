@@ -1,4 +1,5 @@
-"""Who in the room an agent listens to, who reads a text-only agent, and when the room is empty."""
+"""Who in the room an agent listens to, who reads a text-only agent (by the role signed into
+their token, never by their identity), and when the room is empty."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents.voice import io
+
+from shared.participants import person_role
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,14 @@ class Presence:
         """What RoomIO starts linked to: someone who qualifies, or nobody yet."""
         return self.candidate() or NOBODY
 
-    def humans(self, prefixes: list[str] | None = None) -> list[str]:
+    def humans(self, roles: list[str] | None = None) -> list[str]:
+        """The people in the room; with ``roles``, only those whose token gave them one of these
+        roles (``mediai.role``, shared/participants.py): a patient named ``doctora-ana`` is no
+        doctor."""
         return [
             p.identity
             for p in self.room.remote_participants.values()
-            if is_human(p) and matches(p.identity, prefixes or [])
+            if is_human(p) and (roles is None or person_role(p.attributes) in roles)
         ]
 
     def attach(self, room_io: Any) -> None:

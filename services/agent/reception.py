@@ -135,7 +135,7 @@ class Desk:
 
     def patient_ref(self) -> str:
         identity = self.consultation.patient()
-        if not identity or not IDENTITY.match(identity):
+        if not identity or not IDENTITY.fullmatch(identity):
             raise ToolError(
                 "Não consegui identificar o paciente nesta chamada; peça que ele "
                 "fale com a equipe da clínica para marcar."

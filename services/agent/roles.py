@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from shared.participants import PERSON_ROLES
+
 ROLES_DIR = Path(__file__).resolve().parent / "roles"
 DEFAULT_LANGUAGE = "pt-BR"
 PLACEHOLDER = "{{instructions}}"
@@ -34,8 +36,9 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     # "replace" (appended, or replacing the template when the dispatch asks), "none" (ignored:
     # the dispatcher rejects a dispatch that sends some).
     instructions: Literal["append", "replace", "none"] = "append"
-    # True: talks to the room with voice. False: sends text only, to the participants whose
-    # identity starts with one of ``text_to``, on the text stream topic ``text_topic``.
+    # True: talks to the room with voice. False: sends text only, on the text stream topic
+    # ``text_topic``, to the people whose token gives them one of the roles ``text_to``
+    # (``mediai.role``: "patient" or "doctor", shared/participants.py), never by identity.
     speaks: bool = True
     text_to: list[str] = msgspec.field(default_factory=list)
     text_topic: str = "mediai.agent.text"
@@ -83,6 +86,11 @@ def load_role(folder: Path) -> Role:
         raise RoleError(f"{folder}: prompt.{DEFAULT_LANGUAGE}.md is missing or empty")
     if not role.speaks and not role.text_to:
         raise RoleError(f"{source}: a role that does not speak needs text_to (who reads it)")
+    unknown = sorted(set(role.text_to) - set(PERSON_ROLES))
+    if unknown:
+        raise RoleError(
+            f"{source}: text_to {unknown} are not roles a token gives; use {list(PERSON_ROLES)}"
+        )
     return role
 
 

@@ -21,6 +21,7 @@ from services.agent.presence import ParticipantsTextOutput, Presence
 from services.agent.providers import Models
 from services.agent.reporter import Reporter
 from services.agent.roles import Role, render_instructions
+from services.agent.spool import Journal, spool_root
 from services.agent.usage import UsageMeter, totals_from_model_usage
 from shared.bus import Bus
 from shared.config import Settings
@@ -55,6 +56,17 @@ class WorkerContext:
     vad: Any
     worker_id: str
     openai_client: Any = None
+
+
+def open_journal(deps: WorkerContext, dispatch_id: str) -> Journal:
+    """The spool journal of one of this worker's sessions (services/agent/spool.py)."""
+    settings = deps.settings
+    return Journal.create(
+        spool_root(settings.data_dir),
+        deps.worker_id,
+        dispatch_id,
+        max_bytes=settings.agent_spool_max_bytes,
+    )
 
 
 class VideoClock:
@@ -98,7 +110,11 @@ class SessionRuntime:
         self.ctx, self.meta, self.role, self.deps, self.models = ctx, meta, role, deps, models
         self.request = meta.request
         self.reporter = Reporter(
-            bus, tenant=meta.tenant, key=meta.dispatch_id, traceparent=meta.traceparent
+            bus,
+            open_journal(deps, meta.dispatch_id),
+            tenant=meta.tenant,
+            key=meta.dispatch_id,
+            traceparent=meta.traceparent,
         )
         self.bus = bus
         self.video = VideoClock()

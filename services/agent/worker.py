@@ -9,6 +9,7 @@ its sessions to say goodbye, waits for them, then exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -20,17 +21,21 @@ from typing import Any
 
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 
+from services.agent.leftovers import WorkerSpool
 from services.agent.metadata import JobMetadata, MetadataError, parse_metadata
+from services.agent.metrics import register_spool_metrics
 from services.agent.providers import (
     ProviderError,
     build_models,
     missing_credentials,
     openai_client,
 )
+from services.agent.reporter import Reporter
 from services.agent.roles import Role, RoleError, load_registry, render_instructions
-from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe
+from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe, open_journal
+from services.agent.spool import spool_root
 from services.agent.tools import TOOLS
-from shared.bus import Bus, connect_bus
+from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings, load_settings
 from shared.events import Event
 from shared.events.agents import (
@@ -41,6 +46,7 @@ from shared.events.agents import (
 from shared.keys import DispatchKeys
 from shared.keys_api import KeyRequestError
 from shared.naming import SYSTEM_TENANT
+from shared.participants import ROLE_ATTRIBUTE
 from shared.phi import KeysUnavailableError, Phi, is_erased
 
 log = logging.getLogger("mediai.agent")
@@ -74,6 +80,10 @@ def preload_modules(settings: Settings) -> list[str]:
 
 
 _PR_SET_PDEATHSIG = 1
+# How often the worker looks for leftovers in the spool (so how soon after NATS is back, or after
+# a job died, they are published); a round is a folder listing while there is nothing to do.
+SPOOL_FLUSH_SECONDS = 1.0
+FINAL_FLUSH_SECONDS = 2.0
 
 
 class WorkerStartError(Exception):
@@ -153,30 +163,26 @@ async def entrypoint(ctx: JobContext) -> None:
         models = build_models(meta, deps.settings, speaks=role.speaks, client=deps.openai_client)
     except (MetadataError, RoleError, ProviderError) as error:
         # on_request rejects these before accepting; this is the second line of defence.
-        bus = await bus_connecting
-        await publish_failure(bus, ctx.job.metadata, error, deps.worker_id)
-        await bus.close()
+        event, tenant, key = failure_event(ctx.job.metadata, error, deps.worker_id)
+        log.error("job refused: %s", error)
+        await report_once(await bus_connecting, deps, event, tenant=tenant, key=key)
         ctx.shutdown(failure_reason(error))
         return
     try:
         await ctx.connect(auto_subscribe=auto_subscribe(role, deps.settings))  # while bus connects
     except Exception as error:  # noqa: BLE001 - any failure to join is reported, then the job ends
         log.error("could not join the room: %s", type(error).__name__)
-        bus = await bus_connecting
-        await bus.publish(
-            AgentSessionFailed(
-                dispatch_id=meta.dispatch_id,
-                room=meta.request.room,
-                role=role.name,
-                reason="start_failed",
-                detail=f"could not join the room: {type(error).__name__}",
-                worker_id=deps.worker_id,
-                failed_at=datetime.now(UTC),
-            ),
-            tenant=meta.tenant,
-            key=meta.dispatch_id,
+        failed = AgentSessionFailed(
+            dispatch_id=meta.dispatch_id,
+            room=meta.request.room,
+            role=role.name,
+            reason="start_failed",
+            detail=f"could not join the room: {type(error).__name__}",
+            worker_id=deps.worker_id,
+            failed_at=datetime.now(UTC),
         )
-        await bus.close()
+        bus = await bus_connecting
+        await report_once(bus, deps, failed, tenant=meta.tenant, key=meta.dispatch_id)
         ctx.shutdown("start_failed")
         return
     bus = await bus_connecting
@@ -184,20 +190,16 @@ async def entrypoint(ctx: JobContext) -> None:
         meta = await open_with_dispatch_keys(bus, meta)
     except (KeysUnavailableError, KeyRequestError, MetadataError) as error:
         log.error("the dispatch's keys are unavailable: %s", error)
-        await bus.publish(
-            AgentSessionFailed(
-                dispatch_id=meta.dispatch_id,
-                room=meta.request.room,
-                role=role.name,
-                reason="keys_unavailable",
-                detail=str(error),
-                worker_id=deps.worker_id,
-                failed_at=datetime.now(UTC),
-            ),
-            tenant=meta.tenant,
-            key=meta.dispatch_id,
+        failed = AgentSessionFailed(
+            dispatch_id=meta.dispatch_id,
+            room=meta.request.room,
+            role=role.name,
+            reason="keys_unavailable",
+            detail=str(error),
+            worker_id=deps.worker_id,
+            failed_at=datetime.now(UTC),
         )
-        await bus.close()
+        await report_once(bus, deps, failed, tenant=meta.tenant, key=meta.dispatch_id)
         ctx.shutdown("keys_unavailable")
         return
     runtime = SessionRuntime(ctx, meta, role, deps, models, bus)
@@ -232,8 +234,20 @@ async def open_with_dispatch_keys(bus: Bus, meta: JobMetadata) -> JobMetadata:
     return replace(meta, request=request)
 
 
-async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> None:
-    """An AgentSessionFailed for a job that could not start, even with unreadable metadata."""
+async def report_once(
+    bus: Bus, deps: WorkerContext, event: Event, *, tenant: str, key: str
+) -> None:
+    """The one event of a job that could not start, spooled like a session's, then the job's
+    connection closed."""
+    reporter = Reporter(bus, open_journal(deps, key), tenant=tenant, key=key)
+    reporter.emit(event)
+    await reporter.close()
+    await bus.close()
+
+
+def failure_event(raw: str, error: Exception, worker: str) -> tuple[AgentSessionFailed, str, str]:
+    """The AgentSessionFailed of a job that could not start, with its tenant and key, even
+    for unreadable metadata."""
     try:
         meta: JobMetadata | None = parse_metadata(raw)
     except MetadataError:
@@ -247,12 +261,14 @@ async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> 
         worker_id=worker,
         failed_at=datetime.now(UTC),
     )
+    return event, meta.tenant if meta else SYSTEM_TENANT, meta.dispatch_id if meta else "unknown"
+
+
+async def publish_failure(bus: Bus, raw: str, error: Exception, worker: str) -> None:
+    """Publish a job's failure from the worker's main process (it refused the job)."""
+    event, tenant, key = failure_event(raw, error, worker)
     log.error("job refused: %s", error)
-    await bus.publish(
-        event,
-        tenant=meta.tenant if meta else SYSTEM_TENANT,
-        key=meta.dispatch_id if meta else "unknown",
-    )
+    await bus.publish(event, tenant=tenant, key=key)
 
 
 # -- in the worker's main process -----------------------------------------------------------
@@ -266,10 +282,11 @@ class Worker:
         settings: Settings,
         bus: Bus,
         roles: dict[str, Role],
+        spool: WorkerSpool,
         http_port: int = 0,
         prometheus_port: int | None = None,
     ) -> None:
-        self.settings, self.bus, self.roles = settings, bus, roles
+        self.settings, self.bus, self.roles, self.spool = settings, bus, roles, spool
         self.id = worker_id()
         self.accepting = 0
         per_worker = settings.agent_jobs_per_worker
@@ -315,8 +332,10 @@ class Worker:
             await request.accept(
                 identity=agent_identity(meta),
                 name=meta.request.role,
+                # Its role ("copilot"…) is what frontends check, with its kind (agent), before
+                # they trust a message from it (shared/participants.py).
                 attributes={
-                    "mediai.role": meta.request.role,
+                    ROLE_ATTRIBUTE: meta.request.role,
                     "mediai.dispatch_id": meta.dispatch_id,
                 },
             )
@@ -365,6 +384,9 @@ class Worker:
                 self.settings.agent_drain_timeout,
             )
         await self.server.aclose()
+        if self.bus.nc.is_connected:  # jobs closed at the deadline may have left events
+            with contextlib.suppress(TimeoutError, BusUnavailableError, OSError):
+                await asyncio.wait_for(self.spool.flush(self.bus), FINAL_FLUSH_SECONDS)
 
 
 async def run_worker(
@@ -380,12 +402,23 @@ async def run_worker(
         log.warning(
             "agent worker: provider %s unavailable: %s; jobs asking for it fail", provider, problem
         )
+    # Fixed now, so the job processes (started later, with this environment) name this worker,
+    # not their own pid, in their events and spool folder.
+    os.environ[WORKER_ID_VARIABLE] = worker_id()
+    try:
+        spool = WorkerSpool(spool_root(settings.data_dir), worker_id())
+    except OSError as error:
+        raise WorkerStartError(f"agent spool: {error}") from None
+    register_spool_metrics(spool)
     bus = await connect_bus(settings, "agent")
-    worker = Worker(settings, bus, roles, http_port, prometheus_port)
+    worker = Worker(settings, bus, roles, spool, http_port, prometheus_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    flushing = asyncio.create_task(
+        spool.flush_forever(bus, SPOOL_FLUSH_SECONDS), name="mediai-spool"
+    )
     running = asyncio.create_task(worker.server.run(devmode=False))
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -394,8 +427,11 @@ async def run_worker(
             running.result()  # the server failed (e.g. LiveKit unreachable): raise it
             return
         log.info("agent worker %s draining", worker.id)
+        flushing.cancel()
         await worker.drain()
         await running
     finally:
         stopping.cancel()
+        flushing.cancel()
         await bus.close()
+        spool.close()

@@ -18,7 +18,6 @@ from services.billing.consumers import USAGE_PROJECTION, UsageProjector
 from services.billing.meters import DEFAULT
 from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
-from services.billing.replay import ReplayError
 from services.billing.schemas import (
     AuditReport,
     AuditRequest,
@@ -34,6 +33,7 @@ from shared.config import Settings
 from shared.consumer import Consumer
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
+from shared.replay import ReplayError
 from shared.tenants import Tenant
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ def _run(main: Callable[[asyncpg.Pool, Bus | None], Awaitable[T]], *, bus: bool 
     from services.billing.audit import PriceBookNotFoundError
     from services.billing.periods import PeriodError
     from services.billing.pricing import PricingError
-    from services.billing.replay import ReplayError
+    from shared.replay import ReplayError
 
     settings = _settings()
 

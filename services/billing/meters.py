@@ -8,6 +8,7 @@ import msgspec
 
 from shared.events.agents import AgentUsageReported
 from shared.events.base import Event
+from shared.events.reconciliation import ParticipantPresumedGone
 from shared.events.rooms import EgressEnded, EgressStarted, ParticipantJoined, ParticipantLeft
 
 Aggregation = Literal["sum", "count", "max", "duration"]
@@ -105,7 +106,8 @@ CATALOGUE: tuple[Meter, ...] = (
         id="participant_time",
         unit="millisecond",
         aggregation="duration",
-        description="Time people were in a room (from join to leave of each participant)",
+        description="Time people were in a room (from join to leave of each participant, or to "
+        "when they were last seen if their leave was never reported)",
         sources=(
             Source(
                 type=ParticipantJoined.TYPE,
@@ -119,6 +121,16 @@ CATALOGUE: tuple[Meter, ...] = (
                 key_field="participant_sid",
                 start_field="joined_at",
                 end_field="left_at",
+                where={"kind": BILLED_PARTICIPANT_KINDS},
+            ),
+            # A leave LiveKit's webhook never brought: the stay ends when the reconciliation last
+            # saw the participant. A late real leave is never earlier, so, the latest end
+            # winning, it replaces this end instead of adding a second stay.
+            Source(
+                type=ParticipantPresumedGone.TYPE,
+                key_field="participant_sid",
+                start_field="joined_at",
+                end_field="last_seen_at",
                 where={"kind": BILLED_PARTICIPANT_KINDS},
             ),
         ),
@@ -146,6 +158,7 @@ METERED_EVENTS: tuple[type[Event], ...] = (
     AgentUsageReported,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantPresumedGone,
     EgressStarted,
     EgressEnded,
 )

@@ -34,6 +34,7 @@ from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
+from shared.naming import ROOM_NAME, ROOM_NAME_RULE
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
 
@@ -172,7 +173,9 @@ async def dispatch_agent(
 async def list_agents(
     tenant: Tenant,
     pool: asyncpg.Pool,
-    room: str | None = None,
+    room: Annotated[
+        str | None, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)
+    ] = None,
     # "state" is a name Litestar reserves for the app state: the query parameter is mapped.
     state_filter: Annotated[
         Literal["requested", "dispatched", "joined", "ended", "failed"] | None,
@@ -279,7 +282,7 @@ async def _sweep_lost(app: Litestar) -> None:
 
 def _worker_pool(workers: WorkerPool) -> BackgroundTask:
     async def run(app: Litestar) -> None:
-        await workers.run(app.state.bus)
+        await workers.run(app.state.bus, app.state.pool)
 
     return BackgroundTask("worker-pool", run)
 

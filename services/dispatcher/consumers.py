@@ -14,6 +14,7 @@ from livekit import api
 
 from services.dispatcher import core, store
 from services.dispatcher.pool import WorkerPool
+from shared import metrics
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import ConsumerSpec, Delivery, data_of
@@ -34,6 +35,8 @@ from shared.naming import livekit_room
 
 log = logging.getLogger(__name__)
 
+# The states a dispatch outcome metric counts (requested and dispatched are on the way).
+OUTCOMES = ("joined", "ended", "failed")
 # A joined agent asked to end gets this long to say goodbye before LiveKit is told to drop it.
 END_GRACE = timedelta(seconds=20)
 _IDS = uuid.UUID("6f1d3c1e-4a52-4d8e-9a55-0d1a5c7e2b10")
@@ -54,6 +57,7 @@ async def apply(
     pool: asyncpg.Pool, event: Envelope, delivery: Delivery
 ) -> core.DispatchState | None:
     """Apply one event to the read model, once (shared by the consumer and the HTTP edge)."""
+    before = after = None
     async with projection(pool, delivery, event.id) as conn:
         if conn is None:
             return await store.load(pool, event.subject)
@@ -67,7 +71,14 @@ async def apply(
             after = core.fold(after, (CODEC.decode(p) for p in parked))
         if after is not None and after != before:
             await store.save(conn, after)
-        return after
+    # Counted once committed (a transaction that failed is applied again, not counted twice).
+    if (
+        after is not None
+        and after.state in OUTCOMES
+        and (before is None or before.state != after.state)
+    ):
+        metrics.DISPATCH_OUTCOMES.labels(after.role, after.state, after.reason).inc()
+    return after
 
 
 @dataclass
@@ -248,6 +259,11 @@ class Dispatcher:
         without ending its session: its job or worker died where the pool could not see it (an
         orchestrator's worker, a killed job process, a dispatcher restart). LiveKit is the
         truth about who is in a room; the pool's own worker exits are handled at once."""
+        if not self.bus.nc.is_connected:
+            # An agent that ended while NATS was away left its session_ended in its worker's
+            # spool, published once NATS is back: count the grace from then, not from before.
+            self._absent_since.clear()
+            return
         now = utcnow()
         grace = timedelta(seconds=self.settings.agent_lost_grace)
         joined = await store.joined_since(self.pool, now - grace)

@@ -21,13 +21,7 @@ from shared.events.agents import (
     AgentSessionStarted,
 )
 from shared.events.billing import UsageLimitCleared, UsageLimitReached
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
-
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
-Language = Annotated[
-    str, msgspec.Meta(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", examples=["pt-BR", "en-US"])
-]
+from shared.naming import Identity, Language, RoomName
 
 OPEN = ("requested", "dispatched")
 TERMINAL = ("ended", "failed")

@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import asyncpg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.dispatcher import pool_core
-from shared import subjects
+from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.config import Settings, to_environ
@@ -37,6 +38,7 @@ from shared.events.agents import (
     AgentWorkerStarted,
 )
 from shared.naming import SYSTEM_TENANT
+from shared.outbox import add_to_outbox
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
@@ -85,6 +87,7 @@ class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus: Bus | None = None
+        self.db: asyncpg.Pool | None = None
         self.workers: dict[str, PoolWorker] = {}
         self._restarts: list[tuple[float, int]] = []  # (due, attempt)
         self._monitors: set[asyncio.Task[None]] = set()
@@ -106,13 +109,13 @@ class WorkerPool:
             return False
         return True
 
-    async def run(self, bus: Bus) -> None:
+    async def run(self, bus: Bus, db: asyncpg.Pool) -> None:
         """Keep the pool at its size until cancelled (the service stopping), then drain every
         worker. If this loop fails it can simply be run again: the workers, and the tasks
-        watching them, carry on meanwhile."""
+        watching them, carry on meanwhile. Its events go through ``db``'s outbox."""
         if not self.enabled:
             await asyncio.Event().wait()  # nothing to run; stay up like the other loops
-        self.bus = bus
+        self.bus, self.db = bus, db
         self.health = TaskHealth.current()
         self._update_registered()
         subscription = await bus.js.subscribe(
@@ -151,6 +154,22 @@ class WorkerPool:
             await self.start_worker(decision.reason, 0)
         for worker_id in decision.stop:
             self.stop_worker(worker_id)
+        self._measure()
+
+    def _measure(self) -> None:
+        workers = self.workers.values()
+        registered = [w for w in workers if w.registered and not w.stopping]
+        metrics.POOL_WORKERS.labels("registered").set(len(registered))
+        metrics.POOL_WORKERS.labels("starting").set(
+            sum(1 for w in workers if not w.registered and not w.stopping)
+        )
+        metrics.POOL_WORKERS.labels("stopping").set(sum(1 for w in workers if w.stopping))
+        loads = [w.load for w in registered if w.load is not None]
+        metrics.POOL_LOAD.set(sum(loads) / len(loads) if loads else 0.0)
+        metrics.POOL_ACTIVE_JOBS.set(sum(w.active_jobs for w in registered))
+        metrics.POOL_CAPACITY.set(
+            self.settings.agent_pool_max * self.settings.agent_jobs_per_worker
+        )
 
     async def start_worker(self, reason: str, attempt: int) -> PoolWorker:
         worker_id = f"agent-{uuid.uuid4().hex[:8]}"
@@ -298,9 +317,15 @@ class WorkerPool:
             await asyncio.wait(pending, timeout=2.0)
 
     async def _publish(self, data: Event, *, key: str) -> None:
-        if self.bus is None:
+        """Through the outbox, whose relay publishes once NATS takes it: a worker that dies
+        while NATS is away still fails its dispatches (``worker_lost``) once NATS is back, and
+        the pool never waits on NATS to start or count a worker."""
+        if self.bus is None or self.db is None:
             return
         try:
-            await self.bus.publish(data, tenant=SYSTEM_TENANT, key=key)
-        except Exception as error:  # noqa: BLE001 - the pool keeps running when NATS is away
-            log.warning("pool: could not publish %s: %s", data.TYPE, type(error).__name__)
+            async with self.db.acquire() as conn:
+                await add_to_outbox(
+                    conn, data, source=self.bus.source, tenant=SYSTEM_TENANT, key=key
+                )
+        except (asyncpg.PostgresError, OSError) as error:
+            log.error("pool: could not record %s: %s", data.TYPE, type(error).__name__)

@@ -1,5 +1,6 @@
 """The rooms service: the tenant's LiveKit control plane (rooms, participants, data messages,
-egress, ingress) and the read model of who is where, projected from the webhook events."""
+egress, ingress) and the read model of who is where, projected from events only: LiveKit's
+webhooks, the service's own actions and its reconciliation's findings."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> Litestar:
         resources=[livekit_resource],
         dependencies={"livekit": Provide(provide_livekit, sync_to_thread=False)},
         description="Rooms, participants, data messages, egress and ingress of the caller's "
-        "tenant, through LiveKit. Reads answer from a read model kept by LiveKit's webhooks "
-        "and reconciled against LiveKit; every action is published as an event.",
+        "tenant, through LiveKit. Reads answer from a read model projected from events: "
+        "LiveKit's webhooks, every action (published as an event, and shown at once), and "
+        "what a periodic reconciliation against LiveKit finds the webhooks missed.",
     )

@@ -1,19 +1,19 @@
 """What every rooms endpoint shares: path checks, the LiveKit client, and recording an action
-(its read-model rows and its event in one transaction, through the outbox)."""
+(its event through the outbox, applied by the projection in the same transaction)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import asyncpg
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from livekit import api as lk
 
-from services.rooms import store
 from services.rooms.errors import InvalidNameError
+from services.rooms.projection import APPLY, READ_MODEL, apply
 from services.rooms.requests import RequestError
-from shared.events import Event
+from shared.consumer import Delivery
+from shared.db import Connection, projection
+from shared.events import Envelope, Event, new_event_id
 from shared.http import ApiError
 from shared.naming import IDENTITY_RULE, ROOM_NAME_RULE, is_identity, is_room_name
 from shared.outbox import add_to_outbox
@@ -46,29 +46,35 @@ def provide_livekit(state: State) -> lk.LiveKitAPI:
 
 
 async def record(
-    pool: asyncpg.Pool,
-    event: Event | None,
-    *,
-    tenant: str,
-    key: str,
-    rows: Any = (),
-    phi: Phi | None = None,
-) -> list[Any]:
-    """Write the rows an action changed and the event announcing it, atomically; returns the
-    rows as written.
+    pool: asyncpg.Pool, data: Event, *, tenant: str, key: str, phi: Phi | None = None
+) -> Envelope:
+    """Record an action LiveKit did: its event goes to the outbox and, in the same transaction,
+    through the projection's own fold, so the caller reads its own write. An event with personal
+    fields is sealed first (``phi``), so the outbox and the read model get the same tokens.
 
-    ``rows`` are ``(kind, key, rule)`` triples: the row is loaded under its lock and replaced
-    by ``rule(row)`` (None: left as it is), so a webhook projected meanwhile is merged, not
-    overwritten. An event with personal fields needs ``phi`` (it is sealed in the outbox).
+    The projection stays the read model's only writer, and applies the event once: the event id
+    goes into the read-model consumer's inbox here (stream sequence 0: applied at the edge,
+    before the log had it), so the consumer skips the event when the log delivers it. Every
+    fold an action uses gives the same row whatever it is applied before or after (see
+    ``core``), so a rebuild from the log, which applies it in log order, gives the same rows.
     """
-    written = []
-    async with pool.acquire() as conn, conn.transaction():
-        for kind, row_key, rule in rows:
-            before = await store.load(conn, kind, row_key)
-            after = rule(before)
-            if after is not None:
-                await store.change(conn, before, after)
-            written.append(after)
-        if event is not None:
-            await add_to_outbox(conn, event, source=SOURCE, tenant=tenant, key=key, phi=phi)
-    return written
+    event_id = new_event_id()
+    if phi is not None:
+        data = await phi.seal_data(data, tenant=tenant)
+    if type(data) not in APPLY:  # announces something the read model does not hold
+        async with pool.acquire() as conn, conn.transaction():
+            return await _outbox(conn, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
+    at_the_edge = Delivery(consumer=READ_MODEL.durable, stream_sequence=0, deliveries=0)
+    async with projection(pool, at_the_edge, event_id) as applying:
+        assert applying is not None  # a fresh id is in nobody's inbox
+        event = await _outbox(applying, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
+        await apply(applying, event)
+    return event
+
+
+async def _outbox(
+    conn: Connection, data: Event, *, tenant: str, key: str, event_id: str, phi: Phi | None
+) -> Envelope:
+    return await add_to_outbox(
+        conn, data, source=SOURCE, tenant=tenant, key=key, event_id=event_id, phi=phi
+    )

@@ -12,12 +12,13 @@ from livekit import api as lk
 from livekit.api.twirp_client import ServerError
 from livekit.protocol import models as lk_models
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.errors import (
     EgressUnavailableError,
     IngressUnavailableError,
     LiveKitUnavailableError,
 )
+from services.rooms.track_core import TrackRow
 from shared.http import ApiError, NotFoundError
 from shared.livekit_proto import enum_name, from_unix
 from shared.naming import tenant_room

@@ -9,8 +9,12 @@ from msgspec.structs import replace
 
 from shared.events.rooms import (
     EgressEnded,
+    EgressRequested,
     EgressStarted,
+    EgressStopRequested,
     EgressUpdated,
+    IngressCreated,
+    IngressDeleted,
     IngressEnded,
     IngressStarted,
 )
@@ -81,6 +85,30 @@ def egress_requested(row: EgressRow | None, requested: EgressRow) -> EgressRow:
     )
 
 
+def on_egress_requested(
+    row: EgressRow | None, event: EgressRequested, tenant: str, at: datetime
+) -> EgressRow:
+    """Our API started the egress at ``at`` (the event's time)."""
+    requested = EgressRow(
+        egress_id=event.egress_id,
+        tenant=tenant,
+        room=event.room,
+        room_sid=event.room_sid,
+        kind=event.kind,
+        outputs=event.outputs,
+        status=event.status or "starting",
+        requested_at=at,
+    )
+    return egress_requested(row, requested)
+
+
+def on_egress_stop_requested(
+    row: EgressRow | None, event: EgressStopRequested, tenant: str
+) -> EgressRow:
+    base = row or EgressRow(egress_id=event.egress_id, tenant=tenant, room=event.room)
+    return egress_status(base, event.status) if event.status else base
+
+
 def on_egress_event(
     row: EgressRow | None, event: EgressStarted | EgressUpdated | EgressEnded, tenant: str
 ) -> EgressRow:
@@ -104,12 +132,11 @@ def on_ingress_event(
     row: IngressRow | None, event: IngressStarted | IngressEnded, tenant: str
 ) -> IngressRow:
     """An ingress starts and ends once per stream pushed to it: the latest state wins."""
-    base = row or IngressRow(
-        ingress_id=event.ingress_id,
-        tenant=tenant,
-        room=event.room,
-        input_type=event.input_type,
-        participant_identity=event.participant_identity,
+    base = row or IngressRow(ingress_id=event.ingress_id, tenant=tenant, room=event.room)
+    base = replace(
+        base,
+        input_type=base.input_type or event.input_type,
+        participant_identity=base.participant_identity or event.participant_identity,
     )
     at = event.started_at if isinstance(event, IngressStarted) else event.ended_at
     if base.state_at is not None and at < base.state_at:
@@ -131,3 +158,35 @@ def on_ingress_event(
         error=event.error,
         state_at=at,
     )
+
+
+def on_ingress_created(
+    row: IngressRow | None, event: IngressCreated, tenant: str, at: datetime
+) -> IngressRow:
+    """Our API created the ingress at ``at``; its webhooks may have made the row already."""
+    if row is None:
+        return IngressRow(
+            ingress_id=event.ingress_id,
+            tenant=tenant,
+            room=event.room,
+            input_type=event.input_type,
+            name=event.name,
+            participant_identity=event.participant_identity,
+            url=event.url,
+            created_at=at,
+        )
+    return replace(
+        row,
+        url=event.url,
+        name=event.name,
+        created_at=at,
+        input_type=row.input_type or event.input_type,
+        participant_identity=row.participant_identity or event.participant_identity,
+    )
+
+
+def on_ingress_deleted(
+    row: IngressRow | None, event: IngressDeleted, tenant: str, at: datetime
+) -> IngressRow:
+    base = row or IngressRow(ingress_id=event.ingress_id, tenant=tenant, room=event.room)
+    return base if base.deleted_at is not None else replace(base, deleted_at=at)

@@ -1,10 +1,11 @@
 """The read model's personal columns, kept sealed as the events carry them (``shared.phi``).
 
-Participant names and metadata, room metadata and track names arrive sealed in the webhook
-events, and the projection copies the tokens into the rows without opening them (each column is
-sealed with the path of the event field it holds: ``name``, ``metadata``). What comes from
-LiveKit's API in clear (a create, an update, the reconciliation's listing) is sealed before it is
-written; the API opens rows only to answer. These are data about no patient: the tenant's key.
+Participant names and metadata, room metadata, track and ingress names arrive sealed in the
+events (webhooks, the API's actions, the reconciliation's findings), and the projection, the read
+model's only writer, copies the tokens into the rows without opening them (each column is sealed
+with the path of the event field it holds: ``name``, ``metadata``). The API opens rows only to
+answer, and the reconciliation to compare them with LiveKit's listing. These are data about no
+patient: the tenant's key.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from typing import TypeVar
 
 from msgspec.structs import replace
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
+from services.rooms.media_core import IngressRow
+from services.rooms.track_core import TrackRow
 from shared.phi import PERSONAL, Phi
 
-Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow)
+Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow, IngressRow)
 
 COLUMNS: dict[type, tuple[str, ...]] = {
     RoomRow: ("metadata",),
     ParticipantRow: ("name", "metadata"),
     TrackRow: ("name",),
+    IngressRow: ("name",),
 }
 
 

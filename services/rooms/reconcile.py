@@ -1,35 +1,29 @@
-"""The reconciliation: every so often, compare the read model with LiveKit's ListRooms and
-ListParticipants and heal it (webhooks can be dropped), announcing corrections as events."""
+"""The reconciliation: every so often, list LiveKit's rooms and participants, compare them with
+the read model and publish what the webhooks missed (webhooks can be dropped) as events, which
+the projection and billing fold. It writes no read-model row itself."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from livekit import api as lk
-from msgspec.structs import replace
 
-from services.rooms import core, store
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms import store
 from services.rooms.livekit_client import calling, participant_row, room_row, track_row
-from services.rooms.privacy import opened_all, sealed
-from services.rooms.reconciling import (
-    FinishRoom,
+from services.rooms.privacy import opened_all
+from services.rooms.reconcile_core import (
     LiveParticipant,
     LiveRoom,
     Model,
-    Operation,
-    SeeParticipant,
-    SeeRoom,
-    SeeTrack,
-    Unpublish,
+    listed_sids,
     plan,
-    reconciled_event,
+    whole_second,
 )
-from shared.db import Connection
-from shared.events.rooms import RoomReconciled
+from shared.events import Envelope
 from shared.outbox import add_to_outbox
 from shared.phi import Phi
 
@@ -65,43 +59,15 @@ async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
     return list(await asyncio.gather(*(one(room) for room in listing.rooms)))
 
 
-async def _apply(conn: Connection, phi: Phi, operation: Operation, at: datetime) -> bool:
-    """Apply one planned operation to the row as it is now; True if it changed it. LiveKit's
-    rows come in clear: their personal columns are sealed before they are written."""
-    if isinstance(operation, SeeRoom | SeeParticipant | SeeTrack):
-        operation = replace(operation, row=await sealed(phi, operation.row))
-    if isinstance(operation, FinishRoom | SeeRoom):
-        sid = operation.sid if isinstance(operation, FinishRoom) else operation.row.sid
-        room = await store.load(conn, RoomRow, sid)
-        if isinstance(operation, SeeRoom):
-            return await store.change(conn, room, core.room_seen(room, operation.row))
-        return room is not None and await store.change(
-            conn, room, core.finish_room(room, at=at, by=core.RECONCILE)
-        )
-    if isinstance(operation, SeeParticipant):
-        participant = await store.load(conn, ParticipantRow, operation.row.sid)
-        return await store.change(
-            conn, participant, core.participant_seen(participant, operation.row)
-        )
-    if isinstance(operation, SeeTrack | Unpublish):
-        sid = operation.sid if isinstance(operation, Unpublish) else operation.row.sid
-        track = await store.load(conn, TrackRow, sid)
-        if isinstance(operation, SeeTrack):
-            return await store.change(conn, track, core.track_seen(track, operation.row))
-        return track is not None and await store.change(conn, track, core.unpublish(track, at=at))
-    participant = await store.load(conn, ParticipantRow, operation.sid)
-    return participant is not None and await store.change(
-        conn, participant, core.leave(participant, at=at, by=core.RECONCILE)
-    )
-
-
-async def reconcile_once(
-    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, *, settle: timedelta = SETTLE
-) -> list[RoomReconciled]:
-    """One pass: list LiveKit, compare, correct; returns the corrections announced. The read
-    model is compared opened, as LiveKit lists it, so sealing never looks like a change."""
+async def _reconcile(
+    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, settle: timedelta
+) -> list[Envelope]:
+    # The read model is compared opened, as LiveKit lists it, so sealing never looks like a
+    # change; what is found is sealed in the outbox (and the projection copies it sealed).
+    # Taken before LiveKit is asked: whatever the listing shows was there at this time or later.
     observed_at = datetime.now(UTC)
     live = await _live_rooms(api)
+    listed = listed_sids(live)
     rooms, participants, tracks = await store.snapshot(
         pool,
         [room.row.sid for room in live],
@@ -113,41 +79,51 @@ async def reconcile_once(
         participants={p.sid: p for p in await opened_all(phi, participants)},
         tracks={t.sid: t for t in await opened_all(phi, tracks)},
     )
-    announced = []
-    for room_plan in plan(
-        model, live, observed_at=observed_at, settled_before=observed_at - settle
-    ):
-        async with pool.acquire() as conn, conn.transaction():
-            applied = {
-                op for op in room_plan.operations if await _apply(conn, phi, op, observed_at)
-            }
-            event = reconciled_event(room_plan, applied, observed_at)
-            if event is not None:
-                await add_to_outbox(
+    seen = await store.sightings(pool, [*model.rooms, *model.participants, *model.tracks])
+    findings = plan(model, live, seen, observed_at=observed_at, settled_before=observed_at - settle)
+    published = []
+    async with pool.acquire() as conn, conn.transaction():
+        known = await store.published(conn, [f.event_id for f in findings])
+        for finding in findings:
+            if finding.event_id not in known:  # the same finding, made before: one event
+                event = await add_to_outbox(
                     conn,
-                    event,
+                    finding.event,
                     source=SOURCE,
-                    tenant=room_plan.room.tenant,
-                    key=room_plan.room.name,
+                    tenant=finding.tenant,
+                    key=finding.key,
+                    event_id=finding.event_id,
+                    phi=phi,
                 )
-                announced.append(event)
-    if announced:
+                published.append(event)
+        await store.record_sightings(conn, listed, whole_second(observed_at))
+    if published:
+        counts = Counter(event.type for event in published)
         log.warning(
-            "reconciliation corrected %d room(s) the webhooks had left out of step "
-            "(%d participant(s) gone, %d found)",
-            len(announced),
-            sum(len(e.participants_gone) for e in announced),
-            sum(len(e.participants_found) for e in announced),
+            "reconciliation: the webhooks missed %s",
+            ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())),
         )
-    return announced
+    return published
+
+
+async def reconcile_once(
+    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, *, settle: timedelta = SETTLE
+) -> list[Envelope]:
+    """One pass, after any other replica's: returns the events it published."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
+        try:
+            return await _reconcile(pool, api, phi, settle)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
 
 async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi) -> None:
-    """One reconciliation, unless another replica is running one."""
+    """One pass, unless another replica is running one."""
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
             return
         try:
-            await reconcile_once(pool, api, phi)
+            await _reconcile(pool, api, phi, SETTLE)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

@@ -7,21 +7,21 @@ answer is a 503 that says so (docs/rooms.md tells how to run them).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Annotated
 
+import asyncpg
 from litestar import delete, get, post
 from litestar.params import JSONBody, Parameter
 from litestar.types import ControllerRouterHandler
 from livekit import api as lk
 from livekit.protocol import egress as lk_egress
-from msgspec.structs import replace
 
-from services.rooms import media_core, store
+from services.rooms import store
 from services.rooms.edges import LiveKitDep, bad_request, record
 from services.rooms.errors import EgressUnavailableError, RoomNotFoundError, responses
 from services.rooms.livekit_client import EGRESS_HELP, calling, find_room
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.privacy import opened
 from services.rooms.requests import RequestError, egress_request, ingress_request
 from services.rooms.schemas import (
     CreateIngressRequest,
@@ -88,37 +88,17 @@ async def start_egress(
         raise EgressUnavailableError(
             f"no egress worker answered within {settings.rooms_egress_timeout}s: {EGRESS_HELP}"
         ) from None
-    requested = EgressRow(
-        egress_id=info.egress_id,
-        tenant=tenant.id,
-        room=data.room,
-        room_sid=info.room_id,
-        kind=data.kind,
-        outputs=outputs,
-        status=_status(info),
-        requested_at=datetime.now(UTC),
-    )
     event = EgressRequested(
         room=data.room,
         egress_id=info.egress_id,
         kind=data.kind,
         outputs=outputs,
         track_sid=data.track_sid or "",
+        room_sid=info.room_id,
+        status=_status(info),
     )
-    [row] = await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=data.room,
-        rows=[
-            (
-                EgressRow,
-                info.egress_id,
-                lambda before: media_core.egress_requested(before, requested),
-            ),
-        ],
-    )
-    return EgressView.of(row)
+    await record(pool, event, tenant=tenant.id, key=data.room)
+    return EgressView.of(await _egress_row(pool, tenant.id, info.egress_id))
 
 
 @post(
@@ -136,21 +116,17 @@ async def stop_egress(
         raise NotFoundError("no such egress", code="egress_not_found")
     async with calling(not_found=NotFoundError("no such egress", code="egress_not_found")):
         info = await livekit.egress.stop_egress(lk.StopEgressRequest(egress_id=egress_id))
-    event = EgressStopRequested(room=known.room, egress_id=egress_id)
-    [row] = await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=known.room,
-        rows=[
-            (
-                EgressRow,
-                egress_id,
-                lambda before: before and media_core.egress_status(before, _status(info)),
-            ),
-        ],
-    )
-    return EgressView.of(row or known)
+    event = EgressStopRequested(room=known.room, egress_id=egress_id, status=_status(info))
+    await record(pool, event, tenant=tenant.id, key=known.room)
+    return EgressView.of(await _egress_row(pool, tenant.id, egress_id))
+
+
+async def _egress_row(pool: asyncpg.Pool, tenant: str, egress_id: str) -> EgressRow:
+    """The row an action just recorded (the projection wrote it in the action's transaction)."""
+    row = await store.tenant_row(pool, EgressRow, tenant, egress_id)
+    if row is None:
+        raise NotFoundError("no such egress", code="egress_not_found")
+    return row
 
 
 @get("/v1/egress", operation_id="listEgress", summary="List egress", responses=responses(400))
@@ -187,44 +163,19 @@ async def create_ingress(
         raise bad_request(error) from None
     async with calling():
         info = await livekit.ingress.create_ingress(request)
-    created = IngressRow(
-        ingress_id=info.ingress_id,
-        tenant=tenant.id,
-        room=data.room,
-        input_type=data.input_type,
-        name=info.name,
-        participant_identity=data.participant_identity,
-        url=info.url,
-        created_at=datetime.now(UTC),
-    )
     event = IngressCreated(
         room=data.room,
         ingress_id=info.ingress_id,
         input_type=data.input_type,
         participant_identity=data.participant_identity,
         name=info.name,
+        url=info.url,
     )
-    [row] = await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=data.room,
-        phi=bus.phi,
-        rows=[
-            (
-                IngressRow,
-                info.ingress_id,
-                lambda before: (
-                    created
-                    if before is None
-                    else replace(
-                        before, url=created.url, name=created.name, created_at=created.created_at
-                    )
-                ),
-            ),
-        ],
-    )
-    view = IngressView.of(row)
+    await record(pool, event, tenant=tenant.id, key=data.room, phi=bus.phi)
+    row = await store.tenant_row(pool, IngressRow, tenant.id, info.ingress_id)
+    if row is None:
+        raise NotFoundError("no such ingress", code="ingress_not_found")
+    view = IngressView.of(await opened(bus.phi, row))
     return IngressCreatedView(
         **{f: getattr(view, f) for f in view.__struct_fields__}, stream_key=info.stream_key
     )
@@ -245,23 +196,16 @@ async def delete_ingress(
         raise NotFoundError("no such ingress", code="ingress_not_found")
     async with calling(not_found=NotFoundError("no such ingress", code="ingress_not_found")):
         await livekit.ingress.delete_ingress(lk.DeleteIngressRequest(ingress_id=ingress_id))
-    now = datetime.now(UTC)
     event = IngressDeleted(room=known.room, ingress_id=ingress_id)
-    await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=known.room,
-        rows=[
-            (IngressRow, ingress_id, lambda before: before and replace(before, deleted_at=now)),
-        ],
-    )
+    await record(pool, event, tenant=tenant.id, key=known.room)
 
 
 @get("/v1/ingress", operation_id="listIngress", summary="List ingress", responses=responses(400))
-async def list_ingress(tenant: CallerTenant, pool: PoolDep, room: RoomFilter = None) -> IngressList:
+async def list_ingress(
+    tenant: CallerTenant, pool: PoolDep, bus: BusDep, room: RoomFilter = None
+) -> IngressList:
     rows = await store.ingresses(pool, tenant.id, room)
-    return IngressList(ingress=[IngressView.of(row) for row in rows])
+    return IngressList(ingress=[IngressView.of(await opened(bus.phi, row)) for row in rows])
 
 
 # LiveKit names an egress or ingress itself: a retry after a 5xx whose LiveKit call did succeed

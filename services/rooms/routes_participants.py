@@ -6,14 +6,13 @@ import asyncpg
 from litestar import delete, get, patch, post
 from litestar.params import JSONBody, Parameter
 from livekit import api as lk
-from msgspec.structs import replace
 
 from services.rooms import store
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
 from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, participant_row, track_row
-from services.rooms.privacy import opened, opened_all, sealed
+from services.rooms.privacy import opened, opened_all
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -21,6 +20,7 @@ from services.rooms.schemas import (
     TrackView,
     UpdateParticipantRequest,
 )
+from services.rooms.track_core import TrackRow
 from shared.events.rooms import (
     ParticipantPermission,
     ParticipantRemoved,
@@ -142,19 +142,17 @@ async def mute_track(
                 muted=data.muted,
             )
         )
-    event = TrackMuted(room=name, identity=identity, track_sid=track_sid, muted=data.muted)
-    await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=name,
-        rows=[
-            (TrackRow, track_sid, lambda row: row and replace(row, muted=answer.track.muted)),
-        ],
-    )
     owner = await _present(pool, room, identity) or ParticipantRow(
         sid="", room_sid=room.sid, tenant=tenant.id, room=name, identity=identity
     )
+    event = TrackMuted(
+        room=name,
+        identity=identity,
+        track_sid=track_sid,
+        muted=answer.track.muted,
+        participant_sid=owner.sid,
+    )
+    await record(pool, event, tenant=tenant.id, key=name)
     return TrackView.of(track_row(answer.track, owner))
 
 
@@ -205,7 +203,6 @@ async def update_participant(
     async with calling(not_found=_no_participant()):
         info = await livekit.room.update_participant(update)
     seen = participant_row(info, room)
-    kept = await sealed(bus.phi, seen)
     event = ParticipantUpdated(
         room=name,
         identity=identity,
@@ -215,20 +212,7 @@ async def update_participant(
         attributes=data.attributes,
         permission=permission,
     )
-    await record(
-        pool,
-        event,
-        tenant=tenant.id,
-        key=name,
-        rows=[
-            (
-                ParticipantRow,
-                info.sid,
-                lambda row: row and replace(row, name=kept.name, metadata=kept.metadata),
-            ),
-        ],
-        phi=bus.phi,
-    )
+    await record(pool, event, tenant=tenant.id, key=name, phi=bus.phi)
     return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
 
 

@@ -14,7 +14,7 @@ from services.rooms.core import RoomRow
 from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
-from services.rooms.privacy import opened, sealed
+from services.rooms.privacy import opened
 from services.rooms.requests import RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
@@ -23,6 +23,7 @@ from services.rooms.schemas import (
     RoomView,
     SendDataRequest,
 )
+from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import BusDep, CallerTenant, PoolDep
 from shared.idempotency import idempotent
@@ -63,27 +64,47 @@ async def create_room(
                     metadata=data.metadata,
                 )
             )
-    seen = await sealed(bus.phi, room_row(room))
-    event = RoomCreated(
-        room=data.name,
+    seen = room_row(room)
+    if existing is None:
+        created = _created(data.name, seen)
+        await record(pool, created, tenant=tenant.id, key=data.name, phi=bus.phi)
+    else:
+        # Open before: the read model may not have it yet (its room_started late or dropped).
+        found = _found(data.name, seen)
+        known = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid)
+        if known is not None:
+            known = await opened(bus.phi, known)  # compared as LiveKit shows it, in clear
+        if known is None or core.on_room_found(known, found, tenant.id) != known:
+            await record(pool, found, tenant=tenant.id, key=data.name, phi=bus.phi)
+    row = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid) or seen
+    present = await store.count_present(pool, row.sid)
+    view = RoomView.of(await opened(bus.phi, row), present)
+    return Response(view, status_code=200 if existing else 201)
+
+
+def _created(name: str, seen: RoomRow) -> RoomCreated:
+    return RoomCreated(
+        room=name,
         room_sid=seen.sid,
         empty_timeout=seen.empty_timeout,
         departure_timeout=seen.departure_timeout,
         max_participants=seen.max_participants,
         metadata=seen.metadata,
+        created_at=seen.created_at,
     )
-    # A room already open is only brought into the read model: it was created before.
-    [after] = await record(
-        pool,
-        None if existing else event,
-        tenant=tenant.id,
-        key=data.name,
-        rows=[(RoomRow, seen.sid, lambda row: core.room_seen(row, seen))],
-        phi=bus.phi,
+
+
+def _found(name: str, seen: RoomRow) -> RoomFound:
+    return RoomFound(
+        room=name,
+        room_sid=seen.sid,
+        observed_at=datetime.now(UTC),
+        created_at=seen.created_at,
+        empty_timeout=seen.empty_timeout,
+        departure_timeout=seen.departure_timeout,
+        max_participants=seen.max_participants,
+        metadata=seen.metadata,
     )
-    present = await store.count_present(pool, after.sid)
-    view = RoomView.of(await opened(bus.phi, after), present)
-    return Response(view, status_code=200 if existing else 201)
 
 
 @get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
@@ -117,23 +138,8 @@ async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: L
     async with calling(not_found=_no_room(name)):
         await livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room(tenant.id, name)))
     row = await store.open_room(pool, tenant.id, name)
-    now = datetime.now(UTC)
-    rows = []
-    if row is not None:
-        rows = [
-            (
-                RoomRow,
-                row.sid,
-                lambda r: r and core.finish_room(r, at=now, by=core.API, reason="api_delete"),
-            )
-        ]
-    await record(
-        pool,
-        RoomDeleted(room=name, room_sid=row.sid if row else ""),
-        tenant=tenant.id,
-        key=name,
-        rows=rows,
-    )
+    deleted = RoomDeleted(room=name, room_sid=row.sid if row else "")
+    await record(pool, deleted, tenant=tenant.id, key=name)
 
 
 @post(

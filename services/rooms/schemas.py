@@ -7,22 +7,15 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
+from services.rooms.track_core import TrackRow
+from shared.naming import FileName, Identity, RoomName
 
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)]
 Metadata = Annotated[str, msgspec.Meta(max_length=64 * 1024)]
 DisplayName = Annotated[str, msgspec.Meta(max_length=128)]
 RtmpUrl = Annotated[str, msgspec.Meta(pattern=r"^rtmps?://", max_length=2048)]
-FileName = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="letters, digits, '-' and '_'"
-    ),
-]
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
 
 

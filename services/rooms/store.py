@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from services.rooms.core import ParticipantRow, RoomRow, TrackRow
+from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.track_core import TrackRow
 from shared.db import Connection
 
 Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow, EgressRow, IngressRow)
@@ -16,7 +18,7 @@ AnyRow: TypeAlias = RoomRow | ParticipantRow | TrackRow | EgressRow | IngressRow
 Queryable: TypeAlias = "Connection | asyncpg.Pool"
 
 # table, key column, row type; columns are the row type's fields (updated_at is the store's).
-_TABLES: dict[type[Any], tuple[str, str]] = {
+TABLES: dict[type[Any], tuple[str, str]] = {
     RoomRow: ("room_instances", "sid"),
     ParticipantRow: ("room_participants", "sid"),
     TrackRow: ("room_tracks", "sid"),
@@ -25,7 +27,7 @@ _TABLES: dict[type[Any], tuple[str, str]] = {
 }
 
 
-def _columns(kind: type[Any]) -> list[str]:
+def column_names(kind: type[Any]) -> list[str]:
     return [f for f in kind.__struct_fields__ if f != "updated_at"]
 
 
@@ -39,20 +41,20 @@ def _row(kind: type[Row], record: asyncpg.Record | None) -> Row | None:
 async def lock(conn: Connection, kind: type[Any], key: str) -> None:
     """Serialise writers of one row for this transaction, including a row not there yet (two
     first events about it must not both insert)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{_TABLES[kind][0]}:{key}")
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{TABLES[kind][0]}:{key}")
 
 
 async def load(conn: Connection, kind: type[Row], key: str) -> Row | None:
     """The row of ``key``, locked for the rest of the transaction (None if absent)."""
     await lock(conn, kind, key)
-    table, column = _TABLES[kind]
+    table, column = TABLES[kind]
     record = await conn.fetchrow(f"SELECT * FROM {table} WHERE {column} = $1", key)  # noqa: S608 - names are constants
     return _row(kind, record)
 
 
 async def save(conn: Connection, row: AnyRow) -> None:
-    table, key = _TABLES[type(row)]
-    columns = _columns(type(row))
+    table, key = TABLES[type(row)]
+    columns = column_names(type(row))
     values = [getattr(row, c) for c in columns]
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
     await conn.execute(
@@ -155,7 +157,7 @@ async def ingresses(pool: asyncpg.Pool, tenant: str, room: str | None = None) ->
 
 async def tenant_row(conn: Queryable, kind: type[Row], tenant: str, key: str) -> Row | None:
     """A row of one tenant by key (None for another tenant's: it does not exist for them)."""
-    table, column = _TABLES[kind]
+    table, column = TABLES[kind]
     record = await conn.fetchrow(
         f"SELECT * FROM {table} WHERE {column} = $1 AND tenant = $2",  # noqa: S608 - constants
         key,
@@ -173,27 +175,55 @@ async def snapshot(
     live_participants: Iterable[str],
     live_tracks: Iterable[str],
 ) -> tuple[list[RoomRow], list[ParticipantRow], list[TrackRow]]:
-    """The rows the reconciliation compares with LiveKit's listing."""
+    """The rows the reconciliation compares with LiveKit's listing: open rooms, present
+    participants, published tracks, the rows of what LiveKit lists, and the tracks' owners."""
     rooms = await pool.fetch(
         "SELECT * FROM room_instances WHERE finished_at IS NULL OR sid = ANY($1::text[])",
         list(live_rooms),
     )
-    room_sids = [r["sid"] for r in rooms]
-    participants = await pool.fetch(
-        "SELECT * FROM room_participants WHERE room_sid = ANY($1::text[])"
-        " AND (left_at IS NULL OR sid = ANY($2::text[]))",
-        room_sids,
-        list(live_participants),
-    )
-    participant_sids = [p["sid"] for p in participants if p["left_at"] is None]
     tracks = await pool.fetch(
-        "SELECT * FROM room_tracks WHERE (participant_sid = ANY($1::text[])"
-        " AND unpublished_at IS NULL) OR sid = ANY($2::text[])",
-        participant_sids,
+        "SELECT * FROM room_tracks WHERE unpublished_at IS NULL OR sid = ANY($1::text[])",
         list(live_tracks),
+    )
+    participants = await pool.fetch(
+        "SELECT * FROM room_participants WHERE left_at IS NULL OR sid = ANY($1::text[])"
+        " OR sid = ANY($2::text[])",
+        list(live_participants),
+        [t["participant_sid"] for t in tracks],
     )
     return (
         [r for r in (_row(RoomRow, x) for x in rooms) if r],
         [p for p in (_row(ParticipantRow, x) for x in participants) if p],
         [t for t in (_row(TrackRow, x) for x in tracks) if t],
     )
+
+
+async def sightings(pool: asyncpg.Pool, sids: list[str]) -> dict[str, datetime]:
+    """When the reconciliation last saw these sids in LiveKit's listing (if it did)."""
+    records = await pool.fetch(
+        "SELECT sid, seen_at FROM room_sightings WHERE sid = ANY($1::text[])", sids
+    )
+    return {r["sid"]: r["seen_at"] for r in records}
+
+
+async def record_sightings(conn: Connection, sids: list[str], seen_at: datetime) -> None:
+    """Remember that LiveKit listed ``sids`` at ``seen_at``; forget sightings a day old (what
+    they were for was decided long since)."""
+    await conn.execute(
+        "INSERT INTO room_sightings (sid, seen_at) SELECT unnest($1::text[]), $2"
+        " ON CONFLICT (sid) DO UPDATE SET seen_at = greatest(room_sightings.seen_at,"
+        " excluded.seen_at)",
+        sids,
+        seen_at,
+    )
+    await conn.execute(
+        "DELETE FROM room_sightings WHERE seen_at < $1::timestamptz - interval '1 day'", seen_at
+    )
+
+
+async def published(conn: Connection, event_ids: list[str]) -> set[str]:
+    """Which of these event ids are already in the outbox (a finding made before)."""
+    records = await conn.fetch(
+        "SELECT event_id FROM outbox WHERE event_id = ANY($1::text[])", event_ids
+    )
+    return {r["event_id"] for r in records}

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 import pydantic
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
+from litestar.params import Parameter
 
 from services.scheduling import store
 from shared.bus import Bus
@@ -27,7 +28,7 @@ from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
 from shared.http import ApiError, NotFoundError
-from shared.naming import is_room_name
+from shared.naming import ROOM_NAME, ROOM_NAME_RULE, is_room_name
 from shared.phi import CLINICAL, Phi, is_erased, patient_of
 from shared.tenants import Tenant
 
@@ -144,13 +145,17 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     operation_id="getAnamnesis",
     summary="The latest anamnesis record of a consultation room",
 )
-async def get_anamnesis(room: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus) -> AnamnesisBody:
-    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``, 410
-    ``anamnesis_erased`` when its key was destroyed."""
-    row = None
-    if is_room_name(room):
-        async with pool.acquire() as conn:
-            row = await store.latest_anamnesis(conn, tenant.id, room)
+async def get_anamnesis(
+    room: Annotated[str, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)],
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    bus: Bus,
+) -> AnamnesisBody:
+    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``
+    (400 ``invalid_request`` for a name that can be no room's), 410 ``anamnesis_erased`` when
+    its key was destroyed."""
+    async with pool.acquire() as conn:
+        row = await store.latest_anamnesis(conn, tenant.id, room)
     if row is None:
         raise NotFoundError(
             "no anamnesis has been recorded in this room", code="anamnesis_not_found"

@@ -17,12 +17,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from shared.naming import whole
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
 # How far ahead slots are offered and searched: further than a clinic plans, short enough that
 # a search over many doctors stays a few thousand slot computations.
 HORIZON = timedelta(days=90)
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# [0-9], not \d: in Python \d also takes other scripts' digits, in JavaScript it does not.
+CLOCK = re.compile(whole(r"([01][0-9]|2[0-3]):[0-5][0-9]"))
 
 
 class SchedulingError(Exception):
@@ -86,7 +89,7 @@ class Slot(msgspec.Struct, frozen=True, kw_only=True, order=True):
 
 
 def _clock(text: str) -> time:
-    if not _CLOCK.match(text):
+    if not CLOCK.fullmatch(text):
         raise InvalidRequestError(f"{text!r} is not a time of day like 08:00 or 17:30")
     hours, minutes = text.split(":")
     return time(int(hours), int(minutes))

@@ -14,7 +14,7 @@ from services.scheduling import core
 from services.scheduling.core import Schedule, SchedulingError, Slot, Window
 from services.scheduling.store import Appointment, Doctor
 from shared.http import ApiError
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
+from shared.naming import PatientRef, RoomName
 
 # Domain error code -> HTTP status; the code itself is what clients branch on.
 STATUS = {
@@ -47,10 +47,8 @@ def aware(value: datetime | None, name: str) -> datetime | None:
 # At least one visible character (msgspec patterns are searched, not anchored).
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
 ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
-Clock = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["08:00"])]
+Clock = Annotated[str, msgspec.Meta(pattern=core.CLOCK.pattern, examples=["08:00"])]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True, examples=["2026-03-02T09:00:00-03:00"])]
-PatientRef = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 

@@ -10,20 +10,21 @@ from litestar import Litestar, post
 from litestar.params import JSONBody
 from livekit import api as livekit_api
 
-from services.token.core import TokenRequestError, token_ttl
+from services.token.core import TokenRequestError, person_role, token_ttl
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE, livekit_room
-
-RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
-Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDENTITY_RULE)]
+from shared.naming import Identity, RoomName, livekit_room
+from shared.participants import PATIENT, PERSON_ROLES, ROLE_ATTRIBUTE
 
 
 class CreateTokenRequest(
     msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
-    """The spec's CreateTokenRequest."""
+    """The spec's CreateTokenRequest, plus ``role``: who the person is in the consultation,
+    signed into the token (agents and frontends trust it; the participant cannot change it).
+    There is no way to ask for another participant kind (e.g. an agent's): unknown fields are
+    rejected."""
 
     room: RoomName
     identity: Identity
@@ -31,6 +32,8 @@ class CreateTokenRequest(
     can_publish: bool = True
     can_subscribe: bool = True
     ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
+    # A plain string, not a Literal: an unknown role gets our own 400 listing the valid ones.
+    role: Annotated[str, msgspec.Meta(examples=list(PERSON_ROLES))] = PATIENT
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -48,17 +51,25 @@ async def create_token(
         )
     except TokenRequestError as error:
         raise ApiError(str(error), code="invalid_ttl") from None
+    try:
+        role = person_role(data.role)
+    except TokenRequestError as error:
+        details = [{"field": "role", "valid": list(PERSON_ROLES)}]
+        raise ApiError(str(error), code="invalid_role", details=details) from None
     grants = livekit_api.VideoGrants(
         room_join=True,
         room=livekit_room(tenant.id, data.room),
         can_publish=data.can_publish,
         can_subscribe=data.can_subscribe,
         can_publish_data=data.can_publish,
+        # The role below is the clinic's word: the participant may not rewrite its attributes.
+        can_update_own_metadata=False,
     )
     jwt = (
         livekit_api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
         .with_identity(data.identity)
         .with_name(data.name or data.identity)
+        .with_attributes({ROLE_ATTRIBUTE: role})
         .with_ttl(ttl)
         .with_grants(grants)
         .to_jwt()
@@ -69,6 +80,7 @@ async def create_token(
             identity=data.identity,
             can_publish=data.can_publish,
             can_subscribe=data.can_subscribe,
+            role=role,
             ttl_seconds=int(ttl.total_seconds()),
             expires_at=datetime.now(UTC) + ttl,
         ),

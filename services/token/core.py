@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 from shared.config import parse_duration
+from shared.participants import PERSON_ROLES
 
 
 class TokenRequestError(ValueError):
     """The requested token is not allowed; the message says why."""
+
+
+def person_role(requested: str) -> str:
+    """The role the token gives the person; only the clinic chooses it, in the request."""
+    if requested not in PERSON_ROLES:
+        raise TokenRequestError(f"role must be one of: {', '.join(PERSON_ROLES)}")
+    return requested
 
 
 def token_ttl(requested: str | None, *, default: int, maximum: int) -> timedelta:

@@ -7,7 +7,7 @@ docs/events.md). Nothing is published that is not in ``CURRENT``.
 
 from __future__ import annotations
 
-from shared.events import agents, billing, clinical, legacy, platform, rooms
+from shared.events import agents, billing, clinical, legacy, platform, reconciliation, rooms
 from shared.events.base import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
@@ -21,7 +21,12 @@ from shared.events.codec import EventCodec, EventDecodeError
 from shared.events.platform import ApiKeyCreated, DeadLettered, TenantCreated, TokenIssued
 
 CURRENT: tuple[type[Event], ...] = (
-    platform.EVENTS + rooms.EVENTS + agents.EVENTS + billing.EVENTS + clinical.EVENTS
+    platform.EVENTS
+    + rooms.EVENTS
+    + reconciliation.EVENTS
+    + agents.EVENTS
+    + billing.EVENTS
+    + clinical.EVENTS
 )
 
 CODEC = EventCodec(CURRENT, legacy.LEGACY)

@@ -38,6 +38,8 @@ class TokenIssued(Event, frozen=True, kw_only=True):
     can_subscribe: bool
     ttl_seconds: int
     expires_at: datetime
+    # The ``mediai.role`` attribute signed into the token (shared/participants.py).
+    role: Plain = "patient"
 
 
 class DeadLettered(Event, frozen=True, kw_only=True):

@@ -223,7 +223,7 @@ class WebhooksDropped(Event, frozen=True, kw_only=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Actions of the rooms service (producer: rooms)
+# Actions of the rooms service (producer: rooms); the rooms read model folds those that change it
 
 
 class RoomCreated(Event, frozen=True, kw_only=True):
@@ -237,6 +237,8 @@ class RoomCreated(Event, frozen=True, kw_only=True):
     departure_timeout: int = 0
     max_participants: int = 0
     metadata: Personal = ""
+    # LiveKit's creation time of the room (absent in events from before it was recorded).
+    created_at: datetime | None = None
 
 
 class RoomDeleted(Event, frozen=True, kw_only=True):
@@ -287,7 +289,8 @@ class ParticipantUpdated(Event, frozen=True, kw_only=True):
 
 
 class TrackMuted(Event, frozen=True, kw_only=True):
-    """A tenant muted (``muted``) or unmuted a participant's published track."""
+    """A tenant muted or unmuted a participant's published track; ``muted`` is the track's state
+    as LiveKit answered (LiveKit may refuse to unmute a track remotely)."""
 
     TYPE: ClassVar[str] = "mediai.track.muted.v1"
     PRODUCER: ClassVar[str] = "rooms"
@@ -295,6 +298,7 @@ class TrackMuted(Event, frozen=True, kw_only=True):
     identity: Pseudonym
     track_sid: Plain
     muted: bool
+    participant_sid: Plain = ""
 
 
 class DataMessageSent(Event, frozen=True, kw_only=True):
@@ -323,6 +327,9 @@ class EgressRequested(Event, frozen=True, kw_only=True):
     # What it writes: "mp4", "ogg", "hls", "rtmp" (one entry per output).
     outputs: list[Plain] = msgspec.field(default_factory=list)
     track_sid: Plain = ""
+    room_sid: Plain = ""
+    # LiveKit's status of the egress in its answer ("starting", ...).
+    status: Plain = ""
 
 
 class EgressStopRequested(Event, frozen=True, kw_only=True):
@@ -332,6 +339,8 @@ class EgressStopRequested(Event, frozen=True, kw_only=True):
     PRODUCER: ClassVar[str] = "rooms"
     room: Pseudonym
     egress_id: Plain
+    # LiveKit's status of the egress in its answer ("ending", ...).
+    status: Plain = ""
 
 
 class IngressCreated(Event, frozen=True, kw_only=True):
@@ -347,6 +356,8 @@ class IngressCreated(Event, frozen=True, kw_only=True):
     input_type: Plain  # "rtmp" | "whip" | "url"
     participant_identity: Pseudonym
     name: Personal = ""
+    # Where to push the stream (no credential: the stream key is separate).
+    url: Plain = ""
 
 
 class IngressDeleted(Event, frozen=True, kw_only=True):
@@ -356,35 +367,6 @@ class IngressDeleted(Event, frozen=True, kw_only=True):
     PRODUCER: ClassVar[str] = "rooms"
     room: Pseudonym
     ingress_id: Plain
-
-
-class ReconciledParticipant(msgspec.Struct, frozen=True, kw_only=True):
-    """A participant whose presence the reconciliation corrected."""
-
-    participant_sid: Plain
-    identity: Pseudonym
-    kind: Plain = "standard"
-
-
-class RoomReconciled(Event, frozen=True, kw_only=True):
-    """The rooms service found its read model out of step with LiveKit and corrected it.
-
-    This happens when webhooks were dropped or lost. ``participants_gone`` were shown as present
-    but LiveKit no longer lists them: they left at some time before ``observed_at`` (usage that
-    ends on a ``mediai.participant.left`` never seen should end here). ``participants_found``
-    were present in LiveKit without a ``mediai.participant.joined``. ``room_gone`` means the
-    room itself no longer exists in LiveKit.
-    """
-
-    TYPE: ClassVar[str] = "mediai.room.reconciled.v1"
-    PRODUCER: ClassVar[str] = "rooms"
-    room: Pseudonym
-    room_sid: Plain
-    observed_at: datetime
-    room_gone: bool = False
-    room_found: bool = False
-    participants_gone: list[ReconciledParticipant] = msgspec.field(default_factory=list)
-    participants_found: list[ReconciledParticipant] = msgspec.field(default_factory=list)
 
 
 EVENTS: tuple[type[Event], ...] = (
@@ -411,5 +393,4 @@ EVENTS: tuple[type[Event], ...] = (
     EgressStopRequested,
     IngressCreated,
     IngressDeleted,
-    RoomReconciled,
 )
