@@ -6,7 +6,15 @@ A sealed value is one string, so it fits the field or column the plain value had
 
 The key id names the data key (``shared.keys``); the associated data is the field's path
 (``summary_pt_br``, ``participants_found[].name``), so a ciphertext moved to another field
-does not open. Nonces are random (96 bits): safe for far more values than one key will seal.
+does not open.
+
+Sealing is deterministic: the nonce is synthetic, HMAC-SHA256 of the path and the plaintext under
+a nonce key derived from the data key (the SIV construction), so the same value sealed twice with
+the same key and path is the same token. Projections compare values (a room's metadata from the
+API's action and from LiveKit's webhook), and a read model rebuilt from the log must equal the
+live one, whichever copy it folded last; random nonces would make equal values differ. What
+this reveals is only that two sealed values are equal, under one patient's (or tenant's) key.
+Distinct values get distinct, unpredictable nonces, as random ones would be.
 Opening with a destroyed or unknown key is the caller's business (``shared.phi``); here a value
 that does not authenticate raises ``UnreadableError``.
 """
@@ -15,15 +23,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PREFIX = "enc:v1:"
 KEY_BYTES = 32
 _NONCE_BYTES = 12
+_NONCE_INFO = b"mediai synthetic nonce v1"
 
 
 class UnreadableError(ValueError):
@@ -43,15 +55,20 @@ class DataKey:
     patient_ref: str
     secret: bytes = field(repr=False)
     _aead: AESGCM = field(init=False, repr=False, compare=False)
+    _nonce_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) != KEY_BYTES:
             raise ValueError("a data key is 32 bytes (AES-256)")
         object.__setattr__(self, "_aead", AESGCM(self.secret))
+        derive = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_NONCE_INFO)
+        object.__setattr__(self, "_nonce_key", derive.derive(self.secret))
 
     def seal(self, plaintext: bytes, path: str) -> str:
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, plaintext, path.encode())
+        aad = path.encode()
+        synthetic = hmac.new(self._nonce_key, aad + b"\0" + plaintext, hashlib.sha256).digest()
+        nonce = synthetic[:_NONCE_BYTES]
+        sealed = self._aead.encrypt(nonce, plaintext, aad)
         return f"{PREFIX}{self.key_id}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
 
     def open(self, token: str, path: str) -> bytes:

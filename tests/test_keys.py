@@ -140,6 +140,10 @@ def test_a_data_key_refuses_what_it_did_not_seal() -> None:
     other = DataKey(key_id="k1", tenant="t", purpose="tenant", patient_ref="", secret=new_secret())
     token = key.seal(b"Maria", "name")
     assert key.open(token, "name") == b"Maria"
+    # Deterministic: one value, one token (projections compare, rebuilds must match); another
+    # value or another field, another token.
+    assert key.seal(b"Maria", "name") == token
+    assert len({token, key.seal(b"Marta", "name"), key.seal(b"Maria", "metadata")}) == 3
     with pytest.raises(UnreadableError):
         key.open(token, "metadata")
     with pytest.raises(UnreadableError):
