@@ -13,13 +13,21 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test install livekit lint typecheck docs clean
+.PHONY: up test faults install livekit lint typecheck docs clean
 
 up: install livekit
 	$(UV) run mediai up
 
+# The fault suite runs after the rest, never beside it: each of its modules starts a stack of
+# its own (docs/reliability.md).
 test: install livekit lint typecheck docs
-	$(UV) run pytest
+	$(UV) run pytest -m "not faults"
+	$(UV) run pytest -m faults tests/faults
+
+# The fault suite alone: real faults (kill, stop, freeze by pid) on private stacks, with figures.
+# MEDIAI_FAULT_OUTAGE=60 gives the outages of the figures in docs/reliability.md.
+faults: install livekit
+	$(UV) run pytest -m faults tests/faults
 
 install: $(UV)
 	$(UV) sync --frozen

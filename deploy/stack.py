@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 import urllib.error
@@ -19,10 +18,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import nats
 
 from deploy import livekit
-from deploy.supervisor import Part, StackError, Supervisor, as_user
+from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
+from deploy.nats import nats_parts
+from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
 from services import http_services
 from services.keys import kek
 from shared.config import Settings, to_environ
@@ -48,15 +48,6 @@ async def _http_ready(url: str) -> bool:
     return await asyncio.to_thread(_http_ok, url)
 
 
-def _bin(name: str) -> str:
-    """An executable installed with this Python environment (the registry packages' servers)."""
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if found is None:
-        raise StackError(f"{name} not found; run 'make install' (it comes from PyPI)")
-    return found
-
-
 def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     environ = to_environ(settings)
     if settings.livekit_local:
@@ -66,47 +57,6 @@ def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
         # The key-encryption key, if the shell gave one, goes to the key service alone.
         environ[kek.ENVIRONMENT_VARIABLE] = ""
     return environ
-
-
-async def _ignore(error: Exception) -> None:
-    """Connection errors while probing only mean "not ready yet"."""
-
-
-def nats_part(settings: Settings) -> Part:
-    store = settings.data_dir / "nats"
-
-    async def ready() -> bool:
-        nc = await nats.connect(
-            settings.nats_url,
-            connect_timeout=1,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-            error_cb=_ignore,
-        )
-        try:
-            await nc.jetstream().account_info()
-            return True
-        finally:
-            await nc.close()
-
-    return Part(
-        name="nats",
-        argv=[
-            _bin("nats-server"),
-            "-a",
-            settings.host,
-            "-p",
-            str(settings.nats_port),
-            "-js",
-            "-sd",
-            str(store.resolve()),
-            "-n",
-            "mediai-local",
-        ],
-        url=settings.nats_url,
-        ports=[("MEDIAI_NATS_PORT", settings.nats_port)],
-        ready=ready,
-    )
 
 
 def postgres_part(settings: Settings) -> Part:
@@ -225,7 +175,9 @@ def livekit_part(settings: Settings) -> Part:
     )
 
 
-def service_part(settings: Settings, service: str) -> Part:
+def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
+    """One HTTP service; ``env`` adds to the environment its settings make (e.g. a crash point,
+    ``MEDIAI_CRASH_POINT``, for that service alone)."""
     port = settings.service_port(service)
     base = f"http://{settings.host}:{port}"
     return Part(
@@ -233,7 +185,7 @@ def service_part(settings: Settings, service: str) -> Part:
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env=child_environ(settings, service),
+        env={**child_environ(settings, service), **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
         # The dispatcher is ready once its first agent worker has registered with LiveKit (a
         # dispatch sent then is taken at once); a cold worker takes seconds to start.
@@ -257,7 +209,7 @@ def gateway_part(settings: Settings) -> Part:
     return Part(
         name="gateway",
         argv=[
-            _bin("caddy"),
+            executable("caddy"),
             "run",
             "--config",
             str(DEPLOY_DIR / "Caddyfile"),
@@ -271,22 +223,32 @@ def gateway_part(settings: Settings) -> Part:
     )
 
 
-def stack_stages(settings: Settings, services: list[str] | None = None) -> list[list[Part]]:
+def stack_stages(
+    settings: Settings,
+    services: list[str] | None = None,
+    environment: dict[str, dict[str, str]] | None = None,
+) -> list[list[Part]]:
     """The parts of the stack in stages: a stage's parts start together, stages in order, and
-    they stop in reverse. The servers first, then the services, then the gateway."""
+    they stop in reverse. The servers first, then the services, then the gateway.
+    ``environment`` gives a service extra variables, by service name."""
     known = http_services()
     unknown = sorted(set(services or ()) - set(known))
     if unknown:
         raise StackError(
             f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}"
         )
-    servers = [nats_part(settings), postgres_part(settings)]
+    servers = [*nats_parts(settings), postgres_part(settings)]
     if settings.livekit_local:
         servers.append(livekit_part(settings))
     selected = services if services is not None else known
+    extra = environment or {}
     # Every service that handles personal data needs the key service: it always runs.
     selected = [*selected, *([] if KEY_SERVICE in selected else [KEY_SERVICE])]
-    return [servers, [service_part(settings, s) for s in selected], [gateway_part(settings)]]
+    return [
+        servers,
+        [service_part(settings, s, extra.get(s)) for s in selected],
+        [gateway_part(settings)],
+    ]
 
 
 async def ensure_dev_key(settings: Settings) -> str:
@@ -334,6 +296,8 @@ class Stack:
 
     settings: Settings
     services: list[str] | None = None
+    # Extra environment variables of some services, by name (a crash point for one of them).
+    environment: dict[str, dict[str, str]] | None = None
     state: StackState | None = None
 
     def __post_init__(self) -> None:
@@ -343,7 +307,9 @@ class Stack:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             dev_key = ""
-            servers, services, gateway = stack_stages(self.settings, self.services)
+            servers, services, gateway = stack_stages(
+                self.settings, self.services, self.environment
+            )
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
             if not os.environ.get(kek.ENVIRONMENT_VARIABLE):

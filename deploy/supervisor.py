@@ -2,7 +2,8 @@
 
 Children run in their own session (so Ctrl-C reaches only the supervisor, which then stops
 them in order) and get SIGKILL from the kernel if the supervisor itself dies, so no process is
-ever left behind.
+ever left behind. One part can also be stopped, killed, frozen and started again on its ports
+and data, as operators (and the fault suite, tests/faults) do to a running stack.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +29,15 @@ STOP_BUDGET_SECONDS = 10.0
 
 class StackError(Exception):
     """A part could not start; the message is one line saying which and why."""
+
+
+def executable(name: str) -> str:
+    """A server installed with this Python environment (the registry packages' binaries)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise StackError(f"{name} not found; run 'make install' (it comes from PyPI)")
+    return found
 
 
 def _die_with_parent() -> None:
@@ -98,7 +110,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path(part).open("ab")
         try:
-            part.process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 *part.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
@@ -110,12 +122,14 @@ class Supervisor:
             )
         finally:
             log_file.close()
-        self.parts.append(part)
+        part.process = process
+        if part not in self.parts:
+            self.parts.append(part)
         deadline = time.monotonic() + part.ready_timeout
         while True:
-            if part.process.returncode is not None:
+            if process.returncode is not None:
                 raise StackError(
-                    f"{part.name} exited with code {part.process.returncode} while starting: "
+                    f"{part.name} exited with code {process.returncode} while starting: "
                     f"{_tail(self.log_path(part))} (log: {self.log_path(part)})"
                 )
             try:
@@ -155,19 +169,107 @@ class Supervisor:
         budget gets SIGKILL, so the whole stop takes at most ``budget`` seconds."""
         deadline = time.monotonic() + budget - 0.5
         for part in reversed(self.parts):
-            process = part.process
-            if process is None or process.returncode is not None:
-                continue
-            _signal_group(process.pid, part.stop_signal)
-            remaining = max(0.1, min(4.0, deadline - time.monotonic()))
-            try:
-                await asyncio.wait_for(process.wait(), timeout=remaining)
-            except TimeoutError:
-                _signal_group(process.pid, signal.SIGKILL)
-                await process.wait()
-            # Anything the part left in its process group goes with it.
-            _signal_group(process.pid, signal.SIGKILL)
+            await _stop(part, max(0.1, min(4.0, deadline - time.monotonic())))
         self.parts.clear()
+
+    # -- one part of a running stack ------------------------------------------------------
+
+    def part(self, name: str) -> Part:
+        """The started part called ``name`` (``nats``, ``nats-2``, ``postgres``, ``rooms``...)."""
+        for part in self.parts:
+            if part.name == name:
+                return part
+        known = ", ".join(p.name for p in self.parts)
+        raise StackError(f"no part {name!r} in this stack; its parts: {known}")
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the part's main process, or None once it has exited."""
+        process = self.part(name).process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def stop_part(self, name: str, timeout: float = STOP_BUDGET_SECONDS) -> None:
+        """Stop one part with its normal stop signal (SIGKILL after ``timeout``); it stays in
+        the stack, to be started again with ``start_again``."""
+        await _stop(self.part(name), timeout)
+
+    async def kill(self, name: str) -> None:
+        """SIGKILL every process of the part's process group, as the kernel's OOM killer or a
+        crash would end it, and wait until its main process is gone."""
+        part = self.part(name)
+        if part.process is None or part.process.returncode is not None:
+            return
+        self.signal_all(name, signal.SIGKILL)
+        await part.process.wait()
+
+    async def start_again(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start a stopped or killed part on the same ports and data, and wait until it is
+        ready. ``env`` updates the part's environment from then on (e.g. a crash point; set a
+        variable to "" to clear it: MediAI reads an empty variable as unset)."""
+        part = self.part(name)
+        if part.process is not None and part.process.returncode is None:
+            raise StackError(f"{name} is still running (pid {part.process.pid})")
+        part.env = {**part.env, **(env or {})}
+        await self.start(part)
+
+    def freeze(self, name: str) -> list[int]:
+        """SIGSTOP every process of the part (its process group and any descendant in another
+        group): for PostgreSQL the postmaster and all its backends, as a hung host would look.
+        Returns the pids stopped."""
+        return self.signal_all(name, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> list[int]:
+        """SIGCONT every process of the part (the undoing of ``freeze``)."""
+        return self.signal_all(name, signal.SIGCONT)
+
+    def signal_all(self, name: str, sig: signal.Signals) -> list[int]:
+        """Send ``sig`` to the part's whole process group and process tree; the pids reached."""
+        part = self.part(name)
+        if part.process is None or part.process.returncode is not None:
+            raise StackError(f"{name} is not running")
+        root = part.process.pid
+        # The group first, in one call, so a process cannot fork a child between two signals.
+        _signal_group(root, sig)
+        reached = process_tree(root)
+        for pid in reached:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return reached
+
+
+async def _stop(part: Part, timeout: float) -> None:
+    process = part.process
+    if process is None or process.returncode is not None:
+        return
+    _signal_group(process.pid, signal.SIGCONT)  # a frozen part could not act on its signal
+    _signal_group(process.pid, part.stop_signal)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=timeout)
+    except TimeoutError:
+        _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+    # Anything the part left in its process group goes with it.
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant of it, from /proc (parents before children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        tree.append(pid)
+        queue.extend(children.get(pid, []))
+    return tree
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

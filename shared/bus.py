@@ -165,12 +165,15 @@ class _OutageLog:
 
     service: str
     down: bool = False
+    nc: NatsClient | None = None
 
     async def error(self, error: Exception) -> None:
         if not self.down:
             log.warning("%s: NATS error: %s", self.service, type(error).__name__)
 
     async def disconnected(self) -> None:
+        if self.nc is not None and self.nc.is_closed:
+            return  # closed on purpose, not an outage
         if not self.down:
             self.down = True
             log.warning("%s: disconnected from NATS; reconnecting", self.service)
@@ -194,6 +197,7 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
         disconnected_cb=outage.disconnected,
         reconnected_cb=outage.reconnected,
     )
+    outage.nc = nc
     js = nc.jetstream()
     if declare:
         await create_missing_streams(js, stream_configs(settings))

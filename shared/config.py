@@ -46,6 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_replicas: int = 1
+    # NATS servers the local stack runs: 1, or a JetStream cluster of 3 (or 5) on this machine.
+    # Node i (from 1) takes the client port nats_port + i - 1 and the route port
+    # nats_cluster_port + i - 1 (defaults 4222-4224 and 6222-6224: below the kernel's
+    # ephemeral range, so never a port the OS hands out as a free one).
+    nats_nodes: int = 1
     database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
 
     livekit_url: str = "ws://127.0.0.1:7880"
@@ -61,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     gateway_port: int = 8080
     nats_port: int = 4222
+    nats_cluster_port: int = 6222
     postgres_port: int = 54329
     livekit_port: int = 7880
     livekit_rtc_tcp_port: int = 7881
@@ -175,6 +181,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
+    def nats_node_ports(self) -> list[tuple[int, int]]:
+        """(client port, route port) of each NATS node of the local stack, node 1 first."""
+        return [(self.nats_port + i, self.nats_cluster_port + i) for i in range(self.nats_nodes)]
+
 
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
@@ -219,6 +229,13 @@ def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
         raise ValueError(f"{value} must be 0 or more")
+    return number
+
+
+def _nats_nodes(value: str) -> int:
+    number = int(value)
+    if number not in (1, 3, 5):
+        raise ValueError(f"{value} must be 1, 3 or 5 (a JetStream cluster needs a majority)")
     return number
 
 
@@ -295,6 +312,7 @@ def _log_level(value: str) -> str:
 PORT_NAMES = (
     "gateway",
     "nats",
+    "nats_cluster",
     "postgres",
     "livekit",
     "livekit_rtc_tcp",
@@ -315,6 +333,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_LOG_LEVEL": ("log_level", _log_level),
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
+    "MEDIAI_NATS_NODES": ("nats_nodes", _nats_nodes),
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "LIVEKIT_URL": ("livekit_url", _url("ws", "wss", "http", "https")),
     "LIVEKIT_API_KEY": ("livekit_api_key", str),
@@ -432,7 +451,16 @@ def load_settings(
     host = settings.host
     derived: dict[str, Any] = {}
     if "NATS_URL" not in values:
-        derived["nats_url"] = f"nats://{host}:{settings.nats_port}"
+        derived["nats_url"] = ",".join(
+            f"nats://{host}:{client}" for client, _ in settings.nats_node_ports()
+        )
+        if "MEDIAI_NATS_REPLICAS" not in values:
+            derived["nats_replicas"] = min(3, settings.nats_nodes)
+        elif settings.nats_replicas > settings.nats_nodes:
+            raise ConfigError(
+                f"MEDIAI_NATS_REPLICAS: {settings.nats_replicas} replicas need as many NATS "
+                f"servers; the local stack runs MEDIAI_NATS_NODES={settings.nats_nodes}"
+            )
     if "DATABASE_URL" not in values:
         derived["database_url"] = f"postgresql://postgres@{host}:{settings.postgres_port}/mediai"
     if livekit_given:

@@ -31,8 +31,12 @@ def whole(body: str) -> str:
 
 ROOM_NAME = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
 IDENTITY = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}"))
-# The clinic's own pseudonymous id of a person: the same alphabet as an identity.
-PATIENT_REF = IDENTITY
+# The clinic's own pseudonymous id of a patient (e.g. "pac-000123"). It travels in clear in
+# events, NATS subjects, LiveKit attributes and the names of the patient's data keys, and is
+# never encrypted nor erased, so it must never contain a name, a CPF or a contact: the alphabet
+# leaves out "@", ".", "+", "(" and spaces, so an e-mail, a formatted CPF or a phone number
+# cannot pass.
+PATIENT_REF = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
 TENANT_ID = re.compile(whole(r"t[a-z0-9]{10}"))
 # A file or playlist name chosen by the caller (egress), without extension.
 FILE_NAME = re.compile(whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"))
@@ -47,6 +51,10 @@ IDENTITY_RULE = (
     "1-128 characters: letters, digits, '-', '_', '.', '@' and ':', starting with a letter or digit"
 )
 FILE_NAME_RULE = "1-64 characters: letters, digits, '-' and '_', starting with a letter or digit"
+PATIENT_REF_RULE = (
+    "the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', "
+    "starting with a letter or digit; it must never contain names, CPF or contacts"
+)
 
 # The types request and message bodies use (msgspec validates them; OpenAPI shows the pattern).
 RoomName = Annotated[str, msgspec.Meta(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)]
@@ -54,8 +62,7 @@ Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY.pattern, description=IDE
 PatientRef = Annotated[
     str,
     msgspec.Meta(
-        pattern=PATIENT_REF.pattern,
-        description=f"The clinic's pseudonymous id of the patient (never a name); {IDENTITY_RULE}",
+        pattern=PATIENT_REF.pattern, description=PATIENT_REF_RULE, examples=["pac-000123"]
     ),
 ]
 TenantId = Annotated[str, msgspec.Meta(pattern=TENANT_ID.pattern)]
@@ -69,6 +76,10 @@ def is_room_name(name: str) -> bool:
 
 def is_identity(identity: str) -> bool:
     return IDENTITY.fullmatch(identity) is not None
+
+
+def is_patient_ref(ref: str) -> bool:
+    return PATIENT_REF.fullmatch(ref) is not None
 
 
 def livekit_room(tenant_id: str, room: str) -> str:

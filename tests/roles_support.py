@@ -51,7 +51,12 @@ async def consultation(
     room: str | None = None,
     patient: str = "patient-1",
     rtc_room: rtc.Room | None = None,
+    patient_ref: str = "",
+    appointment_id: str = "",
+    patient_is_minor: bool = False,
 ) -> AsyncIterator[Harness]:
+    """``patient`` is the identity of the person on the call; ``patient_ref``,
+    ``appointment_id`` and ``patient_is_minor`` are what the dispatch said of the patient."""
     dispatch_id = str(uuid.uuid4())
     journal = Journal.create(
         spool_root(settings.data_dir), "role-tests", dispatch_id, settings.agent_spool_max_bytes
@@ -75,6 +80,9 @@ async def consultation(
         patient=lambda: patient,
         nc=bus.nc,
         rtc_room=rtc_room,
+        patient_ref=patient_ref,
+        appointment_id=appointment_id,
+        patient_is_minor=patient_is_minor,
     )
     try:
         yield Harness(made, reporter, ended, emitted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import TypeVar
 import asyncpg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from deploy.supervisor import port_in_use
 from shared import subjects
 from shared.bus import Bus
 from shared.config import PORT_NAMES, Settings
@@ -29,15 +31,36 @@ def free_port() -> int:
         return port
 
 
+def port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports below the kernel's ephemeral range: ports
+    the OS never hands out as free ones (``free_port``) nor as a connection's own port, so a
+    block stays free for a NATS cluster's nodes (client port + i, route port + i)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(500):
+        base = random.randrange(floor, low - count)
+        if not any(port_in_use(host, port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
+
+
 def stack_settings(data_dir: Path, **overrides: object) -> Settings:
-    """Settings for a stack on free ports under ``data_dir``, as ``mediai up`` would run it."""
+    """Settings for a stack on free ports under ``data_dir``, as ``mediai up`` would run it;
+    ``nats_nodes=3`` gives a NATS cluster its blocks of ports (``port_block``)."""
     ports = {f"{name}_port": free_port() for name in PORT_NAMES}
     host = "127.0.0.1"
+    nodes = int(overrides.get("nats_nodes", 1))  # type: ignore[call-overload]
+    if nodes > 1:
+        ports["nats_port"], ports["nats_cluster_port"] = port_block(nodes), port_block(nodes)
     values: dict[str, object] = {
         "data_dir": data_dir,
         "host": host,
         **ports,
-        "nats_url": f"nats://{host}:{ports['nats_port']}",
+        "nats_replicas": min(3, nodes),
+        "nats_url": ",".join(f"nats://{host}:{ports['nats_port'] + i}" for i in range(nodes)),
         "database_url": f"postgresql://postgres@{host}:{ports['postgres_port']}/mediai",
         "livekit_url": f"ws://{host}:{ports['livekit_port']}",
         "livekit_api_key": "mediai-test",

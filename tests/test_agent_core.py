@@ -81,6 +81,8 @@ def test_a_realtime_dispatch_uses_only_its_model() -> None:
         (metadata(request(tts="azure/voice")), "unknown provider 'azure'"),
         (metadata(request(instructions_mode="merge")), "instructions_mode"),
         (metadata(request(participant="~bad")), "not a participant identity"),
+        (metadata(request(patient_ref="Maria da Silva")), "not a patient reference"),
+        (metadata(request(patient_ref="pac-1\n")), "not a patient reference"),
         (metadata(request(), tenant="not-a-tenant"), "not a tenant id"),
     ],
 )

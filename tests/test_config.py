@@ -26,6 +26,18 @@ def test_ports_move_the_derived_urls() -> None:
     assert settings.livekit_url == "ws://127.0.0.1:7990"
 
 
+def test_a_nats_cluster_lists_every_node_and_replicates_streams_three_times() -> None:
+    settings = load_settings(
+        {"MEDIAI_NATS_NODES": "3", "MEDIAI_NATS_PORT": "5000", "MEDIAI_NATS_CLUSTER_PORT": "6000"},
+        env_file=None,
+    )
+    assert settings.nats_url == "nats://127.0.0.1:5000,nats://127.0.0.1:5001,nats://127.0.0.1:5002"
+    assert settings.nats_node_ports() == [(5000, 6000), (5001, 6001), (5002, 6002)]
+    assert settings.nats_replicas == 3
+    assert load_settings(to_environ(settings), env_file=None) == settings
+    assert load_settings({}, env_file=None).nats_replicas == 1
+
+
 def test_livekit_url_with_credentials_means_an_external_server() -> None:
     settings = load_settings(
         {
@@ -49,6 +61,8 @@ def test_livekit_url_with_credentials_means_an_external_server() -> None:
         ({"MEDIAI_TOKEN_TTL_MAX": "forever"}, "MEDIAI_TOKEN_TTL_MAX"),
         ({"LIVEKIT_URL": "wss://x.livekit.cloud"}, "LIVEKIT_API_KEY: required"),
         ({"MEDIAI_LOG_LEVEL": "loud"}, "MEDIAI_LOG_LEVEL"),
+        ({"MEDIAI_NATS_NODES": "2"}, "MEDIAI_NATS_NODES: 2 must be 1, 3 or 5"),
+        ({"MEDIAI_NATS_REPLICAS": "3"}, "MEDIAI_NATS_REPLICAS: 3 replicas need as many"),
         ({"MEDIAI_DEADLETTER_MAX_BYTES": "1 gigabyte"}, "MEDIAI_DEADLETTER_MAX_BYTES"),
         ({"MEDIAI_DEADLETTER_RETENTION": "0"}, "MEDIAI_DEADLETTER_RETENTION: 0 must be"),
     ],

@@ -99,6 +99,31 @@ def test_replacing_instructions_only_where_the_role_allows() -> None:
         decide(role="intake", instructions="x", instructionsMode="replace")
 
 
+def test_the_patient_goes_into_the_event_and_the_read_model() -> None:
+    event = decide(role="intake", patientRef="pac-000123", appointmentId="a1", patientIsMinor=True)
+    assert (event.patient_ref, event.appointment_id, event.patient_is_minor) == (  # type: ignore[attr-defined]
+        "pac-000123",
+        "a1",
+        True,
+    )
+    state = evolve(None, ev(event))  # type: ignore[arg-type]
+    assert state is not None and (state.patient_ref, state.appointment_id) == ("pac-000123", "a1")
+    plain = decide(role="intake")
+    assert (plain.patient_ref, plain.appointment_id, plain.patient_is_minor) == ("", "", False)  # type: ignore[attr-defined]
+
+
+def test_an_appointments_dispatch_must_name_its_patient() -> None:
+    with pytest.raises(DispatchRejectedError) as failure:
+        decide(role="intake", appointmentId="a1")
+    assert failure.value.code == "patient_ref_required"
+
+
+@pytest.mark.parametrize("bad", ["pac 1", "pac-1\n", "p" * 65, "ana@clinica.com", "123.456.789-09"])
+def test_a_patient_ref_is_a_pseudonymous_id(bad: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match="patientRef"):
+        decide(patientRef=bad)
+
+
 def test_the_roles_the_dispatcher_reads_are_the_agents_registry() -> None:
     roles = load_roles()
     assert roles["generic"].instructions == "replace"

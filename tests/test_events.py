@@ -64,6 +64,13 @@ def test_golden_files_still_decode(path: Path) -> None:
     assert event.type == event.data.TYPE
 
 
+def test_events_from_before_the_patient_reference_decode_as_about_no_patient() -> None:
+    for name in ("mediai.agent.transcribed.v1", "mediai.anamnesis.recorded.v1"):
+        assert CODEC.decode((GOLDEN / f"{name}.json").read_bytes()).data.patient_ref == ""
+    given = CODEC.decode((GOLDEN / "mediai.consent.given.v1.json").read_bytes()).data
+    assert (given.patient_ref, given.given_by, given.guardian_relation) == ("", "patient", "")
+
+
 def test_unknown_or_malformed_events_are_rejected_clearly() -> None:
     with pytest.raises(EventDecodeError, match="unknown event type"):
         CODEC.decode(

@@ -177,86 +177,114 @@ async def test_each_patient_has_a_personal_and_a_clinical_key_and_cached_keys_co
     assert cache.fetches == asked  # once cached, no round trip to the key service
 
 
-async def test_destroying_a_key_makes_every_copy_unreadable_and_consumers_carry_on(
+async def test_erasing_a_patient_makes_every_copy_unreadable_and_consumers_carry_on(
     bus: Bus, pool: asyncpg.Pool, clinic: tuple[str, httpx.AsyncClient]
 ) -> None:
+    """A patient's clinical key is destroyed: the stream's copy of their anamnesis, a dead
+    letter of it and the stored row can no longer be read, in any process, within seconds;
+    the tenant's other data still reads, and the consumers carry on."""
     tenant, api = clinic
-    room = f"consulta-{tag()}"
-    url = f"/v1/consultations/{room}/anamnesis"
-    first = record(room)
-    published = await bus.publish(first, tenant=tenant, key=room)
+    room, patient = f"consulta-{tag()}", f"pac-{tag()}"
 
-    async def status(code: int) -> bool:
-        return (await api.get(url)).status_code == code
+    def url(record: AnamnesisRecorded) -> str:
+        return f"/v1/consultations/{record.dispatch_id}/anamnesis"
 
-    assert await eventually(lambda: status(200))
-    summary = first.summary_pt_br.encode()
-    kept = await bus.js.get_last_msg(
-        subjects.stream_name(PHI_STREAM), subjects.event_subject(first, tenant=tenant, key=room)
+    async def status(record: AnamnesisRecorded, code: int) -> bool:
+        return (await api.get(url(record))).status_code == code
+
+    theirs = record(room, patient_ref=patient)
+    nobodys = record(room)  # about no patient: the tenant's key
+    published = await bus.publish(theirs, tenant=tenant, key=room)
+    await bus.publish(nobodys, tenant=tenant, key=room)
+    assert await eventually(lambda: status(theirs, 200))
+    assert await eventually(lambda: status(nobodys, 200))
+
+    kept = await bus.js.get_msg(
+        subjects.stream_name(PHI_STREAM), (await _sequence(bus, published.id))
     )
-    assert kept.data is not None and summary not in kept.data and b"enc:v1:" in kept.data
+    assert kept.data is not None and theirs.summary_pt_br.encode() not in kept.data
     row = await pool.fetchrow(
         "SELECT questionnaire_response, summary_pt_br FROM anamnesis_records WHERE event_id = $1",
         published.id,
     )
     assert is_sealed(row["summary_pt_br"]) and set(row["questionnaire_response"]) == {"$sealed"}
-    invalid = record(room, questionnaire_response={"resourceType": "QuestionnaireResponse"})
+    clinical_key = key_id_of(row["summary_pt_br"])
+    stream_copy = CODEC.decode(kept.data)
+    assert isinstance(stream_copy.data, AnamnesisRecorded)
+    assert key_id_of(stream_copy.data.summary_pt_br) == clinical_key  # one key, every copy
+    invalid = record(
+        room, patient_ref=patient, questionnaire_response={"resourceType": "QuestionnaireResponse"}
+    )
     async with watch(bus, DeadLettered, opened=False) as letters:
         poisoned = await bus.publish(invalid, tenant=tenant, key=room)
         letter = await letters.wait_for(lambda e: e.data.original_event_id == poisoned.id)
     assert is_sealed(letter.data.reason) and is_sealed(letter.data.original_payload)
-    assert (await bus.phi.open(letter)).data.reason.startswith("poison:")
     # Sealed now, published after the erasure: a late producer, a replay.
+    late_record = record(room, patient_ref=patient)
     late = await bus.phi.seal(
-        envelope(record(room), source="mediai/agent", tenant=tenant, subject=room)
+        envelope(late_record, source="mediai/agent", tenant=tenant, subject=room)
     )
 
     async with watch(bus, DataKeyDestroyed, tenant=tenant) as notices:
         reply = await keys_api.call(
-            bus.nc, keys_api.DestroyKeysRequest(tenant=tenant, purpose="tenant", reason="erasure")
+            bus.nc,
+            keys_api.DestroyKeysRequest(tenant=tenant, patient_ref=patient, purpose="clinical"),
         )
         notice = await notices.next(timeout=10)
-    assert reply.destroyed == [key_id_of(row["summary_pt_br"])]
-    assert isinstance(notice.data, DataKeyDestroyed) and notice.data.key_id == reply.destroyed[0]
-    wrapped = await pool.fetchval(
-        "SELECT wrapped FROM data_keys WHERE key_id = $1", notice.data.key_id
-    )
+    assert reply.destroyed == [clinical_key]
+    assert isinstance(notice.data, DataKeyDestroyed)
+    assert (notice.data.key_id, notice.data.patient_ref) == (clinical_key, patient)
+    wrapped = await pool.fetchval("SELECT wrapped FROM data_keys WHERE key_id = $1", clinical_key)
     assert wrapped is None
+    again = await keys_api.call(
+        bus.nc, keys_api.DestroyKeysRequest(tenant=tenant, patient_ref=patient, purpose="clinical")
+    )
+    assert again.destroyed == []  # idempotent
 
     # Every copy is unreadable: the scheduling service (which had the key cached) answers 410
     # within seconds, this process's cache let go of it, and a new process never gets it.
-    assert await eventually(lambda: status(410), timeout=5)
-    stream_copy = CODEC.decode(kept.data)
+    assert await eventually(lambda: status(theirs, 410), timeout=5)
 
     async def erased_here() -> bool:
         return is_erased((await bus.phi.open(stream_copy)).data.summary_pt_br)
 
     assert await eventually(erased_here, timeout=5)
-    fresh = await another_process(bus).open(stream_copy)
-    assert isinstance(fresh.data, AnamnesisRecorded)
-    assert (fresh.data.summary_pt_br, fresh.data.questionnaire_response) == (
-        ERASED,
-        ERASED_DOCUMENT,
-    )
+    fresh = (await another_process(bus).open(stream_copy)).data
+    assert isinstance(fresh, AnamnesisRecorded)
+    assert (fresh.summary_pt_br, fresh.questionnaire_response) == (ERASED, ERASED_DOCUMENT)
     dead = (await another_process(bus).open(letter)).data
-    assert isinstance(dead, DeadLettered)
-    assert (dead.reason, dead.original_payload) == (ERASED, ERASED)
+    assert isinstance(dead, DeadLettered) and dead.reason.startswith("poison:")
+    inside = (await another_process(bus).open(CODEC.decode(dead.original_payload.encode()))).data
+    assert isinstance(inside, AnamnesisRecorded)
+    assert inside.questionnaire_response == ERASED_DOCUMENT  # the patient's part is gone
 
-    # Consumers carry on: the late record is skipped (not dead-lettered), a new one is served
-    # under the tenant's new key.
+    # The tenant's other data reads; the consumers carry on: the late record is skipped (not
+    # dead-lettered), a new one about the patient is served under their new key.
+    assert await status(nobodys, 200)
     await bus.publish_envelope(late)
-    after = record(room, summary_pt_br="Depois do apagamento.")
+    after = record(room, patient_ref=patient, summary_pt_br="Depois do apagamento.")
     await bus.publish(after, tenant=tenant, key=room)
 
     async def served_after() -> bool:
-        answer = await api.get(url)
+        answer = await api.get(url(after))
         return answer.status_code == 200 and answer.json()["summaryPtBr"] == after.summary_pt_br
 
     assert await eventually(served_after)
+    assert await status(late_record, 404)
     stored = await pool.fetchval(
         "SELECT count(*) FROM anamnesis_records WHERE tenant_id = $1", tenant
     )
-    assert stored == 2  # the first one (unreadable now) and the new one; never the late one
+    assert stored == 3  # theirs (unreadable now), nobody's and the new one; never the late one
+
+
+async def _sequence(bus: Bus, event_id: str) -> int:
+    """Where an event sits in the PHI stream (its Nats-Msg-Id is its id)."""
+    info = await bus.js.stream_info(subjects.stream_name(PHI_STREAM))
+    for sequence in range(info.state.last_seq, info.state.first_seq - 1, -1):
+        message = await bus.js.get_msg(subjects.stream_name(PHI_STREAM), sequence)
+        if message.headers and message.headers.get("Nats-Msg-Id") == event_id:
+            return sequence
+    raise AssertionError(f"event {event_id} is not in the PHI stream")
 
 
 async def test_an_agent_job_gets_keys_only_for_a_live_dispatch_of_its_tenant(

@@ -29,7 +29,7 @@ PATTERNS = {
 VALID = {
     "ROOM_NAME": "consulta-1",
     "IDENTITY": "doctor-1@clinic:2",
-    "PATIENT_REF": "p-123.45",
+    "PATIENT_REF": "pac-123_45",
     "TENANT_ID": "tabc123def4",
     "FILE_NAME": "gravacao_1",
     "LANGUAGE": "pt-BR",
@@ -181,8 +181,13 @@ NAME_FIELDS: dict[str, tuple[str, str, dict[str, str], dict[str, Any] | None, st
         "GET", "/v1/appointments", {"patientRef": f"p-1{NL}"}, None, "patientRef",
         "invalid_request",
     ),
-    "anamnesis path": (
-        "GET", "/v1/consultations/c-1%0A/anamnesis", {}, None, "room", "invalid_request"
+    "token patientRef": (
+        "POST", "/v1/tokens", {}, {"room": "c-1", "identity": "p-1", "patientRef": f"p-1{NL}"},
+        "patientRef", "invalid_request",
+    ),
+    "dispatch patientRef": (
+        "POST", "/v1/agents", {}, {"room": "c-1", "patientRef": f"p-1{NL}"}, "patientRef",
+        "invalid_request",
     ),
 }  # fmt: skip
 

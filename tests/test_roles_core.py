@@ -13,6 +13,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from services.agent import avatar, consent, copilot, reception, vision
 from services.agent.intake import RECORD_ANSWER_SCHEMA
 from services.agent.intake_record import (
+    PATIENT_REF_SYSTEM,
     AnswerBook,
     AnswerError,
     load_questionnaire,
@@ -56,6 +57,31 @@ def test_consent_wording_says_what_the_agent_is_and_asks_about_recording_when_re
     phase = consent.phase_instructions("PROMPT DO PAPEL", recording=True)
     assert phase.startswith("PROMPT DO PAPEL") and consent.PHASE_HEADING in phase
     assert "gravação" in phase and "SAMU" in phase and consent.TOOL in phase
+
+
+def test_a_minors_consent_is_asked_of_the_guardian_in_its_own_versioned_wording() -> None:
+    for role in ("intake", "receptionist"):
+        for recording in (False, True):
+            words = consent.opening(role, recording=recording, guardian=True)
+            assert words.startswith(consent.INTRO)  # who it is: an AI, not a person
+            assert "O(a) responsável pelo(a) paciente autoriza" in words
+            assert "menor de idade" in words and ("gravação" in words) == recording
+            assert words != consent.opening(role, recording=recording)
+    assert consent.GUARDIAN_WORDING != consent.WORDING
+    phase = consent.phase_instructions("PROMPT DO PAPEL", recording=False, guardian=True)
+    assert phase.startswith("PROMPT DO PAPEL") and consent.PHASE_HEADING in phase
+    assert "Só o(a) responsável pode autorizar" in phase and "guardian_relation" in phase
+    assert "SAMU" in phase and consent.TOOL in phase
+    assert consent.goodbye("ai_assistance", guardian=True) == consent.GUARDIAN_REFUSED
+    assert consent.goodbye("recording", guardian=True) == consent.GUARDIAN_RECORDING_REFUSED
+    assert consent.goodbye("recording") == consent.RECORDING_REFUSED
+    assert consent.GUARDIAN_RELATIONS == (
+        "mother",
+        "father",
+        "grandparent",
+        "legal_guardian",
+        "other",
+    )
 
 
 # -- the anamnesis record ---------------------------------------------------------------------
@@ -105,9 +131,13 @@ def test_the_record_is_a_valid_fhir_r4_questionnaire_response_citing_its_segment
     answers = book()
     with pytest.raises(AnswerError):
         answers.record("queixa", "x", [])  # a group, not an answerable item
-    response = questionnaire_response(answers, status="completed", authored=NOW, dispatch_id="d-1")
+    response = questionnaire_response(
+        answers, status="completed", authored=NOW, dispatch_id="d-1", patient_ref="pac-7"
+    )
     parsed = QuestionnaireResponse.model_validate(response)
     assert parsed.status == "completed"
+    # The subject is the patient by the clinic's pseudonymous reference, never a name.
+    assert response["subject"] == {"identifier": {"system": PATIENT_REF_SYSTEM, "value": "pac-7"}}
     assert response["questionnaire"] == f"{Q.url}|{Q.version}"
     assert [g["linkId"] for g in response["item"]] == [
         "queixa-principal",
@@ -134,10 +164,12 @@ def test_the_record_is_a_valid_fhir_r4_questionnaire_response_citing_its_segment
             questionnaire_response=response,
             summary_pt_br=summary_pt_br(answers),
             transcript_refs=transcript_refs(answers),
+            patient_ref="pac-7",
         )
     )
     empty = questionnaire_response(AnswerBook(Q), status="stopped", authored=NOW, dispatch_id="d-2")
-    assert "item" not in empty and QuestionnaireResponse.model_validate(empty)
+    assert "item" not in empty and "subject" not in empty  # no patient named: no subject
+    assert QuestionnaireResponse.model_validate(empty)
 
 
 def test_the_summary_says_only_what_was_recorded_red_flags_first() -> None:

@@ -5,7 +5,6 @@ red flags raising the urgent event."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -17,6 +16,7 @@ from services.agent import consent, intake
 from services.agent.intake import Intake
 from shared.bus import Bus
 from shared.config import Settings
+from shared.events.agents import AgentTranscribed
 from shared.events.clinical import (
     AnamnesisRecorded,
     ConsentGiven,
@@ -26,7 +26,7 @@ from shared.events.clinical import (
 from shared.tenants import authenticate
 from tests.roles_support import consultation, said, session_on
 from tests.standin import OpenAIStandin
-from tests.support import until, watch
+from tests.support import eventually, until, watch
 
 CONSENT_PHASE = consent.PHASE_HEADING.removeprefix("## ")
 
@@ -98,6 +98,12 @@ async def test_consent_refused_ends_the_session_politely(
     assert event.subject == harness.consultation.dispatch_id
 
 
+async def served(api: httpx.AsyncClient, path: str) -> httpx.Response | None:
+    """The answer once scheduling serves ``path`` (a read model in another process)."""
+    answer = await api.get(path)
+    return answer if answer.status_code == 200 else None
+
+
 def script_intake(standin: OpenAIStandin) -> None:
     """A short anamnesis: consent, chief complaint confirmed, intensity, allergies, the end."""
     standin.chat(
@@ -139,9 +145,12 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     script_intake(standin)
+    patient_ref = f"pac-{uuid.uuid4().hex[:8]}"
     async with (
         watch(bus, AnamnesisRecorded, ConsentGiven, tenant=tenant_id) as events,
-        consultation(bus, settings, role="intake", tenant=tenant_id) as harness,
+        consultation(
+            bus, settings, role="intake", tenant=tenant_id, patient_ref=patient_ref
+        ) as harness,
         session_on(standin, harness) as session,
     ):
         result = await session.run(user_input="Sim, concordo.")
@@ -150,6 +159,7 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
         result.expect.next_event().is_message(role="assistant")
         given = await events.next()
         assert isinstance(given.data, ConsentGiven) and not given.data.recording
+        assert (given.data.given_by, given.data.patient_ref) == ("patient", patient_ref)
 
         turns = {}
         for text in (
@@ -184,18 +194,15 @@ async def test_the_intake_record_is_built_from_the_conversation_and_served(
     assert refs["queixa-principal.descricao"] == complaint == refs["hda.inicio"]
     assert refs["hda.intensidade"] == [turns["Sete."]]
     assert "Queixa: Dor de cabeça desde segunda-feira" in recorded.summary_pt_br
+    # The record names the dispatch's patient, in the event and as the FHIR subject.
+    assert recorded.patient_ref == patient_ref and recorded.appointment_id == ""
+    assert response.subject is not None and response.subject.identifier.value == patient_ref
 
-    # Scheduling stores it from the PHI stream and serves it to the doctor.
-    room = harness.consultation.room
-    async with asyncio.timeout(15):
-        # A read model in another process, polled.
-        while (  # noqa: ASYNC110 - a read model in another process, polled
-            stored := await api.get(f"/v1/consultations/{room}/anamnesis")
-        ).status_code == 404:
-            await asyncio.sleep(0.1)
-    assert stored.status_code == 200, stored.text
+    # Scheduling stores it from the PHI stream and serves it to the doctor, by consultation.
+    dispatch_id = harness.consultation.dispatch_id
+    stored = await eventually(lambda: served(api, f"/v1/consultations/{dispatch_id}/anamnesis"))
     body = stored.json()
-    assert body["dispatchId"] == harness.consultation.dispatch_id
+    assert (body["dispatchId"], body["patientRef"]) == (dispatch_id, patient_ref)
     assert body["questionnaireResponse"] == recorded.questionnaire_response
     assert body["summaryPtBr"] == recorded.summary_pt_br
 
@@ -287,7 +294,9 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
     api: httpx.AsyncClient, bus: Bus, openai_standin: OpenAIStandin, tenant_id: str
 ) -> None:
     """The real worker, a real room, real speech: the consent question is the first thing the
-    patient hears; after consent an answer is recorded; ending the dispatch publishes it."""
+    patient hears; after consent an answer is recorded; ending the dispatch publishes it. The
+    dispatch's patientRef reaches the agent through the job metadata: its transcripts, consent
+    and record name that patient, and the record is served by the dispatch."""
     from tests.test_agent_e2e import (
         OPENAI,
         Participant,
@@ -317,8 +326,13 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
     standin.chat(after_tool="record_answer", text="Entendi. De 0 a 10, quanto dói?")
     room = f"consulta-{uuid.uuid4().hex[:8]}"
     patient = await Participant.join(api, room, f"patient-{uuid.uuid4().hex[:6]}")
-    async with watch(bus, ConsentGiven, AnamnesisRecorded, tenant=tenant_id) as events:
-        created = await dispatch(api, room=room, role="intake", **OPENAI)
+    patient_ref = f"pac-{uuid.uuid4().hex[:8]}"
+    async with (
+        watch(bus, AgentTranscribed, tenant=tenant_id) as transcripts,
+        watch(bus, ConsentGiven, AnamnesisRecorded, tenant=tenant_id) as events,
+    ):
+        created = await dispatch(api, room=room, role="intake", patientRef=patient_ref, **OPENAI)
+        assert created["patientRef"] == patient_ref
         await until(lambda: standin.requests("speech"), 30)
         assert standin.requests("speech")[0]["body"]["input"].startswith(
             consent.INTRO.split(":")[0]
@@ -331,6 +345,7 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
         given = (await events.next(timeout=30)).data
         assert isinstance(given, ConsentGiven)
         assert given.participant_identity == patient.identity and given.segment_ids
+        assert (given.patient_ref, given.given_by) == (patient_ref, "patient")
         await until(
             lambda: any(
                 "Qual é o motivo" in r["body"]["input"] for r in standin.requests("speech")
@@ -345,8 +360,16 @@ async def test_through_the_worker_consent_comes_first_and_an_early_end_keeps_the
         await until(lambda: "Entendi. De 0 a 10, quanto dói?" in replies(), 30)
         assert (await api.delete(f"/v1/agents/{created['id']}")).status_code == 202
         recorded = (await events.next(timeout=30)).data
+        said_in_room = [e.data for e in transcripts.drain()]
     await patient.leave()
     assert isinstance(recorded, AnamnesisRecorded)
     assert recorded.questionnaire_response["status"] == "stopped"
     assert [r.link_id for r in recorded.transcript_refs] == ["queixa-principal.descricao"]
     assert recorded.transcript_refs[0].segment_ids != given.segment_ids
+    assert (recorded.dispatch_id, recorded.patient_ref) == (created["id"], patient_ref)
+    # Both sides of the conversation were transcribed, each segment naming the patient.
+    ours = [t for t in said_in_room if t.dispatch_id == created["id"]]
+    assert {t.speaker for t in ours} == {"user", "agent"}
+    assert {t.patient_ref for t in ours} == {patient_ref}
+    stored = await eventually(lambda: served(api, f"/v1/consultations/{created['id']}/anamnesis"))
+    assert stored.json()["patientRef"] == patient_ref

@@ -126,6 +126,49 @@ async def test_booking_through_the_tool_creates_the_appointment_after_confirmati
     assert appointments[0]["startsAt"] == first
 
 
+async def test_the_desk_books_for_the_dispatchs_patient_whoever_is_on_the_call(
+    bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
+) -> None:
+    doctor = await new_doctor(api)
+    slot, _ = await free_slots(bus, tenant_id, doctor["id"], 2)
+    book = {"doctor_id": doctor["id"], "starts_at": slot}
+    standin.chat("para o meu filho", tool_calls=[("book_appointment", book)])
+    standin.chat("confirmo", tool_calls=[("book_appointment", book)])
+    standin.chat("consultas dele", tool_calls=[("find_appointments", {})])
+    patient = f"pac-{tag()}"
+    async with (
+        watch(bus, AppointmentBooked, tenant=tenant_id) as events,
+        consultation(
+            bus,
+            settings,
+            role="receptionist",
+            tenant=tenant_id,
+            patient="mae-do-paciente",  # the guardian is on the call
+            patient_ref=patient,
+            patient_is_minor=True,
+        ) as harness,
+        session_on(standin, harness) as session,
+    ):
+        await session.run(user_input="Sim, concordo.")
+        await session.run(user_input="Quero marcar para o meu filho.")
+        booked = tool_outputs(await session.run(user_input="Confirmo."), "book_appointment")[0]
+        assert not booked.is_error and booked.output.startswith("Agendado:")
+        event = await events.wait_for(lambda e: e.data.doctor_id == doctor["id"])
+        listed = tool_outputs(
+            await session.run(user_input="Quais são as consultas dele?"), "find_appointments"
+        )[0]
+    assert isinstance(event.data, AppointmentBooked) and event.data.patient_ref == patient
+    appointments = (await api.get("/v1/appointments", params={"patientRef": patient})).json()[
+        "appointments"
+    ]
+    assert [(a["patientRef"], a["room"], a["startsAt"]) for a in appointments] == [
+        (patient, harness.consultation.room, slot)
+    ]
+    assert f"appointment_id={appointments[0]['id']}" in listed.output
+    guardian = (await api.get("/v1/appointments", params={"patientRef": "mae-do-paciente"})).json()
+    assert guardian["appointments"] == []
+
+
 async def proposed(harness: Harness, session: Any, text: str) -> None:
     await session.run(user_input="Sim, concordo.")
     result = await session.run(user_input=text)

@@ -455,6 +455,13 @@ def test_what_livekit_lists_but_the_model_lacks_is_found_once() -> None:
     assert isinstance(back.event, ParticipantFound)
 
 
+def test_a_found_participant_names_the_patient_its_token_names() -> None:
+    live = listing(LiveParticipant(row=fresh(PA), patient_ref="pac-000123"))
+    findings = plan(model([ROOM]), live, {}, observed_at=at(100), settled_before=at(95))
+    [found] = [f.event for f in findings if isinstance(f.event, ParticipantFound)]
+    assert found.patient_ref == "pac-000123"
+
+
 def test_rows_written_after_the_listing_began_are_left_to_their_webhooks() -> None:
     just_joined = replace(PA, sid="PA_3", updated_at=at(99))
     just_started = replace(ROOM, sid="RM_2", name="c2", updated_at=at(99))

@@ -1,5 +1,6 @@
 """Anamnesis records: the intake questionnaire, FHIR validation, storage from the PHI stream, and
-``GET /v1/consultations/{room}/anamnesis``."""
+reading them by consultation: ``GET /v1/consultations/{dispatchId}/anamnesis`` and
+``GET /v1/appointments/{appointmentId}/anamnesis``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ QUESTIONNAIRE = (
     / "intake"
     / "questionnaire.json"
 )
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def tag() -> str:
@@ -176,6 +180,9 @@ def broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         ({"questionnaire_response": broken(lambda d: d["item"][0].pop("linkId"))}, "linkId"),
         ({"transcript_refs": [TranscriptRef(link_id="invented", segment_ids=["s"])]}, "linkId"),
         ({"room": "not a room"}, "room"),
+        ({"patient_ref": "Maria da Silva"}, "patient_ref"),
+        ({"patient_ref": "pac-1\n"}, "patient_ref"),
+        ({"appointment_id": "appointment-1"}, "appointment_id needs"),
     ],
 )
 def test_records_that_are_not_valid_fhir_are_refused(
@@ -193,26 +200,26 @@ async def tenant_id(pool: asyncpg.Pool, tenant_key: str) -> str:
     return tenant.id
 
 
-async def test_a_recorded_anamnesis_is_served_for_its_room_only(
+async def test_a_recorded_anamnesis_is_served_for_its_consultation_only(
     bus: Bus, api: httpx.AsyncClient, stack: StackState, other_tenant_key: str, tenant_id: str
 ) -> None:
     room = f"consulta-{tag()}"
-    url = f"/v1/consultations/{room}/anamnesis"
+    first = record(room, patient_ref=f"pac-{tag()}")
+    url = f"/v1/consultations/{first.dispatch_id}/anamnesis"
     missing = await api.get(url)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "anamnesis_not_found"
 
-    first = record(room)
-    await bus.publish(first, tenant=tenant_id, key=room)
+    await bus.publish(first, tenant=tenant_id, key=first.dispatch_id)
 
-    async def stored(summary: str) -> bool:
-        answer = await api.get(url)
+    async def stored(summary: str, path: str = url) -> bool:
+        answer = await api.get(path)
         return answer.status_code == 200 and answer.json()["summaryPtBr"] == summary
 
     await eventually(lambda: stored(first.summary_pt_br))
     body = (await api.get(url)).json()
-    assert body["room"] == room
-    assert body["dispatchId"] == first.dispatch_id
+    assert (body["room"], body["dispatchId"]) == (room, first.dispatch_id)
+    assert (body["patientRef"], body["appointmentId"]) == (first.patient_ref, "")
     assert body["questionnaireResponse"] == first.questionnaire_response
     assert body["transcriptRefs"] == [
         {"linkId": "queixa-principal.descricao", "segmentIds": ["seg-1"]},
@@ -221,21 +228,78 @@ async def test_a_recorded_anamnesis_is_served_for_its_room_only(
 
     amended = record(
         room,
+        dispatch_id=first.dispatch_id,
+        patient_ref=first.patient_ref,
         summary_pt_br="Resumo revisado.",
         questionnaire_response={**response(), "status": "amended"},
     )
-    await bus.publish(amended, tenant=tenant_id, key=room)
-    await eventually(lambda: stored("Resumo revisado."))  # the newest record wins
+    await bus.publish(amended, tenant=tenant_id, key=first.dispatch_id)
+    await eventually(lambda: stored("Resumo revisado."))  # the consultation's newest record wins
+
+    # The next patient in the same room: a newer record of the room, never the first's answer.
+    other = record(room, patient_ref=f"pac-{tag()}", summary_pt_br="Outro paciente.")
+    await bus.publish(other, tenant=tenant_id, key=other.dispatch_id)
+    await eventually(
+        lambda: stored("Outro paciente.", f"/v1/consultations/{other.dispatch_id}/anamnesis")
+    )
+    assert (await api.get(url)).json()["summaryPtBr"] == "Resumo revisado."
 
     async with httpx.AsyncClient(
         base_url=stack.gateway_url, headers={"Authorization": f"Bearer {other_tenant_key}"}
-    ) as other:
-        elsewhere = await other.get(url)
-    assert elsewhere.status_code == 404
-    assert (await api.get("/v1/consultations/no-such-room/anamnesis")).status_code == 404
-    # A name that can be no room's is the caller's mistake, as on every name field: 400.
-    invalid = await api.get("/v1/consultations/bad~room/anamnesis")
-    assert (invalid.status_code, invalid.json()["error"]["code"]) == (400, "invalid_request")
+    ) as elsewhere:
+        assert (await elsewhere.get(url)).status_code == 404
+    assert (await api.get(f"/v1/consultations/{room}/anamnesis")).status_code == 404
+    assert (await api.get("/v1/consultations/no-such-dispatch/anamnesis")).status_code == 404
+
+
+async def test_by_appointment_only_records_about_the_appointments_patient_are_served(
+    bus: Bus, api: httpx.AsyncClient, stack: StackState, other_tenant_key: str, tenant_id: str
+) -> None:
+    doctor = await api.post(
+        "/v1/doctors",
+        json={
+            "name": f"Dr. Caio Lima {tag()}",
+            "specialty": "Clínica geral",
+            "city": "Recife",
+            "schedule": {"weekly": [{"day": d, "start": "00:00", "end": "23:30"} for d in DAYS]},
+        },
+    )
+    assert doctor.status_code == 201, doctor.text
+    slot = (await api.get(f"/v1/doctors/{doctor.json()['id']}/slots")).json()["slots"][0]
+    patient = f"pac-{tag()}"
+    booked = await api.post(
+        "/v1/appointments",
+        json={"doctorId": doctor.json()["id"], "startsAt": slot["startsAt"], "patientRef": patient},
+    )
+    assert booked.status_code == 201, booked.text
+    appointment = booked.json()["id"]
+    url = f"/v1/appointments/{appointment}/anamnesis"
+
+    # A dispatch that named this appointment but another patient: its own record, not this
+    # appointment's.
+    stray = record(f"consulta-{tag()}", patient_ref=f"pac-{tag()}", appointment_id=appointment)
+    await bus.publish(stray, tenant=tenant_id, key=stray.dispatch_id)
+    stray_url = f"/v1/consultations/{stray.dispatch_id}/anamnesis"
+    await eventually(lambda: _ok(api, stray_url))
+    assert (await api.get(url)).status_code == 404
+
+    mine = record(f"consulta-{tag()}", patient_ref=patient, appointment_id=appointment)
+    await bus.publish(mine, tenant=tenant_id, key=mine.dispatch_id)
+    body = await eventually(lambda: _ok(api, url))
+    assert (body["dispatchId"], body["patientRef"], body["appointmentId"]) == (
+        mine.dispatch_id,
+        patient,
+        appointment,
+    )
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {other_tenant_key}"}
+    ) as elsewhere:
+        assert (await elsewhere.get(url)).status_code == 404
+
+
+async def _ok(api: httpx.AsyncClient, path: str) -> dict[str, Any] | None:
+    answer = await api.get(path)
+    return dict(answer.json()) if answer.status_code == 200 else None
 
 
 async def test_an_invalid_record_is_dead_lettered_and_never_served(
@@ -258,7 +322,8 @@ async def test_an_invalid_record_is_dead_lettered_and_never_served(
     assert letter.data.consumer == "scheduling-anamnesis"
     assert letter.data.reason.startswith("poison: not a valid FHIR QuestionnaireResponse")
     assert "Dor de cabeça" not in letter.data.reason
-    assert (await api.get(f"/v1/consultations/{room}/anamnesis")).status_code == 404
+    served = await api.get(f"/v1/consultations/{invalid.dispatch_id}/anamnesis")
+    assert served.status_code == 404
 
 
 async def test_a_redelivered_record_is_stored_once(

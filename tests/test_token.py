@@ -13,6 +13,7 @@ from livekit.rtc._proto import ffi_pb2
 from deploy.stack import StackState
 from shared.bus import Bus
 from shared.events import TokenIssued
+from shared.events.rooms import ParticipantJoined
 from shared.participants import ROLE_ATTRIBUTE
 from tests.support import until, watch
 
@@ -76,6 +77,47 @@ async def test_the_audit_event_carries_the_requests_trace_and_never_the_jwt(
     assert (data.room, data.identity, data.ttl_seconds) == ("consult-2", "doctor-1", 1800)
     assert data.role == "doctor"  # who was given a doctor's token is on the audit record
     assert response.json()["token"] not in str(event)
+
+
+async def test_a_patients_token_carries_the_patient_ref_as_a_signed_attribute(
+    api: httpx.AsyncClient, stack: StackState, bus: Bus
+) -> None:
+    async with watch(bus, TokenIssued) as issued:
+        response = await api.post(
+            "/v1/tokens",
+            json={"room": "consult-3", "identity": "sala-3-p", "patientRef": "pac-000123"},
+        )
+        assert response.status_code == 201, response.text
+        event = await issued.wait_for(lambda e: e.subject == "consult-3")
+    token = response.json()["token"]
+    claims = livekit_api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret).verify(
+        token
+    )
+    signed = {ROLE_ATTRIBUTE: "patient", "mediai.patient_ref": "pac-000123"}
+    assert claims.attributes == signed
+    assert claims.video.can_update_own_metadata is False  # the participant cannot rewrite it
+    assert isinstance(event.data, TokenIssued) and event.data.patient_ref == "pac-000123"
+    # LiveKit gives the participant the attribute the clinic signed, and its webhook tells the
+    # platform whose personal data the participant's name is.
+    async with watch(bus, ParticipantJoined) as joins:
+        room = rtc.Room()
+        await room.connect(response.json()["wsUrl"], token)
+        try:
+            assert room.local_participant.attributes == signed
+            joined = await joins.wait_for(lambda e: e.data.identity == "sala-3-p")
+        finally:
+            await room.disconnect()
+    assert isinstance(joined.data, ParticipantJoined) and joined.data.patient_ref == "pac-000123"
+    # Without patientRef: no such attribute. A doctor's token names no patient.
+    plain = await api.post("/v1/tokens", json={"room": "consult-3", "identity": "p-3"})
+    verifier = livekit_api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret)
+    assert verifier.verify(plain.json()["token"]).attributes == {ROLE_ATTRIBUTE: "patient"}
+    doctor = await api.post(
+        "/v1/tokens",
+        json={"room": "consult-3", "identity": "d-3", "role": "doctor", "patientRef": "pac-1"},
+    )
+    assert doctor.status_code == 400
+    assert doctor.json()["error"]["code"] == "patient_ref_not_allowed"
 
 
 @pytest.mark.parametrize(

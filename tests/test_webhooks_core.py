@@ -86,6 +86,19 @@ def test_participant_kind_comes_from_livekit_so_agents_are_told_apart() -> None:
     assert data.kind == "standard"
     assert data.name == "Ana"
     assert data.joined_at == datetime.fromtimestamp(1_760_000_010.7, UTC)
+    assert data.patient_ref == ""  # a token without a patient
+
+
+def test_a_patients_join_names_the_patient_from_the_signed_attribute() -> None:
+    for attribute, expected in (("pac-000123", "pac-000123"), ("Ana Souza", ""), ("p\n", "")):
+        patient = models.ParticipantInfo(
+            sid="PA_3",
+            identity="sala-1-p",
+            name="Ana",
+            attributes={"mediai.patient_ref": attribute},
+        )
+        data = only(hook("participant_joined", room=ROOM, participant=patient)).data
+        assert isinstance(data, ParticipantJoined) and data.patient_ref == expected
 
 
 def test_a_leave_is_never_before_its_join_and_aborts_are_marked() -> None:

@@ -88,7 +88,10 @@ class Consultation:
     ``emit`` queues an event (the session's ``Reporter.emit``: tenant and key fixed);
     ``finish(reason, detail)`` ends the session gracefully; ``patient()`` is the identity of
     the person the agent is talking to ("" while nobody is linked); ``nc`` is the NATS
-    connection the scheduling tools call through.
+    connection the scheduling tools call through. ``patient_ref`` is the dispatch's patient
+    (the clinic's pseudonymous id; "" when the dispatch named none), whom every record and
+    event about the patient names; ``appointment_id`` the appointment the dispatch came from;
+    ``patient_is_minor`` means consent is the guardian's to give.
     """
 
     tenant: str
@@ -107,6 +110,9 @@ class Consultation:
     avatar: str = ""
     # Seconds an avatar was in the room (metered apart from the session).
     avatar_seconds: Callable[[], float] = lambda: 0.0
+    patient_ref: str = ""
+    appointment_id: str = ""
+    patient_is_minor: bool = False
     _parts: dict[Any, Any] = field(default_factory=dict)
 
     def part(self, factory: Callable[[Consultation], T]) -> T:

@@ -225,6 +225,7 @@ class Copilot:
                 recipients=recipients,
                 segment_ids=c.transcript.last_turn(),
                 sent_at=now,
+                patient_ref=c.patient_ref,
             )
         )
 

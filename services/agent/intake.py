@@ -79,10 +79,16 @@ class Intake:
             dispatch_id=c.dispatch_id,
             room=c.room,
             questionnaire_response=questionnaire_response(
-                self.book, status=status, authored=utcnow(), dispatch_id=c.dispatch_id
+                self.book,
+                status=status,
+                authored=utcnow(),
+                dispatch_id=c.dispatch_id,
+                patient_ref=c.patient_ref,
             ),
             summary_pt_br=summary_pt_br(self.book),
             transcript_refs=transcript_refs(self.book),
+            patient_ref=c.patient_ref,
+            appointment_id=c.appointment_id,
         )
 
     def close(self) -> None:
@@ -191,6 +197,7 @@ async def raise_red_flag(
             description=description.strip()[:500],
             segment_ids=segments,
             raised_at=utcnow(),
+            patient_ref=consultation.patient_ref,
         )
     )
     if "record_answer" in consultation.role.tools:

@@ -15,6 +15,8 @@ from services.agent.roles import ROLES_DIR
 from shared.events.clinical import TranscriptRef
 
 QUESTIONNAIRE_PATH = ROLES_DIR / "intake" / "questionnaire.json"
+# The identifier system of a patient named by the clinic's own pseudonymous reference.
+PATIENT_REF_SYSTEM = "urn:mediai:patient-ref"
 MAX_TEXT = 2000
 # Bounds of integer answers the questionnaire states in words ("de 0 ... a 10").
 RANGES = {"hda.intensidade": (0, 10)}
@@ -174,9 +176,10 @@ class AnswerBook:
 
 
 def questionnaire_response(
-    book: AnswerBook, *, status: str, authored: datetime, dispatch_id: str
+    book: AnswerBook, *, status: str, authored: datetime, dispatch_id: str, patient_ref: str = ""
 ) -> dict[str, Any]:
-    """The FHIR R4 QuestionnaireResponse of the answers, grouped as the questionnaire is."""
+    """The FHIR R4 QuestionnaireResponse of the answers, grouped as the questionnaire is; its
+    ``subject`` is the patient by the clinic's own reference, when the dispatch named one."""
     q = book.questionnaire
     groups = []
     for link_id, text in q.groups:
@@ -196,6 +199,8 @@ def questionnaire_response(
         "status": status,
         "authored": authored.isoformat(),
     }
+    if patient_ref:
+        response["subject"] = {"identifier": {"system": PATIENT_REF_SYSTEM, "value": patient_ref}}
     if groups:
         response["item"] = groups
     return response

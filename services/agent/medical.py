@@ -52,7 +52,8 @@ class ClinicalAgent(Agent):
                 consultation, [n for n in consultation.role.tools if n in consent.BEFORE_CONSENT]
             )
             super().__init__(
-                instructions=consent.phase_instructions(instructions, recording=False), tools=before
+                instructions=self.gate.phase_instructions(instructions, recording=False),
+                tools=before,
             )
         else:
             super().__init__(instructions=instructions, tools=self._tools_open)
@@ -75,7 +76,7 @@ class ClinicalAgent(Agent):
         question = self.gate.ask()
         if self.gate.recording_asked:
             await super().update_instructions(
-                consent.phase_instructions(self._instructions_open, recording=True)
+                self.gate.phase_instructions(self._instructions_open, recording=True)
             )
         speak(self.session, question)
 
@@ -91,7 +92,7 @@ class ClinicalAgent(Agent):
             await super().update_instructions(instructions)
         else:
             await super().update_instructions(
-                consent.phase_instructions(instructions, recording=self.gate.recording_asked)
+                self.gate.phase_instructions(instructions, recording=self.gate.recording_asked)
             )
 
     async def on_user_turn_completed(
@@ -129,6 +130,9 @@ class Medical:
             rtc_room=room,
             language=runtime.request.language,
             avatar=runtime.request.avatar,
+            patient_ref=runtime.request.patient_ref,
+            appointment_id=runtime.request.appointment_id,
+            patient_is_minor=runtime.request.patient_is_minor,
         )
         self._listener: RoomListener | None = None
         self._wake = asyncio.Event()
@@ -215,6 +219,7 @@ class Medical:
                 text=text,
                 language=c.language,
                 spoken_at=utcnow(),
+                patient_ref=c.patient_ref,
             )
         )
         self._wake.set()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from shared.events import CODEC, EventDecodeError
 from shared.events.agents import AgentDispatchRequested
-from shared.naming import IDENTITY, LANGUAGE, ROOM_NAME, TENANT_ID
+from shared.naming import IDENTITY, LANGUAGE, ROOM_NAME, TENANT_ID, is_patient_ref
 
 PROVIDERS = ("google", "openai")
 INSTRUCTION_MODES = ("append", "replace")
@@ -93,6 +93,9 @@ def validate(meta: JobMetadata) -> None:
         )
     if r.participant and not IDENTITY.fullmatch(r.participant):
         raise MetadataError(f"job metadata: {r.participant!r} is not a participant identity")
+    if r.patient_ref and not is_patient_ref(r.patient_ref):
+        # The value is not repeated: a malformed reference might be a name.
+        raise MetadataError("job metadata: patient_ref is not a patient reference")
     if not r.realtime and not (r.stt and r.llm and r.tts):
         raise MetadataError("job metadata needs stt, llm and tts models, or a realtime model")
     for model in meta.models:

@@ -18,7 +18,7 @@ from livekit.agents.llm import ToolError
 
 from services.agent.consultation import Consultation, consultation_of
 from shared import scheduling_api as sched
-from shared.naming import IDENTITY
+from shared.naming import is_patient_ref
 
 WEEKDAYS = (
     "segunda-feira",
@@ -134,8 +134,13 @@ class Desk:
         self.confirmations = Confirmations()
 
     def patient_ref(self) -> str:
+        """Whom the desk books for: the dispatch's patient (``patientRef``) when it named one,
+        whoever is on the call (a guardian booking for a child, say); otherwise, as before
+        dispatches named patients, the identity of the person on the call."""
+        if self.consultation.patient_ref:
+            return self.consultation.patient_ref
         identity = self.consultation.patient()
-        if not identity or not IDENTITY.fullmatch(identity):
+        if not identity or not is_patient_ref(identity):
             raise ToolError(
                 "Não consegui identificar o paciente nesta chamada; peça que ele "
                 "fale com a equipe da clínica para marcar."

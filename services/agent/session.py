@@ -274,6 +274,7 @@ class SessionRuntime:
                 language=self.request.language,
                 interrupted=item.interrupted,
                 spoken_at=datetime.fromtimestamp(item.created_at, UTC),
+                patient_ref=self.request.patient_ref,
             )
         )
 

@@ -29,6 +29,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer, ConsumerSpec, Delivery
+from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.http import ApiError, NotFoundError, create_service_app
@@ -40,7 +41,8 @@ from shared.tenants import Tenant
 
 
 class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A dispatch and its state: requested, dispatched, joined, ended or failed (with reason)."""
+    """A dispatch and its state: requested, dispatched, joined, ended or failed (with reason),
+    and the patient it is about (``patientRef``, ``appointmentId``: "" when none)."""
 
     id: str
     room: str
@@ -53,6 +55,8 @@ class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     llm: str
     tts: str
     realtime: str
+    patient_ref: str
+    appointment_id: str
     agent_identity: str
     requested_at: datetime
     deadline_at: datetime
@@ -111,6 +115,8 @@ async def publish_and_apply(
         traceparent=current_traceparent(),
     )
     ack = await bus.publish_envelope(event)
+    # A crash here leaves the event on the log, unapplied: the read-model consumer applies it.
+    crash_point("dispatcher.after_publish_before_apply")
     if ack.duplicate:
         logged = await bus.js.get_msg(ack.stream, ack.seq)
         event = CODEC.decode(logged.data or b"")
@@ -258,6 +264,7 @@ async def command_agent(
             text=data.text,
             allow_interruptions=data.allow_interruptions,
             issued_at=utcnow(),
+            patient_ref=state.patient_ref,
         ),
         tenant=tenant.id,
         key=dispatch_id,

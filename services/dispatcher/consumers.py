@@ -18,6 +18,7 @@ from shared import metrics
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import ConsumerSpec, Delivery, data_of
+from shared.crashpoints import crash_point
 from shared.db import projection
 from shared.events import CODEC, Envelope, Event
 from shared.events.agents import (
@@ -190,6 +191,9 @@ class Dispatcher:
                 f"LiveKit did not accept the dispatch: {type(error).__name__}",
             )
             return
+        # A crash here leaves a LiveKit dispatch with no `dispatched` event: the redelivery
+        # must find it (list_dispatch), not create a second agent.
+        crash_point("dispatcher.after_create_dispatch")
         await self.publish(
             AgentDispatched(
                 dispatch_id=request.dispatch_id,

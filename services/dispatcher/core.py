@@ -21,7 +21,15 @@ from shared.events.agents import (
     AgentSessionStarted,
 )
 from shared.events.billing import UsageLimitCleared, UsageLimitReached
-from shared.naming import Identity, Language, RoomName
+from shared.naming import Identity, Language, PatientRef, RoomName, whole
+
+AppointmentId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=whole(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"),
+        description="the id of one of the clinic's appointments (POST /v1/appointments)",
+    ),
+]
 
 OPEN = ("requested", "dispatched")
 TERMINAL = ("ended", "failed")
@@ -31,10 +39,17 @@ class DispatchAgentRequest(
     msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
 ):
     """The spec's DispatchAgentRequest, plus ``role``, ``realtime``, ``instructionsMode``,
-    ``participant`` and ``avatar``. Models are ``<provider>/<model>`` or a bare model name;
+    ``participant``, ``avatar`` and the patient (``patientRef``, ``appointmentId``,
+    ``patientIsMinor``). Models are ``<provider>/<model>`` or a bare model name;
     omitted ones get the deployment's defaults. ``realtime`` (a model, or ``"default"``)
     replaces stt/llm/tts with one speech-to-speech model. ``avatar`` is ``"none"``, ``"bey"``
-    or ``"tavus"``; omitted, the deployment's ``MEDIAI_AGENT_AVATAR``."""
+    or ``"tavus"``; omitted, the deployment's ``MEDIAI_AGENT_AVATAR``.
+
+    ``patientRef`` is the patient the consultation is about (the clinic's pseudonymous id,
+    never a name, CPF or contact): the agent's records and events about the patient carry it.
+    ``appointmentId`` is the appointment the consultation belongs to; it needs ``patientRef``
+    (the appointment's patient), and the anamnesis is then also found by the appointment.
+    ``patientIsMinor``: consent is asked of the patient's guardian."""
 
     room: RoomName
     role: str = "generic"
@@ -48,6 +63,9 @@ class DispatchAgentRequest(
     participant: Identity | None = None
     # A plain string, not a Literal: an unknown value gets our own 400 listing the valid ones.
     avatar: str | None = None
+    patient_ref: PatientRef | None = None
+    appointment_id: AppointmentId | None = None
+    patient_is_minor: bool = False
 
 
 class DispatchRejectedError(Exception):
@@ -220,6 +238,12 @@ def decide_request(
             f"unknown model: {names}", code="unknown_model", details=unknown
         )
     avatar = decide_avatar(request.avatar, catalog)
+    if request.appointment_id and not request.patient_ref:
+        raise DispatchRejectedError(
+            "appointmentId needs patientRef: the appointment's patient",
+            code="patient_ref_required",
+            details=[{"field": "patientRef", "requiredWith": "appointmentId"}],
+        )
     return AgentDispatchRequested(
         dispatch_id=dispatch_id,
         room=request.room,
@@ -231,6 +255,9 @@ def decide_request(
         requested_at=now,
         deadline_at=now + timedelta(seconds=deadline_seconds),
         avatar=avatar,
+        patient_ref=request.patient_ref or "",
+        appointment_id=request.appointment_id or "",
+        patient_is_minor=request.patient_is_minor,
         **models,
     )
 
@@ -250,6 +277,8 @@ class DispatchState(msgspec.Struct, frozen=True, kw_only=True):
     llm: str = ""
     tts: str = ""
     realtime: str = ""
+    patient_ref: str = ""
+    appointment_id: str = ""
     livekit_dispatch_id: str = ""
     agent_identity: str = ""
     worker_id: str = ""
@@ -287,6 +316,8 @@ def evolve(state: DispatchState | None, event: Envelope) -> DispatchState | None
             llm=data.llm,
             tts=data.tts,
             realtime=data.realtime,
+            patient_ref=data.patient_ref,
+            appointment_id=data.appointment_id,
             requested_at=data.requested_at,
             deadline_at=data.deadline_at,
         )

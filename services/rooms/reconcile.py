@@ -25,6 +25,7 @@ from services.rooms.reconcile_core import (
 )
 from shared.events import Envelope
 from shared.outbox import add_to_outbox
+from shared.participants import patient_ref_of
 from shared.phi import Phi
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
             participant = participant_row(info, row)
             live.append(
                 LiveParticipant(
-                    row=participant, tracks=[track_row(t, participant) for t in info.tracks]
+                    row=participant,
+                    tracks=[track_row(t, participant) for t in info.tracks],
+                    patient_ref=patient_ref_of(info.attributes),
                 )
             )
         return LiveRoom(row=row, participants=live)

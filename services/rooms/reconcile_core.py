@@ -37,6 +37,8 @@ _IDS = uuid.UUID("6c1f3f0e-5b7a-4d2e-9a51-0f3c2b7d8e41")
 class LiveParticipant(msgspec.Struct, frozen=True, kw_only=True):
     row: ParticipantRow
     tracks: list[TrackRow] = msgspec.field(default_factory=list)
+    # The patient its token names (shared.participants.patient_ref_of), "" for anyone else.
+    patient_ref: str = ""
 
 
 class LiveRoom(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +140,7 @@ def _participant_found(live: LiveParticipant, model: Model, observed_at: datetim
         joined_at=seen.joined_at,
         name=seen.name,
         metadata=seen.metadata,
+        patient_ref=live.patient_ref,
     )
     if known is None or core.on_participant_found(known, found, seen.tenant) != known:
         event_id = _state_id("participant-found", seen.sid, seen, known)

@@ -1,24 +1,26 @@
-"""Anamnesis records: validated as FHIR on the way in, stored per room, read by the doctor.
+"""Anamnesis records: validated as FHIR on the way in, stored per consultation, read by the
+doctor by consultation (the dispatch, or the appointment it came from), never by room: a room
+name is reused, and the newest record of a room can be another patient's.
 
 The record is the clinical record the clinic must keep: its answers and summary are stored
-sealed with the patient's clinical-record key (``shared.phi``; the tenant's key while the
-record names no patient), and opened only to answer the doctor. A record whose key was
-destroyed (its retention ended) is gone: 410 ``anamnesis_erased``.
+sealed with the patient's clinical-record key (``shared.phi``; the tenant's key when the record
+names no patient), and opened only to answer. A record whose key was destroyed (its retention
+ended) is gone: 410 ``anamnesis_erased``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import msgspec
 import pydantic
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
-from litestar.params import Parameter
 
 from services.scheduling import store
 from shared.bus import Bus
@@ -28,7 +30,7 @@ from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
 from shared.http import ApiError, NotFoundError
-from shared.naming import ROOM_NAME, ROOM_NAME_RULE, is_room_name
+from shared.naming import is_patient_ref, is_room_name
 from shared.phi import CLINICAL, Phi, is_erased, patient_of
 from shared.tenants import Tenant
 
@@ -39,7 +41,8 @@ _STATUSES = {"in-progress", "completed", "amended", "entered-in-error", "stopped
 
 
 class InvalidRecordError(ValueError):
-    """The record can never be stored: not a FHIR QuestionnaireResponse, or a bad room name."""
+    """The record can never be stored: not a FHIR QuestionnaireResponse, a bad room name or
+    patient reference, or an appointment without its patient."""
 
 
 def validate_record(record: AnamnesisRecorded) -> None:
@@ -47,6 +50,10 @@ def validate_record(record: AnamnesisRecorded) -> None:
     same in R4 and R4B). Raises InvalidRecordError saying what is wrong, never what it says."""
     if not is_room_name(record.room):
         raise InvalidRecordError("room is not a room name")
+    if record.patient_ref and not is_patient_ref(record.patient_ref):
+        raise InvalidRecordError("patient_ref is not a patient reference")
+    if record.appointment_id and not record.patient_ref:
+        raise InvalidRecordError("appointment_id needs the appointment's patient_ref")
     try:
         response = QuestionnaireResponse.model_validate(record.questionnaire_response)
     except pydantic.ValidationError as error:
@@ -106,6 +113,8 @@ async def store_record(records: Records, event: Envelope, delivery: Delivery) ->
             recorded_at=event.time,
             room=record.room,
             dispatch_id=record.dispatch_id,
+            patient_ref=record.patient_ref,
+            appointment_id=record.appointment_id,
             record={
                 "questionnaire_response": response,
                 "summary_pt_br": summary,
@@ -130,8 +139,13 @@ class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel
 
 
 class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    room: str
+    # The consultation: the dispatch that made the record, and its appointment ("" if none).
     dispatch_id: str
+    appointment_id: str
+    # The patient, by the clinic's pseudonymous reference ("" if the dispatch named none).
+    patient_ref: str
+    # Where it happened (a room name is reused: never how a record is found).
+    room: str
     recorded_at: datetime
     # The FHIR R4 QuestionnaireResponse, as the agent recorded it.
     questionnaire_response: dict[str, Any]
@@ -139,45 +153,78 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # Which transcript segments each answer (by linkId) came from.
     transcript_refs: list[TranscriptRefBody]
 
-
-@get(
-    "/v1/consultations/{room:str}/anamnesis",
-    operation_id="getAnamnesis",
-    summary="The latest anamnesis record of a consultation room",
-)
-async def get_anamnesis(
-    room: Annotated[str, Parameter(pattern=ROOM_NAME.pattern, description=ROOM_NAME_RULE)],
-    tenant: Tenant,
-    pool: asyncpg.Pool,
-    bus: Bus,
-) -> AnamnesisBody:
-    """The newest record the intake agent made in this room; 404 ``anamnesis_not_found``
-    (400 ``invalid_request`` for a name that can be no room's), 410 ``anamnesis_erased`` when
-    its key was destroyed."""
-    async with pool.acquire() as conn:
-        row = await store.latest_anamnesis(conn, tenant.id, room)
-    if row is None:
-        raise NotFoundError(
-            "no anamnesis has been recorded in this room", code="anamnesis_not_found"
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | None) -> AnamnesisBody:
+        if row is None:
+            raise NotFoundError(
+                "no anamnesis has been recorded in this consultation", code="anamnesis_not_found"
+            )
+        return cls(
+            dispatch_id=row["dispatch_id"],
+            appointment_id=row["appointment_id"],
+            patient_ref=row["patient_ref"],
+            room=row["room"],
+            recorded_at=row["recorded_at"],
+            questionnaire_response=row["questionnaire_response"],
+            summary_pt_br=row["summary_pt_br"],
+            transcript_refs=[
+                TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
+                for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])
+            ],
         )
-    response = await bus.phi.open_document(
-        row["questionnaire_response"], tenant=tenant.id, path="questionnaire_response"
+
+
+async def _opened(bus: Bus, tenant: str, row: asyncpg.Record | None) -> AnamnesisBody:
+    """The answer for a stored record (404 if none), its sealed columns opened (410 if its key
+    was destroyed)."""
+    if row is None:
+        return AnamnesisBody.of(None)
+    opened = dict(row)
+    opened["questionnaire_response"] = await bus.phi.open_document(
+        row["questionnaire_response"], tenant=tenant, path="questionnaire_response"
     )
-    summary = await bus.phi.open_text(row["summary_pt_br"], tenant=tenant.id, path="summary_pt_br")
-    if is_erased(response) or is_erased(summary):
+    opened["summary_pt_br"] = await bus.phi.open_text(
+        row["summary_pt_br"], tenant=tenant, path="summary_pt_br"
+    )
+    if is_erased(opened["questionnaire_response"]) or is_erased(opened["summary_pt_br"]):
         raise ApiError(
             "this anamnesis was erased: its key was destroyed",
             code="anamnesis_erased",
             status_code=410,
         )
-    return AnamnesisBody(
-        room=row["room"],
-        dispatch_id=row["dispatch_id"],
-        recorded_at=row["recorded_at"],
-        questionnaire_response=response,
-        summary_pt_br=summary,
-        transcript_refs=[
-            TranscriptRefBody(link_id=ref.link_id, segment_ids=ref.segment_ids)
-            for ref in msgspec.convert(row["transcript_refs"], list[TranscriptRef])
-        ],
-    )
+    return AnamnesisBody.of(opened)
+
+
+@get(
+    "/v1/consultations/{dispatch_id:str}/anamnesis",
+    operation_id="getConsultationAnamnesis",
+    summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
+)
+async def get_consultation_anamnesis(
+    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
+) -> AnamnesisBody:
+    """The newest record made by the intake agent of this dispatch (the ``id`` that
+    ``POST /v1/agents`` answered); 404 ``anamnesis_not_found``, 410 ``anamnesis_erased``. A
+    room name is not a consultation: rooms are reused, so this path never looks one up."""
+    async with pool.acquire() as conn:
+        row = await store.dispatch_anamnesis(conn, tenant.id, dispatch_id)
+    return await _opened(bus, tenant.id, row)
+
+
+@get(
+    "/v1/appointments/{appointment_id:str}/anamnesis",
+    operation_id="getAppointmentAnamnesis",
+    summary="The latest anamnesis record made for an appointment",
+)
+async def get_appointment_anamnesis(
+    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
+) -> AnamnesisBody:
+    """The newest record of the dispatches made for this appointment (``appointmentId`` on
+    ``POST /v1/agents``) about the appointment's own patient; 404 ``anamnesis_not_found``, 410
+    ``anamnesis_erased``."""
+    async with pool.acquire() as conn:
+        row = await store.appointment_anamnesis(conn, tenant.id, appointment_id)
+    return await _opened(bus, tenant.id, row)
+
+
+ANAMNESIS_ROUTES = [get_consultation_anamnesis, get_appointment_anamnesis]

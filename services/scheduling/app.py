@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from services.scheduling.anamnesis import get_anamnesis, run_anamnesis_consumer
+from services.scheduling.anamnesis import ANAMNESIS_ROUTES, run_anamnesis_consumer
 from services.scheduling.routes import ROUTES
 from services.scheduling.rpc import serve_requests
 from shared.config import Settings
@@ -16,7 +16,7 @@ def create_app(settings: Settings) -> Litestar:
     return create_service_app(
         service="scheduling",
         settings=settings,
-        route_handlers=[*ROUTES, get_anamnesis],
+        route_handlers=[*ROUTES, *ANAMNESIS_ROUTES],
         background=[serve_requests, run_anamnesis_consumer, KEY_PRUNER],
         description=(
             "Doctors and their weekly schedules, free slots, appointments (no double booking), "

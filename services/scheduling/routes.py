@@ -29,7 +29,7 @@ from services.scheduling.schemas import (
 from services.scheduling.store import AppointmentFilter, DoctorFilter
 from shared.bus import Bus
 from shared.idempotency import RequestIds, idempotent
-from shared.naming import IDENTITY_RULE, PATIENT_REF
+from shared.naming import PATIENT_REF, PATIENT_REF_RULE
 from shared.tenants import Tenant
 
 Limit = Annotated[int, Parameter(ge=1, le=100)]
@@ -196,7 +196,7 @@ async def list_appointments(
     doctor_id: Annotated[str | None, Parameter(query="doctorId")] = None,
     patient_ref: Annotated[
         str | None,
-        Parameter(query="patientRef", pattern=PATIENT_REF.pattern, description=IDENTITY_RULE),
+        Parameter(query="patientRef", pattern=PATIENT_REF.pattern, description=PATIENT_REF_RULE),
     ] = None,
     status: Literal["booked", "cancelled"] | None = None,
     start: Annotated[datetime | None, Parameter(query="from")] = None,

@@ -190,8 +190,8 @@ class BookAppointmentRequest(
     doctor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     # Must be the start of one of the doctor's slots (see GET /v1/doctors/{id}/slots).
     starts_at: AwareDatetime
-    # Opaque and chosen by the clinic (its patient id, or the patient's identity in LiveKit);
-    # it is the only patient data that goes into events.
+    # The clinic's pseudonymous id of the patient (never a name, CPF or contact); it is the
+    # only patient data that goes into events.
     patient_ref: PatientRef
     patient_name: Name | None = None
     patient_contact: Name | None = None

@@ -327,18 +327,22 @@ async def insert_anamnesis(
     recorded_at: datetime,
     room: str,
     dispatch_id: str,
+    patient_ref: str,
+    appointment_id: str,
     record: dict[str, Any],
 ) -> None:
     await conn.execute(
         """
-        INSERT INTO anamnesis_records (event_id, tenant_id, room, dispatch_id, recorded_at,
-            questionnaire_response, summary_pt_br, transcript_refs)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING
+        INSERT INTO anamnesis_records (event_id, tenant_id, room, dispatch_id, patient_ref,
+            appointment_id, recorded_at, questionnaire_response, summary_pt_br, transcript_refs)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING
         """,
         event_id,
         tenant_id,
         room,
         dispatch_id,
+        patient_ref,
+        appointment_id,
         recorded_at,
         record["questionnaire_response"],
         record["summary_pt_br"],
@@ -346,12 +350,32 @@ async def insert_anamnesis(
     )
 
 
-async def latest_anamnesis(conn: Connection, tenant_id: str, room: str) -> asyncpg.Record | None:
-    """The newest record of a room (by the time the agent recorded it, then by event id)."""
+async def dispatch_anamnesis(
+    conn: Connection, tenant_id: str, dispatch_id: str
+) -> asyncpg.Record | None:
+    """The newest record a dispatch (one consultation) made (by the time the agent recorded
+    it, then by event id)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT * FROM anamnesis_records WHERE tenant_id = $1 AND room = $2"
+        "SELECT * FROM anamnesis_records WHERE tenant_id = $1 AND dispatch_id = $2"
         " ORDER BY recorded_at DESC, event_id DESC LIMIT 1",
         tenant_id,
-        room,
+        dispatch_id,
+    )
+    return row
+
+
+async def appointment_anamnesis(
+    conn: Connection, tenant_id: str, appointment_id: str
+) -> asyncpg.Record | None:
+    """The newest record of the dispatches made for an appointment, about the appointment's own
+    patient: a dispatch that named the appointment but another patient is not its record."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT r.* FROM anamnesis_records r JOIN appointments a"
+        " ON a.tenant_id = r.tenant_id AND a.id = r.appointment_id"
+        " AND a.patient_ref = r.patient_ref"
+        " WHERE r.tenant_id = $1 AND r.appointment_id = $2"
+        " ORDER BY r.recorded_at DESC, r.event_id DESC LIMIT 1",
+        tenant_id,
+        appointment_id,
     )
     return row

@@ -14,8 +14,8 @@ from services.token.core import TokenRequestError, person_role, token_ttl
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
-from shared.naming import Identity, RoomName, livekit_room
-from shared.participants import PATIENT, PERSON_ROLES, ROLE_ATTRIBUTE
+from shared.naming import Identity, PatientRef, RoomName, livekit_room
+from shared.participants import PATIENT, PATIENT_REF_ATTRIBUTE, PERSON_ROLES, ROLE_ATTRIBUTE
 
 
 class CreateTokenRequest(
@@ -24,7 +24,9 @@ class CreateTokenRequest(
     """The spec's CreateTokenRequest, plus ``role``: who the person is in the consultation,
     signed into the token (agents and frontends trust it; the participant cannot change it).
     There is no way to ask for another participant kind (e.g. an agent's): unknown fields are
-    rejected."""
+    rejected. ``patientRef``, for a patient's token: the clinic's pseudonymous id of that
+    patient, signed in as the attribute ``mediai.patient_ref`` (so whoever sees the
+    participant's name knows whose personal data it is). Never a name, CPF or contact."""
 
     room: RoomName
     identity: Identity
@@ -34,6 +36,7 @@ class CreateTokenRequest(
     ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
     # A plain string, not a Literal: an unknown role gets our own 400 listing the valid ones.
     role: Annotated[str, msgspec.Meta(examples=list(PERSON_ROLES))] = PATIENT
+    patient_ref: PatientRef | None = None
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -56,20 +59,29 @@ async def create_token(
     except TokenRequestError as error:
         details = [{"field": "role", "valid": list(PERSON_ROLES)}]
         raise ApiError(str(error), code="invalid_role", details=details) from None
+    if data.patient_ref and role != PATIENT:
+        raise ApiError(
+            f"patientRef names the patient a token is for; a {role}'s token takes none",
+            code="patient_ref_not_allowed",
+            details=[{"field": "patientRef", "role": role}],
+        )
     grants = livekit_api.VideoGrants(
         room_join=True,
         room=livekit_room(tenant.id, data.room),
         can_publish=data.can_publish,
         can_subscribe=data.can_subscribe,
         can_publish_data=data.can_publish,
-        # The role below is the clinic's word: the participant may not rewrite its attributes.
+        # The attributes are the clinic's word: the participant may not rewrite them.
         can_update_own_metadata=False,
     )
+    attributes = {ROLE_ATTRIBUTE: role}
+    if data.patient_ref:
+        attributes[PATIENT_REF_ATTRIBUTE] = data.patient_ref
     jwt = (
         livekit_api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret)
         .with_identity(data.identity)
         .with_name(data.name or data.identity)
-        .with_attributes({ROLE_ATTRIBUTE: role})
+        .with_attributes(attributes)
         .with_ttl(ttl)
         .with_grants(grants)
         .to_jwt()
@@ -83,6 +95,7 @@ async def create_token(
             role=role,
             ttl_seconds=int(ttl.total_seconds()),
             expires_at=datetime.now(UTC) + ttl,
+            patient_ref=data.patient_ref or "",
         ),
         tenant=tenant.id,
         key=data.room,

@@ -31,6 +31,7 @@ from shared.events.rooms import (
 )
 from shared.livekit_proto import enum_name, from_unix
 from shared.naming import SYSTEM_TENANT, tenant_room
+from shared.participants import patient_ref_of
 
 # Rooms that are not a tenant's (made outside MediAI on the same LiveKit server) are recorded
 # under this tenant rather than dropped; it can never be a tenant id (those are t + 10 chars).
@@ -135,6 +136,7 @@ def _event(hook: WebhookEvent, room: str, at: datetime) -> Event:
             joined_at=_participant_joined_at(participant) or at,
             name=participant.name,
             metadata=participant.metadata,
+            patient_ref=patient_ref_of(participant.attributes),
         )
     if kind in ("participant_left", "participant_connection_aborted"):
         joined_at = _participant_joined_at(participant)

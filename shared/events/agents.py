@@ -34,6 +34,13 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     ``avatar`` is the face a speaking role shows: ``"bey"`` (Beyond Presence), ``"tavus"``,
     ``"none"`` (voice only) or ``""`` (the deployment's ``MEDIAI_AGENT_AVATAR``).
     A dispatch that has not joined by ``deadline_at`` fails.
+
+    ``patient_ref`` is the patient the consultation is about: the clinic's pseudonymous id
+    (``shared.naming.PATIENT_REF``; never a name, CPF or contact), "" when there is none. The
+    agent's events about that patient carry it, so each is found (and its personal data keyed)
+    by patient, never by room. ``appointment_id`` is the appointment the consultation belongs
+    to, when it came from one (it needs a ``patient_ref``). ``patient_is_minor`` is the clinic's
+    word that the patient is under age: consent is then asked of the guardian.
     """
 
     TYPE: ClassVar[str] = "mediai.agent.dispatch_requested.v1"
@@ -52,6 +59,9 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     requested_at: datetime
     deadline_at: datetime
     avatar: Plain = ""
+    patient_ref: Pseudonym = ""
+    appointment_id: Plain = ""
+    patient_is_minor: bool = False
 
 
 class AgentDispatched(Event, frozen=True, kw_only=True):
@@ -109,6 +119,7 @@ class AgentCommandIssued(Event, frozen=True, kw_only=True):
     ``command`` is ``say`` (speak ``text`` now) or ``update_instructions`` (``text`` becomes
     the dispatch's instructions, combined with the role template as at the start). On the PHI
     stream: what an agent is told to say to a patient is part of the conversation.
+    ``patient_ref`` is the dispatch's patient ("" when it has none).
     """
 
     TYPE: ClassVar[str] = "mediai.agent.command_issued.v1"
@@ -120,6 +131,7 @@ class AgentCommandIssued(Event, frozen=True, kw_only=True):
     text: Personal = ""
     allow_interruptions: bool = True
     issued_at: datetime
+    patient_ref: Pseudonym = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +270,9 @@ class AgentStateChanged(Event, frozen=True, kw_only=True):
 class AgentTranscribed(Event, frozen=True, kw_only=True):
     """One final transcript segment: what a participant said (``speaker`` ``user``) or what
     the agent said (``speaker`` ``agent``; ``interrupted`` when cut off). Personal health
-    data: PHI stream only, never logged. ``segment_id`` is what clinical records cite."""
+    data: PHI stream only, never logged. ``segment_id`` is what clinical records cite.
+    ``patient_ref`` is the dispatch's patient, whoever spoke ("" when the dispatch named none):
+    the whole conversation is about that patient."""
 
     TYPE: ClassVar[str] = "mediai.agent.transcribed.v1"
     PRODUCER: ClassVar[str] = "agent"
@@ -273,6 +287,7 @@ class AgentTranscribed(Event, frozen=True, kw_only=True):
     language: Plain = ""
     interrupted: bool = False
     spoken_at: datetime
+    patient_ref: Pseudonym = ""
 
 
 class AgentUsageReported(Event, frozen=True, kw_only=True):

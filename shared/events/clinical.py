@@ -4,9 +4,10 @@ Where patient data goes: clinical content (the anamnesis record, its summary, tr
 references) lives only on the PHI stream, whose short retention bounds how long health data sits
 in the log and which billing never reads. The booking events live on the business stream: they
 are business facts (a slot was taken, moved, freed) that other services may count for years, so
-they carry an opaque ``patient_ref`` chosen by the clinic (its own patient id, or the patient's
-LiveKit identity) and never the patient's name, contact or reason for the visit, which stay in
-the scheduling database where the clinic can correct or erase them.
+they carry an opaque ``patient_ref`` chosen by the clinic (its own pseudonymous patient id,
+``shared.naming.PATIENT_REF``) and never the patient's name, contact or reason for the visit,
+which stay in the scheduling database where the clinic can correct or erase them. Every event
+about a patient carries that ``patient_ref`` ("" when the dispatch named no patient).
 
 By the same rule, consent decisions and counts of copilot hints and avatar fallbacks are business
 facts (business stream, no content), while urgent red flags and what a hint said are health data
@@ -42,8 +43,12 @@ class AnamnesisRecorded(Event, frozen=True, kw_only=True):
     ``questionnaire_response`` is the FHIR resource as a JSON object (``resourceType``
     ``QuestionnaireResponse``); ``summary_pt_br`` is a short summary for the doctor, in pt-BR;
     ``transcript_refs`` links each answer (by ``linkId``) to the transcript segments it came from.
-    ``room`` is the tenant's room name (not LiveKit's ``<tenant>~<room>``). Scheduling stores it
-    (``GET /v1/consultations/{room}/anamnesis``); a record that is not a valid
+    ``room`` is the tenant's room name (not LiveKit's ``<tenant>~<room>``): where it happened,
+    never how it is found, since a room name is reused. The consultation is ``dispatch_id``, and
+    ``appointment_id`` when the dispatch came from an appointment; ``patient_ref`` is the
+    dispatch's patient ("" when it named none). Scheduling stores it and serves it by
+    consultation (``GET /v1/consultations/{dispatchId}/anamnesis``,
+    ``GET /v1/appointments/{appointmentId}/anamnesis``); a record that is not a valid
     QuestionnaireResponse is dead-lettered.
     """
 
@@ -55,6 +60,8 @@ class AnamnesisRecorded(Event, frozen=True, kw_only=True):
     questionnaire_response: Annotated[dict[str, Any], CLINICAL]
     summary_pt_br: Clinical
     transcript_refs: list[TranscriptRef] = msgspec.field(default_factory=list)
+    patient_ref: Pseudonym = ""
+    appointment_id: Plain = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +148,12 @@ class ConsentGiven(Event, frozen=True, kw_only=True):
     On the business stream: the proof of consent is kept as long as the consultation's records.
     It says what was asked (``wording``: the version of the consent text) and which transcript
     segments hold the answer (``segment_ids``), never what was said.
-    ``participant_identity`` is the patient's LiveKit identity (opaque, chosen by the clinic).
+    ``participant_identity`` is the LiveKit identity of who answered (opaque, chosen by the
+    clinic); ``patient_ref`` is the dispatch's patient ("" when it named none).
+    ``given_by`` says who consented: ``patient``, or ``guardian`` when the clinic dispatched
+    for a minor (then the guardian was asked, and ``guardian_relation`` is what they said they
+    are: ``mother``, ``father``, ``grandparent``, ``legal_guardian``, ``other``, or "" when
+    not said).
     """
 
     TYPE: ClassVar[str] = "mediai.consent.given.v1"
@@ -156,12 +168,16 @@ class ConsentGiven(Event, frozen=True, kw_only=True):
     wording: Plain
     segment_ids: list[Plain] = msgspec.field(default_factory=list)
     given_at: datetime
+    patient_ref: Pseudonym = ""
+    given_by: Plain = "patient"
+    guardian_relation: Plain = ""
 
 
 class ConsentRefused(Event, frozen=True, kw_only=True):
     """The patient did not agree; the agent explained, said goodbye and left (the session ends
     ``completed`` with detail ``consent_refused``). ``refused`` says what was refused:
-    ``ai_assistance`` or ``recording``."""
+    ``ai_assistance`` or ``recording``. ``refused_by`` and ``guardian_relation`` say who
+    answered, as ``ConsentGiven.given_by`` and ``guardian_relation`` do."""
 
     TYPE: ClassVar[str] = "mediai.consent.refused.v1"
     PRODUCER: ClassVar[str] = "agent"
@@ -174,6 +190,9 @@ class ConsentRefused(Event, frozen=True, kw_only=True):
     wording: Plain
     segment_ids: list[Plain] = msgspec.field(default_factory=list)
     refused_at: datetime
+    patient_ref: Pseudonym = ""
+    refused_by: Plain = "patient"
+    guardian_relation: Plain = ""
 
 
 class RedFlagRaised(Event, frozen=True, kw_only=True):
@@ -184,7 +203,7 @@ class RedFlagRaised(Event, frozen=True, kw_only=True):
     ``suicidal_ideation``, ``severe_bleeding``, ``loss_of_consciousness``,
     ``severe_breathing_difficulty``, ``anaphylaxis``, ``other``); ``description`` is the agent's
     short pt-BR account of what was reported; ``segment_ids`` cite the transcript. Health data:
-    PHI stream only.
+    PHI stream only. ``patient_ref`` is the dispatch's patient ("" when it named none).
     """
 
     TYPE: ClassVar[str] = "mediai.red_flag.raised.v1"
@@ -198,6 +217,7 @@ class RedFlagRaised(Event, frozen=True, kw_only=True):
     description: Personal = ""
     segment_ids: list[Plain] = msgspec.field(default_factory=list)
     raised_at: datetime
+    patient_ref: Pseudonym = ""
 
 
 class CopilotHintSent(Event, frozen=True, kw_only=True):
@@ -221,7 +241,8 @@ class CopilotHintSent(Event, frozen=True, kw_only=True):
 
 class CopilotHintWritten(Event, frozen=True, kw_only=True):
     """What a copilot hint said, exactly as the doctor received it (PHI stream only), and to
-    whom (``recipients``: identities). Joined to ``CopilotHintSent`` by ``hint_id``."""
+    whom (``recipients``: identities). Joined to ``CopilotHintSent`` by ``hint_id``.
+    ``patient_ref`` is the patient the hint is about, the dispatch's ("" when it named none)."""
 
     TYPE: ClassVar[str] = "mediai.copilot.hint_written.v1"
     PRODUCER: ClassVar[str] = "agent"
@@ -234,6 +255,7 @@ class CopilotHintWritten(Event, frozen=True, kw_only=True):
     recipients: list[Pseudonym] = msgspec.field(default_factory=list)
     segment_ids: list[Plain] = msgspec.field(default_factory=list)
     sent_at: datetime
+    patient_ref: Pseudonym = ""
 
 
 class AvatarUnavailable(Event, frozen=True, kw_only=True):

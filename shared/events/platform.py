@@ -28,7 +28,13 @@ class ApiKeyCreated(Event, frozen=True, kw_only=True):
 
 
 class TokenIssued(Event, frozen=True, kw_only=True):
-    """A LiveKit access token was issued (the audit record; never the JWT itself)."""
+    """A LiveKit access token was issued (the audit record; never the JWT itself).
+
+    ``patient_ref``, when the token is a patient's, is the clinic's pseudonymous id of that
+    patient (``shared.naming.PATIENT_REF``), also signed into the token as the participant
+    attribute ``mediai.patient_ref``; "" for anyone else (a doctor, a token made before the
+    field existed).
+    """
 
     TYPE: ClassVar[str] = "mediai.token.issued.v1"
     PRODUCER: ClassVar[str] = "token"
@@ -40,6 +46,7 @@ class TokenIssued(Event, frozen=True, kw_only=True):
     expires_at: datetime
     # The ``mediai.role`` attribute signed into the token (shared/participants.py).
     role: Plain = "patient"
+    patient_ref: Pseudonym = ""
 
 
 class DeadLettered(Event, frozen=True, kw_only=True):

@@ -54,7 +54,8 @@ class RoomPresumedFinished(Event, frozen=True, kw_only=True):
 
 class ParticipantFound(Event, frozen=True, kw_only=True):
     """LiveKit lists a participant the read model lacks, shows gone only by a presumption, or
-    knows less about (its ``participant_joined`` was dropped)."""
+    knows less about (its ``participant_joined`` was dropped). ``patient_ref`` is, as in
+    ``ParticipantJoined``, the patient the participant's token names ("" for anyone else)."""
 
     TYPE: ClassVar[str] = "mediai.participant.found.v1"
     PRODUCER: ClassVar[str] = "rooms"
@@ -67,6 +68,7 @@ class ParticipantFound(Event, frozen=True, kw_only=True):
     joined_at: datetime | None = None
     name: Personal = ""
     metadata: Personal = ""
+    patient_ref: Pseudonym = ""
 
 
 class ParticipantPresumedGone(Event, frozen=True, kw_only=True):

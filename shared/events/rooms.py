@@ -50,7 +50,12 @@ class RoomFinished(Event, frozen=True, kw_only=True):
 
 
 class ParticipantJoined(Event, frozen=True, kw_only=True):
-    """A participant joined a LiveKit room (from LiveKit's ``participant_joined`` webhook)."""
+    """A participant joined a LiveKit room (from LiveKit's ``participant_joined`` webhook).
+
+    ``patient_ref`` is the patient the participant is, from the ``mediai.patient_ref`` attribute
+    the clinic had signed into its token (``POST /v1/tokens``): whose personal data ``name``
+    and ``metadata`` are. "" for anyone else, or an attribute that is not a patient reference.
+    """
 
     TYPE: ClassVar[str] = "mediai.participant.joined.v1"
     PRODUCER: ClassVar[str] = "webhooks"
@@ -63,6 +68,7 @@ class ParticipantJoined(Event, frozen=True, kw_only=True):
     room_sid: Plain = ""
     name: Personal = ""
     metadata: Personal = ""
+    patient_ref: Pseudonym = ""
 
 
 class ParticipantLeft(Event, frozen=True, kw_only=True):
