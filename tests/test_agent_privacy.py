@@ -78,6 +78,7 @@ async def test_instructions_reach_the_model_in_clear_and_are_sealed_everywhere_e
     tenant = await authenticate(pool, tenant_key)
     assert tenant is not None
     canary = f"Paciente de 8 anos, asmático, código {uuid.uuid4().hex[:8]}"
+    patient_ref = f"pac-{uuid.uuid4().hex[:8]}"
     answer = "Entendi. Desde quando?"
     standin.transcript_default(HEARD)
     standin.chat_default(answer)
@@ -87,7 +88,14 @@ async def test_instructions_reach_the_model_in_clear_and_are_sealed_everywhere_e
     try:
         async with following(bus, AgentSessionStarted, AgentSessionEnded) as events:
             dispatch_id = (
-                await dispatch(api, room=room, role="generic", instructions=canary, **OPENAI)
+                await dispatch(
+                    api,
+                    room=room,
+                    role="generic",
+                    instructions=canary,
+                    patientRef=patient_ref,
+                    **OPENAI,
+                )
             )["id"]
             started = await events.next(AgentSessionStarted, dispatch_id)
             await until(lambda: started.agent_identity in patient.room.remote_participants, 10)
@@ -99,6 +107,13 @@ async def test_instructions_reach_the_model_in_clear_and_are_sealed_everywhere_e
                 listed = await livekit.agent_dispatch.list_dispatch(livekit_room(tenant.id, room))
             [metadata] = [d.metadata for d in listed if dispatch_id in d.metadata]
             assert canary not in metadata and '"instructions":"enc:v1:' in metadata
+            patient_key = await pool.fetchval(
+                "SELECT key_id FROM data_keys WHERE tenant_id = $1 AND patient_ref = $2"
+                " AND purpose = 'personal' AND destroyed_at IS NULL",
+                tenant.id,
+                patient_ref,
+            )
+            assert f'"instructions":"enc:v1:{patient_key}:' in metadata  # the patient's key
             requested = await _logged(
                 bus, EVENTS_STREAM, AgentDispatchRequested, tenant.id, dispatch_id
             )
@@ -124,7 +139,8 @@ async def test_instructions_reach_the_model_in_clear_and_are_sealed_everywhere_e
             assert announcement.encode() not in command
 
             # The keys go to an agent job of this tenant, for this dispatch, while it is live.
-            assert await _dispatch_keys(bus, tenant.id, dispatch_id) == ["tenant"]
+            # Its patient's keys, personal and clinical: nobody else's, not the tenant's.
+            assert await _dispatch_keys(bus, tenant.id, dispatch_id) == ["clinical", "personal"]
             assert await _dispatch_keys(bus, "tzzzzzzzzzz", dispatch_id) == "dispatch_not_live"
             assert (await api.delete(f"/v1/agents/{dispatch_id}")).status_code == 202
             await events.next(AgentSessionEnded, dispatch_id)
