@@ -4,8 +4,8 @@ Participant names and metadata, room metadata, track and ingress names arrive se
 events (webhooks, the API's actions, the reconciliation's findings), and the projection, the read
 model's only writer, copies the tokens into the rows without opening them (each column is sealed
 with the path of the event field it holds: ``name``, ``metadata``). The API opens rows only to
-answer, and the reconciliation to compare them with LiveKit's listing. These are data about no
-patient: the tenant's key.
+answer, and the reconciliation to compare them with LiveKit's listing. A participant whose token
+named a patient is sealed with that patient's key, the rest with the tenant's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from msgspec.structs import replace
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import IngressRow
 from services.rooms.track_core import TrackRow
-from shared.phi import PERSONAL, Phi
+from shared.phi import Phi
 
 Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow, IngressRow)
 
@@ -27,16 +27,6 @@ COLUMNS: dict[type, tuple[str, ...]] = {
     TrackRow: ("name",),
     IngressRow: ("name",),
 }
-
-
-async def sealed(phi: Phi, row: Row) -> Row:
-    values = {
-        column: await phi.seal_text(
-            getattr(row, column), tenant=row.tenant, patient_ref="", kind=PERSONAL, path=column
-        )
-        for column in COLUMNS[type(row)]
-    }
-    return replace(row, **values)
 
 
 async def opened(phi: Phi, row: Row) -> Row:
