@@ -18,6 +18,7 @@ import pytest
 from google.protobuf.json_format import MessageToJson
 
 from services.webhooks.signing import sign
+from shared.tenants import create_tenant
 from tests.faults.support import (
     OUTAGE_SECONDS,
     FaultStack,
@@ -33,6 +34,8 @@ from tests.support import eventually
 pytestmark = pytest.mark.livekit
 
 SERVICES = ["token", "rooms", "webhooks", "dispatcher", "billing", "scheduling"]
+# The key service (no public API; the stack always runs it): its /readyz is in the table too.
+READINESS = [*SERVICES, "keys"]
 OPENAI = {
     "stt": "openai/gpt-4o-mini-transcribe",
     "llm": "openai/gpt-4o-mini",
@@ -121,14 +124,22 @@ async def faulty() -> AsyncIterator[FaultStack]:
         yield running
 
 
-async def ask(http: httpx.AsyncClient, faulty: FaultStack, request: Request) -> Answer:
+@dataclass(frozen=True)
+class Clinic:
+    tenant: str
+    api_key: str
+
+
+async def ask(
+    http: httpx.AsyncClient, faulty: FaultStack, clinic: Clinic, request: Request
+) -> Answer:
     headers: dict[str, str] = {}
     content: bytes | None = None
     body = request.body(faulty) if request.body else None
     if request.service == "webhooks":
         at = now_seconds()
         hook = participant_hook(
-            "participant_joined", faulty.tenant, unique("room"), unique("PA"), at=at, joined_at=at
+            "participant_joined", clinic.tenant, unique("room"), unique("PA"), at=at, joined_at=at
         )
         content = MessageToJson(hook).encode()
         s = faulty.settings
@@ -137,7 +148,7 @@ async def ask(http: httpx.AsyncClient, faulty: FaultStack, request: Request) -> 
             "Content-Type": "application/webhook+json",
         }
     else:
-        headers = {"Authorization": f"Bearer {faulty.api_key}"}
+        headers = {"Authorization": f"Bearer {clinic.api_key}"}
         if request.idempotent:
             headers["Idempotency-Key"] = str(uuid.uuid4())
     began = time.monotonic()
@@ -150,7 +161,10 @@ async def ask(http: httpx.AsyncClient, faulty: FaultStack, request: Request) -> 
     seconds = time.monotonic() - began
     code, created = "", ""
     if answer.status_code >= 400:
-        code = str(answer.json().get("error", {}).get("code", "?"))
+        error = answer.json().get("error", {})
+        code = str(error.get("code", "?"))
+        away = [d.get("dependency") for d in error.get("details") or [] if "dependency" in d]
+        code += f" ({away[0]})" if away else ""
     elif isinstance(answer.json(), dict):
         created = str(answer.json().get("id", ""))
     retry_after = answer.headers.get("retry-after", "")
@@ -188,8 +202,8 @@ async def readiness(http: httpx.AsyncClient, faulty: FaultStack) -> dict[str, di
         body["status"] = answer.status_code
         return body
 
-    views = await asyncio.gather(*(one(service) for service in SERVICES))
-    return dict(zip(SERVICES, views, strict=True))
+    views = await asyncio.gather(*(one(service) for service in READINESS))
+    return dict(zip(READINESS, views, strict=True))
 
 
 def readyz_cell(view: dict[str, Any]) -> str:
@@ -208,12 +222,13 @@ def readyz_cell(view: dict[str, Any]) -> str:
 # What each request answers while the dependency is away: its status and error code ("" for a
 # success). Every 503 also carries Retry-After and the error body (asserted below).
 BUS = (503, "bus_unavailable")
-AWAY = (503, "dependency_unavailable")
+NATS, PG = (503, "dependency_unavailable (nats)"), (503, "dependency_unavailable (postgres)")
+KEYS = (503, "dependency_unavailable (keys)")  # a doctor's name is sealed with a data key
 OK, CREATED, ACCEPTED = (200, ""), (201, ""), (202, "")
 EXPECTED: dict[str, list[tuple[int, str]]] = {
     # token, rooms GET/POST, webhooks, dispatcher GET/POST, billing GET/audit, scheduling GET/POST
-    "nats": [BUS, OK, CREATED, BUS, OK, BUS, OK, AWAY, OK, CREATED],
-    "postgres": [AWAY, AWAY, AWAY, OK, AWAY, AWAY, AWAY, AWAY, AWAY, AWAY],
+    "nats": [BUS, OK, CREATED, BUS, OK, BUS, OK, NATS, OK, KEYS],
+    "postgres": [PG, PG, PG, OK, PG, PG, PG, PG, PG, PG],
     "livekit": [
         CREATED,
         OK,
@@ -230,9 +245,9 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
 # Which services' /readyz says 503 meanwhile (the others: 200), and the dependency it names,
 # in its failed checks or in what a background task waits for.
 NOT_READY: dict[str, set[str]] = {
-    "nats": set(SERVICES),
+    "nats": set(READINESS),
     # The webhooks edge needs NATS only (it keeps taking LiveKit's webhooks).
-    "postgres": set(SERVICES) - {"webhooks"},
+    "postgres": set(READINESS) - {"webhooks"},
     # The reconciler waits for LiveKit; so does the launcher, holding the dispatch made above.
     "livekit": {"rooms", "dispatcher"},
 }
@@ -254,13 +269,20 @@ async def test_what_each_service_answers_while_a_dependency_is_away(
             return all(v["status"] == 200 for v in (await readiness(http, faulty)).values())
 
         await eventually(all_ready, timeout=60, step=0.5)
+        # A clinic of its own: no data key of it is in any service's cache yet.
+        conn = await asyncpg.connect(faulty.settings.database_url)
+        try:
+            tenant, api_key = await create_tenant(conn, f"Clínica sem {dependency}")
+        finally:
+            await conn.close()
+        clinic = Clinic(tenant.id, api_key)
         if FAULTS[dependency] == "kill":
             await supervisor.kill(dependency)
         else:
             await supervisor.stop_part(dependency)  # PostgreSQL's fast shutdown
         down = time.monotonic()
         await asyncio.sleep(SETTLE_SECONDS)  # the failure seen everywhere, by design
-        answers = await asyncio.gather(*(ask(http, faulty, r) for r in REQUESTS))
+        answers = await asyncio.gather(*(ask(http, faulty, clinic, r) for r in REQUESTS))
 
         async def readiness_says() -> dict[str, dict[str, Any]] | None:
             views = await readiness(http, faulty)
@@ -276,13 +298,13 @@ async def test_what_each_service_answers_while_a_dependency_is_away(
         await supervisor.start_again(dependency)
         await eventually(all_ready, timeout=60, step=0.2)
         recovery = time.monotonic() - back
-        after = [await ask(http, faulty, r) for r in REQUESTS]
+        after = [await ask(http, faulty, clinic, r) for r in REQUESTS]
         await eventually(lambda: settled_everywhere(faulty), timeout=60, step=0.5)
         accepted = answers[REQUESTS.index(DISPATCH)]
         if accepted.created:  # a dispatch accepted meanwhile is not stuck: LiveKit has it now
             shown = await http.get(
                 f"/v1/agents/{accepted.created}",
-                headers={"Authorization": f"Bearer {faulty.api_key}"},
+                headers={"Authorization": f"Bearer {clinic.api_key}"},
             )
             assert shown.json()["state"] == "dispatched", shown.text
     print()
