@@ -12,6 +12,7 @@ import nats.js.errors
 from livekit import api as lk
 from nats.js import JetStreamContext
 
+from services import http_services
 from shared.consumer import ConsumerSpec
 from shared.crashpoints import CRASH_EXIT_CODE, VARIABLE
 from shared.naming import livekit_room
@@ -20,9 +21,14 @@ from tests.support import eventually
 
 
 async def arm(faulty: FaultStack, service: str, point: str) -> None:
-    """Start ``service`` again with the crash point ``point`` armed (the others unchanged)."""
-    await faulty.supervisor.stop_part(service)
-    await faulty.supervisor.start_again(service, env={VARIABLE: point})
+    """``service`` running with the crash point ``point`` armed: started again with it, unless
+    it already runs so (the stack may arm a point from the start, which saves a restart)."""
+    supervisor = faulty.supervisor
+    if supervisor.pid(service) is not None:
+        if supervisor.part(service).env.get(VARIABLE) == point:
+            return
+        await supervisor.stop_part(service)
+    await supervisor.start_again(service, env={VARIABLE: point})
 
 
 async def died_at(faulty: FaultStack, service: str, point: str, timeout: float = 30) -> None:
@@ -46,12 +52,12 @@ async def running(faulty: FaultStack, *services: str) -> None:
 
 
 async def alone(faulty: FaultStack, service: str) -> None:
-    """Stop every service of the stack but ``service``: every service runs an outbox relay over
-    the one outbox table, so this makes ``service``'s relay the one that publishes a row."""
-    others = [s for s in faulty.stack.services or () if s != service]
-    await asyncio.gather(
-        *(faulty.supervisor.stop_part(s) for s in others if faulty.supervisor.pid(s))
-    )
+    """Stop every service of the stack but ``service`` (the key service too): every service runs
+    an outbox relay over the one outbox table, so this makes ``service``'s relay the one that
+    publishes a row. ``running`` starts the others again when a case needs them."""
+    supervisor = faulty.supervisor
+    others = [p.name for p in supervisor.parts if p.name in http_services() and p.name != service]
+    await asyncio.gather(*(supervisor.stop_part(s) for s in others if supervisor.pid(s)))
     await running(faulty, service)
 
 

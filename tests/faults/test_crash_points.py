@@ -18,6 +18,7 @@ import pytest
 from services.billing.consumers import USAGE_PROJECTION
 from services.scheduling.anamnesis import ANAMNESIS_CONSUMER
 from shared.bus import Bus, connect_bus
+from shared.crashpoints import VARIABLE
 from shared.events import envelope
 from shared.events.agents import AgentDispatched, AgentDispatchRequested, AgentUsageReported
 from shared.events.clinical import AnamnesisRecorded
@@ -60,9 +61,16 @@ OUTBOX_POINT = "outbox.after_publish_before_mark"
 async def faulty() -> AsyncIterator[FaultStack]:
     # No agent workers: the effects counted are the dispatcher's own. A deadline long enough
     # for JetStream to redeliver what the dead process held (its ack wait, 30 s). No
-    # reconciler: its corrections would be outbox rows of their own.
+    # reconciler: its corrections would be outbox rows of their own. The first point of each
+    # service armed from the start (none of them meets a message before its case sends one);
+    # rooms' relay would meet the stack's own first outbox rows: it is armed in its case.
     async with fault_stack(
         ["dispatcher", "rooms", "billing", "scheduling"],
+        environment={
+            "dispatcher": {VARIABLE: "dispatcher.after_create_dispatch"},
+            "billing": {VARIABLE: CONSUMER_POINT},
+            "scheduling": {VARIABLE: CONSUMER_POINT},
+        },
         agent_pool_min=0,
         agent_pool_max=0,
         agent_dispatch_deadline=90,
@@ -91,7 +99,7 @@ async def test_crash_after_livekit_dispatch_before_dispatched_is_one_livekit_dis
     faulty: FaultStack,
 ) -> None:
     room = await open_room(faulty)
-    await running(faulty, "dispatcher")
+    await running(faulty, "keys", "dispatcher")
     await arm(faulty, "dispatcher", "dispatcher.after_create_dispatch")
     async with faulty.client() as http:
         try:
@@ -148,7 +156,7 @@ async def test_crash_after_livekit_dispatch_before_dispatched_is_one_livekit_dis
 async def test_crash_after_publish_before_apply_is_one_dispatch(faulty: FaultStack) -> None:
     room = await open_room(faulty)
     key = str(uuid.uuid4())
-    await running(faulty, "dispatcher")
+    await running(faulty, "keys", "dispatcher")
     await arm(faulty, "dispatcher", "dispatcher.after_publish_before_apply")
     async with faulty.client() as http:
         try:
@@ -204,7 +212,7 @@ async def test_crash_after_publish_before_apply_is_one_dispatch(faulty: FaultSta
 async def test_billing_killed_after_commit_before_ack_counts_the_usage_once(
     faulty: FaultStack, bus: Bus, pool: asyncpg.Pool
 ) -> None:
-    await running(faulty, "billing")
+    await running(faulty, "keys", "billing")
     await settled(bus.js, USAGE_PROJECTION, 0)  # nothing of an earlier case in hand
     await arm(faulty, "billing", CONSUMER_POINT)
     start = datetime(2001, 6, 1, 12, 0, tzinfo=UTC)  # a day of its own, for the audit
@@ -268,7 +276,7 @@ async def test_billing_killed_after_commit_before_ack_counts_the_usage_once(
 async def test_scheduling_killed_after_commit_before_ack_stores_one_anamnesis(
     faulty: FaultStack, bus: Bus, pool: asyncpg.Pool
 ) -> None:
-    await running(faulty, "scheduling")
+    await running(faulty, "keys", "scheduling")
     await settled(bus.js, ANAMNESIS_CONSUMER, 0)
     await arm(faulty, "scheduling", CONSUMER_POINT)
     data: AnamnesisRecorded = record(unique("consulta").replace("_", "-"))
