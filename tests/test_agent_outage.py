@@ -114,7 +114,7 @@ async def outage(
         await start_nats(stack)
     openai_standin.reset()
     assert stack.state is not None
-    bus = await connect_bus(stack.settings, "tests")
+    bus = await connect_bus(stack.settings, "tests", streams="create")
     await registered_workers(bus)  # a replacement may still be starting after the last test
     async with httpx.AsyncClient(
         base_url=stack.state.gateway_url,

@@ -74,7 +74,7 @@ async def private() -> AsyncIterator[Private]:
     settings = stack_settings(data_dir, services=SERVICES, rooms_reconcile_interval=1)
     stack = Stack(settings, services=list(SERVICES))
     state = await stack.start()
-    bus = await connect_bus(settings, "tests")
+    bus = await connect_bus(settings, "tests", streams="create")
     pool = await create_pool(settings)
     try:
         yield Private(settings, stack, state, bus, pool)

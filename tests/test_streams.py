@@ -100,7 +100,7 @@ async def cluster() -> AsyncIterator[Settings]:
             nats_replicas=3,
             database_url="postgresql://postgres@127.0.0.1:1/nowhere",
         )
-        bus = await connect_bus(settings, "tests", declare=False)
+        bus = await connect_bus(settings, "tests", streams="skip")
         try:
             # The cluster answers before every peer can hold a replica: wait until R3 works.
             async def r3_accepted() -> bool:
@@ -123,7 +123,7 @@ async def cluster() -> AsyncIterator[Settings]:
 @pytest.fixture
 async def js(cluster: Settings) -> AsyncIterator[JetStreamContext]:
     """A JetStream client on the cluster."""
-    bus = await connect_bus(cluster, "tests", declare=False)
+    bus = await connect_bus(cluster, "tests", streams="skip")
     try:
         yield bus.js
     finally:
@@ -136,7 +136,7 @@ def with_(settings: Settings, **changes: object) -> Settings:
 
 async def start_a_process(settings: Settings) -> None:
     """What every MediAI process does at start: connect, declaring the streams."""
-    bus = await connect_bus(settings, "tests")
+    bus = await connect_bus(settings, "tests", streams="create")
     await bus.close()
 
 
@@ -197,7 +197,7 @@ async def test_streams_shows_each_stream_its_contents_and_its_differences(
     cluster: Settings, js: JetStreamContext, tmp_path: Path
 ) -> None:
     await start_a_process(cluster)
-    bus = await connect_bus(cluster, "tests", declare=False)
+    bus = await connect_bus(cluster, "tests", streams="skip")
     try:
         for room in ("a", "b"):
             await bus.publish(issued(room), tenant="t-streams", key=room)
