@@ -22,7 +22,7 @@ from deploy.stack import StackState, nats_part
 from deploy.supervisor import Supervisor
 from services.dispatcher.app import create_app
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, connect_bus, nats_options
 from shared.config import Settings
 from shared.events import CODEC
 from shared.events.agents import AgentDispatchRequested, AgentSessionStarted
@@ -115,6 +115,8 @@ async def test_a_retry_after_a_nats_timeout_whose_publish_landed_makes_one_dispa
     supervisor = Supervisor(settings.host, Path(settings.data_dir) / "logs")
     await supervisor.start(nats_part(settings))
     try:
+        # The operator declares the streams (services may not create them).
+        await (await connect_bus(settings, "tests", streams="create")).close()
         [part] = supervisor.parts
         assert part.process is not None
         headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": str(uuid.uuid4())}
@@ -128,7 +130,7 @@ async def test_a_retry_after_a_nats_timeout_whose_publish_landed_makes_one_dispa
             assert first.status_code == 503, first.text
             assert first.json()["error"]["code"] == "bus_unavailable"
 
-            nc = await nats.connect(settings.nats_url)
+            nc = await nats.connect(**nats_options(settings))
             try:
                 js = nc.jetstream()
 

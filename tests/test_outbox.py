@@ -271,8 +271,8 @@ async def test_published_outbox_rows_and_old_inbox_rows_are_pruned(
         event_id: str, *, age: timedelta, published: bool, set_aside: bool
     ) -> None:
         await pool.execute(
-            "INSERT INTO outbox (event_id, payload, created_at, published_at, set_aside_at)"
-            " VALUES ($1, '{}', now() - $2::interval,"
+            "INSERT INTO outbox (event_id, payload, source, created_at, published_at, set_aside_at)"
+            " VALUES ($1, '{}', 'mediai/tests', now() - $2::interval,"
             " CASE WHEN $3 THEN now() - $2::interval END,"
             " CASE WHEN $4 THEN now() - $2::interval END)",
             event_id,

@@ -60,7 +60,11 @@ async def live_dispatch(stack: StackState, key: str) -> AsyncIterator[str]:
         base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as client:
         body = {"room": f"agenda-{tag()}", "role": "generic", "instructionsMode": "replace"}
-        response = await client.post("/v1/agents", json={**body, "instructions": "Teste."})
+        # The stand-in's models (tests/standin): the agent really starts, and stays until ended.
+        models = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
+        response = await client.post(
+            "/v1/agents", json={**body, **models, "instructions": "Teste."}
+        )
         assert response.status_code == 202, response.text
         dispatch_id: str = response.json()["id"]
         try:
@@ -147,7 +151,7 @@ async def test_book_reschedule_cancel_and_find_through_request_reply(
         )
     ).slots
     patient = f"paciente-{tag()}"
-    async with watch(bus, AppointmentBooked, dispatch_id=dispatch_id) as events:
+    async with watch(bus, AppointmentBooked, tenant=tenant_id) as events:
         booked = await api_call(
             bus,
             sched.BookRequest(
@@ -331,7 +335,7 @@ async def test_no_service_on_a_subject_is_reported_as_unavailable(bus: Bus) -> N
         REPLY = sched.AppointmentReply
 
     with pytest.raises(sched.SchedulingRequestError) as error:
-        await sched.call(bus.nc, Unknown(tenant="tabcdefghij"), timeout=2)
+        await sched.call(bus.nc, Unknown(dispatch_id="d-1"), timeout=2)
     assert error.value.code == "unavailable"
 
 

@@ -5,7 +5,6 @@ differences and `mediai streams apply` applies them, weakening only when told to
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 import subprocess
@@ -20,13 +19,13 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from deploy.stack import nats_part
+from deploy.nats import nats_parts
 from deploy.supervisor import Supervisor
 from shared.bus import connect_bus
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.streams import differences, stream_configs
-from tests.support import eventually, free_port, stack_settings
+from tests.support import eventually, stack_settings
 
 DAY = 86400.0
 GIB = 1 << 30
@@ -78,28 +77,12 @@ async def cluster() -> AsyncIterator[Settings]:
     deleted and made again at once can trip over its own leftovers on a peer); settings
     declaring R3."""
     base = Path(tempfile.mkdtemp(prefix="mediai-nats-cluster-"))
-    clients, routes = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    route_urls = ",".join(f"nats://127.0.0.1:{port}" for port in routes)
-    parts = []
-    for node, (client, route) in enumerate(zip(clients, routes, strict=True)):
-        part = nats_part(
-            stack_settings(
-                base / f"node{node}", nats_port=client, nats_url=f"nats://127.0.0.1:{client}"
-            )
-        )
-        argv = list(part.argv)
-        argv[argv.index("-n") + 1] = f"node{node}"
-        argv += ["--cluster_name", "mediai-test", "--cluster", f"nats://127.0.0.1:{route}"]
-        argv += ["--routes", route_urls]
-        parts.append(dataclasses.replace(part, name=f"nats-{node}", argv=argv))
+    settings = stack_settings(
+        base, nats_nodes=3, database_url="postgresql://postgres@127.0.0.1:1/nowhere"
+    )
     supervisor = Supervisor("127.0.0.1", base / "logs")
     try:
-        await supervisor.start_together(parts)
-        settings = Settings(
-            nats_url=",".join(f"nats://127.0.0.1:{port}" for port in clients),
-            nats_replicas=3,
-            database_url="postgresql://postgres@127.0.0.1:1/nowhere",
-        )
+        await supervisor.start_together(nats_parts(settings))
         bus = await connect_bus(settings, "tests", streams="skip")
         try:
             # The cluster answers before every peer can hold a replica: wait until R3 works.
@@ -135,7 +118,7 @@ def with_(settings: Settings, **changes: object) -> Settings:
 
 
 async def start_a_process(settings: Settings) -> None:
-    """What every MediAI process does at start: connect, declaring the streams."""
+    """What the operator does at start (``mediai up``): connect, creating missing streams."""
     bus = await connect_bus(settings, "tests", streams="create")
     await bus.close()
 
@@ -147,6 +130,7 @@ async def replicas(js: JetStreamContext) -> dict[str, int]:
 async def mediai(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     environ = {
         "PATH": "/usr/bin:/bin",
+        "MEDIAI_DATA_DIR": str(settings.data_dir),  # the operator's NATS login
         "NATS_URL": settings.nats_url,
         "DATABASE_URL": settings.database_url,
         "MEDIAI_NATS_REPLICAS": str(settings.nats_replicas),
@@ -172,6 +156,18 @@ async def test_a_process_creates_the_missing_streams_as_declared(
     dead = (await js.stream_info("MEDIAI_DEADLETTER")).config
     assert (dead.max_age, dead.max_bytes, dead.discard) == (30 * DAY, GIB, DiscardPolicy.OLD)
     assert (await js.stream_info("MEDIAI_EVENTS")).config.max_age == 0  # kept for audits
+
+
+async def test_a_service_creates_no_stream_and_says_which_are_missing(
+    cluster: Settings, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="shared.streams"):
+        bus = await connect_bus(cluster, "tests")  # a service's start: check only
+        await bus.close()
+    assert await replicas(js) == {}
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.streams"]
+    assert len(lines) == 3
+    assert all("is missing; run 'mediai streams apply'" in line for line in lines)
 
 
 async def test_a_process_with_weaker_settings_leaves_the_streams_alone_and_says_so(

@@ -54,6 +54,8 @@ class _Follower:
     ) -> None:
         self.bus, self.stream, self.subject, self.deliver = bus, stream, subject, deliver
         self._subscription: Subscription | None = None
+        # Each consumer followed is a generation; messages of an older one are dropped.
+        self._generation = 0
         self._delivered = 0  # the consumer's sequence of the last message delivered
         self._heard = time.monotonic()
         self._stale = asyncio.Event()
@@ -64,8 +66,16 @@ class _Follower:
         self._watching = asyncio.create_task(self._watch(), name="mediai-command-follower")
 
     async def _follow(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        self._delivered, self._heard = 0, time.monotonic()
+
+        async def on_message(message: Msg) -> None:
+            if generation == self._generation:  # else from a consumer given up
+                await self._on_message(message)
+
         inbox = self.bus.nc.new_inbox()
-        subscription = await self.bus.nc.subscribe(inbox, cb=self._on_message)
+        subscription = await self.bus.nc.subscribe(inbox, cb=on_message)
         try:
             await self.bus.js.add_consumer(
                 self.stream,
@@ -86,14 +96,11 @@ class _Follower:
                 await subscription.unsubscribe()
             raise
         previous, self._subscription = self._subscription, subscription
-        self._delivered, self._heard = 0, time.monotonic()
         if previous is not None:
             with contextlib.suppress(nats.errors.Error):
                 await previous.unsubscribe()
 
     async def _on_message(self, message: Msg) -> None:
-        if self._subscription is None or message.subject != self._subscription.subject:
-            return  # from a consumer given up
         self._heard = time.monotonic()
         headers = message.headers or {}
         if headers.get("Status") == "100":  # an idle heartbeat: it names the last delivered
