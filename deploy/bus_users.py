@@ -31,6 +31,8 @@ from shared.bus import CREDENTIALS_FILE, OPERATOR_USER
 from shared.consumer import ConsumerSpec
 from shared.events import CODEC, DEADLETTER_STREAM, EVENTS_STREAM, PHI_STREAM, DeadLettered, Event
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
+from shared.events.platform import DataKeyDestroyed
+from shared.keys_api import DispatchKeysRequest, OpeningKeyRequest, SealingKeyRequest
 
 AGENT = "agent"
 # Producers named in an event's PRODUCER that are not a NATS user of their own: the platform's
@@ -59,6 +61,9 @@ class Extras:
     # Reads stream and account info (a service's start-up check and /readyz). Stream info can
     # list a stream's subjects, which carry room names and dispatch ids: not for the agent.
     infos: bool = True
+    # The key service operations it may call (shared.keys_api): a service's KeyCache fetches
+    # keys to seal and to open; an agent job only its own dispatch's keys, by dispatch id.
+    keys: tuple[str, ...] = (SealingKeyRequest.OPERATION, OpeningKeyRequest.OPERATION)
 
 
 EXTRAS: dict[str, Extras] = {
@@ -69,10 +74,12 @@ EXTRAS: dict[str, Extras] = {
     # Audits (POST /v1/audits) replay the events stream.
     "billing": Extras(reads=(subjects.stream_name(EVENTS_STREAM),)),
     "scheduling": Extras(serves=(subjects.scheduling_requests(),)),
+    "keys": Extras(serves=(subjects.keys_requests(),)),
     AGENT: Extras(
         requests=(subjects.scheduling_requests(),),
         follows=(AgentEndRequested, AgentCommandIssued),
         infos=False,
+        keys=(DispatchKeysRequest.OPERATION,),
     ),
 }
 
@@ -156,7 +163,9 @@ def permissions(component: str) -> Permissions:
         filter_subject = subjects.type_filter(event_type)
         publish += [subjects.js_api("CONSUMER", "CREATE", stream, "*", filter_subject)]
     publish += extras.requests
-    subscribe += extras.serves
+    publish += [subjects.keys_request_subject(operation) for operation in extras.keys]
+    # Whoever holds keys drops one the moment it is destroyed (shared.keys).
+    subscribe += [subjects.type_filter(DataKeyDestroyed), *extras.serves]
     return Permissions(
         publish=tuple(dict.fromkeys(publish)),
         subscribe=tuple(dict.fromkeys(subscribe)),

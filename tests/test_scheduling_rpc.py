@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.events.clinical import AppointmentBooked
 from shared.subjects import inbox_prefix, scheduling_request_subject
 from shared.tenants import authenticate
-from tests.support import eventually, watch
+from tests.support import eventually, live_dispatch, watch
 
 ALL_DAY = [
     {"day": d, "start": "00:00", "end": "23:30"}
@@ -53,35 +53,26 @@ async def other_tenant_id(pool: asyncpg.Pool, other_tenant_key: str) -> str:
 
 
 @asynccontextmanager
-async def live_dispatch(stack: StackState, key: str) -> AsyncIterator[str]:
-    """A real dispatch of the tenant of ``key``, live (an agent on its way into an empty room)
-    until the end; the agent's requests name it, and act for its tenant."""
-    async with httpx.AsyncClient(
-        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    ) as client:
-        body = {"room": f"agenda-{tag()}", "role": "generic", "instructionsMode": "replace"}
-        # The stand-in's models (tests/standin): the agent really starts, and stays until ended.
-        models = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
-        response = await client.post(
-            "/v1/agents", json={**body, **models, "instructions": "Teste."}
-        )
-        assert response.status_code == 202, response.text
-        dispatch_id: str = response.json()["id"]
-        try:
-            yield dispatch_id
-        finally:
-            await client.delete(f"/v1/agents/{dispatch_id}")
+async def live_dispatch_of(stack: StackState, key: str) -> AsyncIterator[str]:
+    """A live dispatch of the tenant of ``key`` (tests.support.live_dispatch)."""
+    async with (
+        httpx.AsyncClient(
+            base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as client,
+        live_dispatch(client) as dispatch_id,
+    ):
+        yield dispatch_id
 
 
 @pytest.fixture(scope="module")
 async def dispatch_id(stack: StackState, tenant_key: str) -> AsyncIterator[str]:
-    async with live_dispatch(stack, tenant_key) as dispatch:
+    async with live_dispatch_of(stack, tenant_key) as dispatch:
         yield dispatch
 
 
 @pytest.fixture(scope="module")
 async def other_dispatch_id(stack: StackState, other_tenant_key: str) -> AsyncIterator[str]:
-    async with live_dispatch(stack, other_tenant_key) as dispatch:
+    async with live_dispatch_of(stack, other_tenant_key) as dispatch:
         yield dispatch
 
 
@@ -304,7 +295,7 @@ async def test_a_dispatch_that_ended_is_refused(
     stack: StackState, tenant_key: str, bus: Bus, api: httpx.AsyncClient
 ) -> None:
     doctor = await new_doctor(api)
-    async with live_dispatch(stack, tenant_key) as dispatch:
+    async with live_dispatch_of(stack, tenant_key) as dispatch:
         request = sched.NextSlotsRequest(dispatch_id=dispatch, doctor_id=doctor["id"], limit=1)
         assert (await api_call(bus, request)).doctor.id == doctor["id"]
 

@@ -25,7 +25,7 @@ from shared.bus import connect_bus
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.streams import differences, stream_configs
-from tests.support import eventually, stack_settings
+from tests.support import stack_settings
 
 DAY = 86400.0
 GIB = 1 << 30
@@ -73,30 +73,15 @@ def test_a_stream_as_declared_has_no_difference() -> None:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Settings]:
-    """Three nats-server nodes (the stack's NATS part, clustered), new for each test (a stream
-    deleted and made again at once can trip over its own leftovers on a peer); settings
-    declaring R3."""
+    """Three NATS nodes as `mediai up` clusters them (MEDIAI_NATS_NODES=3, streams R3), new for
+    each test (a stream deleted and made again at once can trip over its own leftovers on a
+    peer)."""
     base = Path(tempfile.mkdtemp(prefix="mediai-nats-cluster-"))
-    settings = stack_settings(
-        base, nats_nodes=3, database_url="postgresql://postgres@127.0.0.1:1/nowhere"
-    )
-    supervisor = Supervisor("127.0.0.1", base / "logs")
+    settings = stack_settings(base, nats_nodes=3, nats_replicas=3)
+    supervisor = Supervisor(settings.host, base / "logs")
     try:
+        # Each node is ready once an R3 stream can be created through it.
         await supervisor.start_together(nats_parts(settings))
-        bus = await connect_bus(settings, "tests", streams="skip")
-        try:
-            # The cluster answers before every peer can hold a replica: wait until R3 works.
-            async def r3_accepted() -> bool:
-                try:
-                    await bus.js.add_stream(name="PROBE", subjects=["probe.>"], num_replicas=3)
-                except Exception:  # noqa: BLE001 - "insufficient resources" until peers are current
-                    return False
-                await bus.js.delete_stream("PROBE")
-                return True
-
-            await eventually(r3_accepted, timeout=30)
-        finally:
-            await bus.close()
         yield settings
     finally:
         await supervisor.stop()

@@ -1,7 +1,9 @@
 """Commands from the backend to a running agent, over NATS, addressed by dispatch id.
 
 The agent follows the dispatch's ``AgentEndRequested`` and ``AgentCommandIssued`` subjects
-from the start of the stream, so a command sent while it was still joining is not missed.
+from the start of the stream, so a command sent while it was still joining is not missed. A
+command's text is sealed; it is opened with the dispatch's key (one that cannot be opened, its
+key destroyed, is ignored: the agent never says "[apagado]").
 
 Each subject is followed by an ephemeral consumer with a name, so nats-py creates it on the
 subject that carries its filter (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``): the
@@ -31,6 +33,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.events import CODEC, EventDecodeError
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
+from shared.phi import KeysUnavailableError, is_erased
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +158,29 @@ class CommandListener:
 
         async def deliver(message: Msg) -> None:
             try:
-                event = CODEC.decode(message.data)
+                sealed = CODEC.decode(message.data)
             except EventDecodeError as error:
                 log.error("command for dispatch could not be decoded: %s", error)
                 return
-            if event.tenant != tenant or event.subject != dispatch_id:
+            if sealed.tenant != tenant or sealed.subject != dispatch_id:
                 # The server lets the agent read any dispatch's commands; this one reads its own.
                 log.error("a command for another dispatch was ignored")
                 return
-            if event.id in listener._seen:  # following again redelivers from the start
+            if sealed.id in listener._seen:  # following again redelivers from the start
+                return
+            try:
+                event = await bus.phi.open(sealed)
+            except KeysUnavailableError:
+                log.error("command for dispatch could not be opened: the key service is away")
                 return
             listener._seen.add(event.id)
             try:
                 if isinstance(event.data, AgentEndRequested):
                     await on_end(event.data)
                 elif isinstance(event.data, AgentCommandIssued):
+                    if is_erased(event.data.text):
+                        log.warning("a command whose key was destroyed was ignored")
+                        return
                     await on_command(event.data)
             except Exception:
                 log.exception("command %s failed", event.type)
