@@ -49,6 +49,7 @@ typecheck: install
 
 docs: install
 	$(UV) run mediai docs events --check
+	$(UV) run mediai docs nats-users --check
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

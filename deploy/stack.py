@@ -20,13 +20,16 @@ import asyncpg
 import msgspec
 
 from deploy import livekit
+from deploy.bus_users import AGENT, ensure_credentials
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
-from deploy.nats import nats_parts
+from deploy.nats import nats_parts, operator_login
 from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
 from services import http_services
 from services.keys import kek
+from shared.bus import connect_bus
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
+from shared.outbox import relay_outbox
 from shared.tenants import authenticate, create_tenant
 
 DEPLOY_DIR = Path(__file__).resolve().parent
@@ -48,8 +51,19 @@ async def _http_ready(url: str) -> bool:
     return await asyncio.to_thread(_http_ok, url)
 
 
+NATS_LOGIN_VARIABLES = (
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "MEDIAI_AGENT_NATS_USER",
+    "MEDIAI_AGENT_NATS_PASSWORD",
+)
+
+
 def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     environ = to_environ(settings)
+    # Each process gets its own NATS user (nats_environ), never the one this process runs as.
+    for variable in NATS_LOGIN_VARIABLES:
+        environ.pop(variable, None)
     if settings.livekit_local:
         # Blank out any external-server settings inherited from the shell.
         environ.update({"LIVEKIT_URL": "", "LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""})
@@ -175,6 +189,18 @@ def livekit_part(settings: Settings) -> Part:
     )
 
 
+def nats_environ(settings: Settings, service: str) -> dict[str, str]:
+    """A service's own NATS user and password; the dispatcher also gets the agent workers',
+    to hand to the workers its pool starts."""
+    passwords = ensure_credentials(settings.data_dir)
+    environ = {"NATS_USER": service, "NATS_PASSWORD": passwords[service]}
+    if service == "dispatcher":
+        environ.update(
+            {"MEDIAI_AGENT_NATS_USER": AGENT, "MEDIAI_AGENT_NATS_PASSWORD": passwords[AGENT]}
+        )
+    return environ
+
+
 def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
     """One HTTP service; ``env`` adds to the environment its settings make (e.g. a crash point,
     ``MEDIAI_CRASH_POINT``, for that service alone)."""
@@ -185,7 +211,7 @@ def service_part(settings: Settings, service: str, env: dict[str, str] | None = 
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env={**child_environ(settings, service), **(env or {})},
+        env={**child_environ(settings, service), **nats_environ(settings, service), **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
         # The dispatcher is ready once its first agent worker has registered with LiveKit (a
         # dispatch sent then is taken at once); a cold worker takes seconds to start. A service
@@ -252,6 +278,26 @@ def stack_stages(
     ]
 
 
+async def as_operator(settings: Settings) -> None:
+    """What the operator does once the servers run and before the services start: create the
+    streams that are missing (services may not), and publish the platform's pending events
+    (a tenant created by ``ensure_dev_key``; no service may publish them)."""
+    login = operator_login(settings)
+    operator = msgspec.structs.replace(
+        settings, nats_user=login["user"], nats_password=login["password"]
+    )
+    bus = await connect_bus(operator, "platform", streams="create")
+    try:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await relay_outbox(pool, bus)
+        finally:
+            await pool.close()
+    finally:
+        await bus.close()
+
+
 async def ensure_dev_key(settings: Settings) -> str:
     """The development tenant's API key, created on first start and kept in the data folder."""
     path = settings.data_dir / DEV_KEY_FILE
@@ -313,6 +359,7 @@ class Stack:
             )
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
+            await as_operator(self.settings)
             if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
                 kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
             await self.supervisor.start_together(services)

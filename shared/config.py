@@ -51,6 +51,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # nats_cluster_port + i - 1 (defaults 4222-4224 and 6222-6224: below the kernel's
     # ephemeral range, so never a port the OS hands out as a free one).
     nats_nodes: int = 1
+    # Who this process is on NATS: each component has its own user, with subject permissions
+    # (deploy/bus_users.py). Unset: the operator's, from a local stack's data_dir if there is one.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    # The CA that signed the NATS servers' certificates (tls:// URLs); unset: the system's CAs.
+    nats_ca: Path | None = None
+    # The agent workers' NATS user, which the dispatcher's pool hands to the workers it starts.
+    agent_nats_user: str = "agent"
+    agent_nats_password: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
 
     livekit_url: str = "ws://127.0.0.1:7880"
@@ -197,6 +206,13 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _readable_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{value} is not a readable file")
+    return path
+
+
 def _port(value: str) -> int:
     port = int(value)
     if not 1 <= port <= 65535:
@@ -334,6 +350,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
     "MEDIAI_NATS_NODES": ("nats_nodes", _nats_nodes),
+    "NATS_USER": ("nats_user", str),
+    "NATS_PASSWORD": ("nats_password", str),
+    "NATS_CA": ("nats_ca", _readable_file),
+    "MEDIAI_AGENT_NATS_USER": ("agent_nats_user", str),
+    "MEDIAI_AGENT_NATS_PASSWORD": ("agent_nats_password", str),
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "LIVEKIT_URL": ("livekit_url", _url("ws", "wss", "http", "https")),
     "LIVEKIT_API_KEY": ("livekit_api_key", str),
@@ -446,6 +467,13 @@ def load_settings(
             {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"} - set(livekit_given)
         )
         raise ConfigError(f"{missing[0]}: required when {livekit_given[0]} is set (set all three)")
+    if ("nats_user" in fields) != ("nats_password" in fields):
+        given, absent = (
+            ("NATS_USER", "NATS_PASSWORD")
+            if "nats_user" in fields
+            else ("NATS_PASSWORD", "NATS_USER")
+        )
+        raise ConfigError(f"{absent}: required when {given} is set")
     settings = Settings(**fields)
     # The URLs of the local stack follow its host and ports unless given outright.
     host = settings.host

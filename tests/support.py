@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import httpx
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from deploy.supervisor import port_in_use
@@ -183,3 +185,23 @@ async def private_database(settings: Settings, prefix: str) -> AsyncIterator[str
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@asynccontextmanager
+async def live_dispatch(api: httpx.AsyncClient) -> AsyncIterator[str]:
+    """A real dispatch of ``api``'s tenant, live (its agent in an empty room, where it says
+    nothing) until the end: the agent's scheduling requests name it and act for its tenant."""
+    body = {
+        "room": f"agenda-{uuid.uuid4().hex[:8]}",
+        "role": "generic",
+        "instructionsMode": "replace",
+    }
+    # The stand-in's models (tests/standin): the agent really starts, and stays until ended.
+    models = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
+    response = await api.post("/v1/agents", json={**body, **models, "instructions": "Teste."})
+    assert response.status_code == 202, response.text
+    dispatch_id: str = response.json()["id"]
+    try:
+        yield dispatch_id
+    finally:
+        await api.delete(f"/v1/agents/{dispatch_id}")

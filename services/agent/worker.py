@@ -156,7 +156,7 @@ def prewarm(proc: JobProcess) -> None:
 
 async def entrypoint(ctx: JobContext) -> None:
     deps: WorkerContext = ctx.proc.userdata["mediai"]
-    bus_connecting = asyncio.create_task(connect_bus(deps.settings, "agent", declare=False))
+    bus_connecting = asyncio.create_task(connect_bus(deps.settings, "agent", streams="skip"))
     try:
         meta = parse_metadata(ctx.job.metadata)
         role = check_job(meta, deps.roles, deps.settings)
@@ -410,7 +410,7 @@ async def run_worker(
     except OSError as error:
         raise WorkerStartError(f"agent spool: {error}") from None
     register_spool_metrics(spool)
-    bus = await connect_bus(settings, "agent")
+    bus = await connect_bus(settings, "agent", streams="skip")
     worker = Worker(settings, bus, roles, spool, http_port, prometheus_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -92,7 +92,7 @@ async def agents(
     if faulty.supervisor.pid("nats") is None:
         await faulty.supervisor.start_again("nats")
     openai_standin.reset()
-    bus = await connect_bus(faulty.settings, "tests", declare=False)
+    bus = await connect_bus(faulty.settings, "tests", streams="skip")
     readyz = f"http://{faulty.settings.host}:{faulty.settings.service_port('dispatcher')}/readyz"
     async with faulty.client(timeout=30) as api:
 

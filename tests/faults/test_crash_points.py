@@ -82,7 +82,7 @@ async def faulty() -> AsyncIterator[FaultStack]:
 @pytest.fixture
 async def bus(faulty: FaultStack) -> AsyncIterator[Bus]:
     """A connection publishing as the agent does."""
-    connected = await connect_bus(faulty.settings, "agent", declare=False)
+    connected = await connect_bus(faulty.settings, "agent", streams="skip")
     yield connected
     await connected.close()
 
