@@ -325,9 +325,9 @@ def _ratio(value: str) -> float:
 
 
 def _trace_url_template(value: str) -> str:
-    _url("http", "https")(value.replace("{trace_id}", "0"))
     if "{trace_id}" not in value:
         raise ValueError(f"{value!r} has no {{trace_id}} where the trace's id goes")
+    _url("http", "https")(value.replace("{trace_id}", "0"))
     return value
 
 
