@@ -130,23 +130,25 @@ def test_the_exporters_drop_what_libraries_record_of_a_conversation() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(ScrubbingExporter(exported)))
     said = "Maria da Silva, dor no peito"
-    with pytest.raises(ValueError, match="Maria"):  # noqa: PT012 - the span records it
-        with provider.get_tracer("probe").start_as_current_span("user_turn") as span:
-            span.set_attributes(
-                {
-                    "lk.pii.user_transcript": said,
-                    "mediai.pii.name": said,
-                    "gen_ai.input.messages": said,
-                    "gen_ai.prompt.0.content": said,
-                    "gen_ai.tool.call.arguments": said,
-                    "lk.rpc.caller_identity": said,
-                    "lk.speech_id": "speech_1",
-                    "gen_ai.request.model": "gpt-4o-mini",
-                }
-            )
-            span.add_event("gen_ai.user.message", {"content": said})
-            span.add_event("lk.playout", {"lk.pii.input_text": said, "lk.interrupted": False})
-            raise ValueError(said)
+    with (  # noqa: PT012 - the span records the exception
+        pytest.raises(ValueError, match="Maria"),
+        provider.get_tracer("probe").start_as_current_span("user_turn") as span,
+    ):
+        span.set_attributes(
+            {
+                "lk.pii.user_transcript": said,
+                "mediai.pii.name": said,
+                "gen_ai.input.messages": said,
+                "gen_ai.prompt.0.content": said,
+                "gen_ai.tool.call.arguments": said,
+                "lk.rpc.caller_identity": said,
+                "lk.speech_id": "speech_1",
+                "gen_ai.request.model": "gpt-4o-mini",
+            }
+        )
+        span.add_event("gen_ai.user.message", {"content": said})
+        span.add_event("lk.playout", {"lk.pii.input_text": said, "lk.interrupted": False})
+        raise ValueError(said)
     (span,) = exported.get_finished_spans()
     assert said not in repr(span.to_json())
     assert dict(span.attributes or {}) == {
