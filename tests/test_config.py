@@ -78,7 +78,10 @@ def test_livekit_url_with_credentials_means_an_external_server() -> None:
         ({"MEDIAI_DEADLETTER_MAX_BYTES": "1 gigabyte"}, "MEDIAI_DEADLETTER_MAX_BYTES"),
         ({"MEDIAI_DEADLETTER_RETENTION": "0"}, "MEDIAI_DEADLETTER_RETENTION: 0 must be"),
         ({"MEDIAI_TRACE_SAMPLE_RATIO": "1.5"}, "MEDIAI_TRACE_SAMPLE_RATIO: 1.5 must be a ratio"),
-        ({"MEDIAI_TRACE_URL_TEMPLATE": "http://t/x"}, "MEDIAI_TRACE_URL_TEMPLATE: 'http://t/x' has"),
+        (
+            {"MEDIAI_TRACE_URL_TEMPLATE": "http://t/x"},
+            "MEDIAI_TRACE_URL_TEMPLATE: 'http://t/x' has",
+        ),
         ({"OTEL_EXPORTER_ZIPKIN_ENDPOINT": "zipkin:9411"}, "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
     ],
 )
