@@ -500,7 +500,7 @@ def load_settings(
             )
     if "DATABASE_URL" not in values:
         derived["database_url"] = f"postgresql://postgres@{host}:{settings.postgres_port}/mediai"
-    if settings.zipkin and "MEDIAI_TRACE_URL_TEMPLATE" not in values:
+    if settings.zipkin and not settings.trace_url_template:
         derived["trace_url_template"] = f"{settings.zipkin_url}traces/{{trace_id}}"
     if livekit_given:
         derived["livekit_local"] = False
