@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy import zipkin
 from shared.config import Settings
 from tests.standin import OpenAIStandin
 from tests.support import eventually, stack_settings
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.livekit
 
 @pytest.fixture
 def zipkin_settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
+    # Fetched by `make zipkin` (`make test` runs it first), never by a test.
+    assert zipkin.jar_path().is_file(), "the Zipkin server is not cached: run 'make zipkin'"
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-zipkin-"))
     yield stack_settings(
         data_dir,
