@@ -3,9 +3,13 @@
 Zipkin is the tracing backend of the local stack because it is the one a registry serves whole:
 its server jar (``io.zipkin:zipkin-server``, the ``exec`` jar) carries its web UI and runs on the
 machine's Java 17, with in-memory storage. (Jaeger from the Go module proxy holds only a
-placeholder for its UI assets, and its ``replace`` directives stop ``go install``.) Zipkin does
-not take OTLP, so the services export to it in its own JSON format locally
-(``OTEL_EXPORTER_ZIPKIN_ENDPOINT``, shared/telemetry.py) and over OTLP to anything else.
+placeholder for its UI assets, and its ``replace`` directives stop ``go install``.)
+
+Zipkin's server takes no OTLP (its OTLP module, ``zipkin-otel``, is not on Maven Central), so
+the local processes export to it in Zipkin's own JSON with OpenTelemetry's Zipkin exporter
+(``OTEL_EXPORTER_ZIPKIN_ENDPOINT``, shared/telemetry.py): one exporter more in each process,
+where an OpenTelemetry Collector between them would be one more server to build and run. OTLP
+stays the way to any other backend (``OTEL_EXPORTER_OTLP_ENDPOINT``).
 """
 
 from __future__ import annotations
