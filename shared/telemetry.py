@@ -68,6 +68,14 @@ class _DispatchesAlways(Sampler):
         return f"DispatchesAlways{{{self.ratio.get_description()}}}"
 
 
+def sampler(ratio: float) -> Sampler:
+    """Dispatches always; other traces at ``ratio``; a span follows its parent's decision, except
+    that a dispatch is traced even when its caller did not sample its own request."""
+    return ParentBased(
+        root=_DispatchesAlways(ratio), remote_parent_not_sampled=_DispatchesAlways(0.0)
+    )
+
+
 def exporters(settings: Settings) -> list[SpanExporter]:
     """The exporters the settings ask for, each behind the scrubber."""
     found: list[SpanExporter] = []
@@ -94,7 +102,7 @@ def setup_telemetry(service: str, settings: Settings) -> None:
         return
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"mediai-{service}"}),
-        sampler=ParentBased(root=_DispatchesAlways(settings.trace_sample_ratio)),
+        sampler=sampler(settings.trace_sample_ratio),
     )
     for exporter in exporters(settings):
         provider.add_span_processor(BatchSpanProcessor(exporter))

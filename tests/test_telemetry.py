@@ -96,11 +96,10 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
 
 def test_dispatches_are_always_sampled_and_the_rest_by_ratio() -> None:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import ParentBased
 
-    from shared.telemetry import _DispatchesAlways
+    from shared.telemetry import extract, sampler
 
-    provider = TracerProvider(sampler=ParentBased(root=_DispatchesAlways(0.0)))
+    provider = TracerProvider(sampler=sampler(0.0))
     probe = provider.get_tracer("probe")
 
     def sampled(method: str, path: str) -> bool:
@@ -117,6 +116,13 @@ def test_dispatches_are_always_sampled_and_the_rest_by_ratio() -> None:
     old_conventions = {"http.method": "POST", "http.target": "/v1/agents?x=1"}
     with probe.start_as_current_span("POST", attributes=old_conventions) as span:
         assert span.is_recording()
+    # A caller's unsampled traceparent is followed, except by a dispatch.
+    unsampled = extract({"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"})
+    dispatch = {"http.request.method": "POST", "url.path": "/v1/agents"}
+    with probe.start_as_current_span("POST", context=unsampled, attributes=dispatch) as span:
+        assert span.is_recording()
+    with probe.start_as_current_span("GET", context=unsampled) as span:
+        assert not span.is_recording()
 
 
 def test_the_exporters_drop_what_libraries_record_of_a_conversation() -> None:
