@@ -200,7 +200,9 @@ def zipkin_part(settings: Settings) -> Part:
         env=zipkin.environment(settings.zipkin_port),
         ready=lambda: _http_ready(f"http://{settings.host}:{settings.zipkin_port}/health"),
         prepare=prepare,
-        ready_timeout=90.0,
+        ready_timeout=120.0,
+        # In-memory: nothing to save, and the JVM's graceful shutdown takes seconds.
+        stop_signal=signal.SIGKILL,
     )
 
 

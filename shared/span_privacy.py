@@ -10,12 +10,15 @@ whatever a library's own switches say.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status, StatusCode
+
+log = logging.getLogger(__name__)
 
 # Attributes that carry personal data under names that do not say so. (A name with a ``pii``
 # segment, livekit-agents' ``lk.pii.*`` or our ``mediai.pii.*``, always goes too.)
@@ -91,13 +94,30 @@ def scrub(span: ReadableSpan) -> ReadableSpan:
 
 
 class ScrubbingExporter(SpanExporter):
-    """Exports through ``inner`` what ``scrub`` leaves of each span."""
+    """Exports through ``inner`` what ``scrub`` leaves of each span. A backend that cannot be
+    reached (still starting, away) costs the spans of that moment and one log line, not a
+    traceback per batch."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
+        self._failing = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([scrub(span) for span in spans])
+        try:
+            result = self.inner.export([scrub(span) for span in spans])
+        except OSError as error:  # requests' errors are OSErrors: the backend is unreachable
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "traces: %s unreachable (%s); spans are dropped until it is back",
+                    type(self.inner).__name__,
+                    type(error).__name__,
+                )
+            return SpanExportResult.FAILURE
+        if self._failing and result is SpanExportResult.SUCCESS:
+            self._failing = False
+            log.warning("traces: %s reachable again", type(self.inner).__name__)
+        return result
 
     def shutdown(self) -> None:
         self.inner.shutdown()
