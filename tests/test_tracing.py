@@ -178,6 +178,8 @@ async def test_a_dispatch_is_one_trace_from_the_request_to_billing_without_what_
         found = named(in_trace, name, "mediai-agent")
         assert found, f"no {name} span in the dispatch's trace: {sorted(names)}"
         assert "agent job" in ancestors(found[0], by_id), (name, ancestors(found[0], by_id))
+    (turn, *_) = named(in_trace, "user_turn", "mediai-agent")
+    assert turn.attributes["gen_ai.request.model"] == OPENAI["stt"].split("/")[1]  # its STT
 
     # The job's events, published under the job, and billing's projection of its usage.
     published = named(in_trace, f"publish {AgentSessionStarted.TYPE}", "mediai-agent")
