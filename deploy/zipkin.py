@@ -105,12 +105,8 @@ def ensure_jar(announce: bool = True) -> Path:
 
 def command(host: str, port: int) -> list[str]:
     """The server's command line: in-memory storage, bound to ``host`` only, tuned to start
-    fast on a small machine (C1 compiler only, serial GC, a small heap), and at a lower CPU
-    priority: its JVM starts beside the services and must not slow them down."""
+    fast on a small machine (C1 compiler only, serial GC, a small heap)."""
     return [
-        shutil.which("nice") or "nice",
-        "-n",
-        "10",
         shutil.which("java") or "java",
         "-XX:TieredStopAtLevel=1",
         "-XX:+UseSerialGC",
