@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import livekit
+from deploy import livekit, zipkin
 from deploy.bus_users import AGENT, ensure_credentials
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts, operator_login
@@ -67,6 +67,9 @@ def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     if settings.livekit_local:
         # Blank out any external-server settings inherited from the shell.
         environ.update({"LIVEKIT_URL": "", "LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""})
+    if settings.zipkin and not settings.zipkin_endpoint:
+        # The local Zipkin collects every process's spans (shared/telemetry.py).
+        environ["OTEL_EXPORTER_ZIPKIN_ENDPOINT"] = zipkin_spans_url(settings)
     if service != KEY_SERVICE:
         # The key-encryption key, if the shell gave one, goes to the key service alone.
         environ[kek.ENVIRONMENT_VARIABLE] = ""
@@ -199,6 +202,34 @@ def nats_environ(settings: Settings, service: str) -> dict[str, str]:
             {"MEDIAI_AGENT_NATS_USER": AGENT, "MEDIAI_AGENT_NATS_PASSWORD": passwords[AGENT]}
         )
     return environ
+
+
+def zipkin_spans_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.zipkin_port}/api/v2/spans"
+
+
+def zipkin_part(settings: Settings) -> Part:
+    """The local tracing backend and its UI (deploy/zipkin.py). A JVM takes seconds to start:
+    the stack starts it first and waits for it last (``Stack.start``)."""
+
+    async def prepare() -> None:
+        try:
+            await asyncio.to_thread(zipkin.ensure_jar)
+        except zipkin.ZipkinUnavailableError as error:
+            raise StackError(str(error)) from None
+
+    return Part(
+        name="zipkin",
+        argv=zipkin.command(settings.host, settings.zipkin_port),
+        url=settings.zipkin_url,
+        ports=[("MEDIAI_ZIPKIN_PORT", settings.zipkin_port)],
+        env=zipkin.environment(settings.zipkin_port),
+        ready=lambda: _http_ready(f"http://{settings.host}:{settings.zipkin_port}/health"),
+        prepare=prepare,
+        ready_timeout=120.0,
+        # In-memory: nothing to save, and the JVM's graceful shutdown takes seconds.
+        stop_signal=signal.SIGKILL,
+    )
 
 
 def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
@@ -335,6 +366,9 @@ class StackState(msgspec.Struct, kw_only=True):
     livekit_local: bool
     dev_api_key: str
     parts: list[PartState]
+    # The tracing UI ("" when the stack runs none) and where one trace is seen.
+    traces_url: str = ""
+    trace_url_template: str = ""
 
 
 @dataclass
@@ -352,11 +386,20 @@ class Stack:
 
     async def start(self) -> StackState:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tracing: asyncio.Task[None] | None = None
         try:
             dev_key = ""
             servers, services, gateway = stack_stages(
                 self.settings, self.services, self.environment
             )
+            # Nothing waits for the tracing backend (spans wait in each process's exporter):
+            # its JVM starts beside everything else and is awaited last.
+            if self.settings.zipkin:
+                try:
+                    zipkin.java()  # said at once, not after the rest has started
+                except zipkin.ZipkinUnavailableError as error:
+                    raise StackError(str(error)) from None
+                tracing = asyncio.create_task(self.supervisor.start(zipkin_part(self.settings)))
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
             await as_operator(self.settings)
@@ -364,7 +407,12 @@ class Stack:
                 kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
             await self.supervisor.start_together(services)
             await self.supervisor.start_together(gateway)
+            if tracing is not None:
+                await tracing
         except BaseException:
+            if tracing is not None and not tracing.done():
+                tracing.cancel()
+                await asyncio.gather(tracing, return_exceptions=True)
             await self.supervisor.stop()
             raise
         s = self.settings
@@ -378,6 +426,8 @@ class Stack:
             livekit_api_secret=s.livekit_api_secret,
             livekit_local=s.livekit_local,
             dev_api_key=dev_key,
+            traces_url=s.zipkin_url if s.zipkin else "",
+            trace_url_template=s.trace_url_template,
             parts=[
                 PartState(
                     name=p.name,

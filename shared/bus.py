@@ -36,7 +36,7 @@ from shared.events import (
 from shared.keys import KeyCache
 from shared.phi import Phi
 from shared.streams import check_streams, create_missing_streams, stream_configs
-from shared.telemetry import current_traceparent, inject, tracer
+from shared.telemetry import current_traceparent, inject, parent_of, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -105,12 +105,14 @@ class Bus:
         event = await self.phi.seal(event)
         subject = subjects.event_subject(event.data, tenant=event.tenant, key=event.subject)
         headers = {"Nats-Msg-Id": event.id}
-        inject(headers)
         if expected_last_subject_sequence is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         payload = CODEC.encode(event)
+        # Published later than made (an outbox row, a spooled session event), the event still
+        # belongs to the trace it was made in: its own traceparent.
         with _tracer.start_as_current_span(
             f"publish {event.type}",
+            context=parent_of(event.traceparent),
             kind=SpanKind.PRODUCER,
             attributes={
                 attr.MESSAGING_SYSTEM: "nats",
@@ -120,6 +122,7 @@ class Bus:
                 attr.TENANT: event.tenant,
             },
         ):
+            inject(headers)  # the consumer's span is a child of this one
             return await self._publish_with_retry(subject, payload, headers)
 
     async def _publish_with_retry(

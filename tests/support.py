@@ -74,6 +74,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
         # A vanished agent fails its dispatch sooner than in production (60 s).
         "agent_lost_grace": 10,
+        # No JVM per test session: the tests that look at traces start Zipkin, or a receiver.
+        "zipkin": False,
     }
     # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
     selected = os.environ.get("MEDIAI_SERVICES", "")

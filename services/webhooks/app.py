@@ -24,6 +24,7 @@ from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
 
 from services.webhooks.core import translate
+from services.webhooks.tracing import link_to_room
 from shared.bus import BusUnavailableError
 from shared.config import Settings
 from shared.http import ApiError, BusDep, ErrorBody, UnauthorizedError, create_service_app
@@ -121,6 +122,7 @@ async def receive_livekit_webhook(
     if not bus.nc.is_connected:
         # Fail fast rather than wait out the publish retries: LiveKit retries anyway.
         raise BusUnavailableError("NATS is not connected")
+    await link_to_room(bus, publications[0])
     for publication in publications:
         await bus.publish(
             publication.data,
