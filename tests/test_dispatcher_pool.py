@@ -25,7 +25,12 @@ async def test_the_pool_starts_its_minimum_and_drains_on_shutdown(
 ) -> None:
     # Its events go through the database's outbox, as this process's (the pool's bus): each
     # component relays its own rows, so this test runs the relay of its own.
-    workers = WorkerPool(msgspec.structs.replace(settings, agent_pool_min=1, agent_pool_max=1))
+    # An idle worker drains at once; the timeout is only a bound, generous on a loaded machine
+    # (a worker killed at the bound is what this test would catch).
+    drained = msgspec.structs.replace(
+        settings, agent_pool_min=1, agent_pool_max=1, agent_drain_timeout=30
+    )
+    workers = WorkerPool(drained)
     relaying = asyncio.create_task(run_outbox_relay(pool, bus, interval=0.2))
     async with following(
         bus, AgentWorkerStarted, AgentWorkerRegistered, AgentWorkerExited
