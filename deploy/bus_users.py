@@ -32,6 +32,7 @@ from shared.consumer import ConsumerSpec
 from shared.events import CODEC, DEADLETTER_STREAM, EVENTS_STREAM, PHI_STREAM, DeadLettered, Event
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.events.platform import DataKeyDestroyed
+from shared.events.rooms import RoomStarted
 from shared.keys_api import DispatchKeysRequest, OpeningKeyRequest, SealingKeyRequest
 
 AGENT = "agent"
@@ -73,6 +74,8 @@ EXTRAS: dict[str, Extras] = {
     ),
     # Audits (POST /v1/audits) replay the events stream.
     "billing": Extras(reads=(subjects.stream_name(EVENTS_STREAM),)),
+    # A webhook's span links to its room's trace, read from the room's last RoomStarted.
+    "webhooks": Extras(gets=(subjects.stream_name(RoomStarted.STREAM),)),
     "scheduling": Extras(serves=(subjects.scheduling_requests(),)),
     "keys": Extras(serves=(subjects.keys_requests(),)),
     AGENT: Extras(
