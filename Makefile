@@ -14,14 +14,14 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit zipkin lint typecheck docs clean
+.PHONY: up test faults install livekit zipkin helm lint typecheck docs clean
 
 up: install livekit zipkin
 	$(UV) run mediai up
 
 # The fault suite runs after the rest, never beside it: each of its modules starts a stack of
 # its own (docs/reliability.md).
-test: install livekit zipkin lint typecheck docs
+test: install livekit zipkin helm lint typecheck docs
 	$(UV) run pytest -m "not faults"
 	$(UV) run pytest -m faults tests/faults
 
@@ -45,6 +45,10 @@ livekit: install
 # Central with Maven, its checksum checked (skipped when MEDIAI_ZIPKIN=false).
 zipkin: install
 	@if [ "$${MEDIAI_ZIPKIN:-true}" != "false" ]; then $(UV) run mediai zipkin fetch; fi
+
+# Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
+helm: install
+	$(UV) run mediai tools build helm
 
 lint: install
 	$(UV) run ruff check .
