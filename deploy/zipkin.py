@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from deploy.livekit import cache_dir
+from deploy.gotools import cache_dir
 
 # The one place the Zipkin server version is pinned, with the SHA-256 of its exec jar.
 ZIPKIN_ARTIFACT = "io.zipkin:zipkin-server:3.6.1:jar:exec"
