@@ -34,6 +34,7 @@ from services.agent.reporter import Reporter
 from services.agent.roles import Role, RoleError, load_registry, render_instructions
 from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe, open_journal
 from services.agent.spool import spool_root
+from services.agent.telemetry import setup_agent_telemetry
 from services.agent.tools import TOOLS
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings, load_settings
@@ -145,6 +146,8 @@ def prewarm(proc: JobProcess) -> None:
     from livekit.plugins import silero
 
     settings = load_settings()
+    # A job process is a fresh interpreter: it traces (personal data left out) like the worker.
+    setup_agent_telemetry(settings)
     proc.userdata["mediai"] = WorkerContext(
         settings=settings,
         roles=load_registry(),

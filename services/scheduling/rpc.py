@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +27,7 @@ from services.scheduling import core, service
 from services.scheduling.store import Appointment, AppointmentFilter, Doctor, DoctorFilter
 from shared import attributes as attr
 from shared import scheduling_api as api
+from shared.phi import Phi
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import extract, tracer
 
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 QUEUE = "scheduling"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the operations need: the database, and the sealing of personal columns."""
+
+    pool: asyncpg.Pool
+    phi: Phi
 
 
 def _slot(slot: core.Slot, zone: ZoneInfo) -> api.Slot:
@@ -71,11 +81,11 @@ def _appointment(a: Appointment) -> api.Appointment:
 
 
 async def search_doctors(
-    pool: asyncpg.Pool, r: api.SearchDoctorsRequest, now: datetime
+    ctx: Context, r: api.SearchDoctorsRequest, now: datetime
 ) -> api.SearchDoctorsReply:
     query = DoctorFilter(specialty=r.specialty, name=r.name, city=r.city, insurance=r.insurance)
     found = await service.search_doctors(
-        pool,
+        ctx.pool,
         r.tenant,
         query,
         available_from=r.available_from,
@@ -84,17 +94,15 @@ async def search_doctors(
         offset=0,
         now=now,
     )
-    known = [] if found else await service.known_specialties(pool, r.tenant)
+    known = [] if found else await service.known_specialties(ctx.pool, r.tenant)
     return api.SearchDoctorsReply(
         doctors=[_doctor(doctor, slot) for doctor, slot in found], known_specialties=known
     )
 
 
-async def next_slots(
-    pool: asyncpg.Pool, r: api.NextSlotsRequest, now: datetime
-) -> api.NextSlotsReply:
+async def next_slots(ctx: Context, r: api.NextSlotsRequest, now: datetime) -> api.NextSlotsReply:
     doctor, slots = await service.doctor_slots(
-        pool, r.tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
+        ctx.pool, r.tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
     )
     zone = doctor.schedule.zone
     return api.NextSlotsReply(
@@ -103,7 +111,7 @@ async def next_slots(
     )
 
 
-async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.AppointmentReply:
+async def book(ctx: Context, r: api.BookRequest, now: datetime) -> api.AppointmentReply:
     booking = service.Booking(
         doctor_id=r.doctor_id,
         starts_at=r.starts_at,
@@ -115,15 +123,13 @@ async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.App
         request_key=r.request_id,
         channel="agent",
     )
-    appointment, _ = await service.book(pool, r.tenant, booking, now=now)
+    appointment, _ = await service.book(ctx.pool, r.tenant, booking, now=now, phi=ctx.phi)
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
-async def reschedule(
-    pool: asyncpg.Pool, r: api.RescheduleRequest, now: datetime
-) -> api.RescheduleReply:
+async def reschedule(ctx: Context, r: api.RescheduleRequest, now: datetime) -> api.RescheduleReply:
     appointment, previous = await service.reschedule(
-        pool,
+        ctx.pool,
         r.tenant,
         r.appointment_id,
         r.starts_at,
@@ -135,15 +141,21 @@ async def reschedule(
     return api.RescheduleReply(appointment=_appointment(appointment), previous=previous_slot)
 
 
-async def cancel(pool: asyncpg.Pool, r: api.CancelRequest, now: datetime) -> api.AppointmentReply:
+async def cancel(ctx: Context, r: api.CancelRequest, now: datetime) -> api.AppointmentReply:
     appointment = await service.cancel(
-        pool, r.tenant, r.appointment_id, patient_ref=r.patient_ref, channel="agent", now=now
+        ctx.pool,
+        r.tenant,
+        r.appointment_id,
+        patient_ref=r.patient_ref,
+        channel="agent",
+        now=now,
+        phi=ctx.phi,
     )
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def find_appointments(
-    pool: asyncpg.Pool, r: api.FindAppointmentsRequest, now: datetime
+    ctx: Context, r: api.FindAppointmentsRequest, now: datetime
 ) -> api.FindAppointmentsReply:
     query = AppointmentFilter(
         doctor_id=r.doctor_id,
@@ -151,11 +163,11 @@ async def find_appointments(
         status=None if r.include_cancelled else "booked",
         starts_from=None if r.include_past else now,
     )
-    found = await service.list_appointments(pool, r.tenant, query, limit=r.limit)
+    found = await service.list_appointments(ctx.pool, r.tenant, query, limit=r.limit)
     return api.FindAppointmentsReply(appointments=[_appointment(a) for a in found])
 
 
-Operation = Callable[[asyncpg.Pool, Any, datetime], Awaitable[msgspec.Struct]]
+Operation = Callable[[Context, Any, datetime], Awaitable[msgspec.Struct]]
 
 # The routing table: operation name (shared.scheduling_api) -> handler.
 HANDLERS: dict[str, Operation] = {
@@ -169,7 +181,7 @@ HANDLERS: dict[str, Operation] = {
 assert set(HANDLERS) == set(api.OPERATIONS), "every operation of the contract needs a handler"
 
 
-async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
+async def answer(ctx: Context, operation: str, message: Msg) -> bytes:
     """The reply to one request (always an encoded ``Reply``)."""
     try:
         request = msgspec.json.decode(message.data, type=api.OPERATIONS[operation])
@@ -187,7 +199,7 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
         },
     ):
         try:
-            result = await HANDLERS[operation](pool, request, datetime.now(UTC))
+            result = await HANDLERS[operation](ctx, request, datetime.now(UTC))
         except core.SchedulingError as error:
             return api.encode_error(error.code, str(error))  # type: ignore[arg-type]
         except Exception:  # the caller gets "unavailable", our log the traceback
@@ -198,11 +210,11 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
 
 async def serve_requests(app: Litestar) -> None:
     """Answer scheduling requests on core NATS until cancelled."""
-    nc, pool = app.state.bus.nc, app.state.pool
+    nc, ctx = app.state.bus.nc, Context(app.state.pool, app.state.bus.phi)
     running: set[asyncio.Task[None]] = set()
 
     async def respond(operation: str, message: Msg) -> None:
-        payload = await answer(pool, operation, message)
+        payload = await answer(ctx, operation, message)
         if message.reply:
             await message.respond(payload)
 
