@@ -17,13 +17,15 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
-from shared import subjects
 from shared.crypto import DataKey, UnreadableError, key_id_of
-from shared.events import CODEC, DEADLETTER_STREAM, EVENTS_STREAM, PHI_STREAM
+from shared.events import CODEC
 from shared.events.privacy import Seal, sealing_plan
 from shared.phi import Phi
 
+# A bytea value in pg_dump's COPY text: \\x and hex digits.
+_BYTEA = re.compile(r"\\\\x((?:[0-9a-f]{2})+)")
 TOKEN = re.compile(r"enc:v1:k[0-9a-f]+:[A-Za-z0-9_\-]+=*")
 # Table columns sealed under their own names (the others use their event field's path).
 COLUMN_PATHS = ("patient_name", "patient_contact", "reason", "cancel_reason")
@@ -60,11 +62,17 @@ class Search:
         self._opened: dict[str, str | None] = {}
         self._keys: dict[str, DataKey | None] = {}
         self.sightings: set[Sighting] = set()
+        # Around the first sighting in clear of each: what a failure shows (what leaked, how).
+        self.context: dict[Sighting, str] = {}
 
     async def text(self, where: str, text: str, how: str = "clear") -> None:
         for name, value in self.canaries.items():
             if value in text:
-                self.sightings.add(Sighting(name, where, how))
+                sighting = Sighting(name, where, how)
+                self.sightings.add(sighting)
+                if how == "clear" and sighting not in self.context:
+                    at = text.index(value)
+                    self.context[sighting] = text[max(0, at - 300) : at + 100]
         for token in set(TOKEN.findall(text)):
             plain = await self._open(token)
             if plain is not None:
@@ -99,7 +107,8 @@ class Search:
 
     def report(self) -> str:
         lines = sorted(f"{s.canary:<14} {s.how:<9} {s.where}" for s in self.sightings)
-        return "\n".join(lines) or "(nothing)"
+        found = [f"{s.canary} in {s.where}: ...{text}..." for s, text in self.context.items()]
+        return "\n".join(lines + found) or "(nothing)"
 
 
 # -- the places -------------------------------------------------------------------------------
@@ -112,32 +121,37 @@ def _read_files(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): p.read_text(errors="replace") for p in files}
 
 
-async def search_files(search: Search, folder: Path, label: str) -> int:
+async def search_files(search: Search, folder: Path, label: str) -> list[str]:
+    """Every file under ``folder``; their names."""
     files = await asyncio.to_thread(_read_files, folder)
     for name, text in files.items():
         await search.text(f"{label} {name}", text)
-    return len(files)
+    return list(files)
 
 
-async def read_stream(js: JetStreamContext, stream: str) -> list[bytes]:
-    """Every message a stream holds now, read back whole."""
-    name = subjects.stream_name(stream)
-    expected = (await js.stream_info(name)).state.messages
-    messages: list[bytes] = []
+async def read_stream(js: JetStreamContext, stream: str) -> list[str]:
+    """Every message a stream holds now, read back whole: subject, headers and payload."""
+    info = await js.stream_info(stream)
+    expected, every_subject = info.state.messages, info.config.subjects or [">"]
+    messages: list[str] = []
     if not expected:
         return messages
     done = asyncio.Event()
 
     async def keep(message: Msg) -> None:
-        messages.append(message.data)
+        headers = "\n".join(f"{k}: {v}" for k, v in (message.headers or {}).items())
+        messages.append(
+            "\n".join([message.subject, headers, message.data.decode(errors="replace")])
+        )
         if len(messages) >= expected:
             done.set()
 
     subscription = await js.subscribe(
-        subjects.stream_subjects(stream),
+        every_subject[0],
+        stream=stream,
         cb=keep,
         ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, filter_subjects=every_subject),
     )
     try:
         await asyncio.wait_for(done.wait(), 120)
@@ -146,16 +160,20 @@ async def read_stream(js: JetStreamContext, stream: str) -> list[bytes]:
     return messages
 
 
-async def search_streams(search: Search, js: JetStreamContext) -> int:
-    """Every message of every stream."""
-    read = 0
-    for stream in (EVENTS_STREAM, PHI_STREAM, DEADLETTER_STREAM):
-        messages = await read_stream(js, stream)
-        for data in messages:
-            await search.text(
-                f"stream {subjects.stream_name(stream)}", data.decode(errors="replace")
-            )
-        read += len(messages)
+async def search_streams(search: Search, js: JetStreamContext) -> dict[str, int]:
+    """Every message of every stream the server holds (not only the ones MediAI declares):
+    how many were read, by stream."""
+    read: dict[str, int] = {}
+    for info in await js.streams_info():
+        name = info.config.name
+        assert name is not None
+        try:
+            messages = await read_stream(js, name)
+        except NotFoundError:
+            continue  # a stream deleted since it was listed (a readiness probe) holds nothing
+        for text in messages:
+            await search.text(f"stream {name}", text)
+        read[name] = len(messages)
     return read
 
 
@@ -178,7 +196,11 @@ async def dump_tables(database_url: str) -> dict[str, str]:
     tables: dict[str, str] = {}
     for section in re.split(r"^COPY ", out.decode(errors="replace"), flags=re.MULTILINE)[1:]:
         name = section.split(" ", 1)[0]
-        tables[name] = section
+        # bytea columns (outbox payloads, kept answers, parked events) are dumped as hex.
+        decoded = (
+            bytes.fromhex(hexed).decode(errors="replace") for hexed in _BYTEA.findall(section)
+        )
+        tables[name] = "\n".join([section, *decoded])
     return tables
 
 

@@ -14,10 +14,10 @@ import pytest
 
 from deploy.stack import Stack, StackState
 from services import http_services
+from services.agent.telemetry import setup_agent_telemetry
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
-from shared.telemetry import setup_telemetry
 from shared.tenants import create_tenant
 from tests.otlp import SpanReceiver
 from tests.standin import OpenAIStandin
@@ -62,8 +62,10 @@ def settings(
 
 @pytest.fixture(scope="session", autouse=True)
 def telemetry(settings: Settings) -> None:
-    """The test process traces like a service does, so trace propagation can be checked."""
-    setup_telemetry("tests", settings)
+    """The test process traces like a service does, so trace propagation can be checked; the
+    role tests run agent sessions in it, so it leaves their personal data out of its spans as
+    the agent's processes do (the PHI canary test searches its spans too)."""
+    setup_agent_telemetry(settings, service="tests")
 
 
 @pytest.fixture(scope="session")

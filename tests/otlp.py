@@ -66,8 +66,9 @@ class SpanReceiver:
         self.server.shutdown()
         self.server.server_close()
 
-    def spans(self) -> list[dict[str, Any]]:
-        """Every span received so far, each with its service's name (``service``)."""
+    def exported(self) -> list[tuple[str, dict[str, Any]]]:
+        """Everything received so far, one ``resourceSpans`` entry (a process's batch, with its
+        resource and scopes) at a time, with its service's name."""
         found = []
         if not self.sink.exists():
             return found
@@ -82,6 +83,14 @@ class SpanReceiver:
                     ),
                     "",
                 )
-                for scope in resource.get("scopeSpans", []):
-                    found.extend({**span, "service": service} for span in scope.get("spans", []))
+                found.append((service, resource))
         return found
+
+    def spans(self) -> list[dict[str, Any]]:
+        """Every span received so far, each with its service's name (``service``)."""
+        return [
+            {**span, "service": service}
+            for service, resource in self.exported()
+            for scope in resource.get("scopeSpans", [])
+            for span in scope.get("spans", [])
+        ]

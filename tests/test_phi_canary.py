@@ -8,8 +8,11 @@ the clinical record stays, sealed under its own key; the billing audit still mat
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,6 +20,8 @@ import asyncpg
 import httpx
 import pytest
 from livekit import rtc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from deploy.stack import StackState
 from services.agent import consent
@@ -30,6 +35,7 @@ from shared.events.clinical import (
     ConsentGiven,
     CopilotHintWritten,
 )
+from shared.events.patients import ErasureRequested, PatientDataErased
 from shared.keys import KeyCache
 from shared.phi import Phi
 from shared.tenants import authenticate
@@ -221,20 +227,35 @@ async def dead_letter(bus: Bus, tenant: str, patient_ref: str) -> None:
 
 
 async def search_everything(
-    settings: Settings, bus: Bus, tenant: str, receiver: SpanReceiver
+    settings: Settings, stack: StackState, bus: Bus, tenant: str, receiver: SpanReceiver
 ) -> Search:
     # Fresh keys each time, straight from the key service: what the platform can open now.
     search = Search(Phi(KeyCache(bus.nc, ttl=1)), [tenant, "system"], CANARIES)
-    assert await search_files(search, settings.data_dir / "logs", "log") > 5
-    assert await search_files(search, settings.data_dir / "agent-spool", "spool") >= 0
-    await search.text("spans", await asyncio.to_thread(receiver.sink.read_text, errors="replace"))
-    assert await search_streams(search, bus.js) > 0
+    logs = await search_files(search, settings.data_dir / "logs", "log")
+    # Every part of the stack wrote its log there, the agent workers too.
+    assert {Path(part.log).name for part in stack.parts} <= set(logs), logs
+    assert any(name.startswith("agent-worker-") for name in logs), logs
+    await search_files(search, settings.data_dir / "agent-spool", "spool")
+    # The receptionist ran in this process (tests/roles_support.py): its spans are sent now.
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    assert await asyncio.to_thread(provider.force_flush)
+    for service, batch in await asyncio.to_thread(receiver.exported):
+        await search.text(f"spans {service}", json.dumps(batch, ensure_ascii=False))
+    streams = await search_streams(search, bus.js)
+    assert {"MEDIAI_EVENTS", "MEDIAI_PHI", "MEDIAI_DEADLETTER"} <= set(streams), streams
     assert await search_tables(search, settings.database_url) > 10
     return search
 
 
-async def spans_of(receiver: SpanReceiver, name: str) -> bool:
-    return any(span["name"] == name for span in receiver.spans())
+def exported(receiver: SpanReceiver, service: str, name: str, since: float) -> bool:
+    """Whether ``service`` exported a span called ``name`` that started after ``since``."""
+    return any(
+        span["service"] == f"mediai-{service}"
+        and span["name"] == name
+        and int(span["startTimeUnixNano"]) > since * 1e9
+        for span in receiver.spans()
+    )
 
 
 async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
@@ -274,8 +295,10 @@ async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
     await dead_letter(bus, tenant.id, patient_ref)
 
     # -- before: each canary is somewhere, and only sealed -----------------------------------
-    before = await search_everything(settings, bus, tenant.id, span_receiver)
+    before = await search_everything(settings, stack, bus, tenant.id, span_receiver)
     print("before the erasure:\n" + before.report())
+    services = {span["service"] for span in span_receiver.spans()}
+    assert {"mediai-scheduling", "mediai-rooms", "mediai-agent", "mediai-keys"} <= services
     clear = {s for s in before.sightings if s.how == "clear"}
     assert not clear, f"canaries in clear:\n{before.report()}"
     for name in CANARIES:
@@ -283,6 +306,7 @@ async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
     assert before.where("dead_letter", "decrypted") >= {"stream MEDIAI_DEADLETTER"}
 
     # -- the erasure ------------------------------------------------------------------------
+    erasing = time.time()
     erased = await api.post(f"/v1/patients/{patient_ref}/erasure")
     assert erased.status_code in (200, 202), erased.text
 
@@ -291,10 +315,21 @@ async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
         return answer if answer.get("status") == "completed" else None
 
     certificate = await eventually(completed, timeout=30)
-    await eventually(lambda: spans_of(span_receiver, "POST /v1/patients/{patient_ref:str}/erasure"))
+    # Every span of the erasure is in the export before it is searched again: the key's
+    # destruction, rooms folding the erasure, scheduling folding both holders' reports.
+    erasure_spans = [
+        ("keys", "keys destroy"),
+        ("rooms", f"process {ErasureRequested.TYPE}"),
+        ("scheduling", f"process {PatientDataErased.TYPE}"),
+    ]
+
+    async def all_exported() -> bool:
+        return all(exported(span_receiver, *span, since=erasing) for span in erasure_spans)
+
+    await eventually(all_exported, timeout=20, step=0.25)
 
     # -- after: nothing personal opens any more; the clinical record still does -------------
-    after = await search_everything(settings, bus, tenant.id, span_receiver)
+    after = await search_everything(settings, stack, bus, tenant.id, span_receiver)
     print("after the erasure:\n" + after.report())
     assert not {s for s in after.sightings if s.how == "clear"}, after.report()
     left = {s for s in after.sightings if s.canary in PERSONAL}

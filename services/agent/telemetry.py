@@ -16,6 +16,8 @@ from shared.config import Settings
 from shared.telemetry import setup_telemetry
 
 
-def setup_agent_telemetry(settings: Settings) -> None:
-    setup_telemetry("agent", settings)
+def setup_agent_telemetry(settings: Settings, service: str = "agent") -> None:
+    """``service`` is the name the spans carry (the tests run agent sessions in their own
+    process, under their own name, filtered the same way)."""
+    setup_telemetry(service, settings)
     lk_telemetry.set_tracer_provider(trace.get_tracer_provider(), allow_pii=False)
