@@ -132,9 +132,10 @@ async def search_files(search: Search, folder: Path, label: str) -> list[str]:
 async def read_stream(js: JetStreamContext, stream: str) -> list[str]:
     """Every message a stream holds now, read back whole: subject, headers and payload."""
     info = await js.stream_info(stream)
-    expected, every_subject = info.state.messages, info.config.subjects or [">"]
+    # Read up to the last message it holds now (by sequence: some may expire while it is read).
+    last, every_subject = info.state.last_seq, info.config.subjects or [">"]
     messages: list[str] = []
-    if not expected:
+    if not info.state.messages:
         return messages
     done = asyncio.Event()
 
@@ -143,7 +144,7 @@ async def read_stream(js: JetStreamContext, stream: str) -> list[str]:
         messages.append(
             "\n".join([message.subject, headers, message.data.decode(errors="replace")])
         )
-        if len(messages) >= expected:
+        if message.metadata.sequence.stream >= last:
             done.set()
 
     subscription = await js.subscribe(
