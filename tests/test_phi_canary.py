@@ -226,6 +226,13 @@ async def dead_letter(bus: Bus, tenant: str, patient_ref: str) -> None:
         await letters.wait_for(lambda e: e.data.original_type == AnamnesisRecorded.TYPE)
 
 
+async def export(api: httpx.AsyncClient, patient_ref: str) -> set[str]:
+    """The canaries in the patient's export (``GET /v1/patients/{patientRef}/data``)."""
+    answer = await api.get(f"/v1/patients/{patient_ref}/data", headers={"X-Purpose": "canary"})
+    assert answer.status_code == 200, answer.text
+    return {name for name, value in CANARIES.items() if value in answer.text}
+
+
 async def search_everything(
     settings: Settings, stack: StackState, bus: Bus, tenant: str, receiver: SpanReceiver
 ) -> Search:
@@ -293,6 +300,9 @@ async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
     await reception(api, bus, settings, openai_standin, tenant.id, patient_ref, doctor_id)
     await clinic_books(api, patient_ref, doctor_id)
     await dead_letter(bus, tenant.id, patient_ref)
+    # The patient's copy (LGPD Art. 18 II) opens it all; reading it leaves nothing in clear either.
+    copy = await export(api, patient_ref)
+    assert {"booked_name", "contact", "anamnesis", "speech"} <= copy, copy
 
     # -- before: each canary is somewhere, and only sealed -----------------------------------
     before = await search_everything(settings, stack, bus, tenant.id, span_receiver)
@@ -338,6 +348,9 @@ async def test_no_canary_is_anywhere_in_clear_and_none_after_the_erasure(
     # The dead letter went with the personal key; the record's own copy is the clinical one.
     assert "stream MEDIAI_DEADLETTER" not in after.where("dead_letter")
     assert "anamnesis" in certificate["kept"][0]["what"]
+    # The patient's copy now holds the clinical record and nothing personal.
+    copy = await export(api, patient_ref)
+    assert "anamnesis" in copy and not copy & PERSONAL, copy
 
     # Billing never needed any of it: today's audit still matches to the cent.
     today = datetime.now(ZoneInfo(settings.billing_timezone)).date().isoformat()
