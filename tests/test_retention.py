@@ -33,7 +33,7 @@ async def short_lived() -> AsyncIterator[tuple[Settings, JetStreamContext]]:
     )
     supervisor = Supervisor(settings.host, data_dir / "logs")
     await supervisor.start(nats_part(settings))
-    bus = await connect_bus(settings, "tests")  # declares the streams, as every process does
+    bus = await connect_bus(settings, "tests", streams="create")  # as the operator declares them
     try:
         yield settings, bus.js
     finally:
