@@ -49,12 +49,26 @@ def test_a_request_waits_for_consent_to_the_recording_given_after_it() -> None:
     assert core.consent_given(state, given(T0 + timedelta(seconds=5), recording=False))[1] == []
     assert core.consent_given(state, given(T0 - timedelta(seconds=5)))[1] == []
     state, actions = core.consent_given(state, given(T0 + timedelta(seconds=5)))
-    assert actions == [core.Start(REQUEST, core.Consent("d1", "p-1", T0 + timedelta(seconds=5)))]
-    assert state == core.RoomState(recording="EG_rec_1")
+    consent = core.Consent("d1", "p-1", T0 + timedelta(seconds=5))
+    assert actions == [core.Start(REQUEST, consent)]
+    assert (state.waiting, state.recording) == (None, "EG_rec_1")
+
+
+def test_consent_that_overtakes_its_request_on_the_log_still_counts() -> None:
+    """The agent publishes at once, the API through its outbox: consent may arrive first."""
+    consent = core.Consent("d1", "p-1", T0 + timedelta(seconds=1))
+    early, _ = core.consent_given(core.RoomState(), given(T0 + timedelta(seconds=1)))
+    assert core.requested(early, REQUEST)[1] == [core.Start(REQUEST, consent)]
+    # ... but consent from before the request (an earlier consultation) does not.
+    old, _ = core.consent_given(core.RoomState(), given(T0 - timedelta(minutes=30)))
+    assert core.requested(old, REQUEST)[1] == []
+    # ... and a refusal that overtook it cancels it.
+    refusal, _ = core.consent_refused(core.RoomState(), refused(T0 + timedelta(seconds=1)))
+    assert core.requested(refusal, REQUEST)[1] == [core.Cancel(REQUEST, core.CONSENT_REFUSED)]
 
 
 def test_consent_alone_records_nothing_and_a_second_request_is_refused() -> None:
-    assert core.consent_given(core.RoomState(), given(T0)) == (core.RoomState(), [])
+    assert core.consent_given(core.RoomState(), given(T0))[1] == []
     state, _ = core.requested(core.RoomState(), REQUEST)
     second = core.Request("EG_rec_2", "t1", "consulta-1", T0)
     assert core.requested(state, second)[1] == [core.Cancel(second, "already_recording")]
@@ -64,14 +78,12 @@ def test_withdrawal_stops_the_recording_and_refusal_cancels_the_request() -> Non
     waiting, _ = core.requested(core.RoomState(), REQUEST)
     recording, _ = core.consent_given(waiting, given(T0 + timedelta(seconds=5)))
     later = T0 + timedelta(minutes=3)
-    assert core.consent_refused(recording, refused(later)) == (
-        core.RoomState(),
-        [core.Stop("EG_rec_1", core.CONSENT_WITHDRAWN)],
-    )
-    assert core.consent_refused(waiting, refused(later)) == (
-        core.RoomState(),
-        [core.Cancel(REQUEST, core.CONSENT_REFUSED)],
-    )
+    withdrawn, actions = core.consent_refused(recording, refused(later))
+    assert actions == [core.Stop("EG_rec_1", core.CONSENT_WITHDRAWN)]
+    assert withdrawn.recording is None
+    assert core.consent_refused(waiting, refused(later))[1] == [
+        core.Cancel(REQUEST, core.CONSENT_REFUSED)
+    ]
     # A refusal of the AI alone, asked without the recording, leaves the recording alone.
     assert core.consent_refused(recording, refused(later, refused="ai_assistance"))[1] == []
 
@@ -82,7 +94,7 @@ def test_a_stop_request_ends_the_recording_or_the_waiting_request() -> None:
     assert core.stop_requested(recording, "EG_rec_1")[1] == [core.Stop("EG_rec_1", core.STOPPED)]
     assert core.stop_requested(waiting, "EG_rec_1")[1] == [core.Cancel(REQUEST, core.STOPPED)]
     assert core.stop_requested(recording, "EG_other")[1] == []
-    assert core.ended(recording, "EG_rec_1") == core.RoomState()
+    assert core.ended(recording, "EG_rec_1").recording is None
 
 
 def _key() -> DataKey:

@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.events.recordings import RecordingStored
 from shared.events.rooms import EgressEnded, EgressStarted
 from shared.naming import livekit_room
+from shared.phi import KeysUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ KIND = "room_composite"
 STATUS = {core.CONSENT_WITHDRAWN: "aborted", core.CONSENT_REFUSED: "aborted"}
 
 
-def recording_path(settings: Settings, request: core.Request) -> Path:
-    """Where a recording is kept: under the data folder, one folder per tenant and room."""
+def recording_path(request: core.Request) -> Path:
+    """Where a recording is kept, under the recordings folder: one folder per tenant and room."""
     return Path(request.tenant, request.room, f"{request.egress_id}.ogg.sealed")
 
 
@@ -82,16 +83,17 @@ class Recordings:
 
     async def _record(self, start: core.Start, running: _Running) -> None:
         request, consent = start.request, start.consent
+        began = False
         try:
             key = await self.bus.phi.keys.for_sealing(request.tenant, consent.patient_ref, CLINICAL)
-            relative = recording_path(self.settings, request)
+            relative = recording_path(request)
             writer = SealedWriter(recordings_dir(self.settings) / relative, key, request.egress_id)
             encoder = media.OpusOgg(writer)  # type: ignore[arg-type]
             started_at = datetime.now(UTC)
 
             async def started() -> None:
-                nonlocal started_at
-                started_at = datetime.now(UTC)
+                nonlocal started_at, began
+                started_at, began = datetime.now(UTC), True
                 event = EgressStarted(
                     room=request.room,
                     egress_id=request.egress_id,
@@ -127,8 +129,12 @@ class Recordings:
             error = ended_by if ended_by in STATUS else ""
             status = STATUS.get(ended_by, "complete")
             await self._ended(request, started_at, status=status, error=error, at=ended_at)
-        except (rtc.ConnectError, OSError) as failure:
+        except (rtc.ConnectError, OSError, KeysUnavailableError) as failure:
+            # The room could not be joined, the key service or the disk was away: the egress
+            # fails visibly; a file that never received audio is not kept.
             log.warning("recording %s failed: %s", request.egress_id, type(failure).__name__)
+            if not began:
+                (recordings_dir(self.settings) / recording_path(request)).unlink(missing_ok=True)
             await self._ended(request, None, status="failed", error=type(failure).__name__)
         finally:
             self.running.pop(request.egress_id, None)
