@@ -127,7 +127,7 @@ class EgressStarted(Event, frozen=True, kw_only=True):
     recording it (after the patient's consent; docs/recording.md)."""
 
     TYPE: ClassVar[str] = "mediai.egress.started.v1"
-    PRODUCER: ClassVar[str] = "webhooks, recorder"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime
@@ -156,7 +156,7 @@ class EgressEnded(Event, frozen=True, kw_only=True):
     """An egress ended (completed, failed or aborted): LiveKit's, or MediAI's recorder's."""
 
     TYPE: ClassVar[str] = "mediai.egress.ended.v1"
-    PRODUCER: ClassVar[str] = "webhooks, recorder"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime | None = None
