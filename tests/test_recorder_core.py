@@ -44,7 +44,7 @@ def refused(at: datetime, *, refused: str = "recording") -> ConsentRefused:
 
 def test_a_request_waits_for_consent_to_the_recording_given_after_it() -> None:
     state, actions = core.requested(core.RoomState(), REQUEST)
-    assert actions == []
+    assert actions == [core.Join(REQUEST)]  # present (the room shows as recorded), deaf
     # Consent to the AI alone, or given before the request, starts nothing.
     assert core.consent_given(state, given(T0 + timedelta(seconds=5), recording=False))[1] == []
     assert core.consent_given(state, given(T0 - timedelta(seconds=5)))[1] == []
@@ -61,7 +61,7 @@ def test_consent_that_overtakes_its_request_on_the_log_still_counts() -> None:
     assert core.requested(early, REQUEST)[1] == [core.Start(REQUEST, consent)]
     # ... but consent from before the request (an earlier consultation) does not.
     old, _ = core.consent_given(core.RoomState(), given(T0 - timedelta(minutes=30)))
-    assert core.requested(old, REQUEST)[1] == []
+    assert core.requested(old, REQUEST)[1] == [core.Join(REQUEST)]
     # ... and a refusal that overtook it cancels it.
     refusal, _ = core.consent_refused(core.RoomState(), refused(T0 + timedelta(seconds=1)))
     assert core.requested(refusal, REQUEST)[1] == [core.Cancel(REQUEST, core.CONSENT_REFUSED)]
@@ -95,6 +95,7 @@ def test_a_stop_request_ends_the_recording_or_the_waiting_request() -> None:
     assert core.stop_requested(waiting, "EG_rec_1")[1] == [core.Cancel(REQUEST, core.STOPPED)]
     assert core.stop_requested(recording, "EG_other")[1] == []
     assert core.ended(recording, "EG_rec_1").recording is None
+    assert core.ended(waiting, "EG_rec_1").waiting is None
 
 
 def _key() -> DataKey:

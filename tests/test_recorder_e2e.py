@@ -26,7 +26,7 @@ from shared.events.clinical import ConsentGiven, ConsentRefused
 from shared.events.recordings import RecordingStored
 from shared.events.rooms import EgressEnded, EgressStarted
 from shared.tenants import create_tenant
-from tests.support import EventStream, eventually, watch
+from tests.support import EventStream, eventually, until, watch
 from tests.test_agent_e2e import LOUD, Participant, speech
 
 pytestmark = pytest.mark.livekit
@@ -116,6 +116,10 @@ async def test_a_consented_consultation_is_recorded_with_both_voices_and_billed(
     try:
         async with watch(bus, *RECORDED, tenant=clinic.tenant) as events:
             egress_id = (await clinic.record())["egressId"]
+            # The recorder is in the room, hidden: LiveKit shows the room as recorded, which is
+            # what makes the agent ask for consent to the recording (services/agent/consent.py).
+            await until(lambda: patient.room.is_recording, timeout=30)
+            assert set(patient.room.remote_participants) == {"medico-1"}
             # No consent yet: the patient speaks, and nothing is recorded.
             await patient.say(pcm, rate, silence_after=0.5)
             assert [e for e in events.drain() if e.data.egress_id == egress_id] == []

@@ -44,7 +44,17 @@ class Consent:
 
 
 @dataclass(frozen=True)
+class Join:
+    """Join the room hidden, listening to nothing: LiveKit then shows it as recorded, so the
+    agent asks the patient's consent to the recording."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
 class Start:
+    """Start recording (joining first if not joined yet)."""
+
     request: Request
     consent: Consent
 
@@ -65,7 +75,7 @@ class Cancel:
     reason: str
 
 
-Action = Start | Stop | Cancel
+Action = Join | Start | Stop | Cancel
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ def requested(state: RoomState, request: Request) -> tuple[RoomState, list[Actio
     consent = state.consent
     if consent is not None and consent.given_at >= request.requested_at:
         return replace(state, recording=request.egress_id), [Start(request, consent)]
-    return replace(state, waiting=request), []
+    return replace(state, waiting=request), [Join(request)]
 
 
 def consent_given(state: RoomState, event: ConsentGiven) -> tuple[RoomState, list[Action]]:
@@ -136,5 +146,10 @@ def stop_requested(state: RoomState, egress_id: str) -> tuple[RoomState, list[Ac
 
 
 def ended(state: RoomState, egress_id: str) -> RoomState:
-    """The recording ended by itself (the room closed): the room is free again."""
-    return replace(state, recording=None) if state.recording == egress_id else state
+    """The recording (or the request waiting in the room) ended by itself, the room closed:
+    the room is free again."""
+    if state.recording == egress_id:
+        return replace(state, recording=None)
+    if state.waiting is not None and state.waiting.egress_id == egress_id:
+        return replace(state, waiting=None)
+    return state

@@ -89,69 +89,80 @@ async def _listen(track: rtc.Track, voice: str, mixer: Mixer) -> None:
         mixer.push(voice, np.frombuffer(event.frame.data, dtype=np.int16).copy())
 
 
-def _subscribe_audio(publication: rtc.RemoteTrackPublication) -> None:
-    if publication.kind == rtc.TrackKind.KIND_AUDIO:
-        publication.set_subscribed(True)
+def _audio(room: rtc.Room) -> list[rtc.RemoteTrackPublication]:
+    return [
+        publication
+        for participant in room.remote_participants.values()
+        for publication in participant.track_publications.values()
+        if publication.kind == rtc.TrackKind.KIND_AUDIO
+    ]
 
 
-async def record(
-    url: str,
-    token: str,
-    encoder: OpusOgg,
-    stop: asyncio.Event,
-    started: Callable[[], Awaitable[None]],
-) -> str:
-    """Record the room until ``stop`` is set (returns "stopped") or everyone else left it
-    (returns "room_ended"); ``started`` is awaited once the voices already in the room are
-    heard (or after ``HEARING_TIMEOUT``), when the file's clock starts. Raises
-    ``rtc.ConnectError`` when the room cannot be joined."""
-    room, mixer = rtc.Room(), Mixer()
-    listening: dict[str, asyncio.Task[None]] = {}
-    empty, hearing = asyncio.Event(), asyncio.Event()
-    expected = 0
+class HiddenRecorder:
+    """The recorder's participant in one room. It joins when the recording is asked for: its
+    token's ``recorder`` grant makes LiveKit show the room as recorded (``room.isRecording``),
+    so the agent asks the patient's consent to the recording. It subscribes to nothing until
+    ``record`` is called, once the patient consented."""
 
-    def on_subscribed(track: rtc.Track, _: Any, __: rtc.RemoteParticipant) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
-            listening[track.sid] = asyncio.create_task(_listen(track, track.sid, mixer))
-            if len(listening) >= expected:
-                hearing.set()
+    def __init__(self) -> None:
+        self.room, self.mixer = rtc.Room(), Mixer()
+        # Set when everyone else left the room (or it closed).
+        self.empty = asyncio.Event()
+        self._listening: dict[str, asyncio.Task[None]] = {}
+        self._hearing = asyncio.Event()
+        self._recording, self._expected = False, 0
+        self.room.on("track_published", self._on_published)
+        self.room.on("track_subscribed", self._on_subscribed)
+        self.room.on("track_unsubscribed", self._on_unsubscribed)
+        self.room.on("participant_disconnected", self._on_left)
+        self.room.on("disconnected", lambda *_: self.empty.set())
 
-    def on_unsubscribed(track: rtc.Track, _: Any, __: rtc.RemoteParticipant) -> None:
-        task = listening.pop(track.sid, None)
-        if task is not None:
-            task.cancel()
-        mixer.remove(track.sid)
+    async def join(self, url: str, token: str) -> None:
+        """Raises ``rtc.ConnectError`` when the room cannot be joined."""
+        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
 
-    def on_left(_: rtc.RemoteParticipant) -> None:
-        if not room.remote_participants:
-            empty.set()
-
-    room.on("track_published", lambda publication, _: _subscribe_audio(publication))
-    room.on("track_subscribed", on_subscribed)
-    room.on("track_unsubscribed", on_unsubscribed)
-    room.on("participant_disconnected", on_left)
-    room.on("disconnected", lambda *_: empty.set())
-    await room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
-    try:
-        voices = [
-            publication
-            for participant in room.remote_participants.values()
-            for publication in participant.track_publications.values()
-            if publication.kind == rtc.TrackKind.KIND_AUDIO
-        ]
-        expected = len(voices)
-        if len(listening) >= expected:
-            hearing.set()
+    async def record(
+        self, encoder: OpusOgg, stop: asyncio.Event, started: Callable[[], Awaitable[None]]
+    ) -> str:
+        """Record until ``stop`` is set (returns "stopped") or everyone else left (returns
+        "room_ended"); ``started`` is awaited once the voices already in the room are heard (or
+        after ``HEARING_TIMEOUT``), when the file's clock starts."""
+        self._recording = True
+        voices = _audio(self.room)
+        self._expected = len(voices)
+        if len(self._listening) >= self._expected:
+            self._hearing.set()
         for publication in voices:
             publication.set_subscribed(True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hearing.wait(), HEARING_TIMEOUT)
+            await asyncio.wait_for(self._hearing.wait(), HEARING_TIMEOUT)
         await started()
-        return await _clock(encoder, mixer, stop, empty)
-    finally:
-        for task in listening.values():
+        return await _clock(encoder, self.mixer, stop, self.empty)
+
+    async def leave(self) -> None:
+        for task in self._listening.values():
             task.cancel()
-        await room.disconnect()
+        await self.room.disconnect()
+
+    def _on_published(self, publication: rtc.RemoteTrackPublication, _: Any) -> None:
+        if self._recording and publication.kind == rtc.TrackKind.KIND_AUDIO:
+            publication.set_subscribed(True)
+
+    def _on_subscribed(self, track: rtc.Track, _: Any, __: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._listening[track.sid] = asyncio.create_task(_listen(track, track.sid, self.mixer))
+            if len(self._listening) >= self._expected:
+                self._hearing.set()
+
+    def _on_unsubscribed(self, track: rtc.Track, _: Any, __: rtc.RemoteParticipant) -> None:
+        task = self._listening.pop(track.sid, None)
+        if task is not None:
+            task.cancel()
+        self.mixer.remove(track.sid)
+
+    def _on_left(self, _: rtc.RemoteParticipant) -> None:
+        if not self.room.remote_participants:
+            self.empty.set()
 
 
 async def _clock(encoder: OpusOgg, mixer: Mixer, stop: asyncio.Event, empty: asyncio.Event) -> str:

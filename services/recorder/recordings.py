@@ -4,11 +4,13 @@ announces each on the log (``EgressStarted``, ``RecordingStored``, ``EgressEnded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from livekit import api as lk
 from livekit import rtc
@@ -41,7 +43,10 @@ def recordings_dir(settings: Settings) -> Path:
 
 @dataclass
 class _Running:
+    """One recording's task: joined, waiting for consent, then recording until stopped."""
+
     stop: asyncio.Event
+    consent: asyncio.Future[core.Consent]
     reason: str = core.STOPPED
 
 
@@ -62,17 +67,13 @@ class Recordings:
         state, actions = change(self.rooms.get((tenant, room), core.RoomState()))
         self.rooms[(tenant, room)] = state
         for action in actions:
-            if isinstance(action, core.Start):
-                running = self.running[action.request.egress_id] = _Running(asyncio.Event())
-                task = asyncio.create_task(self._record(action, running))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if isinstance(action, core.Join | core.Start):
+                running = self.running.get(action.request.egress_id) or self._spawn(action.request)
+                if isinstance(action, core.Start) and not running.consent.done():
+                    running.consent.set_result(action.consent)
             elif isinstance(action, core.Stop):
-                stopping = self.running.get(action.egress_id)
-                if stopping is not None:
-                    stopping.reason = action.reason
-                    stopping.stop.set()
-            else:
+                self._stop(action.egress_id, action.reason)
+            elif not self._stop(action.request.egress_id, action.reason):
                 await self._ended(action.request, None, status="aborted", error=action.reason)
 
     async def close(self) -> None:
@@ -81,65 +82,93 @@ class Recordings:
             running.stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _record(self, start: core.Start, running: _Running) -> None:
-        request, consent = start.request, start.consent
-        began = False
+    def _spawn(self, request: core.Request) -> _Running:
+        running = _Running(asyncio.Event(), asyncio.get_running_loop().create_future())
+        self.running[request.egress_id] = running
+        task = asyncio.create_task(self._attend(request, running))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return running
+
+    def _stop(self, egress_id: str, reason: str) -> bool:
+        running = self.running.get(egress_id)
+        if running is not None:
+            running.reason = reason
+            running.stop.set()
+        return running is not None
+
+    async def _attend(self, request: core.Request, running: _Running) -> None:
+        """Join, wait for consent (or a stop, or an empty room), record, leave."""
+        present = media.HiddenRecorder()
         try:
-            key = await self.bus.phi.keys.for_sealing(request.tenant, consent.patient_ref, CLINICAL)
-            relative = recording_path(request)
-            writer = SealedWriter(recordings_dir(self.settings) / relative, key, request.egress_id)
-            encoder = media.OpusOgg(writer)  # type: ignore[arg-type]
-            started_at = datetime.now(UTC)
-
-            async def started() -> None:
-                nonlocal started_at, began
-                started_at, began = datetime.now(UTC), True
-                event = EgressStarted(
-                    room=request.room,
-                    egress_id=request.egress_id,
-                    started_at=started_at,
-                    kind=KIND,
-                    status="active",
-                )
-                await self._publish(request, event)
-
-            ended_by = await media.record(
-                self.settings.livekit_url, self._token(request), encoder, running.stop, started
-            )
-            if running.stop.is_set():
-                ended_by = running.reason
-            encoder.close()
-            size = writer.close()
-            ended_at = datetime.now(UTC)
-            stored = RecordingStored(
-                room=request.room,
-                egress_id=request.egress_id,
-                dispatch_id=consent.dispatch_id,
-                patient_ref=consent.patient_ref,
-                file=str(relative),
-                key_id=key.key_id,
-                size_bytes=size,
-                duration_ms=encoder.samples * 1000 // media.RATE,
-                started_at=started_at,
-                ended_at=ended_at,
-                retain_until=ended_at + timedelta(seconds=self.settings.clinical_retention),
-                ended_by=ended_by,
-            )
-            await self._publish(request, stored)
-            error = ended_by if ended_by in STATUS else ""
-            status = STATUS.get(ended_by, "complete")
-            await self._ended(request, started_at, status=status, error=error, at=ended_at)
+            await present.join(self.settings.livekit_url, self._token(request))
+            consent = await _first(running, present)
+            if consent is None:
+                reason = running.reason if running.stop.is_set() else core.ROOM_ENDED
+                await self._ended(request, None, status="aborted", error=reason)
+            else:
+                await self._record(request, consent, running, present)
         except (rtc.ConnectError, OSError, KeysUnavailableError) as failure:
             # The room could not be joined, the key service or the disk was away: the egress
-            # fails visibly; a file that never received audio is not kept.
+            # fails visibly.
             log.warning("recording %s failed: %s", request.egress_id, type(failure).__name__)
-            if not began:
-                (recordings_dir(self.settings) / recording_path(request)).unlink(missing_ok=True)
             await self._ended(request, None, status="failed", error=type(failure).__name__)
         finally:
+            with contextlib.suppress(Exception):
+                await present.leave()
             self.running.pop(request.egress_id, None)
-            key_ = (request.tenant, request.room)
-            self.rooms[key_] = core.ended(self.rooms.get(key_, core.RoomState()), request.egress_id)
+            key = (request.tenant, request.room)
+            self.rooms[key] = core.ended(self.rooms.get(key, core.RoomState()), request.egress_id)
+
+    async def _record(
+        self,
+        request: core.Request,
+        consent: core.Consent,
+        running: _Running,
+        present: media.HiddenRecorder,
+    ) -> None:
+        key = await self.bus.phi.keys.for_sealing(request.tenant, consent.patient_ref, CLINICAL)
+        relative = recording_path(request)
+        writer = SealedWriter(recordings_dir(self.settings) / relative, key, request.egress_id)
+        encoder = media.OpusOgg(writer)  # type: ignore[arg-type]
+        started_at = datetime.now(UTC)
+
+        async def started() -> None:
+            nonlocal started_at
+            started_at = datetime.now(UTC)
+            event = EgressStarted(
+                room=request.room,
+                egress_id=request.egress_id,
+                started_at=started_at,
+                kind=KIND,
+                status="active",
+            )
+            await self._publish(request, event)
+
+        ended_by = await present.record(encoder, running.stop, started)
+        if running.stop.is_set():
+            ended_by = running.reason
+        encoder.close()
+        size = writer.close()
+        ended_at = datetime.now(UTC)
+        stored = RecordingStored(
+            room=request.room,
+            egress_id=request.egress_id,
+            dispatch_id=consent.dispatch_id,
+            patient_ref=consent.patient_ref,
+            file=str(relative),
+            key_id=key.key_id,
+            size_bytes=size,
+            duration_ms=encoder.samples * 1000 // media.RATE,
+            started_at=started_at,
+            ended_at=ended_at,
+            retain_until=ended_at + timedelta(seconds=self.settings.clinical_retention),
+            ended_by=ended_by,
+        )
+        await self._publish(request, stored)
+        status = STATUS.get(ended_by, "complete")
+        error = ended_by if ended_by in STATUS else ""
+        await self._ended(request, started_at, status=status, error=error, at=ended_at)
 
     def _token(self, request: core.Request) -> str:
         """A hidden, subscribe-only participant of kind egress (billed as egress time, not as
@@ -185,3 +214,17 @@ class Recordings:
         self, request: core.Request, event: EgressStarted | EgressEnded | RecordingStored
     ) -> None:
         await self.bus.publish(event, tenant=request.tenant, key=request.room)
+
+
+async def _first(running: _Running, present: media.HiddenRecorder) -> core.Consent | None:
+    """The patient's consent, or None if the recording was stopped or the room emptied first."""
+    others: list[asyncio.Future[Any]] = [
+        asyncio.ensure_future(running.stop.wait()),
+        asyncio.ensure_future(present.empty.wait()),
+    ]
+    try:
+        await asyncio.wait([running.consent, *others], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in others:
+            waiting.cancel()
+    return running.consent.result() if running.consent.done() else None
