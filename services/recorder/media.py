@@ -26,8 +26,10 @@ BLOCK = RATE // 50  # 20 ms, one Opus frame
 JITTER = RATE // 10
 BACKLOG = RATE
 BIT_RATE = 32_000
-# Seconds the recorder waits to hear the voices already in the room before its clock starts.
-HEARING_TIMEOUT = 5.0
+# Seconds the recorder waits to hear the voices already in the room before its clock starts
+# (a subscription takes well under a second, but seconds on a loaded host; starting earlier would
+# announce a recording that misses the first words).
+HEARING_TIMEOUT = 10.0
 
 
 class Mixer:
