@@ -76,7 +76,11 @@ EXTRAS: dict[str, Extras] = {
     "billing": Extras(reads=(subjects.stream_name(EVENTS_STREAM),)),
     # A webhook's span links to its room's trace, read from the room's last RoomStarted.
     "webhooks": Extras(gets=(subjects.stream_name(RoomStarted.STREAM),)),
-    "scheduling": Extras(serves=(subjects.scheduling_requests(),)),
+    # A patient's export reads the events it names from the log, by sequence.
+    "scheduling": Extras(
+        serves=(subjects.scheduling_requests(),),
+        gets=(subjects.stream_name(EVENTS_STREAM), subjects.stream_name(PHI_STREAM)),
+    ),
     "keys": Extras(serves=(subjects.keys_requests(),)),
     AGENT: Extras(
         requests=(subjects.scheduling_requests(),),

@@ -12,6 +12,7 @@ from shared.events import (
     billing,
     clinical,
     legacy,
+    patients,
     platform,
     reconciliation,
     recordings,
@@ -36,6 +37,7 @@ CURRENT: tuple[type[Event], ...] = (
     + agents.EVENTS
     + billing.EVENTS
     + clinical.EVENTS
+    + patients.EVENTS
     + recordings.EVENTS
 )
 
