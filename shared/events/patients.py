@@ -46,7 +46,7 @@ class PatientDataErased(Event, frozen=True, kw_only=True):
     """
 
     TYPE: ClassVar[str] = "mediai.patient.data_erased.v1"
-    PRODUCER: ClassVar[str] = "scheduling, rooms"
+    PRODUCER: ClassVar[str] = "scheduling; rooms"
     erasure_id: Plain
     patient_ref: Pseudonym
     holder: Plain
