@@ -2,7 +2,7 @@
 
 It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS and Postgres
 reachable, every background task running), OpenAPI at ``/schema``, API-key auth through the
-``tenant`` dependency, errors as ``{"error": {"code", "message", "details"}}`` with a stable code
+``tenant`` dependency (keys cached in process, ``shared.tenants.ApiKeys``), errors as ``{"error": {"code", "message", "details"}}`` with a stable code
 (an outage of a dependency is a 503 with ``Retry-After``, never a 500), tracing of every request,
 and a lifespan that owns the NATS connection, the database pool, the service's other resources
 and its background tasks (each supervised on its own, see ``shared.background``).
@@ -39,7 +39,7 @@ from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
-from shared.tenants import Tenant, authenticate
+from shared.tenants import ApiKeys, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
-    tenant = await authenticate(request.app.state.pool, key.strip())
+    api_keys: ApiKeys = request.app.state.api_keys
+    tenant = await api_keys.tenant(key.strip())
     if tenant is None:
         raise UnauthorizedError("invalid or revoked API key")
     return tenant
@@ -324,6 +325,10 @@ def create_service_app(
             stack.push_async_callback(app.state.pool.close)
             app.state.bus = await connect_bus(settings, service)
             stack.push_async_callback(app.state.bus.close)
+            app.state.api_keys = ApiKeys(
+                app.state.pool, ttl=settings.api_key_cache_ttl, size=settings.api_key_cache_size
+            )
+            await app.state.api_keys.listen(app.state.bus.nc)
             for resource in resources:
                 await stack.enter_async_context(resource(app))
             running = [
