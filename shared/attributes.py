@@ -15,3 +15,10 @@ EVENT_TYPE = "mediai.event.type"
 TENANT = "mediai.tenant"
 STREAM_SEQUENCE = "mediai.stream.sequence"
 DELIVERIES = "mediai.deliveries"
+
+# HTTP server spans (shared.http_tracing): the method, the route template (never the path,
+# which carries room names and identities) and the status code; nothing about the client.
+HTTP_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_STATUS_CODE = "http.response.status_code"
+ERROR_TYPE = "error.type"

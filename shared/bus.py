@@ -19,6 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
@@ -106,6 +107,8 @@ class Bus:
         if expected_last_subject_sequence is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         payload = CODEC.encode(event)
+        if _unsampled():
+            return await self._publish_with_retry(subject, payload, headers)
         with _tracer.start_as_current_span(
             f"publish {event.type}",
             kind=SpanKind.PRODUCER,
@@ -156,6 +159,12 @@ class Bus:
             # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
             with contextlib.suppress(OSError):
                 await self.nc.close()
+
+
+def _unsampled() -> bool:
+    """Whether this publish belongs to a trace that is not sampled (no span to make)."""
+    parent = trace.get_current_span().get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
 
 
 @dataclass

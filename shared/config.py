@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     livekit_local: bool = True
 
     otel_endpoint: str | None = None
+    # The share of requests (and of the traces they start) that are traced; a request whose
+    # caller sent a sampled ``traceparent`` is always traced. Unsampled requests cost no spans.
+    trace_sample_ratio: float = 0.1
     # The services `mediai up` starts (default: all of them).
     services: tuple[str, ...] = ()
 
@@ -250,6 +253,13 @@ def _load(value: str) -> float:
     return number
 
 
+def _ratio(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"{value} must be a ratio between 0 and 1")
+    return number
+
+
 def _model(value: str) -> str:
     provider, slash, model = value.strip().partition("/")
     if not slash or provider not in ("google", "openai") or not model:
@@ -346,6 +356,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_LIVEKIT_API_KEY": ("livekit_api_key", str),
     "MEDIAI_LIVEKIT_API_SECRET": ("livekit_api_secret", str),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _url("http", "https")),
+    "MEDIAI_TRACE_SAMPLE_RATIO": ("trace_sample_ratio", _ratio),
     "MEDIAI_API_KEY_CACHE_TTL": ("api_key_cache_ttl", parse_duration),
     "MEDIAI_API_KEY_CACHE_SIZE": ("api_key_cache_size", _positive_int),
     "MEDIAI_CONSUMER_MAX_DELIVER": ("consumer_max_deliver", _positive_int),

@@ -2,8 +2,9 @@
 
 It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS and Postgres
 reachable, every background task running), OpenAPI at ``/schema``, API-key auth through the
-``tenant`` dependency (keys cached in process, ``shared.tenants.ApiKeys``), errors as ``{"error": {"code", "message", "details"}}`` with a stable code
-(an outage of a dependency is a 503 with ``Retry-After``, never a 500), tracing of every request,
+``tenant`` dependency (keys cached in process, ``shared.tenants.ApiKeys``), errors as
+``{"error": {"code", "message", "details"}}`` with a stable code (an outage of a dependency is a
+503 with ``Retry-After``, never a 500), sampled tracing of requests (``shared.http_tracing``),
 and a lifespan that owns the NATS connection, the database pool, the service's other resources
 and its background tasks (each supervised on its own, see ``shared.background``).
 """
@@ -25,17 +26,16 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
-from opentelemetry import trace
 
 from shared.background import BackgroundTask, TaskHealth, supervise
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
+from shared.http_tracing import TracingMiddleware
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
@@ -201,43 +201,6 @@ def _provide_settings(state: State) -> Settings:
     return settings
 
 
-def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
-    """A request span starts named by its method only: paths carry room names and identities.
-    ``_name_span_by_route`` renames it by route template once the request is routed."""
-    return str(scope.get("method", "HTTP")), {}
-
-
-async def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
-    # async: a synchronous hook would hop to a thread on every request.
-    route = f"{request.method} {request.scope.get('path_template', '')}"
-    span = trace.get_current_span()
-    span.update_name(route)
-    span.set_attribute("http.route", route)
-
-
-# Request attributes that can identify a person (their address, their browser, identities in
-# paths and query strings); their values never leave the process.
-_PERSONAL_REQUEST_ATTRIBUTES = (
-    "http.url",
-    "http.target",
-    "url.full",
-    "url.path",
-    "url.query",
-    "http.user_agent",
-    "user_agent.original",
-    "net.peer.ip",
-    "net.peer.port",
-    "client.address",
-    "client.port",
-    "http.client_ip",
-)
-
-
-def _scrub_request_span(span: Any, scope: Any) -> None:
-    for name in _PERSONAL_REQUEST_ATTRIBUTES:
-        span.set_attribute(name, "[redacted]")
-
-
 @get("/healthz", include_in_schema=False, sync_to_thread=False)
 def healthz() -> dict[str, str]:
     return {"status": "alive"}
@@ -352,7 +315,9 @@ def create_service_app(
     )
     return Litestar(
         route_handlers=[healthz, readyz, _Metrics, *route_handlers],
-        middleware=[prometheus.middleware],
+        # Tracing outermost, so a request's span covers the rest (routing comes first in
+        # Litestar, so the span is named by its route template).
+        middleware=[TracingMiddleware, prometheus.middleware],
         lifespan=[lifespan],
         dependencies={
             "tenant": Provide(provide_tenant),
@@ -362,16 +327,6 @@ def create_service_app(
             **(dependencies or {}),
         },
         exception_handlers={Exception: _handle_exception},
-        before_request=_name_span_by_route,
-        plugins=[
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(
-                    exclude=["/healthz", "/readyz"],
-                    scope_span_details_extractor=_span_details,
-                    server_request_hook_handler=_scrub_request_span,
-                )
-            )
-        ],
         openapi_config=OpenAPIConfig(
             title=f"MediAI {service}",
             version="1",

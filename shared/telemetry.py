@@ -14,6 +14,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from shared.config import Settings
 
@@ -23,13 +24,20 @@ _configured = False
 def setup_telemetry(service: str, settings: Settings) -> None:
     """Install the tracer provider (OTLP export when an endpoint is configured) and logging.
 
+    Traces are sampled: a trace the caller sampled (its ``traceparent``) is followed, a new one
+    is started for ``trace_sample_ratio`` of the requests and events, and whatever is not
+    sampled costs no spans (non-recording ones, carrying the context).
+
     Idempotent: a process serves one service, and tests may build several apps in one process.
     """
     global _configured  # the OpenTelemetry provider is process-global by design
     setup_logging(settings.log_level)
     if _configured:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": f"mediai-{service}"}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"mediai-{service}"}),
+        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+    )
     if settings.otel_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
