@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
 from shared import subjects
+from shared.acks import Acks
 from shared.config import Settings
 from shared.events import (
     CODEC,
@@ -63,6 +64,8 @@ class Bus:
     # Seals what is published and opens what a consumer asks to read (an agent job swaps in
     # its dispatch's keys).
     phi: Phi
+    # Acknowledgements of this connection's publishes (pipelined).
+    acks: Acks
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     publish_timeout: float = 2.0
     publish_attempts: int = 3
@@ -78,6 +81,9 @@ class Bus:
         expected_last_subject_sequence: int | None = None,
     ) -> Envelope:
         """Publish one event and wait for JetStream's ack; returns the envelope published.
+
+        Publishes of concurrent callers are pipelined on the connection (see
+        ``_publish_with_retry``): many in flight, each caller answered by its own ack.
 
         ``key`` is the aggregate the event is about (a room name, a dispatch id); it becomes the
         CloudEvents ``subject``. Pass ``event_id`` when the event has a natural dedup key (a
@@ -125,14 +131,16 @@ class Bus:
     async def _publish_with_retry(
         self, subject: str, payload: bytes, headers: dict[str, str]
     ) -> PubAck:
-        # Retrying with the same Nats-Msg-Id is safe: if the first attempt did land, JetStream
-        # recognises the id and the retry changes nothing.
+        # Pipelined (shared.acks): many publishes of concurrent callers in flight at once, each
+        # caller waiting for its own ack. Retrying with the same Nats-Msg-Id is safe: if the
+        # first attempt did land, JetStream recognises the id and the retry changes nothing.
         for attempt in range(1, self.publish_attempts + 1):
             try:
-                return await self.js.publish(
-                    subject, payload, timeout=self.publish_timeout, headers=headers
+                return await self.acks.publish(
+                    subject, payload, headers, timeout=self.publish_timeout
                 )
             except (
+                TimeoutError,
                 nats.errors.TimeoutError,
                 nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError,
@@ -212,4 +220,4 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
         await create_missing_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
     phi = Phi(KeyCache(nc, ttl=settings.key_cache_ttl))
-    return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, retry=retry)
+    return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, acks=Acks(nc), retry=retry)
