@@ -16,7 +16,7 @@ TENANT = "mediai.tenant"
 STREAM_SEQUENCE = "mediai.stream.sequence"
 DELIVERIES = "mediai.deliveries"
 
-# HTTP server spans (shared.http_tracing): the method, the route template (never the path,
+# HTTP server spans (shared.http_telemetry): the method, the route template (never the path,
 # which carries room names and identities) and the status code; nothing about the client.
 HTTP_METHOD = "http.request.method"
 HTTP_ROUTE = "http.route"

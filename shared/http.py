@@ -4,7 +4,7 @@ It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS
 reachable, every background task running), OpenAPI at ``/schema``, API-key auth through the
 ``tenant`` dependency (keys cached in process, ``shared.tenants.ApiKeys``), errors as
 ``{"error": {"code", "message", "details"}}`` with a stable code (an outage of a dependency is a
-503 with ``Retry-After``, never a 500), sampled tracing of requests (``shared.http_tracing``),
+503 with ``Retry-After``, never a 500), metrics and sampled tracing of requests (``shared.http_telemetry``),
 and a lifespan that owns the NATS connection, the database pool, the service's other resources
 and its background tasks (each supervised on its own, see ``shared.background``).
 """
@@ -24,9 +24,10 @@ from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 
@@ -35,7 +36,7 @@ from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
-from shared.http_tracing import TracingMiddleware
+from shared.http_telemetry import RequestTelemetry
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
@@ -305,19 +306,10 @@ def create_service_app(
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
-    # Requests are counted by route template (group_path), never by path: paths carry room
-    # names and identities, which must not become metric labels.
-    prometheus = PrometheusConfig(
-        app_name=service,
-        prefix="mediai_http",
-        group_path=True,
-        exclude=["/healthz", "/readyz", "/metrics"],
-    )
     return Litestar(
         route_handlers=[healthz, readyz, _Metrics, *route_handlers],
-        # Tracing outermost, so a request's span covers the rest (routing comes first in
-        # Litestar, so the span is named by its route template).
-        middleware=[TracingMiddleware, prometheus.middleware],
+        # Metrics and sampled tracing of every routed request (by route template, never path).
+        middleware=[DefineMiddleware(RequestTelemetry, service=service)],
         lifespan=[lifespan],
         dependencies={
             "tenant": Provide(provide_tenant),

@@ -83,6 +83,9 @@ def extract(headers: Mapping[str, str] | None) -> context.Context:
 
 
 def current_traceparent() -> str | None:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+    """The current span's W3C ``traceparent`` (None outside any trace), written directly
+    rather than through the propagators: it is on every publish's path."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
