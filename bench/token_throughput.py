@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,12 +33,12 @@ from pathlib import Path
 
 import msgspec
 
+from deploy.gotools import GoTool, build
 from deploy.stack import Stack, _http_ready, child_environ, gateway_part
 from deploy.supervisor import Part
 from tests.support import free_port, stack_settings
 
-BOMBARDIER_MODULE = "github.com/codesenberg/bombardier"
-BOMBARDIER_VERSION = "v1.2.6"
+BOMBARDIER = GoTool("bombardier", "github.com/codesenberg/bombardier", "v1.2.6", "bombardier")
 BODY = json.dumps({"room": "consulta-bench", "identity": "paciente-bench", "name": "Paciente"})
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,21 +57,7 @@ class Side(msgspec.Struct, kw_only=True):
 
 def bombardier() -> Path:
     """The pinned bombardier, built once with ``go install`` into the cache."""
-    cache = Path(os.environ.get("MEDIAI_CACHE_DIR") or Path.home() / ".cache" / "mediai")
-    target = cache / f"bombardier-{BOMBARDIER_VERSION}" / "bombardier"
-    if target.is_file():
-        return target
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    print(f"building bombardier {BOMBARDIER_VERSION} once...", flush=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-        subprocess.run(
-            [go, "install", f"{BOMBARDIER_MODULE}@{BOMBARDIER_VERSION}"],
-            env={**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0"},
-            check=True,
-        )
-        os.replace(Path(gobin) / "bombardier", target)
-    return target
+    return build(BOMBARDIER)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -212,7 +197,7 @@ async def main(runs: int, duration: float, connections: int, output: Path) -> No
                 "load_average": os.getloadavg(),
                 "python": platform.python_version(),
             },
-            "load_generator": f"bombardier {BOMBARDIER_VERSION}",
+            "load_generator": f"bombardier {BOMBARDIER.version}",
             "connections": connections,
             "duration_seconds": duration,
             "runs": runs,

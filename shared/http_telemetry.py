@@ -9,10 +9,11 @@ Metrics (``shared.metrics``): requests by method, route, status and service, the
 and the requests in progress; the series of each label set are looked up once, then reused.
 
 Tracing: the span continues the caller's W3C ``traceparent`` when there is one; otherwise the
-tracer provider's sampler (``shared.telemetry``: a ratio, parent-based) decides. An unsampled
-request gets a non-recording span, only so that the events it publishes carry its (unsampled)
-trace context and are not traced either. A span carries the method, the route and the status:
-never the path, the query, the client's address or its user agent, which can identify a person.
+tracer provider's sampler (``shared.telemetry``: dispatches always, others at a ratio) decides.
+An unsampled request gets a non-recording span (the two attributes the sampler reads are all it
+costs), only so that the events it publishes carry its (unsampled) trace context and are not
+traced either. A span carries the method, the route template and the status: never the path,
+the query, the client's address or its user agent, which can identify a person.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope.get("path_template", "")
+        # The sampler sees the method and route (a dispatch is always traced).
         span = _tracer.start_span(
-            f"{method} {path}", context=_caller_context(scope), kind=SpanKind.SERVER
+            f"{method} {path}",
+            context=_caller_context(scope),
+            kind=SpanKind.SERVER,
+            attributes={attr.HTTP_METHOD: method, attr.HTTP_ROUTE: path},
         )
         token = context.attach(trace.set_span_in_context(span))
         status = 500
@@ -79,7 +84,7 @@ class RequestTelemetry:
             count.inc()
             duration.observe(elapsed)
             if span.is_recording():
-                _describe(span, method, path, status)
+                _describe(span, status)
             span.end()
             context.detach(token)
 
@@ -103,9 +108,7 @@ class RequestTelemetry:
         return gauge
 
 
-def _describe(span: trace.Span, method: str, path: str, status: int) -> None:
-    span.set_attribute(attr.HTTP_METHOD, method)
-    span.set_attribute(attr.HTTP_ROUTE, f"{method} {path}")
+def _describe(span: trace.Span, status: int) -> None:
     span.set_attribute(attr.HTTP_STATUS_CODE, status)
     if status >= 500:
         span.set_status(StatusCode.ERROR)
