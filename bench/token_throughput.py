@@ -2,7 +2,7 @@
 
 Starts a stack with the token service (NATS, Postgres, LiveKit, the key service, token, the
 gateway) as ``mediai up`` does, with tracing exporting over OTLP (to a sink in this process, at
-the default sampling ratio) and the Prometheus metrics on; then the bare app
+``--sample-ratio``, 0.1 by default) and the Prometheus metrics on; then the bare app
 (``bench.bare_token``: the same JWT, nothing else) behind a second Caddy running the same
 Caddyfile. Both are served by uvicorn with the same options. The load generator is bombardier
 (built once from the Go module proxy at a pinned version): ``--connections`` clients for
@@ -127,12 +127,19 @@ def row(name: str, side: Side) -> str:
     )
 
 
-async def main(runs: int, duration: float, connections: int, output: Path) -> None:
+async def main(
+    runs: int, duration: float, connections: int, sample_ratio: float, output: Path
+) -> None:
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
+    # Spans go over OTLP to the sink rather than to a local Zipkin (a JVM on the same CPUs).
     settings = stack_settings(
-        data_dir, otel_endpoint=f"http://127.0.0.1:{sink.server_port}", log_level="WARNING"
+        data_dir,
+        otel_endpoint=f"http://127.0.0.1:{sink.server_port}",
+        zipkin=False,
+        trace_sample_ratio=sample_ratio,
+        log_level="WARNING",
     )
     bombardier()
     stack = Stack(settings, services=["token"])
@@ -221,6 +228,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--sample-ratio", type=float, default=0.1, help="MEDIAI_TRACE_SAMPLE_RATIO")
     parser.add_argument("--output", type=Path, default=RESULTS / "token_throughput.json")
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.duration, args.connections, args.output))
+    asyncio.run(main(args.runs, args.duration, args.connections, args.sample_ratio, args.output))
