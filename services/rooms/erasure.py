@@ -2,9 +2,9 @@
 destroyed personal-data keys (``ErasureRequested.destroyed_keys``) is emptied.
 
 The key's destruction already made those values unreadable; emptying them leaves no ciphertext
-of the patient behind in the read model either. The read model has no ``patient_ref`` column:
-the key a value names is how it is found, which also reaches rows written before participants
-carried one. Folded by the projection (so a rebuild from the log empties the same columns), and
+of the patient behind in the read model either. Values are found by the key they name, not by
+``patient_ref`` (only recordings' egress rows carry one: a pseudonym listing a clinical record,
+kept with it), which also reaches rows written before participants carried one. Folded by the projection (so a rebuild from the log empties the same columns), and
 answered with ``PatientDataErased`` for the erasure's certificate.
 """
 

@@ -27,6 +27,7 @@ from shared.events.reconciliation import (
     TrackFound,
     TrackPresumedUnpublished,
 )
+from shared.events.recordings import RecordingStored
 from shared.events.rooms import (
     EgressEnded,
     EgressRequested,
@@ -206,6 +207,10 @@ APPLY: dict[type[Event], Fold] = {
     ),
     EgressStopRequested: _fold(
         EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_stop_requested(r, e, t)
+    ),
+    # the recorder's (the egress backend of on-premises deployments)
+    RecordingStored: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_recording_stored(r, e, t)
     ),
     IngressCreated: _fold(
         IngressRow, "ingress_id", lambda r, e, t, _, at: media_core.on_ingress_created(r, e, t, at)

@@ -185,6 +185,22 @@ class StartEgressRequest(_Body, frozen=True, kw_only=True):
     track_sid: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     layout: Literal["grid", "speaker", "single-speaker"] | None = None
     audio_only: bool = False
+    # Who records: "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder: the room's
+    # audio to ogg, once the patient consented; docs/recording.md). Unset: the deployment's
+    # MEDIAI_EGRESS_BACKEND.
+    backend: Literal["livekit", "recorder"] | None = None
+
+
+class RecordingView(_View, frozen=True, kw_only=True):
+    """The file MediAI's recorder kept: Opus/OGG, encrypted with the patient's clinical-record
+    key, under the recordings folder (docs/recording.md)."""
+
+    consultation: str  # the dispatch whose consent allowed it
+    patient_ref: str
+    file: str
+    size_bytes: int
+    duration_ms: int
+    retain_until: datetime | None
 
 
 class EgressView(_View, frozen=True, kw_only=True):
@@ -197,6 +213,9 @@ class EgressView(_View, frozen=True, kw_only=True):
     started_at: datetime | None
     ended_at: datetime | None
     error: str
+    # "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder).
+    backend: str = "livekit"
+    recording: RecordingView | None = None
 
     @classmethod
     def of(cls, row: EgressRow) -> EgressView:
@@ -210,6 +229,17 @@ class EgressView(_View, frozen=True, kw_only=True):
             started_at=row.started_at,
             ended_at=row.ended_at,
             error=row.error,
+            backend=row.backend,
+            recording=RecordingView(
+                consultation=row.dispatch_id,
+                patient_ref=row.patient_ref,
+                file=row.file,
+                size_bytes=row.file_size,
+                duration_ms=row.duration_ms,
+                retain_until=row.retain_until,
+            )
+            if row.file
+            else None,
         )
 
 

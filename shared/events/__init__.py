@@ -15,6 +15,7 @@ from shared.events import (
     patients,
     platform,
     reconciliation,
+    recordings,
     rooms,
 )
 from shared.events.base import (
@@ -37,6 +38,7 @@ CURRENT: tuple[type[Event], ...] = (
     + billing.EVENTS
     + clinical.EVENTS
     + patients.EVENTS
+    + recordings.EVENTS
 )
 
 CODEC = EventCodec(CURRENT, legacy.LEGACY)

@@ -123,10 +123,11 @@ class TrackUnpublished(Event, frozen=True, kw_only=True):
 
 
 class EgressStarted(Event, frozen=True, kw_only=True):
-    """LiveKit started an egress (recording or stream) of a room."""
+    """LiveKit started an egress (recording or stream) of a room, or MediAI's recorder started
+    recording it (after the patient's consent; docs/recording.md)."""
 
     TYPE: ClassVar[str] = "mediai.egress.started.v1"
-    PRODUCER: ClassVar[str] = "webhooks"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime
@@ -152,10 +153,10 @@ class EgressUpdated(Event, frozen=True, kw_only=True):
 
 
 class EgressEnded(Event, frozen=True, kw_only=True):
-    """An egress ended (completed, failed or aborted)."""
+    """An egress ended (completed, failed or aborted): LiveKit's, or MediAI's recorder's."""
 
     TYPE: ClassVar[str] = "mediai.egress.ended.v1"
-    PRODUCER: ClassVar[str] = "webhooks"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime | None = None
@@ -342,6 +343,9 @@ class EgressRequested(Event, frozen=True, kw_only=True):
     room_sid: Plain = ""
     # LiveKit's status of the egress in its answer ("starting", ...).
     status: Plain = ""
+    # Who makes it: "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder, which waits
+    # for the patient's consent; docs/recording.md).
+    backend: Plain = "livekit"
 
 
 class EgressStopRequested(Event, frozen=True, kw_only=True):
