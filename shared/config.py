@@ -95,6 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_port: int = 8105
     scheduling_port: int = 8106
     keys_port: int = 8107
+    recorder_port: int = 8108
     zipkin_port: int = 9411
 
     token_ttl_default: int = 3600
@@ -194,6 +195,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # dropped webhooks), and how long an egress start may wait for an egress worker to answer.
     rooms_reconcile_interval: int = 30
     rooms_egress_timeout: int = 10
+    # Who records rooms for /v1/egress: "livekit" (LiveKit Egress, run next to the server) or
+    # "recorder" (MediAI's own recorder: consultations' audio to Opus/OGG, after the patient's
+    # consent, encrypted with the patient's clinical key; docs/recording.md).
+    egress_backend: str = "livekit"
 
     def service_port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")
@@ -337,6 +342,13 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+def _egress_backend(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("livekit", "recorder"):
+        raise ValueError(f"{value!r} is not one of livekit, recorder")
+    return text
+
+
 def _ratio(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 1:
@@ -376,6 +388,7 @@ PORT_NAMES = (
     "billing",
     "scheduling",
     "keys",
+    "recorder",
     "zipkin",
 )
 
@@ -454,6 +467,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_BILLING_AUDIT_LOOKBACK": ("billing_audit_lookback", parse_duration),
     "MEDIAI_ROOMS_RECONCILE_INTERVAL": ("rooms_reconcile_interval", parse_duration),
     "MEDIAI_ROOMS_EGRESS_TIMEOUT": ("rooms_egress_timeout", parse_duration),
+    "MEDIAI_EGRESS_BACKEND": ("egress_backend", _egress_backend),
     **{f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port) for name in PORT_NAMES},
 }
 
