@@ -31,7 +31,7 @@ from shared.bus import CREDENTIALS_FILE, OPERATOR_USER
 from shared.consumer import ConsumerSpec
 from shared.events import CODEC, DEADLETTER_STREAM, EVENTS_STREAM, PHI_STREAM, DeadLettered, Event
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
-from shared.events.platform import DataKeyDestroyed
+from shared.events.platform import ApiKeyRevoked, DataKeyDestroyed
 from shared.events.rooms import RoomStarted
 from shared.keys_api import (
     DestroyKeysRequest,
@@ -184,6 +184,9 @@ def permissions(component: str) -> Permissions:
     publish += [subjects.keys_request_subject(operation) for operation in extras.keys]
     # Whoever holds keys drops one the moment it is destroyed (shared.keys).
     subscribe += [subjects.type_filter(DataKeyDestroyed), *extras.serves]
+    if component in http_services():
+        # An HTTP service drops a revoked API key from its cache at once (shared.tenants).
+        subscribe.append(subjects.type_filter(ApiKeyRevoked))
     return Permissions(
         publish=tuple(dict.fromkeys(publish)),
         subscribe=tuple(dict.fromkeys(subscribe)),

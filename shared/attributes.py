@@ -30,3 +30,10 @@ ROOM_SID = "mediai.room.sid"
 # The trace of the room's ``room_started`` webhook, on every later webhook of the room: a span
 # link does the same where the backend keeps links (Zipkin does not).
 ROOM_TRACE_ID = "mediai.room.trace_id"
+
+# HTTP server spans (shared.http_telemetry): the method, the route template (never the path,
+# which carries room names and identities) and the status code; nothing about the client.
+HTTP_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_STATUS_CODE = "http.response.status_code"
+ERROR_TYPE = "error.type"

@@ -22,10 +22,12 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared import attributes as attr
 from shared import subjects
+from shared.acks import Acks
 from shared.config import Settings
 from shared.events import (
     CODEC,
@@ -65,6 +67,8 @@ class Bus:
     # Seals what is published and opens what a consumer asks to read (an agent job swaps in
     # its dispatch's keys).
     phi: Phi
+    # Acknowledgements of this connection's publishes (pipelined).
+    acks: Acks
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     publish_timeout: float = 2.0
     publish_attempts: int = 3
@@ -80,6 +84,9 @@ class Bus:
         expected_last_subject_sequence: int | None = None,
     ) -> Envelope:
         """Publish one event and wait for JetStream's ack; returns the envelope published.
+
+        Publishes of concurrent callers are pipelined on the connection (see
+        ``_publish_with_retry``): many in flight, each caller answered by its own ack.
 
         ``key`` is the aggregate the event is about (a room name, a dispatch id); it becomes the
         CloudEvents ``subject``. Pass ``event_id`` when the event has a natural dedup key (a
@@ -108,6 +115,9 @@ class Bus:
         if expected_last_subject_sequence is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         payload = CODEC.encode(event)
+        if _unsampled():
+            inject(headers)  # the unsampled trace goes on, so its consumers do not trace it
+            return await self._publish_with_retry(subject, payload, headers)
         # Published later than made (an outbox row, a spooled session event), the event still
         # belongs to the trace it was made in: its own traceparent.
         with _tracer.start_as_current_span(
@@ -128,14 +138,16 @@ class Bus:
     async def _publish_with_retry(
         self, subject: str, payload: bytes, headers: dict[str, str]
     ) -> PubAck:
-        # Retrying with the same Nats-Msg-Id is safe: if the first attempt did land, JetStream
-        # recognises the id and the retry changes nothing.
+        # Pipelined (shared.acks): many publishes of concurrent callers in flight at once, each
+        # caller waiting for its own ack. Retrying with the same Nats-Msg-Id is safe: if the
+        # first attempt did land, JetStream recognises the id and the retry changes nothing.
         for attempt in range(1, self.publish_attempts + 1):
             try:
-                return await self.js.publish(
-                    subject, payload, timeout=self.publish_timeout, headers=headers
+                return await self.acks.publish(
+                    subject, payload, headers, timeout=self.publish_timeout
                 )
             except (
+                TimeoutError,
                 nats.errors.TimeoutError,
                 nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError,
@@ -162,6 +174,12 @@ class Bus:
             # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
             with contextlib.suppress(OSError):
                 await self.nc.close()
+
+
+def _unsampled() -> bool:
+    """Whether this publish belongs to a trace that is not sampled (no span to make)."""
+    parent = trace.get_current_span().get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
 
 
 @dataclass
@@ -249,4 +267,4 @@ async def connect_bus(
         await check_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
     phi = Phi(KeyCache(nc, ttl=settings.key_cache_ttl))
-    return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, retry=retry)
+    return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, acks=Acks(nc), retry=retry)

@@ -124,6 +124,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # readable after its key was last used (then its key is destroyed; 20 years by default).
     kek_file: Path | None = None
     key_cache_ttl: int = 60
+    # How long a service trusts an API key it looked up (a revoked key is dropped at once when
+    # its ApiKeyRevoked event arrives; this bounds a missed event), and how many keys it holds.
+    api_key_cache_ttl: int = 60
+    api_key_cache_size: int = 10_000
     clinical_retention: int = 20 * 365 * 86400
 
     # AI providers of the agent workers (services/agent). OpenAI-compatible means OpenAI itself
@@ -413,6 +417,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_ZIPKIN": ("zipkin", _bool),
     "MEDIAI_TRACE_SAMPLE_RATIO": ("trace_sample_ratio", _ratio),
     "MEDIAI_TRACE_URL_TEMPLATE": ("trace_url_template", _trace_url_template),
+    "MEDIAI_API_KEY_CACHE_TTL": ("api_key_cache_ttl", parse_duration),
+    "MEDIAI_API_KEY_CACHE_SIZE": ("api_key_cache_size", _positive_int),
     "MEDIAI_CONSUMER_MAX_DELIVER": ("consumer_max_deliver", _positive_int),
     "MEDIAI_CONSUMER_BACKOFF": ("consumer_backoff", _delays),
     "MEDIAI_DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _seconds),

@@ -2,8 +2,9 @@
 
 It gives each service the same edges: ``/healthz`` (alive) and ``/readyz`` (NATS and Postgres
 reachable, every background task running), OpenAPI at ``/schema``, API-key auth through the
-``tenant`` dependency, errors as ``{"error": {"code", "message", "details"}}`` with a stable code
-(an outage of a dependency is a 503 with ``Retry-After``, never a 500), tracing of every request,
+``tenant`` dependency (keys cached in process, ``shared.tenants.ApiKeys``), errors as
+``{"error": {"code", "message", "details"}}`` with a stable code (an outage of a dependency is a
+503 with ``Retry-After``, never a 500), metrics and sampled tracing of requests (``shared.http_telemetry``),
 and a lifespan that owns the NATS connection, the database pool, the service's other resources
 and its background tasks (each supervised on its own, see ``shared.background``).
 """
@@ -23,23 +24,23 @@ from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
-from opentelemetry import trace
 
 from shared.background import BackgroundTask, TaskHealth, supervise
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
+from shared.http_telemetry import RequestTelemetry
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
 from shared.telemetry import setup_telemetry
-from shared.tenants import Tenant, authenticate
+from shared.tenants import ApiKeys, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,8 @@ async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
-    tenant = await authenticate(request.app.state.pool, key.strip())
+    api_keys: ApiKeys = request.app.state.api_keys
+    tenant = await api_keys.tenant(key.strip())
     if tenant is None:
         raise UnauthorizedError("invalid or revoked API key")
     return tenant
@@ -198,43 +200,6 @@ def _provide_pool(state: State) -> asyncpg.Pool:
 def _provide_settings(state: State) -> Settings:
     settings: Settings = state.settings
     return settings
-
-
-def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
-    """A request span starts named by its method only: paths carry room names and identities.
-    ``_name_span_by_route`` renames it by route template once the request is routed."""
-    return str(scope.get("method", "HTTP")), {}
-
-
-async def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
-    # async: a synchronous hook would hop to a thread on every request.
-    route = f"{request.method} {request.scope.get('path_template', '')}"
-    span = trace.get_current_span()
-    span.update_name(route)
-    span.set_attribute("http.route", route)
-
-
-# Request attributes that can identify a person (their address, their browser, identities in
-# paths and query strings); their values never leave the process.
-_PERSONAL_REQUEST_ATTRIBUTES = (
-    "http.url",
-    "http.target",
-    "url.full",
-    "url.path",
-    "url.query",
-    "http.user_agent",
-    "user_agent.original",
-    "net.peer.ip",
-    "net.peer.port",
-    "client.address",
-    "client.port",
-    "http.client_ip",
-)
-
-
-def _scrub_request_span(span: Any, scope: Any) -> None:
-    for name in _PERSONAL_REQUEST_ATTRIBUTES:
-        span.set_attribute(name, "[redacted]")
 
 
 @get("/healthz", include_in_schema=False, sync_to_thread=False)
@@ -336,6 +301,10 @@ def create_service_app(
             stack.push_async_callback(app.state.pool.close)
             app.state.bus = await connect_bus(settings, service)
             stack.push_async_callback(app.state.bus.close)
+            app.state.api_keys = ApiKeys(
+                app.state.pool, ttl=settings.api_key_cache_ttl, size=settings.api_key_cache_size
+            )
+            await app.state.api_keys.listen(app.state.bus.nc)
             for resource in resources:
                 await stack.enter_async_context(resource(app))
             running = [
@@ -349,17 +318,10 @@ def create_service_app(
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
-    # Requests are counted by route template (group_path), never by path: paths carry room
-    # names and identities, which must not become metric labels.
-    prometheus = PrometheusConfig(
-        app_name=service,
-        prefix="mediai_http",
-        group_path=True,
-        exclude=["/healthz", "/readyz", "/metrics"],
-    )
     return Litestar(
         route_handlers=[healthz, readyz, _Metrics, *route_handlers],
-        middleware=[prometheus.middleware],
+        # Metrics and sampled tracing of every routed request (by route template, never path).
+        middleware=[DefineMiddleware(RequestTelemetry, service=service)],
         lifespan=[lifespan],
         dependencies={
             "tenant": Provide(provide_tenant),
@@ -369,16 +331,6 @@ def create_service_app(
             **(dependencies or {}),
         },
         exception_handlers={Exception: _handle_exception},
-        before_request=_name_span_by_route,
-        plugins=[
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(
-                    exclude=["/healthz", "/readyz"],
-                    scope_span_details_extractor=_span_details,
-                    server_request_hook_handler=_scrub_request_span,
-                )
-            )
-        ],
         openapi_config=OpenAPIConfig(
             title=f"MediAI {service}",
             version="1",

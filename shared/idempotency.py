@@ -40,7 +40,7 @@ from shared import idempotency_store as store
 from shared.background import every
 from shared.events import new_event_id
 from shared.http import RETRY_AFTER_SECONDS, ErrorBody, ErrorDetail
-from shared.tenants import authenticate
+from shared.tenants import ApiKeys
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,10 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await _send(send, _refusal(400))
             return
         pool: asyncpg.Pool = scope["app"].state.pool
+        api_keys: ApiKeys = scope["app"].state.api_keys
         scheme, _, api_key = (_header(scope, b"authorization") or "").partition(" ")
         try:
-            tenant = (
-                await authenticate(pool, api_key.strip()) if scheme.lower() == "bearer" else None
-            )
+            tenant = await api_keys.tenant(api_key.strip()) if scheme.lower() == "bearer" else None
         except _DATABASE_ERRORS as error:
             await _unavailable(send, error)
             return

@@ -10,6 +10,25 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# -- HTTP requests (shared.http_telemetry) ----------------------------------------------------
+# ``path`` is the route template, never the path; ``app_name`` the service.
+
+HTTP_REQUESTS = Counter(
+    "mediai_http_requests_total",
+    "HTTP requests answered, by method, route, status code and service",
+    ["method", "path", "status_code", "app_name"],
+)
+HTTP_DURATION = Histogram(
+    "mediai_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route, status code and service",
+    ["method", "path", "status_code", "app_name"],
+)
+HTTP_IN_PROGRESS = Gauge(
+    "mediai_http_requests_in_progress",
+    "HTTP requests being answered, by method, route and service",
+    ["method", "path", "app_name"],
+)
+
 # -- consumers (shared.consumer) --------------------------------------------------------------
 
 CONSUMED = Counter(

@@ -57,7 +57,11 @@ class _DispatchesAlways(Sampler):
     ) -> SamplingResult:
         found = attributes or {}
         method = found.get("http.request.method") or found.get("http.method")
-        path = str(found.get("url.path") or found.get("http.target") or "").split("?")[0]
+        # Our request spans (shared.http_telemetry) give the route template; library spans
+        # give the path.
+        path = str(
+            found.get("http.route") or found.get("url.path") or found.get("http.target") or ""
+        ).split("?")[0]
         if (method, path) in ALWAYS_SAMPLED:
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
         return self.ratio.should_sample(
@@ -153,9 +157,12 @@ def extract(headers: Mapping[str, str] | None) -> context.Context:
 
 
 def current_traceparent() -> str | None:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+    """The current span's W3C ``traceparent`` (None outside any trace), written directly
+    rather than through the propagators: it is on every publish's path."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
 
 
 def parent_of(traceparent: str | None) -> context.Context | None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
+import nats.js.errors
 import pytest
 
 from shared import subjects
@@ -16,7 +17,7 @@ from shared.bus import Bus
 from shared.consumer import DELIVERY_HEADROOM, Consumer, ConsumerSpec, Delivery
 from shared.db import projection
 from shared.deadletters import list_dead_letters, matching, replay, replay_all
-from shared.events import DeadLettered, Envelope, TokenIssued
+from shared.events import DeadLettered, Envelope, TokenIssued, envelope
 from shared.failures import DependencyUnavailableError, PoisonMessageError
 from tests.support import until, watch
 
@@ -59,6 +60,32 @@ async def test_the_same_event_id_published_twice_is_stored_once(bus: Bus) -> Non
     assert info.state.subjects == {
         subjects.event_subject(first.data, tenant=tenant, key="room-1"): 1
     }
+
+
+async def test_concurrent_publishes_each_get_their_own_ack_and_a_refusal_is_an_error(
+    bus: Bus,
+) -> None:
+    tenant = fresh_tenant()
+    published = await asyncio.gather(
+        *(
+            bus.publish_envelope(
+                envelope(issued(f"room-{n}"), source="tests", tenant=tenant, subject=f"room-{n}")
+            )
+            for n in range(300)
+        )
+    )
+    # One ack per publish (pipelined on one connection, answered out of one reply
+    # subscription), each for its own message: distinct sequences, all stored.
+    assert len({ack.seq for ack in published}) == 300
+    info = await bus.js.stream_info(
+        "MEDIAI_EVENTS", subjects_filter=subjects.type_filter(TokenIssued, tenant)
+    )
+    assert len(info.state.subjects or {}) == 300
+    # An expectation JetStream refuses comes back to its publisher as JetStream's error.
+    with pytest.raises(nats.js.errors.APIError):
+        await bus.publish(
+            issued("room-0"), tenant=tenant, key="room-0", expected_last_subject_sequence=1
+        )
 
 
 async def test_a_failing_handler_is_retried_with_backoff_then_succeeds(bus: Bus) -> None:

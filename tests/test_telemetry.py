@@ -17,8 +17,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from deploy.stack import StackState
 from services.token.app import create_app
+from shared.bus import Bus
 from shared.config import Settings
+from shared.events import TokenIssued
+from tests.support import watch
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PERSONAL = ("Maria da Silva", "paciente-cpf-12345678900", "203.0.113.9", "Mozilla/5.0 (Maria)")
 
 
@@ -42,16 +46,52 @@ async def test_request_spans_carry_no_personal_data(
                 "Authorization": f"Bearer {tenant_key}",
                 "X-Forwarded-For": PERSONAL[2],
                 "User-Agent": PERSONAL[3],
+                # Sampled by the caller: traced whatever the sampling ratio.
+                "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
             },
         )
     assert response.status_code == 201
     finished = spans.get_finished_spans()
     assert any(s.name == "POST /v1/tokens" for s in finished), [s.name for s in finished]
     assert any(s.name.startswith("publish mediai.token.issued") for s in finished)
+    request = next(s for s in finished if s.name == "POST /v1/tokens")
+    assert request.context is not None and format(request.context.trace_id, "032x") == TRACE_ID
+    assert dict(request.attributes or {}) == {
+        "http.request.method": "POST",
+        "http.route": "/v1/tokens",
+        "http.response.status_code": 201,
+    }
     for span in finished:
         text = f"{span.name} {dict(span.attributes or {})} {[e.attributes for e in span.events]}"
         for value in PERSONAL:
             assert value not in text, f"{value!r} leaked into span {span.name}"
+
+
+async def test_an_unsampled_request_makes_no_spans_and_its_event_carries_its_context(
+    stack: StackState,
+    settings: Settings,
+    tenant_key: str,
+    spans: InMemorySpanExporter,
+    bus: Bus,
+) -> None:
+    async with (
+        AsyncTestClient(app=create_app(settings)) as client,
+        watch(bus, TokenIssued) as issued,
+    ):
+        response = await client.post(
+            "/v1/tokens",
+            json={"room": "consulta-10", "identity": "p-10"},
+            headers={
+                "Authorization": f"Bearer {tenant_key}",
+                "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-00",  # not sampled
+            },
+        )
+        assert response.status_code == 201
+        event = await issued.wait_for(lambda e: e.subject == "consulta-10")
+    assert spans.get_finished_spans() == ()
+    # The caller's trace goes on, unsampled, so whoever consumes the event does not trace it.
+    assert event.traceparent is not None
+    assert event.traceparent.split("-")[1] == TRACE_ID and event.traceparent.endswith("-00")
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):
@@ -86,6 +126,7 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
             env={
                 "PATH": "/usr/bin:/bin",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+                "MEDIAI_TRACE_SAMPLE_RATIO": "1",  # a new trace, sampled for sure
             },
         )
     finally:

@@ -7,13 +7,15 @@ from typing import Annotated
 
 import msgspec
 from litestar import Litestar, post
+from litestar.datastructures import State
 from litestar.params import JSONBody
 from livekit import api as livekit_api
 
 from services.token.core import TokenRequestError, person_role, token_ttl
+from shared.bus import Bus
 from shared.config import Settings
 from shared.events import TokenIssued
-from shared.http import ApiError, BusDep, CallerTenant, SettingsDep, create_service_app
+from shared.http import ApiError, CallerTenant, create_service_app
 from shared.naming import Identity, PatientRef, RoomName, livekit_room
 from shared.participants import PATIENT, PATIENT_REF_ATTRIBUTE, PERSON_ROLES, ROLE_ATTRIBUTE
 
@@ -46,8 +48,13 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 @post("/v1/tokens", operation_id="createToken", summary="Issue a LiveKit access token")
 async def create_token(
-    data: JSONBody[CreateTokenRequest], tenant: CallerTenant, bus: BusDep, settings: SettingsDep
+    data: JSONBody[CreateTokenRequest], tenant: CallerTenant, state: State
 ) -> TokenResponse:
+    # The bus and the settings from the app's state rather than as dependencies: Litestar
+    # resolves two or more dependencies of a handler in an anyio task group, a task each, on
+    # every request; with the tenant alone there is none (the hottest route, issue 13).
+    bus: Bus = state.bus
+    settings: Settings = state.settings
     try:
         ttl = token_ttl(
             data.ttl, default=settings.token_ttl_default, maximum=settings.token_ttl_max

@@ -28,7 +28,13 @@ from shared.events.base import (
     new_event_id,
 )
 from shared.events.codec import EventCodec, EventDecodeError
-from shared.events.platform import ApiKeyCreated, DeadLettered, TenantCreated, TokenIssued
+from shared.events.platform import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    DeadLettered,
+    TenantCreated,
+    TokenIssued,
+)
 
 CURRENT: tuple[type[Event], ...] = (
     platform.EVENTS
@@ -50,6 +56,7 @@ __all__ = [
     "EVENTS_STREAM",
     "PHI_STREAM",
     "ApiKeyCreated",
+    "ApiKeyRevoked",
     "DeadLettered",
     "Envelope",
     "Event",

@@ -27,6 +27,18 @@ class ApiKeyCreated(Event, frozen=True, kw_only=True):
     key_prefix: Plain
 
 
+class ApiKeyRevoked(Event, frozen=True, kw_only=True):
+    """An API key was revoked (``mediai tenants revoke-key``); it is named by its prefix, never
+    the key. Every service drops the key from its API-key cache when it sees this event (a core
+    NATS subscription to its subject, ``shared.tenants``), so a revoked key stops working within
+    seconds. Keyed by the tenant id."""
+
+    TYPE: ClassVar[str] = "mediai.tenant.api_key_revoked.v1"
+    PRODUCER: ClassVar[str] = "platform (mediai tenants revoke-key)"
+    key_prefix: Plain
+    revoked_at: datetime
+
+
 class TokenIssued(Event, frozen=True, kw_only=True):
     """A LiveKit access token was issued (the audit record; never the JWT itself).
 
@@ -105,6 +117,7 @@ class DataKeyDestroyed(Event, frozen=True, kw_only=True):
 EVENTS: tuple[type[Event], ...] = (
     TenantCreated,
     ApiKeyCreated,
+    ApiKeyRevoked,
     TokenIssued,
     DeadLettered,
     DataKeyDestroyed,
