@@ -31,6 +31,7 @@ from shared.events import (
     envelope,
 )
 from shared.keys import KeyCache
+from shared.natsbulk import BulkClient
 from shared.phi import Phi
 from shared.streams import create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, inject, tracer
@@ -56,7 +57,7 @@ class RetryPolicy:
 class Bus:
     """A NATS connection with JetStream, publishing as one service (``mediai/<service>``)."""
 
-    nc: NatsClient
+    nc: BulkClient
     js: JetStreamContext
     source: str
     # Seals what is published and opens what a consumer asks to read (an agent job swaps in
@@ -186,11 +187,13 @@ class _OutageLog:
 async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
     """Connect to NATS as ``service`` and make sure the streams exist."""
     outage = _OutageLog(service)
-    nc = await nats.connect(
+    # A BulkClient: replays read on this connection without a message object per event.
+    nc = BulkClient()
+    await nc.connect(
         servers=settings.nats_url.split(","),
         name=f"mediai-{service}",
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py accepts seconds as float
         connect_timeout=2,
         drain_timeout=5,
         error_cb=outage.error,

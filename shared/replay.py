@@ -1,31 +1,111 @@
-"""Reading the business stream from its start (or a time) to its end, for replays: billing's
-audits and rebuilds, the rooms read model's rebuild.
+"""Reading the business stream in bulk, for replays: billing's audits and rebuilds, the rooms
+read model's rebuild.
 
-An ordered, ephemeral consumer of every version of the given event types (optionally one
-tenant's subjects only), up to the last sequence the stream had when the read began: flow
-control and gap detection that resumes at the right sequence mean a slow handler delays the
-read but never loses a message, and the server removes the consumer if the reader dies.
+An ephemeral pull consumer of every version of the given event types (optionally one tenant's
+subjects only), from a start sequence up to an end sequence (by default the stream's last when
+the read began), read in large batches: each batch is one pull request, its frames go straight
+from the client's parser into a list (``shared.natsbulk``, no message object per event), and
+the next batch is requested before the current one is handed over, so the server sends while
+the reader folds. No acknowledgements (the consumer acknowledges nothing), and the server
+removes the consumer by itself if the reader dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared import subjects
 from shared.bus import Bus
 from shared.events import EVENTS_STREAM, Event
 
+BATCH = 4096  # messages per pull request
+# How long one pull waits for its batch on the server: a full batch ends it sooner.
+PULL_EXPIRES = 5.0
+
+Batch = list[tuple[int, bytes]]  # (stream sequence, payload), in stream order
+
 
 class ReplayError(Exception):
     """The stream could not be read to the end (NATS unavailable or not answering)."""
+
+
+def replay_filters(event_types: Iterable[type[Event]], tenant: str | None = None) -> list[str]:
+    """The subject filters of every version of ``event_types`` (of one tenant, if given)."""
+    return [subjects.any_version_filter(t, tenant) for t in event_types]
+
+
+async def stream_end(bus: Bus) -> int:
+    """The last sequence of the business stream now (0 when it is empty)."""
+    last: int = (await bus.js.stream_info(subjects.stream_name(EVENTS_STREAM))).state.last_seq
+    return last
+
+
+async def first_sequence(
+    bus: Bus, filters: list[str], start_time: datetime | None, end: int
+) -> int | None:
+    """Where a replay from ``start_time`` starts (1 without one), or None when nothing matching
+    was stored since then, up to ``end``."""
+    if start_time is None:
+        return 1
+    found = await _first_sequence_since(
+        bus, subjects.stream_name(EVENTS_STREAM), filters, start_time
+    )
+    return None if found is None or found > end else found
+
+
+async def read_batches(
+    bus: Bus,
+    filters: list[str],
+    *,
+    first: int,
+    last: int,
+    batch: int = BATCH,
+    stall_timeout: float = 60.0,
+) -> AsyncIterator[Batch]:
+    """The messages matching ``filters`` with sequences ``first``..``last``, oldest first, in
+    batches of at most ``batch``."""
+    if first > last:
+        return
+    stream = subjects.stream_name(EVENTS_STREAM)
+    info = await bus.js.add_consumer(
+        stream,
+        ConsumerConfig(
+            filter_subjects=filters,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=first,
+            ack_policy=AckPolicy.NONE,
+            # Ephemeral: the server removes it by itself if this process dies mid-replay.
+            inactive_threshold=120.0,
+            mem_storage=True,
+            num_replicas=1,
+        ),
+    )
+    if info.num_pending == 0:
+        await _delete_consumer(bus, stream, info.name)
+        return
+    pulls = _Pulls(bus, stream, info.name, batch)
+    await pulls.start()
+    try:
+        await pulls.request()
+        while True:
+            frames, done = await pulls.wait(stall_timeout)
+            if not done:
+                await pulls.request()  # the server sends while the caller folds this batch
+            found, reached = _sequenced(frames, last)
+            if found:
+                yield found
+            if done or reached:
+                return
+    finally:
+        await pulls.stop()
 
 
 async def read_stream(
@@ -40,71 +120,94 @@ async def read_stream(
     """Call ``handle(stream sequence, payload)`` for each event of ``event_types`` (any
     version), oldest first, up to the stream's last sequence at the start; returns that
     sequence."""
-    stream = subjects.stream_name(EVENTS_STREAM)
-    end: int = (await bus.js.stream_info(stream)).state.last_seq
-    if end == 0:
-        return 0
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    progress = 0
-
-    async def on_message(message: Msg) -> None:
-        nonlocal progress
-        if done.done():
-            return
-        try:
-            metadata = message.metadata
-            sequence = metadata.sequence.stream
-            if sequence > end:
-                done.set_result(None)
-                return
-            progress += 1
-            await handle(sequence, message.data)
-            if sequence >= end or metadata.num_pending == 0:
-                done.set_result(None)
-        except Exception as error:  # noqa: BLE001 - handed to the caller, never swallowed
-            done.set_exception(error)
-
-    filters = [subjects.any_version_filter(t, tenant) for t in event_types]
-    first = 1
-    if start_time is not None:
-        found = await _first_sequence_since(bus, stream, filters, start_time)
-        if found is None or found > end:
-            return end  # nothing stored since start_time matches
-        first = found
-    config = ConsumerConfig(
-        filter_subjects=filters,
-        # A start sequence rather than a start time: the ordered consumer resumes after a gap
-        # by sequence, and the server refuses a start time and a start sequence together.
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=first,
-        # Ephemeral: the server removes it by itself if this process dies mid-replay.
-        inactive_threshold=120.0,
-    )
-    subscription = await bus.js.subscribe(
-        filters[0],
-        stream=stream,
-        cb=on_message,
-        config=config,
-        ordered_consumer=True,
-        idle_heartbeat=2.0,
-    )
-    try:
-        info = await subscription.consumer_info()
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        if info.num_pending == 0 and not delivered:
-            return end  # nothing matches
-        seen = -1
-        while not done.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout=stall_timeout)
-            except TimeoutError:
-                if progress == seen:
-                    raise ReplayError("the stream stopped delivering before its end") from None
-                seen = progress
-        done.result()
+    end = await stream_end(bus)
+    filters = replay_filters(event_types, tenant)
+    first = await first_sequence(bus, filters, start_time, end) if end else None
+    if first is None:
         return end
-    finally:
-        await subscription.unsubscribe()
+    async for found in read_batches(
+        bus, filters, first=first, last=end, stall_timeout=stall_timeout
+    ):
+        for sequence, payload in found:
+            await handle(sequence, payload)
+    return end
+
+
+def _sequenced(frames: list[tuple[bytes, bytes]], last: int) -> tuple[Batch, bool]:
+    """The stream sequence of each frame (from its reply subject), those up to ``last``, and
+    whether the read reached ``last`` or the consumer's end."""
+    found: Batch = []
+    for reply, payload in frames:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+        # (or, from servers with domains, $JS.ACK.<domain>.<account>.<stream>... plus a token).
+        tokens = reply.split(b".")
+        offset = 0 if len(tokens) == 9 else 2
+        sequence = int(tokens[5 + offset])
+        if sequence > last:
+            return found, True
+        found.append((sequence, payload))
+        if sequence == last or tokens[8 + offset] == b"0":
+            return found, True
+    return found, False
+
+
+class _Pulls:
+    """One pull request at a time on an inbox whose frames go into a list."""
+
+    def __init__(self, bus: Bus, stream: str, consumer: str, batch: int) -> None:
+        self.bus, self.stream, self.consumer, self.batch = bus, stream, consumer, batch
+        self.inbox = bus.nc.new_inbox()
+        self.received: list[tuple[bytes, bytes]] = []
+        self.ended: asyncio.Future[bool] | None = None
+        self.sid = 0
+
+    async def start(self) -> None:
+        self.sid = await self.bus.nc.subscribe_frames(self.inbox, self._on_frame)
+
+    async def stop(self) -> None:
+        await self.bus.nc.unsubscribe_frames(self.sid)
+        await _delete_consumer(self.bus, self.stream, self.consumer)
+
+    async def request(self) -> None:
+        self.ended = asyncio.get_running_loop().create_future()
+        self.received = []
+        expires = int(PULL_EXPIRES * 1e9)
+        await self.bus.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
+            json.dumps({"batch": self.batch, "expires": expires, "no_wait": True}).encode(),
+            reply=self.inbox,
+        )
+
+    async def wait(self, timeout: float) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """This pull's frames, and whether the consumer has nothing more."""
+        assert self.ended is not None
+        try:
+            done = await asyncio.wait_for(asyncio.shield(self.ended), timeout)
+        except TimeoutError:
+            raise ReplayError("the stream stopped delivering before its end") from None
+        return self.received, done
+
+    def _on_frame(self, reply: bytes, payload: bytes, headers: bytes) -> None:
+        ended = self.ended
+        if ended is None or ended.done():
+            return
+        if reply:
+            self.received.append((reply, payload))
+            if len(self.received) >= self.batch:
+                ended.set_result(False)
+            return
+        # A status frame ("NATS/1.0 404 No Messages", "408 Request Timeout") ends the pull.
+        status = headers[9:12]
+        if status in (b"404", b"408"):
+            ended.set_result(status == b"404" or len(self.received) < self.batch)
+        elif status != b"100":  # not a heartbeat
+            description = headers[12:].split(b"\r\n", 1)[0].decode(errors="replace").strip()
+            ended.set_exception(ReplayError(f"the stream refused the read: {description}"))
+
+
+async def _delete_consumer(bus: Bus, stream: str, name: str) -> None:
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        await bus.js.delete_consumer(stream, name)
 
 
 async def _first_sequence_since(
@@ -135,5 +238,4 @@ async def _first_sequence_since(
         return sequence
     finally:
         await subscription.unsubscribe()
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await bus.js.delete_consumer(stream, name)
+        await _delete_consumer(bus, stream, name)
