@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
-# on_frame(reply subject, payload, raw headers or b""): runs in the client's read loop, so it
-# must be quick and must not block.
-FrameHandler = Callable[[bytes, bytes, bytes], None]
+# on_frame(subject, reply subject, payload, raw headers or b""): runs in the client's read
+# loop, so it must be quick and must not block.
+FrameHandler = Callable[[bytes, bytes, bytes, bytes], None]
 
 
 class BulkClient(Client):
@@ -48,4 +48,4 @@ class BulkClient(Client):
         if on_frame is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        on_frame(reply, data, headers or b"")
+        on_frame(subject, reply, data, headers or b"")

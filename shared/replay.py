@@ -63,22 +63,24 @@ async def first_sequence(
 
 async def read_batches(
     bus: Bus,
-    filters: list[str],
+    event_types: Iterable[type[Event]],
     *,
     first: int,
     last: int,
+    tenant: str | None = None,
     batch: int = BATCH,
     stall_timeout: float = 60.0,
 ) -> AsyncIterator[Batch]:
-    """The messages matching ``filters`` with sequences ``first``..``last``, oldest first, in
-    batches of at most ``batch``."""
+    """The events of ``event_types`` (any version; of one tenant, if given) with sequences
+    ``first``..``last``, oldest first, in batches of at most ``batch``."""
     if first > last:
         return
     stream = subjects.stream_name(EVENTS_STREAM)
     info = await bus.js.add_consumer(
         stream,
         ConsumerConfig(
-            filter_subjects=filters,
+            # One filter, the types picked here: see subjects.stream_filter.
+            filter_subject=subjects.stream_filter(EVENTS_STREAM, tenant),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=first,
             ack_policy=AckPolicy.NONE,
@@ -91,18 +93,19 @@ async def read_batches(
     if info.num_pending == 0:
         await _delete_consumer(bus, stream, info.name)
         return
-    pulls = _Pulls(bus, stream, info.name, batch)
+    wanted = {subjects.unversioned_type_of(t) for t in event_types}
+    pulls = _Pulls(bus, stream, info.name, batch, wanted)
     await pulls.start()
     try:
         await pulls.request()
         while True:
-            frames, done = await pulls.wait(stall_timeout)
+            frames, final_sequence, done = await pulls.wait(stall_timeout)
             if not done:
                 await pulls.request()  # the server sends while the caller folds this batch
-            found, reached = _sequenced(frames, last)
+            found = [(s, payload) for s, payload in frames if s <= last]
             if found:
                 yield found
-            if done or reached:
+            if done or final_sequence >= last:
                 return
     finally:
         await pulls.stop()
@@ -120,44 +123,41 @@ async def read_stream(
     """Call ``handle(stream sequence, payload)`` for each event of ``event_types`` (any
     version), oldest first, up to the stream's last sequence at the start; returns that
     sequence."""
+    event_types = list(event_types)
     end = await stream_end(bus)
     filters = replay_filters(event_types, tenant)
     first = await first_sequence(bus, filters, start_time, end) if end else None
     if first is None:
         return end
     async for found in read_batches(
-        bus, filters, first=first, last=end, stall_timeout=stall_timeout
+        bus, event_types, first=first, last=end, tenant=tenant, stall_timeout=stall_timeout
     ):
         for sequence, payload in found:
             await handle(sequence, payload)
     return end
 
 
-def _sequenced(frames: list[tuple[bytes, bytes]], last: int) -> tuple[Batch, bool]:
-    """The stream sequence of each frame (from its reply subject), those up to ``last``, and
-    whether the read reached ``last`` or the consumer's end."""
-    found: Batch = []
-    for reply, payload in frames:
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-        # (or, from servers with domains, $JS.ACK.<domain>.<account>.<stream>... plus a token).
-        tokens = reply.split(b".")
-        offset = 0 if len(tokens) == 9 else 2
-        sequence = int(tokens[5 + offset])
-        if sequence > last:
-            return found, True
-        found.append((sequence, payload))
-        if sequence == last or tokens[8 + offset] == b"0":
-            return found, True
-    return found, False
+def _ack_tokens(reply: bytes) -> tuple[int, int]:
+    """The stream sequence and the consumer's pending count in a message's reply subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    (servers with domains add two tokens after ``ACK`` and one at the end)."""
+    tokens = reply.split(b".")
+    offset = 0 if len(tokens) == 9 else 2
+    return int(tokens[5 + offset]), int(tokens[8 + offset])
 
 
 class _Pulls:
     """One pull request at a time on an inbox whose frames go into a list."""
 
-    def __init__(self, bus: Bus, stream: str, consumer: str, batch: int) -> None:
+    def __init__(
+        self, bus: Bus, stream: str, consumer: str, batch: int, wanted: set[bytes]
+    ) -> None:
         self.bus, self.stream, self.consumer, self.batch = bus, stream, consumer, batch
+        self.wanted = wanted
         self.inbox = bus.nc.new_inbox()
-        self.received: list[tuple[bytes, bytes]] = []
+        self.received: Batch = []
+        self.count = 0
+        self.final_sequence = 0
         self.ended: asyncio.Future[bool] | None = None
         self.sid = 0
 
@@ -170,36 +170,44 @@ class _Pulls:
 
     async def request(self) -> None:
         self.ended = asyncio.get_running_loop().create_future()
-        self.received = []
+        self.received, self.count, self.final_sequence = [], 0, 0
         expires = int(PULL_EXPIRES * 1e9)
         await self.bus.nc.publish(
             f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
-            json.dumps({"batch": self.batch, "expires": expires, "no_wait": True}).encode(),
+            json.dumps({"batch": self.batch, "expires": expires}).encode(),
             reply=self.inbox,
         )
 
-    async def wait(self, timeout: float) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """This pull's frames, and whether the consumer has nothing more."""
+    async def wait(self, timeout: float) -> tuple[Batch, int, bool]:
+        """This pull's wanted messages, the sequence of its last message, and whether the
+        consumer has nothing more."""
         assert self.ended is not None
         try:
             done = await asyncio.wait_for(asyncio.shield(self.ended), timeout)
         except TimeoutError:
             raise ReplayError("the stream stopped delivering before its end") from None
-        return self.received, done
+        return self.received, self.final_sequence, done
 
-    def _on_frame(self, reply: bytes, payload: bytes, headers: bytes) -> None:
+    def _on_frame(self, subject: bytes, reply: bytes, payload: bytes, headers: bytes) -> None:
         ended = self.ended
         if ended is None or ended.done():
             return
         if reply:
-            self.received.append((reply, payload))
-            if len(self.received) >= self.batch:
+            sequence, pending = _ack_tokens(reply)
+            self.count += 1
+            self.final_sequence = sequence
+            if subjects.unversioned_type(subject) in self.wanted:
+                self.received.append((sequence, payload))
+            if pending == 0:
+                ended.set_result(True)
+            elif self.count >= self.batch:
                 ended.set_result(False)
             return
-        # A status frame ("NATS/1.0 404 No Messages", "408 Request Timeout") ends the pull.
+        # A status frame: "404 No Messages" or "408 Request Timeout" ends the pull and means
+        # the consumer had nothing more (a full batch ends without one).
         status = headers[9:12]
         if status in (b"404", b"408"):
-            ended.set_result(status == b"404" or len(self.received) < self.batch)
+            ended.set_result(True)
         elif status != b"100":  # not a heartbeat
             description = headers[12:].split(b"\r\n", 1)[0].decode(errors="replace").strip()
             ended.set_exception(ReplayError(f"the stream refused the read: {description}"))

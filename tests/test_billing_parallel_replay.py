@@ -7,13 +7,12 @@ from typing import Any
 import asyncpg
 
 from services.billing.fold import Staging, fold_range
-from services.billing.meters import DEFAULT, METERED_EVENTS
+from services.billing.meters import DEFAULT
 from services.billing.parallel import replay
 from services.billing.projector import Projector
 from services.billing.replay import summed
 from shared.bus import Bus
 from shared.config import Settings
-from shared.replay import replay_filters
 from tests import billing_script as script
 from tests.billing_support import new_tenant, publish
 
@@ -22,7 +21,7 @@ async def _replayed(
     pool: asyncpg.Pool,
     bus: Bus,
     settings: Settings,
-    filters: list[str],
+    tenant: str,
     first: int,
     last: int,
     processes: int,
@@ -31,9 +30,9 @@ async def _replayed(
     projector = Projector(DEFAULT, keep_inbox=True)
     async with pool.acquire() as conn, Staging(conn) as staging:
         if processes > 1:
-            await replay(settings, projector, staging, filters, first, last, processes)
+            await replay(settings, projector, staging, tenant, first, last, processes)
         else:
-            await fold_range(bus, projector, staging, filters, first, last)
+            await fold_range(bus, projector, staging, tenant, first, last)
         await staging.write(projector.take_rows())
         rows = await conn.fetch(
             summed(staging, "$1") + " ORDER BY 1, 2, 3, 4, 5", DEFAULT.max_meters
@@ -50,11 +49,10 @@ async def test_a_replay_split_across_processes_equals_the_sequential_one(
     # (folded in the first part, seen again in the last) and the patient's join (an interval).
     usage, patient_joined = events[3], events[0]
     sequences = await publish(bus, [*events, usage, patient_joined])
-    filters = replay_filters(METERED_EVENTS, tenant)
     first, last = sequences[0], sequences[-1]
 
-    sequential, sequential_rows = await _replayed(pool, bus, settings, filters, first, last, 1)
-    split, split_rows = await _replayed(pool, bus, settings, filters, first, last, 3)
+    sequential, sequential_rows = await _replayed(pool, bus, settings, tenant, first, last, 1)
+    split, split_rows = await _replayed(pool, bus, settings, tenant, first, last, 3)
 
     assert split_rows == sequential_rows
     assert split.stats == sequential.stats

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import Set as AbstractSet
 
+from services.billing.meters import METERED_EVENTS
 from services.billing.projector import Projector, Row
 from services.billing.store import Connection
 from shared.bus import Bus
@@ -65,7 +66,7 @@ async def fold_range(
     bus: Bus,
     projector: Projector,
     staging: Staging,
-    filters: list[str],
+    tenant: str | None,
     first: int,
     last: int,
     *,
@@ -79,7 +80,7 @@ async def fold_range(
     writing: asyncio.Task[None] | None = None
     deferring = projector.catalogue.interval_types if deferred is not None else frozenset()
     try:
-        async for batch in read_batches(bus, filters, first=first, last=last):
+        async for batch in read_batches(bus, METERED_EVENTS, first=first, last=last, tenant=tenant):
             fold(projector, batch, codec, deferring, deferred)
             if len(projector.rows) >= FLUSH_ROWS:
                 if writing is not None:

@@ -41,7 +41,7 @@ class Part(msgspec.Struct, frozen=True, kw_only=True):
     number: int  # from 1; 0 is the merging process's own rows
     first: int
     last: int
-    filters: list[str]
+    tenant: str | None
     staging: str
     catalogue: Catalogue
     period: Period | None
@@ -76,7 +76,7 @@ async def replay(
     settings: Settings,
     projector: Projector,
     staging: Staging,
-    filters: list[str],
+    tenant: str | None,
     first: int,
     last: int,
     processes: int,
@@ -87,7 +87,7 @@ async def replay(
             number=number,
             first=start,
             last=end,
-            filters=filters,
+            tenant=tenant,
             staging=staging.name,
             catalogue=projector.catalogue,
             period=projector.period,
@@ -151,7 +151,7 @@ async def _run_part(settings: Settings, part: Part) -> PartResult:
                 bus,
                 projector,
                 staging,
-                part.filters,
+                part.tenant,
                 part.first,
                 part.last,
                 part=part.number,

@@ -42,9 +42,9 @@ async def replay_into(
         return end
     processes = parallel.processes_for(first, end)
     if split is not None and processes > 1:
-        await parallel.replay(split, projector, staging, filters, first, end, processes)
+        await parallel.replay(split, projector, staging, tenant, first, end, processes)
     else:
-        await fold_range(bus, projector, staging, filters, first, end, codec=codec)
+        await fold_range(bus, projector, staging, tenant, first, end, codec=codec)
     await staging.write(projector.take_rows())
     return end
 
