@@ -21,6 +21,7 @@ from services.billing.fold import FLUSH_ROWS, ROW_COLUMNS
 from services.billing.meters import DEFAULT, METERED_EVENTS
 from services.billing.projector import Projector
 from shared import subjects
+from shared.bus import nats_options
 from shared.config import Settings
 from shared.events import CODEC, EVENTS_STREAM, EventDecodeError
 
@@ -30,7 +31,7 @@ TABLE = "bare_usage"
 async def bare_replay(settings: Settings) -> tuple[int, float]:
     """Read, fold and COPY the whole stream; returns (events read, seconds)."""
     started = time.monotonic()
-    nc = await nats.connect(settings.nats_url.split(","))
+    nc = await nats.connect(**nats_options(settings))
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(f"DROP TABLE IF EXISTS billing_replay.{TABLE}")

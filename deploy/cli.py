@@ -68,6 +68,7 @@ def up() -> None:
         done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if start in done and start.exception() is None:
             state = start.result()
+            traces = f"  traces       {state.traces_url}\n" if state.traces_url else ""
             click.echo(
                 "\nMediAI is ready.\n"
                 f"  gateway      {state.gateway_url}\n"
@@ -75,6 +76,7 @@ def up() -> None:
                 f"{' (local dev server)' if state.livekit_local else ''}\n"
                 f"  NATS         {state.nats_url}\n"
                 f"  Postgres     {state.database_url}\n"
+                f"{traces}"
                 f"  dev API key  {state.dev_api_key}\n"
                 f"  logs         {settings.data_dir / 'logs'}\n"
                 "\nTry:  curl -s -X POST "
@@ -166,6 +168,8 @@ def status(as_json: bool) -> None:
                 "local": state.livekit_local,
             },
             "dev_api_key": state.dev_api_key,
+            "traces_url": state.traces_url,
+            "trace_url_template": state.trace_url_template,
             "supervisor_pid": state.supervisor_pid,
             "parts": parts,
         }
@@ -175,6 +179,8 @@ def status(as_json: bool) -> None:
     for p in parts:
         click.echo(f"{p['name']:<12} {p['state']:<8} {p['pid'] or '-':>7}  {p['url']}")
     click.echo(f"\ndev API key: {state.dev_api_key}")
+    if state.traces_url:
+        click.echo(f"traces:      {state.traces_url} (one trace: {state.trace_url_template})")
 
 
 def _alive(pid: int) -> bool:
@@ -269,6 +275,23 @@ def livekit() -> None:
     """The local LiveKit server."""
 
 
+@cli.group()
+def zipkin() -> None:
+    """The local tracing backend (Zipkin)."""
+
+
+@zipkin.command("fetch")
+def zipkin_fetch() -> None:
+    """Fetch the pinned Zipkin server jar into the cache (once; later calls return at once)."""
+    from deploy import zipkin as zk
+
+    try:
+        path = zk.ensure_jar()
+    except zk.ZipkinUnavailableError as error:
+        fail(str(error))
+    click.echo(str(path))
+
+
 @livekit.command("build")
 def livekit_build() -> None:
     """Build the pinned LiveKit server into the cache (once; later calls return at once)."""
@@ -277,6 +300,24 @@ def livekit_build() -> None:
     try:
         path = lk.ensure_binary()
     except lk.LiveKitUnavailableError as error:
+        fail(str(error))
+    click.echo(str(path))
+
+
+@cli.group()
+def tools() -> None:
+    """Programs the checks need, built once from the Go module proxy into the cache."""
+
+
+@tools.command("build")
+@click.argument("name", type=click.Choice(["helm"]))
+def tools_build(name: str) -> None:
+    """Build a tool into the cache (once; later calls return at once) and print its path."""
+    from deploy import gotools
+
+    try:
+        path = gotools.build(gotools.TOOLS[name])
+    except gotools.GoToolUnavailableError as error:
         fail(str(error))
     click.echo(str(path))
 

@@ -7,19 +7,17 @@ the read began), read in large batches: each batch is one pull request, its fram
 from the client's parser into a list (``shared.natsbulk``, no message object per event), and
 the next batch is requested before the current one is handed over, so the server sends while
 the reader folds. No acknowledgements (the consumer acknowledges nothing), and the server
-removes the consumer by itself if the reader dies.
+removes the consumer by itself once the reader stops pulling (ended or dead).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 
-import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared import subjects
@@ -84,14 +82,13 @@ async def read_batches(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=first,
             ack_policy=AckPolicy.NONE,
-            # Ephemeral: the server removes it by itself if this process dies mid-replay.
-            inactive_threshold=120.0,
+            # Ephemeral: the server removes it once no pull has been waiting for this long.
+            inactive_threshold=60.0,
             mem_storage=True,
             num_replicas=1,
         ),
     )
     if info.num_pending == 0:
-        await _delete_consumer(bus, stream, info.name)
         return
     wanted = {subjects.unversioned_type_of(t) for t in event_types}
     pulls = _Pulls(bus, stream, info.name, batch, wanted)
@@ -165,8 +162,9 @@ class _Pulls:
         self.sid = await self.bus.nc.subscribe_frames(self.inbox, self._on_frame)
 
     async def stop(self) -> None:
+        # The consumer is not deleted: billing's NATS user may not delete consumers (it could
+        # delete others'); the server removes it once inactive for its threshold.
         await self.bus.nc.unsubscribe_frames(self.sid)
-        await _delete_consumer(self.bus, self.stream, self.consumer)
 
     async def request(self) -> None:
         self.ended = asyncio.get_running_loop().create_future()
@@ -213,11 +211,6 @@ class _Pulls:
             ended.set_exception(ReplayError(f"the stream refused the read: {description}"))
 
 
-async def _delete_consumer(bus: Bus, stream: str, name: str) -> None:
-    with contextlib.suppress(nats.errors.Error, TimeoutError):
-        await bus.js.delete_consumer(stream, name)
-
-
 async def _first_sequence_since(
     bus: Bus, stream: str, filters: list[str], start_time: datetime
 ) -> int | None:
@@ -245,5 +238,5 @@ async def _first_sequence_since(
         sequence: int = message.metadata.sequence.stream
         return sequence
     finally:
+        # Not deleted either (see _Pulls.stop): it goes once inactive for its threshold.
         await subscription.unsubscribe()
-        await _delete_consumer(bus, stream, name)

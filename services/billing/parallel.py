@@ -139,7 +139,7 @@ def run_part(settings: Settings, part: Part) -> PartResult:
 
 
 async def _run_part(settings: Settings, part: Part) -> PartResult:
-    bus = await connect_bus(settings, "billing-replay", declare=False)
+    bus = await connect_bus(settings, "billing-replay", streams="skip")
     pool = await create_pool(settings, max_size=2, statement_timeout=None)
     try:
         projector = Projector(part.catalogue, period=part.period, keep_inbox=True)
