@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from bench.bare_replay import bare_replay
+from bench.cpu import cpu_seconds
 from bench.replay_events import MONTH, TENANT, consultations, publish
 from deploy.stack import nats_part, postgres_part
 from deploy.supervisor import Supervisor
@@ -115,11 +116,15 @@ async def main(
         per_cpu: dict[str, list[float]] = {}
         for run in range(1, runs + 1):
             for name, measure in measures(settings, bus, pool, zone, one_process).items():
+                cpu_before = cpu_seconds()
                 count, seconds = await measure()
+                cpu = cpu_seconds() - cpu_before
                 rates.setdefault(name, []).append(count / seconds)
+                per_cpu.setdefault(name, []).append(count / cpu)
                 print(
                     f"run {run} {name}: {count:,} events in {seconds:.1f}s = "
-                    f"{count / seconds:,.0f} events/s",
+                    f"{count / seconds:,.0f} events/s; {cpu:.1f} CPU-s = "
+                    f"{count / cpu:,.0f} events per CPU-second; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         await pool.close()
