@@ -36,6 +36,7 @@ from shared.events import (
     envelope,
 )
 from shared.keys import KeyCache
+from shared.natsbulk import BulkClient
 from shared.phi import Phi
 from shared.streams import check_streams, create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, inject, parent_of, tracer
@@ -61,7 +62,7 @@ class RetryPolicy:
 class Bus:
     """A NATS connection with JetStream, publishing as one service (``mediai/<service>``)."""
 
-    nc: NatsClient
+    nc: BulkClient
     js: JetStreamContext
     source: str
     # Seals what is published and opens what a consumer asks to read (an agent job swaps in
@@ -248,11 +249,13 @@ async def connect_bus(
     operator may (``mediai up``, ``mediai streams apply``): services find them declared; ``skip``
     for a process whose user may not read stream info (an agent)."""
     outage = _OutageLog(service)
-    nc = await nats.connect(
+    # A BulkClient: replays read on this connection without a message object per event.
+    nc = BulkClient()
+    await nc.connect(
         **nats_options(settings),
         name=f"mediai-{service}",
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py accepts seconds as float
         connect_timeout=2,
         drain_timeout=5,
         error_cb=outage.error,

@@ -175,6 +175,7 @@ async def create_audit(
             lookback=timedelta(seconds=settings.billing_audit_lookback),
             what_if=what_if,
             audit_id=audit_id,
+            split=settings,
         )
     except PriceBookNotFoundError as error:
         raise NotFoundError(str(error), code="price_book_not_found") from None

@@ -12,14 +12,16 @@ import msgspec
 
 from services.billing import invoices, queries
 from services.billing.auditing import compare_invoice, compare_meters, differing_meters
+from services.billing.fold import Staging
 from services.billing.meters import DEFAULT, Catalogue
 from services.billing.periods import Period
 from services.billing.pricing import PriceBook, currency, segments
 from services.billing.projector import Projector
-from services.billing.replay import Staging, replay_into, summed
+from services.billing.replay import replay_into, summed
 from services.billing.schemas import AuditReport, ReplaySummary, RowDifference
 from services.billing.store import SOURCE, Connection
 from shared.bus import Bus
+from shared.config import Settings
 from shared.events import new_event_id
 from shared.events.billing import AuditCompleted
 from shared.outbox import add_to_outbox
@@ -50,9 +52,11 @@ async def run_audit(
     keep_rows: bool = False,
     catalogue: Catalogue = DEFAULT,
     audit_id: str | None = None,
+    split: Settings | None = None,
 ) -> AuditReport:
     """Replay, compare, record the report and announce it (``AuditCompleted``). ``audit_id``
-    names the audit (default: a new one)."""
+    names the audit (default: a new one); ``split``: the settings replay processes connect
+    with, to split a long replay across them."""
     started = time.monotonic()
     audit_id = audit_id or f"aud-{new_event_id()}"
     async with pool.acquire() as conn:
@@ -67,7 +71,12 @@ async def run_audit(
         projector = Projector(catalogue, period=period)
         async with Staging(conn) as staging:
             read_until = await replay_into(
-                bus, projector, staging, tenant=tenant, start_time=period.start - lookback
+                bus,
+                projector,
+                staging,
+                tenant=tenant,
+                start_time=period.start - lookback,
+                split=split,
             )
             await conn.execute(
                 "INSERT INTO billing_replay.audit_usage (audit_id, window_start, meter, room,"  # noqa: S608 - fixed text

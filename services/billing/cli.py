@@ -119,6 +119,7 @@ def audit(
             lookback=timedelta(seconds=settings.billing_audit_lookback),
             what_if=what_if,
             keep_rows=keep_rows,
+            split=settings,
         )
 
     report = _run(main)
@@ -165,11 +166,11 @@ def rebuild_command() -> None:
     pauses meanwhile)."""
     from services.billing.rebuild import RebuildResult, rebuild
 
-    zone = _zone()
+    settings, zone = _settings(), _zone()
 
     async def main(pool: asyncpg.Pool, bus: Bus | None) -> RebuildResult:
         assert bus is not None
-        return await rebuild(pool, bus, zone)
+        return await rebuild(pool, bus, zone, split=settings)
 
     result = _run(main)
     r = result.replay

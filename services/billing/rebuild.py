@@ -16,12 +16,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
+from services.billing.fold import Staging
 from services.billing.meters import DEFAULT, Catalogue
 from services.billing.periods import Period, month_of, months_between
 from services.billing.projector import Projector, ReplayStats
-from services.billing.replay import Staging, replay_into, summed
+from services.billing.replay import replay_into, summed
 from services.billing.store import CONSUMER, PROJECTION_LOCK, Connection, enforce_limit
 from shared.bus import Bus
+from shared.config import Settings
 
 
 class RebuildResult(msgspec.Struct, kw_only=True):
@@ -37,16 +39,22 @@ class RebuildResult(msgspec.Struct, kw_only=True):
 
 
 async def rebuild(
-    pool: asyncpg.Pool, bus: Bus, zone: ZoneInfo, catalogue: Catalogue = DEFAULT
+    pool: asyncpg.Pool,
+    bus: Bus,
+    zone: ZoneInfo,
+    catalogue: Catalogue = DEFAULT,
+    *,
+    split: Settings | None = None,
 ) -> RebuildResult:
-    """Replace the usage projection with one replayed from the whole stream."""
+    """Replace the usage projection with one replayed from the whole stream (across
+    processes when it is long and ``split`` gives the settings they connect with)."""
     started = time.monotonic()
     async with pool.acquire() as lock:
         await lock.execute("SELECT pg_advisory_lock($1)", PROJECTION_LOCK)
         try:
             projector = Projector(catalogue, keep_inbox=True)
             async with pool.acquire() as conn, Staging(conn) as staging:
-                read_until = await replay_into(bus, projector, staging)
+                read_until = await replay_into(bus, projector, staging, split=split)
                 replayed = time.monotonic()
                 async with conn.transaction():
                     rows = await _replace(conn, staging, projector, read_until, zone, catalogue)

@@ -1,0 +1,114 @@
+"""Folding a range of the stream into a projector, and the staging table its rows go to."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Set as AbstractSet
+
+from services.billing.meters import METERED_EVENTS
+from services.billing.projector import Projector, Row
+from services.billing.store import Connection
+from shared.bus import Bus
+from shared.events import CODEC, EventCodec, EventDecodeError
+from shared.replay import Batch, read_batches
+
+FLUSH_ROWS = 200_000
+ROW_COLUMNS = [
+    "tenant",
+    "window_start",
+    "meter",
+    "room",
+    "dispatch",
+    "quantity",
+    "first_sequence",
+    "last_sequence",
+]
+
+
+class Staging:
+    """An unlogged table for one run's rows (keys may repeat: they are summed at the end).
+    Each replaying process writes its rows under its own part number."""
+
+    def __init__(self, conn: Connection, name: str | None = None) -> None:
+        self.conn = conn
+        self.name = name or f"run_{secrets.token_hex(8)}"
+        self.table = f"billing_replay.{self.name}"
+        self.rows = 0
+
+    async def __aenter__(self) -> Staging:
+        await self.conn.execute(
+            f"CREATE UNLOGGED TABLE {self.table} (tenant text, window_start timestamptz,"
+            " meter text, room text, dispatch text, quantity bigint, first_sequence bigint,"
+            " last_sequence bigint, part int NOT NULL DEFAULT 0)"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+
+    async def write(self, rows: list[Row], part: int = 0) -> None:
+        if rows:
+            await self.conn.copy_records_to_table(
+                self.name,
+                schema_name="billing_replay",
+                records=[(*row, part) for row in rows] if part else rows,
+                columns=[*ROW_COLUMNS, "part"] if part else ROW_COLUMNS,
+            )
+            self.rows += len(rows)
+
+    async def forget(self, part: int) -> None:
+        """Drop what one part wrote (it is replayed again)."""
+        await self.conn.execute(f"DELETE FROM {self.table} WHERE part = $1", part)  # noqa: S608
+
+
+async def fold_range(
+    bus: Bus,
+    projector: Projector,
+    staging: Staging,
+    tenant: str | None,
+    first: int,
+    last: int,
+    *,
+    codec: EventCodec = CODEC,
+    part: int = 0,
+    deferred: list[tuple[int, bytes]] | None = None,
+) -> None:
+    """Fold sequences ``first``..``last`` into ``projector``, writing full batches of rows to
+    ``staging`` while reading on; the rows still held are the caller's to write. With
+    ``deferred``, events that change intervals are kept there (sequence, payload) unfolded."""
+    writing: asyncio.Task[None] | None = None
+    deferring = projector.catalogue.interval_types if deferred is not None else frozenset()
+    try:
+        async for batch in read_batches(bus, METERED_EVENTS, first=first, last=last, tenant=tenant):
+            fold(projector, batch, codec, deferring, deferred)
+            if len(projector.rows) >= FLUSH_ROWS:
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(staging.write(projector.take_rows(), part))
+        if writing is not None:
+            await writing
+            writing = None
+    finally:
+        if writing is not None:
+            writing.cancel()
+
+
+def fold(
+    projector: Projector,
+    batch: Batch,
+    codec: EventCodec,
+    deferring: AbstractSet[str],
+    deferred: list[tuple[int, bytes]] | None,
+) -> None:
+    decode, apply = codec.decode, projector.apply
+    for sequence, payload in batch:
+        try:
+            event = decode(payload)
+        except EventDecodeError:
+            projector.undecodable(sequence)
+            continue
+        if event.type in deferring and deferred is not None:
+            deferred.append((sequence, payload))
+            continue
+        apply(sequence, event)
