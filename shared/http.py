@@ -18,11 +18,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
-import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
@@ -34,6 +34,13 @@ from opentelemetry import trace
 from shared.background import BackgroundTask, TaskHealth, supervise
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
+from shared.contract import (
+    ContractJson,
+    ErrorBody,
+    ErrorDetail,
+    StrictStructs,
+    document_errors,
+)
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
@@ -43,24 +50,14 @@ from shared.tenants import Tenant, authenticate
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ErrorBody", "ErrorDetail"]  # defined with the contract; imported from here too
+
 # The dependencies every service's handlers can ask for, by these parameter names:
 # ``tenant: CallerTenant``, ``bus: BusDep``, ``pool: PoolDep``, ``settings: SettingsDep``.
 CallerTenant = NamedDependency[Tenant]
 BusDep = NamedDependency[Bus]
 PoolDep = NamedDependency[asyncpg.Pool]
 SettingsDep = NamedDependency[Settings]
-
-
-class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    message: str
-    details: list[dict[str, Any]] | None = None
-
-
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of every error answer."""
-
-    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -149,9 +146,12 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
     if isinstance(error, NotFoundException):
         return _error(404, "not_found", "no such resource")
     if isinstance(error, HTTPException) and error.status_code < 500:
-        code = {401: "unauthorized", 405: "method_not_allowed"}.get(
-            error.status_code, "bad_request"
-        )
+        code = {
+            400: "invalid_request",
+            401: "unauthorized",
+            405: "method_not_allowed",
+            413: "request_too_large",
+        }.get(error.status_code, "bad_request")
         return _error(error.status_code, code, error.detail)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
@@ -345,7 +345,7 @@ def create_service_app(
         group_path=True,
         exclude=["/healthz", "/readyz", "/metrics"],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, _Metrics, *route_handlers],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
@@ -359,19 +359,21 @@ def create_service_app(
         exception_handlers={Exception: _handle_exception},
         before_request=_name_span_by_route,
         plugins=[
+            StrictStructs(),
             OpenTelemetryPlugin(
                 OpenTelemetryConfig(
                     exclude=["/healthz", "/readyz"],
                     scope_span_details_extractor=_span_details,
                     server_request_hook_handler=_scrub_request_span,
                 )
-            )
+            ),
         ],
         openapi_config=OpenAPIConfig(
             title=f"MediAI {service}",
             version="1",
             description=description,
             path="/schema",
+            render_plugins=[ContractJson()],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(
@@ -383,3 +385,8 @@ def create_service_app(
         ),
         debug=False,
     )
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler) and handler.include_in_schema:
+                document_errors(handler)
+    return app

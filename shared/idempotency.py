@@ -18,7 +18,6 @@ tasks. The table is ``shared.idempotency_store``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import uuid
@@ -38,8 +37,9 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 
 from shared import idempotency_store as store
 from shared.background import every
+from shared.contract import ErrorBody, ErrorDetail, merged
 from shared.events import new_event_id
-from shared.http import ErrorBody, ErrorDetail
+from shared.http import RETRY_AFTER_SECONDS
 from shared.tenants import authenticate
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ _ERRORS = {
     409: ("idempotency_key_in_use", f"a request with this {HEADER} is still running; retry later"),
     422: ("idempotency_key_mismatch", f"this {HEADER} was used with another request"),
 }
-_UNAVAILABLE = ("unavailable", "the database is unavailable; retry shortly")
+_UNAVAILABLE = ("dependency_unavailable", "postgres is unavailable; retry shortly")
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -105,9 +105,18 @@ async def _send(send: Send, answer: store.Answer, *extra: tuple[bytes, bytes]) -
 
 
 def _refusal(status: int) -> store.Answer:
-    code, message = _UNAVAILABLE if status == 503 else _ERRORS[status]
-    body = msgspec.json.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
-    return store.Answer(status, [("content-type", "application/json")], body)
+    """The middleware's own answers, as ``shared.http`` would give them."""
+    headers = [("content-type", "application/json")]
+    if status == 503:
+        code, message = _UNAVAILABLE
+        details: list[dict[str, Any]] | None = [{"dependency": "postgres"}]
+        headers.append(("retry-after", str(RETRY_AFTER_SECONDS)))
+    else:
+        (code, message), details = _ERRORS[status], None
+    body = msgspec.json.encode(
+        ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
+    )
+    return store.Answer(status, headers, body)
 
 
 async def _unavailable(send: Send, error: Exception) -> None:
@@ -226,19 +235,8 @@ def _provide_ids(request: Request[Any, Any, Any]) -> RequestIds:
 
 
 def _with_key_errors(responses: Mapping[int, ResponseSpec] | None) -> dict[int, ResponseSpec]:
-    """An operation's error answers plus the key's (declaring 400 replaces Litestar's generated
-    one, so the operation's own 400s stay described)."""
-    merged = {400: ResponseSpec(ErrorBody, description="Invalid request (the code says why)")}
-    merged.update(responses or {})
-    for status, (code, message) in _ERRORS.items():
-        before = merged.get(status)
-        described = f"{code}: {message}"
-        merged[status] = (
-            ResponseSpec(ErrorBody, description=described)
-            if before is None
-            else dataclasses.replace(before, description=f"{before.description}; or {described}")
-        )
-    return merged
+    """An operation's error answers plus the key's."""
+    return merged(responses, {status: {code: why} for status, (code, why) in _ERRORS.items()})
 
 
 def idempotent(*handlers: HTTPRouteHandler) -> Router:

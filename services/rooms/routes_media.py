@@ -58,7 +58,19 @@ def _status(info: lk.EgressInfo) -> str:
     summary="Record or stream a room (or one track)",
     description="Room composite to an MP4/OGG file, HLS segments or RTMP streams, or one "
     "track to a file. Files go under <tenant>/<room>/ in the egress service's storage.",
-    responses=responses(400, 404),
+    responses=responses(
+        "livekit_refused",
+        "room_not_found",
+        "egress_unavailable",
+        "livekit_unavailable",
+        more={
+            400: {
+                "track_sid_required": "`kind: track` needs `trackSid`",
+                "invalid_output": "`kind: track` writes a file: `output` is mp4 or ogg",
+                "rtmp_urls_required": "`output: rtmp` needs `rtmpUrls`",
+            }
+        },
+    ),
 )
 async def start_egress(
     data: JSONBody[StartEgressRequest],
@@ -105,7 +117,7 @@ async def start_egress(
     operation_id="stopEgress",
     status_code=200,
     summary="Stop an egress",
-    responses=responses(400, 404),
+    responses=responses("livekit_refused", "egress_not_found", "livekit_unavailable"),
 )
 async def stop_egress(
     egress_id: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -128,7 +140,7 @@ async def _egress_row(pool: asyncpg.Pool, tenant: str, egress_id: str) -> Egress
     return row
 
 
-@get("/v1/egress", operation_id="listEgress", summary="List egress", responses=responses(400))
+@get("/v1/egress", operation_id="listEgress", summary="List egress")
 async def list_egress(
     tenant: CallerTenant,
     pool: PoolDep,
@@ -147,7 +159,17 @@ async def list_egress(
     status_code=201,
     summary="Create an ingress: an RTMP/WHIP endpoint, or a URL to pull, into a room",
     description="The answer carries the URL and stream key to push to; the key is shown only here.",
-    responses=responses(400),
+    responses=responses(
+        "livekit_refused",
+        "ingress_unavailable",
+        "livekit_unavailable",
+        more={
+            400: {
+                "url_required": "`inputType: url` needs `url`",
+                "url_not_allowed": "`url` is only for `inputType: url`",
+            }
+        },
+    ),
 )
 async def create_ingress(
     data: JSONBody[CreateIngressRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -181,7 +203,7 @@ async def create_ingress(
     operation_id="deleteIngress",
     status_code=204,
     summary="Delete an ingress",
-    responses=responses(400, 404),
+    responses=responses("livekit_refused", "ingress_not_found", "livekit_unavailable"),
 )
 async def delete_ingress(
     ingress_id: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -195,7 +217,7 @@ async def delete_ingress(
     await record(pool, event, tenant=tenant.id, key=known.room)
 
 
-@get("/v1/ingress", operation_id="listIngress", summary="List ingress", responses=responses(400))
+@get("/v1/ingress", operation_id="listIngress", summary="List ingress")
 async def list_ingress(tenant: CallerTenant, pool: PoolDep, room: RoomFilter = None) -> IngressList:
     rows = await store.ingresses(pool, tenant.id, room)
     return IngressList(ingress=[IngressView.of(row) for row in rows])

@@ -19,6 +19,7 @@ from services.rooms.schemas import (
     TrackView,
     UpdateParticipantRequest,
 )
+from shared.contract import IdentityPath, RoomNamePath
 from shared.events.rooms import (
     ParticipantPermission,
     ParticipantRemoved,
@@ -30,6 +31,15 @@ from shared.naming import livekit_room
 from shared.tenants import Tenant
 
 _BASE = "/v1/rooms/{name:str}/participants"
+# The answers of an action LiveKit does on a participant.
+_LIVE = responses(
+    "invalid_room_name",
+    "invalid_identity",
+    "livekit_refused",
+    "room_not_found",
+    "participant_not_found",
+    "livekit_unavailable",
+)
 _SOURCES = {
     "camera": lk.TrackSource.CAMERA,
     "microphone": lk.TrackSource.MICROPHONE,
@@ -58,9 +68,11 @@ async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> Particip
     _BASE,
     operation_id="listParticipants",
     summary="List who is in a room",
-    responses=responses(400, 404),
+    responses=responses("invalid_room_name", "room_not_found"),
 )
-async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> ParticipantList:
+async def list_participants(
+    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep
+) -> ParticipantList:
     room = await _room(pool, tenant, name)
     present = await store.present_participants(pool, room.sid)
     return ParticipantList(participants=[ParticipantView.of(p, t) for p, t in present])
@@ -70,10 +82,12 @@ async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> P
     f"{_BASE}/{{identity:str}}",
     operation_id="getParticipant",
     summary="Get a participant of a room",
-    responses=responses(400, 404),
+    responses=responses(
+        "invalid_room_name", "invalid_identity", "room_not_found", "participant_not_found"
+    ),
 )
 async def get_participant(
-    name: str, identity: str, tenant: CallerTenant, pool: PoolDep
+    name: RoomNamePath, identity: IdentityPath, tenant: CallerTenant, pool: PoolDep
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -88,10 +102,14 @@ async def get_participant(
     operation_id="removeParticipant",
     status_code=204,
     summary="Remove a participant from a room (it is disconnected)",
-    responses=responses(400, 404),
+    responses=_LIVE,
 )
 async def remove_participant(
-    name: str, identity: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+    name: RoomNamePath,
+    identity: IdentityPath,
+    tenant: CallerTenant,
+    pool: PoolDep,
+    livekit: LiveKitDep,
 ) -> None:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -111,16 +129,24 @@ async def remove_participant(
     operation_id="muteTrack",
     status_code=200,
     summary="Mute or unmute a participant's published track",
-    responses=responses(400, 404),
+    responses=responses(
+        "invalid_room_name",
+        "invalid_identity",
+        "livekit_refused",
+        "room_not_found",
+        "participant_not_found",
+        "track_not_found",
+        "livekit_unavailable",
+    ),
 )
 async def mute_track(
-    name: str,
-    identity: str,
+    name: RoomNamePath,
+    identity: IdentityPath,
     data: JSONBody[MuteTrackRequest],
     tenant: CallerTenant,
     pool: PoolDep,
     livekit: LiveKitDep,
-    track_sid: str = Parameter(max_length=64, description="The track's sid (TR_...)"),
+    track_sid: str = Parameter(min_length=1, max_length=64, description="The track's sid (TR_...)"),
 ) -> TrackView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -152,11 +178,11 @@ async def mute_track(
     operation_id="updateParticipant",
     summary="Change a participant's name, metadata, attributes or permissions",
     description="Only the fields given change. LiveKit cannot clear metadata to empty.",
-    responses=responses(400, 404),
+    responses=_LIVE,
 )
 async def update_participant(
-    name: str,
-    identity: str,
+    name: RoomNamePath,
+    identity: IdentityPath,
     data: JSONBody[UpdateParticipantRequest],
     tenant: CallerTenant,
     pool: PoolDep,

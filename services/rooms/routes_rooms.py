@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from litestar import Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.types import ControllerRouterHandler
 from livekit import api as lk
@@ -14,7 +15,7 @@ from services.rooms.core import RoomRow
 from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
-from services.rooms.requests import RequestError, data_payload
+from services.rooms.requests import MAX_DATA_BYTES, RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
     DataSentView,
@@ -22,6 +23,7 @@ from services.rooms.schemas import (
     RoomView,
     SendDataRequest,
 )
+from shared.contract import RoomNamePath
 from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import CallerTenant, PoolDep
@@ -40,7 +42,12 @@ def _no_room(name: str) -> RoomNotFoundError:
     status_code=201,
     description="Creates the room in LiveKit (201). A room of that name that is already open "
     "is returned as it is (200), so clients may call this before every consultation.",
-    responses=responses(400),
+    responses={
+        200: ResponseSpec(
+            RoomView, description="The room was already open: it is returned as it is"
+        ),
+        **responses("livekit_refused", "livekit_unavailable"),
+    },
 )
 async def create_room(
     data: JSONBody[CreateRoomRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -98,7 +105,7 @@ def _found(name: str, seen: RoomRow) -> RoomFound:
     )
 
 
-@get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
+@get("/v1/rooms", operation_id="listRooms", summary="List the open rooms")
 async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
     rows = await store.open_rooms(pool, tenant.id)
     return RoomList(rooms=[RoomView.of(row, present) for row, present in rows])
@@ -108,9 +115,9 @@ async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
     "/v1/rooms/{name:str}",
     operation_id="getRoom",
     summary="Get an open room",
-    responses=responses(400, 404),
+    responses=responses("invalid_room_name", "room_not_found"),
 )
-async def get_room(name: str, tenant: CallerTenant, pool: PoolDep) -> RoomView:
+async def get_room(name: RoomNamePath, tenant: CallerTenant, pool: PoolDep) -> RoomView:
     row = await store.open_room(pool, tenant.id, checked_room(name))
     if row is None:
         raise _no_room(name)
@@ -122,9 +129,11 @@ async def get_room(name: str, tenant: CallerTenant, pool: PoolDep) -> RoomView:
     operation_id="deleteRoom",
     status_code=204,
     summary="Delete a room, disconnecting everyone in it",
-    responses=responses(400, 404),
+    responses=responses("invalid_room_name", "room_not_found", "livekit_unavailable"),
 )
-async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep) -> None:
+async def delete_room(
+    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+) -> None:
     checked_room(name)
     async with calling(not_found=_no_room(name)):
         await livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room(tenant.id, name)))
@@ -140,10 +149,22 @@ async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: L
     summary="Send a data message to everyone in a room, or to chosen identities",
     description="Delivered to the participants' SDKs as a data packet with the given topic "
     "(see docs/rooms.md for the topics). The content is not recorded, only its size.",
-    responses=responses(400, 404),
+    responses=responses(
+        "invalid_room_name",
+        "livekit_refused",
+        "room_not_found",
+        "livekit_unavailable",
+        more={
+            400: {
+                "invalid_data": "`data` is not valid base64 (with `encoding: base64`)",
+                "data_too_large": f"the message is over {MAX_DATA_BYTES} bytes once encoded",
+                "reserved_topic": "topics starting with `lk.` are LiveKit's own",
+            }
+        },
+    ),
 )
 async def send_data(
-    name: str,
+    name: RoomNamePath,
     data: JSONBody[SendDataRequest],
     tenant: CallerTenant,
     pool: PoolDep,

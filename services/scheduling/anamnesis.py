@@ -16,6 +16,7 @@ from litestar import Litestar, get
 
 from services.scheduling import store
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
+from shared.contract import errors
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
@@ -106,6 +107,11 @@ async def run_anamnesis_consumer(app: Litestar) -> None:
     await Consumer(app.state.bus, ANAMNESIS_CONSUMER, app.state.pool).run()
 
 
+_NOT_FOUND = errors(
+    {404: {"anamnesis_not_found": "no anamnesis has been recorded in this consultation"}}
+)
+
+
 class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     link_id: str
     segment_ids: list[str]
@@ -151,6 +157,7 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     "/v1/consultations/{dispatch_id:str}/anamnesis",
     operation_id="getConsultationAnamnesis",
     summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
+    responses=_NOT_FOUND,
 )
 async def get_consultation_anamnesis(
     dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool
@@ -166,6 +173,7 @@ async def get_consultation_anamnesis(
     "/v1/appointments/{appointment_id:str}/anamnesis",
     operation_id="getAppointmentAnamnesis",
     summary="The latest anamnesis record made for an appointment",
+    responses=_NOT_FOUND,
 )
 async def get_appointment_anamnesis(
     appointment_id: str, tenant: Tenant, pool: asyncpg.Pool

@@ -25,6 +25,7 @@ from services.scheduling.schemas import (
     UpdateDoctorRequest,
     api_errors,
     aware,
+    responses,
 )
 from services.scheduling.store import AppointmentFilter, DoctorFilter
 from shared.idempotency import RequestIds, idempotent
@@ -40,7 +41,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@post("/v1/doctors", operation_id="createDoctor", summary="Register a doctor and their schedule")
+@post(
+    "/v1/doctors",
+    operation_id="createDoctor",
+    summary="Register a doctor and their schedule",
+    responses=responses("invalid_request"),
+)
 async def create_doctor(
     data: CreateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool, ids: RequestIds
 ) -> DoctorBody:
@@ -65,7 +71,12 @@ async def create_doctor(
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@get("/v1/doctors", operation_id="searchDoctors", summary="Search doctors")
+@get(
+    "/v1/doctors",
+    operation_id="searchDoctors",
+    summary="Search doctors",
+    responses=responses("invalid_request"),
+)
 async def search_doctors(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -103,7 +114,12 @@ async def search_doctors(
     return DoctorList(doctors=[DoctorBody.of(doctor, slot) for doctor, slot in found])
 
 
-@get("/v1/doctors/{doctor_id:str}", operation_id="getDoctor", summary="A doctor")
+@get(
+    "/v1/doctors/{doctor_id:str}",
+    operation_id="getDoctor",
+    summary="A doctor",
+    responses=responses("doctor_not_found"),
+)
 async def get_doctor(doctor_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DoctorBody:
     with api_errors():
         doctor, slots = await service.doctor_slots(
@@ -112,7 +128,12 @@ async def get_doctor(doctor_id: str, tenant: Tenant, pool: asyncpg.Pool) -> Doct
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@patch("/v1/doctors/{doctor_id:str}", operation_id="updateDoctor", summary="Change a doctor")
+@patch(
+    "/v1/doctors/{doctor_id:str}",
+    operation_id="updateDoctor",
+    summary="Change a doctor",
+    responses=responses("invalid_request", "doctor_not_found"),
+)
 async def update_doctor(
     doctor_id: str, data: UpdateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool
 ) -> DoctorBody:
@@ -126,7 +147,12 @@ async def update_doctor(
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@get("/v1/doctors/{doctor_id:str}/slots", operation_id="listFreeSlots", summary="Free slots")
+@get(
+    "/v1/doctors/{doctor_id:str}/slots",
+    operation_id="listFreeSlots",
+    summary="Free slots",
+    responses=responses("invalid_request", "doctor_not_found"),
+)
 async def free_slots(
     doctor_id: str,
     tenant: Tenant,
@@ -154,7 +180,12 @@ async def free_slots(
     )
 
 
-@post("/v1/appointments", operation_id="bookAppointment", summary="Book a slot")
+@post(
+    "/v1/appointments",
+    operation_id="bookAppointment",
+    summary="Book a slot",
+    responses=responses("invalid_request", "doctor_not_found", "slot_taken", "slot_unavailable"),
+)
 async def book_appointment(
     data: BookAppointmentRequest,
     tenant: Tenant,
@@ -181,7 +212,12 @@ async def book_appointment(
     return AppointmentBody.of(appointment)
 
 
-@get("/v1/appointments", operation_id="listAppointments", summary="List appointments")
+@get(
+    "/v1/appointments",
+    operation_id="listAppointments",
+    summary="List appointments",
+    responses=responses("invalid_request"),
+)
 async def list_appointments(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -209,7 +245,10 @@ async def list_appointments(
 
 
 @get(
-    "/v1/appointments/{appointment_id:str}", operation_id="getAppointment", summary="An appointment"
+    "/v1/appointments/{appointment_id:str}",
+    operation_id="getAppointment",
+    summary="An appointment",
+    responses=responses("appointment_not_found"),
 )
 async def get_appointment(
     appointment_id: str, tenant: Tenant, pool: asyncpg.Pool
@@ -223,6 +262,13 @@ async def get_appointment(
     status_code=200,
     operation_id="rescheduleAppointment",
     summary="Move an appointment to another slot",
+    responses=responses(
+        "invalid_request",
+        "appointment_not_found",
+        "slot_taken",
+        "appointment_cancelled",
+        "slot_unavailable",
+    ),
 )
 async def reschedule_appointment(
     appointment_id: str, data: RescheduleAppointmentRequest, tenant: Tenant, pool: asyncpg.Pool
@@ -239,6 +285,7 @@ async def reschedule_appointment(
     status_code=200,
     operation_id="cancelAppointment",
     summary="Cancel an appointment",
+    responses=responses("appointment_not_found"),
 )
 async def cancel_appointment(
     appointment_id: str,

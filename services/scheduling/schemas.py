@@ -9,10 +9,12 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
+from litestar.openapi.datastructures import ResponseSpec
 
 from services.scheduling import core
 from services.scheduling.core import Schedule, SchedulingError, Slot, Window
 from services.scheduling.store import Appointment, Doctor
+from shared.contract import errors
 from shared.http import ApiError
 from shared.naming import PatientRef, RoomName
 
@@ -25,6 +27,26 @@ STATUS = {
     "appointment_cancelled": 409,
     "slot_unavailable": 422,
 }
+
+
+# What each code means, for the OpenAPI document.
+MEANING = {
+    "invalid_request": "the request breaks a rule of scheduling (the message says which: an "
+    "unknown time zone, a window that ends before it starts, a time without its offset...)",
+    "doctor_not_found": "no doctor of that id in this tenant",
+    "appointment_not_found": "no appointment of that id in this tenant",
+    "slot_taken": "another patient has the slot",
+    "appointment_cancelled": "the appointment is cancelled",
+    "slot_unavailable": "the time is not the start of one of the doctor's free slots",
+}
+
+
+def responses(*codes: str) -> dict[int, ResponseSpec]:
+    """An operation's error answers for OpenAPI, by the codes it can give."""
+    by_status: dict[int, dict[str, str]] = {}
+    for code in codes:
+        by_status.setdefault(STATUS[code], {})[code] = MEANING[code]
+    return errors(by_status)
 
 
 @contextmanager

@@ -18,7 +18,6 @@ import msgspec
 from google.protobuf.json_format import ParseError
 from litestar import Litestar, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
@@ -26,7 +25,8 @@ from livekit.protocol.webhook import WebhookEvent
 from services.webhooks.core import translate
 from shared.bus import BusUnavailableError
 from shared.config import Settings
-from shared.http import ApiError, BusDep, ErrorBody, UnauthorizedError, create_service_app
+from shared.contract import errors
+from shared.http import ApiError, BusDep, UnauthorizedError, create_service_app
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,19 @@ class _WebhookOperation(Operation):
         )
 
 
-_ERRORS: dict[int, ResponseSpec] = {
-    400: ResponseSpec(ErrorBody, description="The signed body is not a LiveKit webhook"),
-    401: ResponseSpec(
-        ErrorBody,
-        description="Missing, forged, expired or body-mismatched signature; nothing was published",
-    ),
-    503: ResponseSpec(
-        ErrorBody,
-        description="The event bus did not acknowledge: LiveKit "
-        "should retry (the retry is published once)",
-    ),
-}
+_ERRORS = errors(
+    {
+        400: {"invalid_webhook": "the signed body is not a LiveKit WebhookEvent"},
+        401: {
+            "invalid_signature": "a missing, forged or expired signature, or one of another "
+            "body; nothing was published"
+        },
+        503: {
+            "bus_unavailable": "the event bus did not acknowledge: LiveKit should retry (the "
+            "retry is published once)"
+        },
+    }
+)
 
 
 @post(

@@ -1,0 +1,101 @@
+"""The whole API's OpenAPI document: every service's document, merged into the one the gateway
+serves at ``/openapi.json`` (and ``docs/openapi.json``, which CI compares with the code).
+
+Built from ``create_app(settings)`` of each service, without a running stack. Paths are
+disjoint (the gateway routes by prefix); a component schema two services name alike is kept
+once when both are the same, and otherwise each is renamed ``<Service><Name>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from litestar.serialization import encode_json
+
+from services import http_services
+from shared.config import Settings
+from shared.contract import finish
+
+REPO = Path(__file__).resolve().parent.parent
+DOCUMENT = REPO / "docs" / "openapi.json"
+VIEWER = Path(__file__).resolve().parent / "apidocs"
+
+DESCRIPTION = """The MediAI API, through its gateway. Every request carries
+`Authorization: Bearer <API key>` (LiveKit's webhooks carry LiveKit's signature instead).
+Every error is `{"error": {"code", "message", "details"}}`: each response below lists the codes
+it can carry; clients branch on `code`, never on `message`. A `503` always comes with
+`Retry-After`. Creating operations take an `Idempotency-Key` (docs/idempotency.md)."""
+
+_REF = re.compile(r'"#/components/schemas/([^"]+)"')
+
+
+def service_document(service: str, settings: Settings) -> dict[str, Any]:
+    """One service's document, as it serves it at ``/schema/openapi.json``."""
+    app = importlib.import_module(f"services.{service}.app").create_app(settings)
+    # Through Litestar's encoder, as the service serves it (values such as defaults are structs).
+    document: dict[str, Any] = json.loads(encode_json(app.openapi_schema.to_schema()))
+    return finish(document)
+
+
+def _renamed(document: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    text = _REF.sub(lambda m: f'"#/components/schemas/{renames.get(m[1], m[1])}"', json.dumps(document))
+    renamed: dict[str, Any] = json.loads(text)
+    schemas = renamed.get("components", {}).get("schemas", {})
+    renamed.setdefault("components", {})["schemas"] = {
+        renames.get(name, name): schema for name, schema in schemas.items()
+    }
+    return renamed
+
+
+def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``documents`` (service -> document) as one; raises ValueError on a path two serve."""
+    owners: dict[str, dict[str, Any]] = {}  # schema name -> {service: schema}
+    for service, document in documents.items():
+        for name, schema in document.get("components", {}).get("schemas", {}).items():
+            owners.setdefault(name, {})[service] = schema
+    clashing = {
+        name
+        for name, by_service in owners.items()
+        if len({json.dumps(s, sort_keys=True) for s in by_service.values()}) > 1
+    }
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    security_schemes: dict[str, Any] = {}
+    for service, document in sorted(documents.items()):
+        prefix = service.title().replace("_", "")
+        renames = {name: f"{prefix}{name}" for name in clashing if service in owners[name]}
+        document = _renamed(document, renames)
+        for path, item in document.get("paths", {}).items():
+            if path in paths:
+                raise ValueError(f"{path} is served by two services")
+            paths[path] = item
+        components = document.get("components", {})
+        schemas.update(components.get("schemas", {}))
+        security_schemes.update(components.get("securitySchemes", {}))
+    first = next(iter(documents.values()))
+    return {
+        "openapi": first["openapi"],
+        "info": {"title": "MediAI API", "version": "1", "description": DESCRIPTION},
+        "servers": [{"url": "/", "description": "the gateway"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": security_schemes,
+        },
+        "security": first.get("security", []),
+    }
+
+
+def api_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The merged document of every HTTP service, from the code (defaults for the settings, so
+    the document does not depend on the machine's environment)."""
+    settings = settings or Settings()
+    return merge({service: service_document(service, settings) for service in http_services()})
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
