@@ -30,6 +30,14 @@ Every error is `{"error": {"code", "message", "details"}}`: each response below 
 it can carry; clients branch on `code`, never on `message`. A `503` always comes with
 `Retry-After`. Creating operations take an `Idempotency-Key` (docs/idempotency.md)."""
 
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI's files, from the PyPI package swagger-ui-bundle-v2 (the local group)."""
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    return Path(str(swagger_ui_path))
+
+
 _REF = re.compile(r'"#/components/schemas/([^"]+)"')
 
 
@@ -42,7 +50,9 @@ def service_document(service: str, settings: Settings) -> dict[str, Any]:
 
 
 def _renamed(document: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
-    text = _REF.sub(lambda m: f'"#/components/schemas/{renames.get(m[1], m[1])}"', json.dumps(document))
+    text = _REF.sub(
+        lambda m: f'"#/components/schemas/{renames.get(m[1], m[1])}"', json.dumps(document)
+    )
     renamed: dict[str, Any] = json.loads(text)
     schemas = renamed.get("components", {}).get("schemas", {})
     renamed.setdefault("components", {})["schemas"] = {

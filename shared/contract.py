@@ -21,7 +21,7 @@ from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugi
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Example, Schema
+from litestar.openapi.spec import Example, OpenAPIType, Schema
 from litestar.params import Parameter
 from litestar.typing import FieldDefinition
 
@@ -180,9 +180,10 @@ class ContractJson(JsonRenderPlugin):
 
 
 class StrictStructs(StructSchemaPlugin):
-    """Struct schemas as msgspec decodes them: ``forbid_unknown_fields`` is
-    ``additionalProperties: false`` (Litestar's own plugin leaves it open), and a bound of 0 on
-    an optional number is kept (Litestar drops falsy bounds there, so ``ge=0`` went missing)."""
+    """Struct schemas as msgspec decodes them. Litestar's own plugin leaves out what this adds:
+    ``forbid_unknown_fields`` as ``additionalProperties: false``, the constraints of list items
+    and dict keys (``list[Identity]`` lost its pattern), and a bound of 0 on an optional number
+    (Litestar drops falsy bounds there, so ``ge=0`` went missing)."""
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
@@ -193,21 +194,38 @@ class StrictStructs(StructSchemaPlugin):
         for field in getattr(info, "fields", ()):
             target = (schema.properties or {}).get(field.encode_name)
             if isinstance(target, Schema):
-                _keep_zero_bounds(field.type, target)
+                _constrain(field.type, target)
         return schema
 
 
 _BOUNDS = {"ge": "minimum", "gt": "exclusive_minimum", "le": "maximum", "lt": "exclusive_maximum"}
+_LENGTHS = {"min_length": "min_length", "max_length": "max_length", "pattern": "pattern"}
 
 
-def _keep_zero_bounds(field_type: msgspec.inspect.Type, schema: Schema) -> None:
+def _constrain(field_type: msgspec.inspect.Type, schema: Schema) -> None:
+    """Add to ``schema`` the constraints of ``field_type`` it lacks (see ``StrictStructs``)."""
     if isinstance(field_type, msgspec.inspect.UnionType):
         for member in field_type.types:
-            _keep_zero_bounds(member, schema)
+            _constrain(member, schema)
         return
     if isinstance(field_type, msgspec.inspect.Metadata):
         field_type = field_type.type
     if isinstance(field_type, msgspec.inspect.IntType | msgspec.inspect.FloatType):
         for bound, key in _BOUNDS.items():
-            if getattr(field_type, bound) == 0 and getattr(schema, key) is None:
-                setattr(schema, key, 0)
+            if getattr(field_type, bound) is not None and getattr(schema, key) is None:
+                setattr(schema, key, getattr(field_type, bound))
+    elif isinstance(field_type, msgspec.inspect.StrType):
+        for limit, key in _LENGTHS.items():
+            if getattr(field_type, limit) is not None and getattr(schema, key) is None:
+                setattr(schema, key, getattr(field_type, limit))
+    elif isinstance(field_type, msgspec.inspect.ListType):
+        for branch in [schema, *(s for s in schema.one_of or () if isinstance(s, Schema))]:
+            if isinstance(branch.items, Schema):
+                _constrain(field_type.item_type, branch.items)
+    elif isinstance(field_type, msgspec.inspect.DictType):
+        keys = Schema(type=OpenAPIType.STRING)
+        _constrain(field_type.key_type, keys)
+        if keys != Schema(type=OpenAPIType.STRING):
+            for branch in [schema, *(s for s in schema.one_of or () if isinstance(s, Schema))]:
+                if branch.type == OpenAPIType.OBJECT or branch.additional_properties is not None:
+                    branch.property_names = keys

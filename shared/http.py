@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -105,10 +107,14 @@ class ServiceUnavailableError(ApiError):
 RETRY_AFTER_SECONDS = 5
 
 
-def _error(status: int, code: str, message: str, details: Any = None) -> Response[ErrorBody]:
+def _error(
+    status: int, code: str, message: str, details: Any = None, *, allow: str | None = None
+) -> Response[ErrorBody]:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
     headers = None
-    if status == 401:
+    if allow is not None:
+        headers = {"Allow": allow}
+    elif status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -152,7 +158,8 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
             405: "method_not_allowed",
             413: "request_too_large",
         }.get(error.status_code, "bad_request")
-        return _error(error.status_code, code, error.detail)
+        allow = (error.headers or {}).get("allow") if error.status_code == 405 else None
+        return _error(error.status_code, code, error.detail, allow=allow)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
 
@@ -206,12 +213,38 @@ def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
     return str(scope.get("method", "HTTP")), {}
 
 
-async def _name_span_by_route(request: Request[Any, Any, Any]) -> None:
+async def _before_request(request: Request[Any, Any, Any]) -> None:
     # async: a synchronous hook would hop to a thread on every request.
     route = f"{request.method} {request.scope.get('path_template', '')}"
     span = trace.get_current_span()
     span.update_name(route)
     span.set_attribute("http.route", route)
+    await _check_body(request)
+
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<key>[^`]*)`)?$", re.DOTALL)
+
+
+async def _check_body(request: Request[Any, Any, Any]) -> None:
+    """Decode a JSON body strictly, as its OpenAPI schema says: Litestar converts bodies
+    leniently (``0`` for ``false``, ``1.5`` or ``"5"`` for an integer), which the document does
+    not promise and the handlers do not expect. Malformed JSON is left to Litestar's 400."""
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None or request.headers.get("content-type", "").split(";")[0] != "application/json":
+        return
+    body = await request.body()
+    if not body:
+        return
+    try:
+        msgspec.json.decode(body, type=data.annotation, strict=True)
+    except msgspec.ValidationError as error:
+        found = _AT.match(str(error))
+        key, message = (found["key"] or "", found["message"]) if found else ("", str(error))
+        raise ValidationException(
+            extra=[{"key": key, "message": message, "source": "body"}]
+        ) from None
+    except msgspec.DecodeError:
+        return
 
 
 # Request attributes that can identify a person (their address, their browser, identities in
@@ -357,7 +390,7 @@ def create_service_app(
             **(dependencies or {}),
         },
         exception_handlers={Exception: _handle_exception},
-        before_request=_name_span_by_route,
+        before_request=_before_request,
         plugins=[
             StrictStructs(),
             OpenTelemetryPlugin(

@@ -62,8 +62,9 @@ def _period(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetim
     """The requested range; the current billing month when a bound is left out."""
     current = month_of(datetime.now(UTC), zone)
     try:
-        begin = parse_bound(start, zone, end=False) if start else current.start
-        finish = parse_bound(end, zone, end=True) if end else current.end
+        # An empty bound is not a left-out one: it is refused like any other non-date.
+        begin = parse_bound(start, zone, end=False) if start is not None else current.start
+        finish = parse_bound(end, zone, end=True) if end is not None else current.end
         return period(begin, finish)
     except PeriodError as error:
         raise InvalidPeriodError(str(error)) from None

@@ -10,8 +10,13 @@ from livekit import api as lk
 from services.rooms import store
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
-from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
-from services.rooms.livekit_client import calling, participant_row, track_row
+from services.rooms.errors import (
+    ParticipantNotFoundError,
+    RoomNotFoundError,
+    TrackNotFoundError,
+    responses,
+)
+from services.rooms.livekit_client import calling, find_room, participant_row, track_row
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -26,7 +31,7 @@ from shared.events.rooms import (
     ParticipantUpdated,
     TrackMuted,
 )
-from shared.http import CallerTenant, PoolDep
+from shared.http import ApiError, CallerTenant, PoolDep
 from shared.naming import livekit_room
 from shared.tenants import Tenant
 
@@ -57,6 +62,26 @@ async def _room(pool: asyncpg.Pool, tenant: Tenant, name: str) -> RoomRow:
 
 def _no_participant() -> ParticipantNotFoundError:
     return ParticipantNotFoundError("no such participant in this room")
+
+
+def _missing(message: str) -> ApiError:
+    """What LiveKit did not find in a room: a track, or the participant."""
+    if "track" in message.lower():
+        return TrackNotFoundError("the participant has no published track of that sid")
+    return _no_participant()
+
+
+async def _in_livekit(livekit: lk.LiveKitAPI, tenant: Tenant, name: str) -> str:
+    """The room's LiveKit name, once LiveKit has someone in it. An action on a participant of
+    an empty room is a 404 said here: LiveKit would answer it with "no response from servers"
+    (no node hosts an empty room), which reads as an outage."""
+    livekit_name = livekit_room(tenant.id, name)
+    found = await find_room(livekit, livekit_name)
+    if found is None:
+        raise RoomNotFoundError(f"no open room {name!r}")
+    if found.num_participants == 0:
+        raise _no_participant()
+    return livekit_name
 
 
 async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> ParticipantRow | None:
@@ -113,9 +138,10 @@ async def remove_participant(
 ) -> None:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
+    livekit_name = await _in_livekit(livekit, tenant, name)
     async with calling(not_found=_no_participant()):
         await livekit.room.remove_participant(
-            lk.RoomParticipantIdentity(room=livekit_room(tenant.id, name), identity=identity)
+            lk.RoomParticipantIdentity(room=livekit_name, identity=identity)
         )
     known = await _present(pool, room, identity)
     event = ParticipantRemoved(
@@ -150,10 +176,11 @@ async def mute_track(
 ) -> TrackView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
-    async with calling(not_found=_no_participant()):
+    livekit_name = await _in_livekit(livekit, tenant, name)
+    async with calling(not_found=_missing):
         answer = await livekit.room.mute_published_track(
             lk.MuteRoomTrackRequest(
-                room=livekit_room(tenant.id, name),
+                room=livekit_name,
                 identity=identity,
                 track_sid=track_sid,
                 muted=data.muted,
@@ -191,7 +218,7 @@ async def update_participant(
     checked_identity(identity)
     room = await _room(pool, tenant, name)
     update = lk.UpdateParticipantRequest(
-        room=livekit_room(tenant.id, name),
+        room=await _in_livekit(livekit, tenant, name),
         identity=identity,
         name=data.name or "",
         metadata=data.metadata or "",

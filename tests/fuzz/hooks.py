@@ -1,0 +1,97 @@
+"""Schemathesis hooks of the API fuzzer (tests/test_api_fuzz.py loads them by SCHEMATHESIS_HOOKS).
+
+- LiveKit's webhook endpoint is fuzzed as LiveKit calls it: each generated body is signed with
+  the stack's LiveKit key pair (a JWT whose sha256 claim is the body's hash), so the fuzzer
+  reaches the code behind the signature check, as tests/test_webhooks.py does by hand.
+- Each request's ``Idempotency-Key`` is made unique (a counter before the generated key, within
+  the key's rules): a key sent twice answers its first answer again (``Idempotent-Replayed``),
+  or 422 with another body, a rule across requests that tests/test_idempotency.py covers; here
+  it would only make the fuzzer's own requests collide.
+- A valid request the API rejects is a failure, unless its operation and error code (and, for
+  a code that several rules share, a part of the message) are in tests/fuzz/allowlist.toml:
+  rules across fields, or of the deployment or the data, that a schema cannot express, each with
+  its reason. Nothing else is ever filtered.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import schemathesis
+from livekit.api import AccessToken
+
+ALLOWLIST = Path(__file__).with_name("allowlist.toml")
+WEBHOOK_OPERATION = "receiveLiveKitWebhook"
+
+
+def allowlist() -> dict[str, list[tuple[str, str]]]:
+    """operationId -> (error code, part of the message) of rejections a valid request of it
+    may rightly get."""
+    allowed: dict[str, list[tuple[str, str]]] = {}
+    for entry in tomllib.loads(ALLOWLIST.read_text())["rejected"]:
+        assert entry["reason"].strip(), f"{entry['operation']} {entry['code']}: give a reason"
+        rule = (entry["code"], entry.get("message", ""))
+        allowed.setdefault(entry["operation"], []).append(rule)
+    return allowed
+
+
+_ALLOWED = allowlist()
+
+
+_calls = itertools.count()
+
+
+def _body_bytes(case: Any) -> bytes:
+    body = case.body
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    if type(body).__name__ == "NotSet":
+        return b""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _operation(case: Any) -> str:
+    return str(case.operation.definition.raw.get("operationId", ""))
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    key = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key, str) and re.fullmatch(r"[!-~]{1,255}", key):
+        case.headers["Idempotency-Key"] = f"{next(_calls)}-{key}"[:255]
+    if _operation(case) != WEBHOOK_OPERATION:
+        return
+    headers = kwargs.setdefault("headers", None) or {}
+    kwargs["headers"] = headers
+    body = _body_bytes(case)
+    token = AccessToken(
+        os.environ["MEDIAI_FUZZ_LIVEKIT_KEY"], os.environ["MEDIAI_FUZZ_LIVEKIT_SECRET"]
+    )
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    headers["Authorization"] = token.with_sha256(digest).to_jwt()
+    kwargs["data"] = body
+    kwargs.pop("json", None)
+
+
+@schemathesis.hook
+def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+    """Keep every failure but a valid request rejected with an allowlisted code."""
+    if type(failure).__name__ != "RejectedPositiveData":
+        return True
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    rules = _ALLOWED.get(_operation(case), [])
+    return not any(code == allowed and part in message for allowed, part in rules)
