@@ -9,8 +9,13 @@ once when both are the same, and otherwise each is renamed ``<Service><Name>``.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +114,116 @@ def api_document(settings: Settings | None = None) -> dict[str, Any]:
 
 def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+# --- breaking changes -------------------------------------------------------------------------
+
+# The OpenAPI diff tool, built once from the Go module proxy into the cache (like LiveKit).
+OASDIFF_MODULE = "github.com/oasdiff/oasdiff"
+OASDIFF_VERSION = "v1.37.0"
+# Breaking changes made on purpose, one a line: oasdiff's line for it, then the reason.
+DECLARED = REPO / "docs" / "openapi-declared.txt"
+
+
+class ApiCheckError(Exception):
+    """The document cannot be checked, or it changed in a way not allowed; the message says how."""
+
+
+def oasdiff() -> Path:
+    """The oasdiff binary, built with ``go install`` on first use."""
+    from deploy.livekit import cache_dir
+
+    target = cache_dir() / f"oasdiff-{OASDIFF_VERSION}" / "oasdiff"
+    if target.is_file():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise ApiCheckError("oasdiff: Go is not installed; install Go 1.23+ to check the API")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
+        env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
+        built = subprocess.run(
+            [go, "install", f"{OASDIFF_MODULE}@{OASDIFF_VERSION}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            last = (built.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ApiCheckError(f"oasdiff: go install failed: {last}")
+        os.replace(Path(gobin) / "oasdiff", target)
+    return target
+
+
+def undeclared_breaking(base: str, revision: str, declared: Path = DECLARED) -> str:
+    """oasdiff's report of the breaking changes from ``base`` to ``revision`` (files, or git
+    ``rev:path``) that docs/openapi-declared.txt does not declare; "" when there are none."""
+    result = subprocess.run(
+        [
+            str(oasdiff()),
+            "breaking",
+            base,
+            revision,
+            "--fail-on",
+            "ERR",
+            "--err-ignore",
+            str(declared),
+            "--format",
+            "singleline",
+            "--color",
+            "never",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode not in (0, 1):
+        raise ApiCheckError(f"oasdiff failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout.strip() if result.returncode == 1 else ""
+
+
+def undeclared_breaking_of(document: dict[str, Any]) -> str:
+    """The undeclared breaking changes from docs/openapi.json to ``document``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as made:
+        made.write(render(document))
+    try:
+        return undeclared_breaking(str(DOCUMENT), made.name)
+    finally:
+        os.unlink(made.name)
+
+
+def committed_versions() -> list[str]:
+    """The commits that changed docs/openapi.json, as they landed on this branch (newest
+    first); empty outside a git checkout."""
+    listed = subprocess.run(
+        ["git", "log", "--first-parent", "--format=%H", "--", str(DOCUMENT.relative_to(REPO))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+def check(document: dict[str, Any]) -> list[str]:
+    """What is wrong with the API's document; empty when nothing is.
+
+    The document made from the code must be docs/openapi.json (a change to it is regenerated
+    with ``mediai docs openapi``), and every breaking change, from the committed document to
+    the code's and between each two committed versions of it, must be declared."""
+    problems = []
+    if not DOCUMENT.is_file() or DOCUMENT.read_text() != render(document):
+        if DOCUMENT.is_file() and (found := undeclared_breaking_of(document)):
+            problems.append(f"breaking changes, not declared in {DECLARED.name}:\n{found}")
+        problems.append("docs/openapi.json is out of date: run 'mediai docs openapi'")
+    versions = committed_versions()
+    path = DOCUMENT.relative_to(REPO)
+    for newer, older in itertools.pairwise(versions):
+        if found := undeclared_breaking(f"{older}:{path}", f"{newer}:{path}"):
+            problems.append(
+                f"commit {newer[:10]} made breaking changes to docs/openapi.json, not declared "
+                f"in {DECLARED.name}:\n{found}"
+            )
+    return problems

@@ -16,7 +16,8 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from datetime import datetime
+from typing import Any, get_args
 
 import asyncpg
 import msgspec
@@ -29,6 +30,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 from opentelemetry import trace
@@ -219,16 +221,46 @@ async def _before_request(request: Request[Any, Any, Any]) -> None:
     span = trace.get_current_span()
     span.update_name(route)
     span.set_attribute("http.route", route)
+    _check_times(request)
     await _check_body(request)
+
+
+def _check_times(request: Request[Any, Any, Any]) -> None:
+    """A date-time query parameter is an RFC 3339 date-time, as the document says: Litestar also
+    takes a number of seconds (``?until=0.5``)."""
+    dependencies = request.route_handler.resolve_dependencies()
+    for name, field in request.route_handler.parsed_fn_signature.parameters.items():
+        if name in dependencies or datetime not in (field.annotation, *get_args(field.annotation)):
+            continue
+        key = getattr(field.kwarg_definition, "query", None) or name
+        value = request.query_params.get(key)
+        if value is None:
+            continue
+        try:
+            msgspec.json.decode(msgspec.json.encode(value), type=datetime)
+        except msgspec.ValidationError:
+            problem = "must be an RFC 3339 date-time, e.g. 2026-03-02T09:00:00-03:00"
+            raise ValidationException(extra=[{"key": key, "message": problem}]) from None
 
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<key>[^`]*)`)?$", re.DOTALL)
 
 
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
+
+
 async def _check_body(request: Request[Any, Any, Any]) -> None:
-    """Decode a JSON body strictly, as its OpenAPI schema says: Litestar converts bodies
-    leniently (``0`` for ``false``, ``1.5`` or ``"5"`` for an integer), which the document does
-    not promise and the handlers do not expect. Malformed JSON is left to Litestar's 400."""
+    """Check a JSON body strictly, as its OpenAPI schema says: Litestar converts bodies
+    leniently (``0`` for ``false``, ``"5"`` for an integer), which the document does not promise
+    and the handlers do not expect. A number with no fraction (``5.0``) is an integer, as in JSON
+    Schema. Malformed JSON is left to Litestar's 400."""
     data = request.route_handler.parsed_fn_signature.parameters.get("data")
     if data is None or request.headers.get("content-type", "").split(";")[0] != "application/json":
         return
@@ -236,7 +268,7 @@ async def _check_body(request: Request[Any, Any, Any]) -> None:
     if not body:
         return
     try:
-        msgspec.json.decode(body, type=data.annotation, strict=True)
+        msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation, strict=True)
     except msgspec.ValidationError as error:
         found = _AT.match(str(error))
         key, message = (found["key"] or "", found["message"]) if found else ("", str(error))
@@ -422,4 +454,21 @@ def create_service_app(
         for handler in getattr(route, "route_handlers", ()):
             if isinstance(handler, HTTPRouteHandler) and handler.include_in_schema:
                 document_errors(handler)
+        if isinstance(route, HTTPRoute):
+            _allow_every_method(route)
     return app
+
+
+def _allow_every_method(route: HTTPRoute) -> None:
+    """Litestar answers OPTIONS with the methods of the first handler registered for a path
+    (the route rebuilt for the next one keeps the first one's OPTIONS handler), so ``Allow``
+    left out ``DELETE /v1/rooms/{name}``; answer with every method of the route."""
+    options = route.route_handler_map.get("OPTIONS")
+    if options is None or options[0].handler_name != "options_handler":
+        return
+    allow = ", ".join(sorted(route.methods))
+
+    def options_handler(scope: Any) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": allow}, media_type="text/plain")
+
+    options[0]._fn = options_handler  # type: ignore[assignment]  # sync, as Litestar's own

@@ -35,6 +35,7 @@ async def test_the_fuzzer_finds_nothing(
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks",
+        "MEDIAI_FUZZ_API_KEY": tenant_key,
         "MEDIAI_FUZZ_LIVEKIT_KEY": settings.livekit_api_key,
         "MEDIAI_FUZZ_LIVEKIT_SECRET": settings.livekit_api_secret,
         "PYTHONPATH": str(FUZZ.parent.parent),
@@ -48,8 +49,6 @@ async def test_the_fuzzer_finds_nothing(
         f"{stack.gateway_url}/openapi.json",
         "--checks",
         "all",
-        "--header",
-        f"Authorization: Bearer {tenant_key}",
         "--seed",
         SEED,
         "--workers",

@@ -71,16 +71,13 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         case.headers["Idempotency-Key"] = f"{next(_calls)}-{key}"[:255]
     if _operation(case) != WEBHOOK_OPERATION:
         return
-    headers = kwargs.setdefault("headers", None) or {}
-    kwargs["headers"] = headers
     body = _body_bytes(case)
     token = AccessToken(
         os.environ["MEDIAI_FUZZ_LIVEKIT_KEY"], os.environ["MEDIAI_FUZZ_LIVEKIT_SECRET"]
     )
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    headers["Authorization"] = token.with_sha256(digest).to_jwt()
+    case.headers = {**(case.headers or {}), "Authorization": token.with_sha256(digest).to_jwt()}
     kwargs["data"] = body
-    kwargs.pop("json", None)
 
 
 @schemathesis.hook
