@@ -267,6 +267,26 @@ async def test_names_and_identities_are_validated(api: httpx.AsyncClient) -> Non
     assert answer.status_code == 400
 
 
+async def test_acting_on_someone_not_in_the_room_is_a_404(api: httpx.AsyncClient) -> None:
+    """An empty room is on no LiveKit node, so LiveKit answers any action on a participant with
+    "no response from servers"; that was a 503 "LiveKit could not do it", where the truth is
+    that nobody of that identity is there."""
+    room = unique("vazia")
+    assert (await api.post("/v1/rooms", json={"name": room})).status_code == 201
+    base = f"/v1/rooms/{room}/participants/ninguem"
+    for answer in (
+        await api.post(f"{base}/tracks/TR_x/mute", json={"muted": True}),
+        await api.patch(base, json={"name": "x"}),
+        await api.delete(base),
+    ):
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "participant_not_found"
+    # Base64 outside ASCII was a 500 (a ValueError, not binascii.Error).
+    answer = await api.post(f"/v1/rooms/{room}/data", json={"data": "é", "encoding": "base64"})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_data")
+    await api.delete(f"/v1/rooms/{room}")
+
+
 async def test_egress_and_ingress_without_workers_say_so(
     api: httpx.AsyncClient,
     other: httpx.AsyncClient,

@@ -66,9 +66,12 @@ def aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
-# At least one visible character (msgspec patterns are searched, not anchored).
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
-ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+# At least one visible character (msgspec patterns are searched, not anchored). Not "\S":
+# Python's \s also takes U+001C-U+001F and U+0085, JavaScript's also U+FEFF, so each side would
+# take names the other refuses (a client generated from the document checks in JavaScript).
+VISIBLE = r"[^\s\x1c-\x1f\x85\ufeff]"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=VISIBLE)]
+ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=VISIBLE)]
 Clock = Annotated[str, msgspec.Meta(pattern=core.CLOCK.pattern, examples=["08:00"])]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True, examples=["2026-03-02T09:00:00-03:00"])]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -53,7 +53,7 @@ def verify(receiver: WebhookReceiver, body: bytes, authorization: str | None) ->
         raise WebhookRejectedError("missing Authorization: LiveKit signs every webhook")
     try:
         # A body that is not UTF-8 comes out altered here, so its hash fails: 401, like forgery.
-        return receiver.receive(body.decode(errors="replace"), token)
+        hook = receiver.receive(body.decode(errors="replace"), token)
     except ParseError:
         # The signature and hash matched, so this is LiveKit's body, just not one we can read.
         raise ApiError(
@@ -63,6 +63,10 @@ def verify(receiver: WebhookReceiver, body: bytes, authorization: str | None) ->
         raise WebhookRejectedError(
             "the webhook signature is invalid, expired or not for this body"
         ) from None
+    # Protobuf's JSON parser takes a JSON array for a message (as an empty one): not a webhook.
+    if not body.lstrip().startswith(b"{"):
+        raise ApiError("the webhook body is not a LiveKit WebhookEvent", code="invalid_webhook")
+    return hook
 
 
 @dataclass
