@@ -47,8 +47,11 @@ lint: install
 typecheck: install
 	$(UV) run mypy
 
+# Generated docs match the code; the API document's breaking changes are declared (oasdiff, built
+# once from the Go module proxy into ~/.cache/mediai).
 docs: install
 	$(UV) run mediai docs events --check
+	$(UV) run mediai docs openapi --check
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
