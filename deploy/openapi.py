@@ -108,8 +108,14 @@ def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def api_document(settings: Settings | None = None) -> dict[str, Any]:
     """The merged document of every HTTP service, from the code (defaults for the settings, so
     the document does not depend on the machine's environment)."""
-    settings = settings or Settings()
-    return merge({service: service_document(service, settings) for service in http_services()})
+    from services.keys import kek
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # The key service's app loads a key-encryption key; a throwaway one describes it as well.
+        settings = settings or Settings(data_dir=Path(scratch))
+        kek.ensure_keyring_file(kek.keyring_path(settings))
+        documents = {service: service_document(service, settings) for service in http_services()}
+    return merge(documents)
 
 
 def render(document: dict[str, Any]) -> str:

@@ -51,7 +51,8 @@ TOO_LARGE: Codes = {
     "request_too_large": "the body is larger than the gateway takes (10 MB; 1 MB for webhooks)"
 }
 UNAVAILABLE: Codes = {
-    "dependency_unavailable": "PostgreSQL, NATS or LiveKit cannot be reached now (`details` "
+    "dependency_unavailable": "PostgreSQL, NATS, LiveKit or the key service cannot be reached "
+    "now (`details` "
     "names it); nothing was done, retry after `Retry-After` seconds",
     "service_unavailable": "the gateway cannot reach the service behind this path; retry after "
     "`Retry-After` seconds",

@@ -17,6 +17,7 @@ from services.rooms.errors import (
     responses,
 )
 from services.rooms.livekit_client import calling, find_room, participant_row, track_row
+from services.rooms.privacy import opened, opened_all
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -24,6 +25,7 @@ from services.rooms.schemas import (
     TrackView,
     UpdateParticipantRequest,
 )
+from services.rooms.track_core import TrackRow
 from shared.contract import IdentityPath, RoomNamePath
 from shared.events.rooms import (
     ParticipantPermission,
@@ -31,8 +33,9 @@ from shared.events.rooms import (
     ParticipantUpdated,
     TrackMuted,
 )
-from shared.http import ApiError, CallerTenant, PoolDep
+from shared.http import ApiError, BusDep, CallerTenant, PoolDep
 from shared.naming import livekit_room
+from shared.phi import Phi
 from shared.tenants import Tenant
 
 _BASE = "/v1/rooms/{name:str}/participants"
@@ -84,6 +87,10 @@ async def _in_livekit(livekit: lk.LiveKitAPI, tenant: Tenant, name: str) -> str:
     return livekit_name
 
 
+async def _view(phi: Phi, row: ParticipantRow, tracks: list[TrackRow]) -> ParticipantView:
+    return ParticipantView.of(await opened(phi, row), await opened_all(phi, tracks))
+
+
 async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> ParticipantRow | None:
     found = await store.present_participants(pool, room.sid, identity)
     return found[-1][0] if found else None
@@ -96,11 +103,11 @@ async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> Particip
     responses=responses("invalid_room_name", "room_not_found"),
 )
 async def list_participants(
-    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep
+    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep, bus: BusDep
 ) -> ParticipantList:
     room = await _room(pool, tenant, name)
     present = await store.present_participants(pool, room.sid)
-    return ParticipantList(participants=[ParticipantView.of(p, t) for p, t in present])
+    return ParticipantList(participants=[await _view(bus.phi, p, t) for p, t in present])
 
 
 @get(
@@ -112,14 +119,14 @@ async def list_participants(
     ),
 )
 async def get_participant(
-    name: RoomNamePath, identity: IdentityPath, tenant: CallerTenant, pool: PoolDep
+    name: RoomNamePath, identity: IdentityPath, tenant: CallerTenant, pool: PoolDep, bus: BusDep
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
     found = await store.present_participants(pool, room.sid, identity)
     if not found:
         raise _no_participant()
-    return ParticipantView.of(*found[-1])
+    return await _view(bus.phi, *found[-1])
 
 
 @delete(
@@ -214,6 +221,7 @@ async def update_participant(
     tenant: CallerTenant,
     pool: PoolDep,
     livekit: LiveKitDep,
+    bus: BusDep,
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -255,7 +263,7 @@ async def update_participant(
         attributes=data.attributes,
         permission=permission,
     )
-    await record(pool, event, tenant=tenant.id, key=name)
+    await record(pool, event, tenant=tenant.id, key=name, phi=bus.phi)
     return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
 
 
