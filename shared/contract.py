@@ -7,7 +7,7 @@ every operation: ``400 invalid_request`` where there is a parameter or a body to
 from the API key, ``413`` from the gateway's body limit, ``503`` when a dependency or the service
 is away. Each error response lists its codes in its description and carries one valid example.
 ``finish`` adds what ``ResponseSpec`` cannot say (the ``Retry-After`` and ``WWW-Authenticate``
-headers) to the JSON document a service serves and the gateway's merged document is made of.
+headers, and the links of ``links``) to the JSON document a service serves and the gateway's merged document is made of.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
+from litestar import Litestar
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
@@ -160,15 +161,53 @@ _HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
-def finish(document: dict[str, Any]) -> dict[str, Any]:
-    """The document as served: the headers of error answers added (see the module)."""
+def links(statuses: int | tuple[int, ...], **targets: dict[str, str]) -> dict[str, Any]:
+    """A handler's ``opt``: OpenAPI links from its answers of ``statuses`` to the operations
+    named by operationId, each parameter (or ``requestBody``) a runtime expression of the answer,
+    e.g. ``links(201, getRoom={"name": "$response.body#/name"})``. A client, or the fuzzer's
+    stateful phase, follows them: create a room, then act on it."""
+    chosen = statuses if isinstance(statuses, tuple) else (statuses,)
+    return {"links": {str(status): targets for status in chosen}}
+
+
+def links_of(app: Litestar) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
+    """operationId -> status -> the links its handler declares (``links``)."""
+    found = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler) and "links" in handler.opt:
+                found[str(handler.operation_id)] = handler.opt["links"]
+    return found
+
+
+def _link(target: str, values: dict[str, str]) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": target}
+    parameters = {name: value for name, value in values.items() if name != "requestBody"}
+    if parameters:
+        link["parameters"] = parameters
+    if "requestBody" in values:
+        link["requestBody"] = values["requestBody"]
+    return link
+
+
+def finish(
+    document: dict[str, Any], declared: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    """The document as served: the headers of error answers, and the links handlers declare
+    (``links_of``), added (see the module)."""
     for item in document.get("paths", {}).values():
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
+            own = (declared or {}).get(operation.get("operationId", ""), {})
             for status, response in operation.get("responses", {}).items():
                 if status in _HEADERS:
                     response["headers"] = {**_HEADERS[status], **response.get("headers", {})}
+                if status in own:
+                    response["links"] = {
+                        target[0].upper() + target[1:]: _link(target, values)
+                        for target, values in own[status].items()
+                    }
     return document
 
 
@@ -177,7 +216,7 @@ class ContractJson(JsonRenderPlugin):
     their scripts from public CDNs; the gateway serves a local viewer of the merged document)."""
 
     def render(self, request: Any, openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, finish(openapi_schema))
+        return super().render(request, finish(openapi_schema, links_of(request.app)))
 
 
 class StrictStructs(StructSchemaPlugin):

@@ -31,7 +31,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer
-from shared.contract import errors
+from shared.contract import errors, links
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.replay import ReplayError
@@ -171,6 +171,7 @@ async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> Audit
     "/v1/audits",
     operation_id="createAudit",
     summary="Audit by replay of the stream",
+    opt=links(201, getAudit={"audit_id": "$response.body#/id"}),
     responses=errors(
         {
             400: {

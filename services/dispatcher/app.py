@@ -30,7 +30,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer, ConsumerSpec, Delivery
-from shared.contract import BUS_UNAVAILABLE, errors
+from shared.contract import BUS_UNAVAILABLE, errors, links
 from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
@@ -140,6 +140,12 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
     "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
     "if the first attempt's publish did land, so a room never gets two agents from one request.",
+    opt=links(
+        202,
+        getAgent={"dispatch_id": "$response.body#/id"},
+        endAgent={"dispatch_id": "$response.body#/id"},
+        commandAgent={"dispatch_id": "$response.body#/id"},
+    ),
     responses=errors(
         {
             400: {

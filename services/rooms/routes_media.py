@@ -32,6 +32,7 @@ from services.rooms.schemas import (
     IngressView,
     StartEgressRequest,
 )
+from shared.contract import links
 from shared.events.rooms import (
     EgressRequested,
     EgressStopRequested,
@@ -59,6 +60,7 @@ def _status(info: lk.EgressInfo) -> str:
     summary="Record or stream a room (or one track)",
     description="Room composite to an MP4/OGG file, HLS segments or RTMP streams, or one "
     "track to a file. Files go under <tenant>/<room>/ in the egress service's storage.",
+    opt=links(201, stopEgress={"egress_id": "$response.body#/egressId"}),
     responses=responses(
         "livekit_refused",
         "room_not_found",
@@ -160,6 +162,7 @@ async def list_egress(
     status_code=201,
     summary="Create an ingress: an RTMP/WHIP endpoint, or a URL to pull, into a room",
     description="The answer carries the URL and stream key to push to; the key is shown only here.",
+    opt=links(201, deleteIngress={"ingress_id": "$response.body#/ingressId"}),
     responses=responses(
         "livekit_refused",
         "ingress_unavailable",

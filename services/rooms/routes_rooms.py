@@ -24,7 +24,7 @@ from services.rooms.schemas import (
     RoomView,
     SendDataRequest,
 )
-from shared.contract import RoomNamePath
+from shared.contract import RoomNamePath, links
 from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import BusDep, CallerTenant, PoolDep
@@ -43,6 +43,13 @@ def _no_room(name: str) -> RoomNotFoundError:
     status_code=201,
     description="Creates the room in LiveKit (201). A room of that name that is already open "
     "is returned as it is (200), so clients may call this before every consultation.",
+    opt=links(
+        (200, 201),
+        getRoom={"name": "$response.body#/name"},
+        deleteRoom={"name": "$response.body#/name"},
+        sendData={"name": "$response.body#/name"},
+        listParticipants={"name": "$response.body#/name"},
+    ),
     responses={
         200: ResponseSpec(
             RoomView, description="The room was already open: it is returned as it is"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from litestar import get, patch, post
@@ -29,6 +29,7 @@ from services.scheduling.schemas import (
 )
 from services.scheduling.store import AppointmentFilter, DoctorFilter
 from shared.bus import Bus
+from shared.contract import links
 from shared.idempotency import RequestIds, idempotent
 from shared.naming import PATIENT_REF, PATIENT_REF_RULE
 from shared.tenants import Tenant
@@ -36,6 +37,13 @@ from shared.tenants import Tenant
 Limit = Annotated[int, Parameter(ge=1, le=100)]
 Offset = Annotated[int, Parameter(ge=0, le=10_000)]
 Filter = Annotated[str | None, Parameter(max_length=100)]
+
+
+_FIRST_FREE_SLOT: Any = {
+    "doctorId": "$response.body#/doctorId",
+    "startsAt": "$response.body#/slots/0/startsAt",
+    "patientRef": "pac-000123",
+}
 
 
 def _now() -> datetime:
@@ -46,6 +54,12 @@ def _now() -> datetime:
     "/v1/doctors",
     operation_id="createDoctor",
     summary="Register a doctor and their schedule",
+    opt=links(
+        201,
+        getDoctor={"doctor_id": "$response.body#/id"},
+        updateDoctor={"doctor_id": "$response.body#/id"},
+        listFreeSlots={"doctor_id": "$response.body#/id"},
+    ),
     responses=responses("invalid_request"),
 )
 async def create_doctor(
@@ -159,6 +173,8 @@ async def update_doctor(
     "/v1/doctors/{doctor_id:str}/slots",
     operation_id="listFreeSlots",
     summary="Free slots",
+    # Book the first free slot: the fuzzer reaches a booking, then acts on it.
+    opt=links(200, bookAppointment={"requestBody": _FIRST_FREE_SLOT}),
     responses=responses("invalid_request", "doctor_not_found"),
 )
 async def free_slots(
@@ -192,6 +208,12 @@ async def free_slots(
     "/v1/appointments",
     operation_id="bookAppointment",
     summary="Book a slot",
+    opt=links(
+        201,
+        getAppointment={"appointment_id": "$response.body#/id"},
+        cancelAppointment={"appointment_id": "$response.body#/id"},
+        rescheduleAppointment={"appointment_id": "$response.body#/id"},
+    ),
     responses=responses("invalid_request", "doctor_not_found", "slot_taken", "slot_unavailable"),
 )
 async def book_appointment(
