@@ -58,6 +58,26 @@ def test_request_bodies_forbid_unknown_fields_as_documented() -> None:
     assert schemas["CreateRoomRequest"]["properties"]["emptyTimeout"]["minimum"] == 0
 
 
+def test_creates_link_to_what_acts_on_what_they_made() -> None:
+    paths = json.loads(openapi.DOCUMENT.read_text())["paths"]
+    room = paths["/v1/rooms"]["post"]["responses"]
+    for status in ("200", "201"):
+        assert room[status]["links"]["GetRoom"] == {
+            "operationId": "getRoom",
+            "parameters": {"name": "$response.body#/name"},
+        }
+    dispatched = paths["/v1/agents"]["post"]["responses"]["202"]["links"]
+    assert {"GetAgent", "EndAgent", "CommandAgent"} <= set(dispatched)
+    slots = paths["/v1/doctors/{doctor_id}/slots"]["get"]["responses"]["200"]["links"]
+    assert slots["BookAppointment"]["requestBody"]["startsAt"] == "$response.body#/slots/0/startsAt"
+    operations = set(_operations({"paths": paths}))
+    for item in paths.values():
+        for operation in item.values():
+            for response in operation["responses"].values():
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in operations, link
+
+
 def test_path_parameters_state_their_rules() -> None:
     document = json.loads(openapi.DOCUMENT.read_text())
     [name, identity, track] = document["paths"][
