@@ -13,14 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
-from typing import Any, get_args
+from typing import Any
 
 import asyncpg
-import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -49,6 +46,7 @@ from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
+from shared.strict_requests import allow_every_method, check_request
 from shared.telemetry import setup_telemetry
 from shared.tenants import Tenant, authenticate
 
@@ -221,62 +219,7 @@ async def _before_request(request: Request[Any, Any, Any]) -> None:
     span = trace.get_current_span()
     span.update_name(route)
     span.set_attribute("http.route", route)
-    _check_times(request)
-    await _check_body(request)
-
-
-def _check_times(request: Request[Any, Any, Any]) -> None:
-    """A date-time query parameter is an RFC 3339 date-time, as the document says: Litestar also
-    takes a number of seconds (``?until=0.5``)."""
-    dependencies = request.route_handler.resolve_dependencies()
-    for name, field in request.route_handler.parsed_fn_signature.parameters.items():
-        if name in dependencies or datetime not in (field.annotation, *get_args(field.annotation)):
-            continue
-        key = getattr(field.kwarg_definition, "query", None) or name
-        value = request.query_params.get(key)
-        if value is None:
-            continue
-        try:
-            msgspec.json.decode(msgspec.json.encode(value), type=datetime)
-        except msgspec.ValidationError:
-            problem = "must be an RFC 3339 date-time, e.g. 2026-03-02T09:00:00-03:00"
-            raise ValidationException(extra=[{"key": key, "message": problem}]) from None
-
-
-_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<key>[^`]*)`)?$", re.DOTALL)
-
-
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
-    return value
-
-
-async def _check_body(request: Request[Any, Any, Any]) -> None:
-    """Check a JSON body strictly, as its OpenAPI schema says: Litestar converts bodies
-    leniently (``0`` for ``false``, ``"5"`` for an integer), which the document does not promise
-    and the handlers do not expect. A number with no fraction (``5.0``) is an integer, as in JSON
-    Schema. Malformed JSON is left to Litestar's 400."""
-    data = request.route_handler.parsed_fn_signature.parameters.get("data")
-    if data is None or request.headers.get("content-type", "").split(";")[0] != "application/json":
-        return
-    body = await request.body()
-    if not body:
-        return
-    try:
-        msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation, strict=True)
-    except msgspec.ValidationError as error:
-        found = _AT.match(str(error))
-        key, message = (found["key"] or "", found["message"]) if found else ("", str(error))
-        raise ValidationException(
-            extra=[{"key": key, "message": message, "source": "body"}]
-        ) from None
-    except msgspec.DecodeError:
-        return
+    await check_request(request)
 
 
 # Request attributes that can identify a person (their address, their browser, identities in
@@ -455,20 +398,5 @@ def create_service_app(
             if isinstance(handler, HTTPRouteHandler) and handler.include_in_schema:
                 document_errors(handler)
         if isinstance(route, HTTPRoute):
-            _allow_every_method(route)
+            allow_every_method(route)
     return app
-
-
-def _allow_every_method(route: HTTPRoute) -> None:
-    """Litestar answers OPTIONS with the methods of the first handler registered for a path
-    (the route rebuilt for the next one keeps the first one's OPTIONS handler), so ``Allow``
-    left out ``DELETE /v1/rooms/{name}``; answer with every method of the route."""
-    options = route.route_handler_map.get("OPTIONS")
-    if options is None or options[0].handler_name != "options_handler":
-        return
-    allow = ", ".join(sorted(route.methods))
-
-    def options_handler(scope: Any) -> Response[None]:
-        return Response(None, status_code=204, headers={"Allow": allow}, media_type="text/plain")
-
-    options[0]._fn = options_handler  # type: ignore[assignment]  # sync, as Litestar's own
