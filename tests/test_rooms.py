@@ -287,6 +287,28 @@ async def test_acting_on_someone_not_in_the_room_is_a_404(api: httpx.AsyncClient
     await api.delete(f"/v1/rooms/{room}")
 
 
+async def test_muting_someone_not_in_an_occupied_room_is_a_404(api: httpx.AsyncClient) -> None:
+    """LiveKit checks that a participant is there before removing or updating them, not before
+    muting their track: with someone else in the room, muting a stranger's track was a 503
+    "no response from servers" (found by the API fuzzer). And right after a join, the room's
+    count of participants still said 0, which made the participant a 404."""
+    room = unique("ocupada")
+    assert (await api.post("/v1/rooms", json={"name": room})).status_code == 201
+    async with participant(api, room, "paciente-1"):
+        assert await eventually(lambda: _has(api, room, "paciente-1"))
+        stranger = await api.post(
+            f"/v1/rooms/{room}/participants/ninguem/tracks/TR_x/mute", json={"muted": True}
+        )
+        assert stranger.status_code == 404, stranger.text
+        assert stranger.json()["error"]["code"] == "participant_not_found"
+        no_track = await api.post(
+            f"/v1/rooms/{room}/participants/paciente-1/tracks/TR_x/mute", json={"muted": True}
+        )
+        assert no_track.status_code == 404, no_track.text
+        assert no_track.json()["error"]["code"] == "track_not_found"
+    await api.delete(f"/v1/rooms/{room}")
+
+
 async def test_egress_and_ingress_without_workers_say_so(
     api: httpx.AsyncClient,
     other: httpx.AsyncClient,

@@ -26,7 +26,7 @@ from services.rooms.schemas import (
     UpdateParticipantRequest,
 )
 from services.rooms.track_core import TrackRow
-from shared.contract import IdentityPath, RoomNamePath
+from shared.contract import IdentityPath, RoomNamePath, links
 from shared.events.rooms import (
     ParticipantPermission,
     ParticipantRemoved,
@@ -74,17 +74,21 @@ def _missing(message: str) -> ApiError:
     return _no_participant()
 
 
-async def _in_livekit(livekit: lk.LiveKitAPI, tenant: Tenant, name: str) -> str:
-    """The room's LiveKit name, once LiveKit has someone in it. An action on a participant of
-    an empty room is a 404 said here: LiveKit would answer it with "no response from servers"
-    (no node hosts an empty room), which reads as an outage."""
+async def _in_livekit(
+    livekit: lk.LiveKitAPI, tenant: Tenant, name: str, identity: str
+) -> tuple[str, lk.ParticipantInfo]:
+    """The room's LiveKit name, and the participant as LiveKit has them now: asked first, as
+    LiveKit does not check before muting, and answers an action on someone not there "no
+    response from servers" (an outage, where the truth is a 404). The room's count of
+    participants cannot tell: it lags behind a join."""
     livekit_name = livekit_room(tenant.id, name)
-    found = await find_room(livekit, livekit_name)
-    if found is None:
+    if await find_room(livekit, livekit_name) is None:
         raise RoomNotFoundError(f"no open room {name!r}")
-    if found.num_participants == 0:
-        raise _no_participant()
-    return livekit_name
+    async with calling(not_found=_no_participant()):
+        present = await livekit.room.get_participant(
+            lk.RoomParticipantIdentity(room=livekit_name, identity=identity)
+        )
+    return livekit_name, present
 
 
 async def _view(phi: Phi, row: ParticipantRow, tracks: list[TrackRow]) -> ParticipantView:
@@ -96,10 +100,21 @@ async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> Particip
     return found[-1][0] if found else None
 
 
+_FIRST = {"name": "$request.path.name", "identity": "$response.body#/participants/0/identity"}
+
+
 @get(
     _BASE,
     operation_id="listParticipants",
     summary="List who is in a room",
+    # Act on the first one listed (and on their first track).
+    opt=links(
+        200,
+        getParticipant=_FIRST,
+        updateParticipant=_FIRST,
+        removeParticipant=_FIRST,
+        muteTrack={**_FIRST, "track_sid": "$response.body#/participants/0/tracks/0/sid"},
+    ),
     responses=responses("invalid_room_name", "room_not_found"),
 )
 async def list_participants(
@@ -145,7 +160,7 @@ async def remove_participant(
 ) -> None:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
-    livekit_name = await _in_livekit(livekit, tenant, name)
+    livekit_name, _ = await _in_livekit(livekit, tenant, name, identity)
     async with calling(not_found=_no_participant()):
         await livekit.room.remove_participant(
             lk.RoomParticipantIdentity(room=livekit_name, identity=identity)
@@ -183,7 +198,9 @@ async def mute_track(
 ) -> TrackView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
-    livekit_name = await _in_livekit(livekit, tenant, name)
+    livekit_name, present = await _in_livekit(livekit, tenant, name, identity)
+    if track_sid not in {track.sid for track in present.tracks}:
+        raise TrackNotFoundError("the participant has no published track of that sid")
     async with calling(not_found=_missing):
         answer = await livekit.room.mute_published_track(
             lk.MuteRoomTrackRequest(
@@ -225,8 +242,9 @@ async def update_participant(
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
+    livekit_name, _ = await _in_livekit(livekit, tenant, name, identity)
     update = lk.UpdateParticipantRequest(
-        room=await _in_livekit(livekit, tenant, name),
+        room=livekit_name,
         identity=identity,
         name=data.name or "",
         metadata=data.metadata or "",
