@@ -23,7 +23,7 @@ from litestar.serialization import encode_json
 
 from services import http_services
 from shared.config import Settings
-from shared.contract import finish, links_of
+from shared.contract import finish
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENT = REPO / "docs" / "openapi.json"
@@ -51,7 +51,7 @@ def service_document(service: str, settings: Settings) -> dict[str, Any]:
     app = importlib.import_module(f"services.{service}.app").create_app(settings)
     # Through Litestar's encoder, as the service serves it (values such as defaults are structs).
     document: dict[str, Any] = json.loads(encode_json(app.openapi_schema.to_schema()))
-    return finish(document, links_of(app))
+    return finish(document, app)
 
 
 def _renamed(document: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ every operation: ``400 invalid_request`` where there is a parameter or a body to
 from the API key, ``413`` from the gateway's body limit, ``503`` when a dependency or the service
 is away. Each error response lists its codes in its description and carries one valid example.
 ``finish`` adds what ``ResponseSpec`` cannot say (the ``Retry-After`` and ``WWW-Authenticate``
-headers, and the links of ``links``) to the JSON document a service serves and the gateway's merged document is made of.
+headers, the links of ``links``, and which bodies are optional) to the JSON document a service
+serves and the gateway's merged document is made of.
 """
 
 from __future__ import annotations
@@ -190,16 +191,32 @@ def _link(target: str, values: dict[str, str]) -> dict[str, Any]:
     return link
 
 
-def finish(
-    document: dict[str, Any], declared: dict[str, dict[str, dict[str, Any]]] | None = None
-) -> dict[str, Any]:
-    """The document as served: the headers of error answers, and the links handlers declare
-    (``links_of``), added (see the module)."""
+def optional_bodies(app: Litestar) -> set[str]:
+    """The operationIds whose body may be left out (the handler's ``data`` has a default):
+    Litestar documents every request body as required."""
+    found = set()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            data = getattr(handler, "parsed_fn_signature", None)
+            data = data.parameters.get("data") if data is not None else None
+            if isinstance(handler, HTTPRouteHandler) and data is not None and data.has_default:
+                found.add(str(handler.operation_id))
+    return found
+
+
+def finish(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
+    """The document of ``app`` as served: the headers of error answers, the links its handlers
+    declare (``links``), and the bodies it may go without, added (see the module)."""
+    declared = links_of(app)
+    optional = optional_bodies(app)
     for item in document.get("paths", {}).values():
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
-            own = (declared or {}).get(operation.get("operationId", ""), {})
+            name = operation.get("operationId", "")
+            if name in optional and "requestBody" in operation:
+                operation["requestBody"]["required"] = False
+            own = declared.get(name, {})
             for status, response in operation.get("responses", {}).items():
                 if status in _HEADERS:
                     response["headers"] = {**_HEADERS[status], **response.get("headers", {})}
@@ -216,7 +233,7 @@ class ContractJson(JsonRenderPlugin):
     their scripts from public CDNs; the gateway serves a local viewer of the merged document)."""
 
     def render(self, request: Any, openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, finish(openapi_schema, links_of(request.app)))
+        return super().render(request, finish(openapi_schema, request.app))
 
 
 class StrictStructs(StructSchemaPlugin):

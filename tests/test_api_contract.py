@@ -8,10 +8,12 @@ import json
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from deploy import openapi
@@ -79,6 +81,36 @@ def test_creates_link_to_what_acts_on_what_they_made() -> None:
             for response in operation["responses"].values():
                 for link in response.get("links", {}).values():
                     assert link["operationId"] in operations, link
+
+
+def _examples(node: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(schema, example) of every example in the document: a schema's ``examples`` and a
+    media type's named ``examples``."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _examples(item)
+        return
+    if not isinstance(node, dict):
+        return
+    listed = node.get("examples")
+    if isinstance(listed, list) and {"type", "$ref", "oneOf"} & set(node):
+        yield {k: v for k, v in node.items() if k != "examples"}, listed
+    elif isinstance(listed, dict) and "schema" in node:
+        yield node["schema"], [example["value"] for example in listed.values()]
+    for value in node.values():
+        yield from _examples(value)
+
+
+def test_every_example_is_valid() -> None:
+    document = json.loads(openapi.DOCUMENT.read_text())
+    checked = 0
+    for schema, examples in _examples(document):
+        # The document's components beside the schema, so its "#/components/..." refs resolve.
+        validator = jsonschema_rs.validator_for({"components": document["components"], **schema})
+        for example in examples:
+            assert validator.is_valid(example), (schema, example)
+            checked += 1
+    assert checked > 100  # the error answers' examples, and the fields' own
 
 
 def test_path_parameters_state_their_rules() -> None:
@@ -181,6 +213,26 @@ async def test_a_date_time_query_parameter_is_rfc_3339(api: httpx.AsyncClient) -
 async def test_an_empty_usage_bound_is_refused(api: httpx.AsyncClient) -> None:
     answer = await api.get("/v1/usage", params={"to": ""})
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_period")
+
+
+def test_an_optional_body_is_documented_as_optional() -> None:
+    """Cancelling takes no body (its reason is optional): the document said one was required
+    (Litestar documents every body so), and the fuzzer's request without one was accepted."""
+    paths = json.loads(openapi.DOCUMENT.read_text())["paths"]
+    assert paths["/v1/appointments/{appointment_id}/cancel"]["post"]["requestBody"] == {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/CancelAppointmentRequest"},
+                        {"type": "null"},
+                    ]
+                }
+            }
+        },
+        "required": False,
+    }
+    assert paths["/v1/appointments"]["post"]["requestBody"]["required"] is True
 
 
 async def test_method_answers_name_every_allowed_method(api: httpx.AsyncClient) -> None:
