@@ -11,6 +11,10 @@
   error code (and, for a code that several rules share, a part of the message), with a reason:
   valid requests rejected by rules across fields, or of the deployment or the data, that a
   schema cannot express, and the documented answers of what the local stack does not run.
+- What the run did is written down for the test, one JSON line each: every answer's operation
+  and status to the file ``MEDIAI_FUZZ_ANSWERS`` names (did the fuzzer get past the 404s and
+  the signature?), and every failure tolerated to ``MEDIAI_FUZZ_TOLERATED`` (what the allowlist
+  took).
 """
 
 from __future__ import annotations
@@ -82,6 +86,17 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     kwargs["data"] = body
 
 
+def _note(variable: str, line: dict[str, Any]) -> None:
+    if record := os.environ.get(variable):
+        with open(record, "a") as file:
+            file.write(json.dumps(line) + "\n")
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    _note("MEDIAI_FUZZ_ANSWERS", {"operation": _operation(case), "status": response.status_code})
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
     """Keep every failure but those allowlisted (with their code, when they name one)."""
@@ -93,4 +108,8 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         code, message = error["code"], error["message"]
     except (ValueError, KeyError, TypeError):
         code, message = "", ""
-    return not any(code == allowed and part in message for allowed, part in rules)
+    tolerated = any(code == allowed and part in message for allowed, part in rules)
+    if tolerated:
+        line = {"operation": _operation(case), "failure": type(failure).__name__, "code": code}
+        _note("MEDIAI_FUZZ_TOLERATED", line)
+    return not tolerated
