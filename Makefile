@@ -13,14 +13,14 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit lint typecheck docs clean
+.PHONY: up test faults install livekit helm lint typecheck docs clean
 
 up: install livekit
 	$(UV) run mediai up
 
 # The fault suite runs after the rest, never beside it: each of its modules starts a stack of
 # its own (docs/reliability.md).
-test: install livekit lint typecheck docs
+test: install livekit helm lint typecheck docs
 	$(UV) run pytest -m "not faults"
 	$(UV) run pytest -m faults tests/faults
 
@@ -39,6 +39,10 @@ $(UV):
 # Builds the pinned LiveKit server once into ~/.cache/mediai (skipped when LIVEKIT_URL is set).
 livekit: install
 	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
+
+# Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
+helm: install
+	$(UV) run mediai tools build helm
 
 lint: install
 	$(UV) run ruff check .

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from litestar.serialization import encode_json
 
+from deploy import gotools
 from services import http_services
 from shared.config import Settings
 from shared.contract import finish
@@ -124,9 +124,6 @@ def render(document: dict[str, Any]) -> str:
 
 # --- breaking changes -------------------------------------------------------------------------
 
-# The OpenAPI diff tool, built once from the Go module proxy into the cache (like LiveKit).
-OASDIFF_MODULE = "github.com/oasdiff/oasdiff"
-OASDIFF_VERSION = "v1.37.0"
 # Breaking changes made on purpose, one a line: oasdiff's line for it, then the reason.
 DECLARED = REPO / "docs" / "openapi-declared.txt"
 
@@ -136,30 +133,11 @@ class ApiCheckError(Exception):
 
 
 def oasdiff() -> Path:
-    """The oasdiff binary, built with ``go install`` on first use."""
-    from deploy.livekit import cache_dir
-
-    target = cache_dir() / f"oasdiff-{OASDIFF_VERSION}" / "oasdiff"
-    if target.is_file():
-        return target
-    go = shutil.which("go")
-    if go is None:
-        raise ApiCheckError("oasdiff: Go is not installed; install Go 1.23+ to check the API")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-        env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
-        built = subprocess.run(
-            [go, "install", f"{OASDIFF_MODULE}@{OASDIFF_VERSION}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if built.returncode != 0:
-            last = (built.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ApiCheckError(f"oasdiff: go install failed: {last}")
-        os.replace(Path(gobin) / "oasdiff", target)
-    return target
+    """The OpenAPI diff tool (deploy/gotools.py: built once from the Go module proxy)."""
+    try:
+        return gotools.build(gotools.OASDIFF, announce=False)
+    except gotools.GoToolUnavailableError as error:
+        raise ApiCheckError(str(error)) from None
 
 
 def undeclared_breaking(base: str, revision: str, declared: Path = DECLARED) -> str:
