@@ -33,6 +33,11 @@ class RoomExistsError(ApiError):
     code = "room_exists"
 
 
+class RemoteUnmuteDisabledError(ApiError):
+    status_code = 403
+    code = "remote_unmute_disabled"
+
+
 class EgressUnavailableError(ServiceUnavailableError):
     code = "egress_unavailable"
 
@@ -51,7 +56,12 @@ _CODES: dict[int, dict[str, str]] = {
     400: {
         "invalid_room_name": f"the room in the path breaks the rule: {ROOM_NAME_RULE}",
         "invalid_identity": f"the identity in the path breaks the rule: {IDENTITY_RULE}",
-        "livekit_refused": "LiveKit refused the request as invalid (the message says why)",
+        "livekit_refused": "LiveKit refused the request as invalid or, as things stand, not "
+        "possible (the message says why)",
+    },
+    403: {
+        "remote_unmute_disabled": "unmuting someone's track is off in this LiveKit deployment "
+        "(its `room.enable_remote_unmute`, off by default: people unmute themselves)",
     },
     404: {
         "room_not_found": "no open room of that name in this tenant",

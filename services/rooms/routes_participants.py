@@ -184,6 +184,7 @@ async def remove_participant(
         "room_not_found",
         "participant_not_found",
         "track_not_found",
+        "remote_unmute_disabled",
         "livekit_unavailable",
     ),
 )
