@@ -12,7 +12,7 @@
   valid requests rejected by rules across fields, or of the deployment or the data, that a
   schema cannot express, and the documented answers of what the local stack does not run.
 - What the run did is written down for the test, one JSON line each: every answer's operation
-  and status to the file ``MEDIAI_FUZZ_ANSWERS`` names (did the fuzzer get past the 404s and
+  and status (to the operation's own method) to the file ``MEDIAI_FUZZ_ANSWERS`` names (did the fuzzer get past the 404s and
   the signature?), and every failure tolerated to ``MEDIAI_FUZZ_TOLERATED`` (what the allowlist
   took).
 """
@@ -94,7 +94,10 @@ def _note(variable: str, line: dict[str, Any]) -> None:
 
 @schemathesis.hook
 def after_call(context: Any, case: Any, response: Any) -> None:
-    _note("MEDIAI_FUZZ_ANSWERS", {"operation": _operation(case), "status": response.status_code})
+    # Only the operation's own method: the checks also send OPTIONS and other methods (204, 405).
+    if str(response.request.method).upper() == str(case.operation.method).upper():
+        line = {"operation": _operation(case), "status": response.status_code}
+        _note("MEDIAI_FUZZ_ANSWERS", line)
 
 
 @schemathesis.hook
