@@ -56,6 +56,7 @@ _ERRORS = {
     409: ("idempotency_key_in_use", f"a request with this {HEADER} is still running; retry later"),
     422: ("idempotency_key_mismatch", f"this {HEADER} was used with another request"),
 }
+# The same answer as any handler's when PostgreSQL is away (shared.http).
 _UNAVAILABLE = ("dependency_unavailable", "postgres is unavailable; retry shortly")
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -106,16 +107,13 @@ async def _send(send: Send, answer: store.Answer, *extra: tuple[bytes, bytes]) -
 
 def _refusal(status: int) -> store.Answer:
     """The middleware's own answers, as ``shared.http`` would give them."""
+    code, message = _UNAVAILABLE if status == 503 else _ERRORS[status]
+    details = [{"dependency": "postgres"}] if status == 503 else None
+    error = ErrorDetail(code=code, message=message, details=details)
+    body = msgspec.json.encode(ErrorBody(error=error))
     headers = [("content-type", "application/json")]
-    if status == 503:
-        code, message = _UNAVAILABLE
-        details: list[dict[str, Any]] | None = [{"dependency": "postgres"}]
+    if status == 503:  # like every 503 of the services: when to try again
         headers.append(("retry-after", str(RETRY_AFTER_SECONDS)))
-    else:
-        (code, message), details = _ERRORS[status], None
-    body = msgspec.json.encode(
-        ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
-    )
     return store.Answer(status, headers, body)
 
 
