@@ -213,7 +213,6 @@ async def free_slots(
         getAppointment={"appointment_id": "$response.body#/id"},
         cancelAppointment={"appointment_id": "$response.body#/id"},
         rescheduleAppointment={"appointment_id": "$response.body#/id"},
-        getAppointmentAnamnesis={"appointment_id": "$response.body#/id"},
     ),
     responses=responses("invalid_request", "doctor_not_found", "slot_taken", "slot_unavailable"),
 )
