@@ -57,8 +57,11 @@ lint: install
 typecheck: install
 	$(UV) run mypy
 
+# Generated docs match the code; the API document's breaking changes are declared (oasdiff, built
+# once from the Go module proxy into ~/.cache/mediai).
 docs: install
 	$(UV) run mediai docs events --check
+	$(UV) run mediai docs openapi --check
 	$(UV) run mediai docs nats-users --check
 
 clean:

@@ -351,7 +351,7 @@ def tools() -> None:
 
 
 @tools.command("build")
-@click.argument("name", type=click.Choice(["helm"]))
+@click.argument("name", type=click.Choice(["helm", "oasdiff"]))
 def tools_build(name: str) -> None:
     """Build a tool into the cache (once; later calls return at once) and print its path."""
     from deploy import gotools

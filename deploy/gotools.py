@@ -1,5 +1,5 @@
 """Programs built once from the Go module proxy into the cache (``~/.cache/mediai``), by
-``go install`` at a pinned version: the LiveKit server, and tools CI needs (helm)."""
+``go install`` at a pinned version: the LiveKit server, and tools CI needs (helm, oasdiff)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ class GoTool:
 
 
 HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.22.0", "helm")
-TOOLS = {tool.name: tool for tool in (HELM,)}
+# The OpenAPI diff that judges breaking changes to the API's document (deploy/openapi.py).
+OASDIFF = GoTool("oasdiff", "github.com/oasdiff/oasdiff", "v1.37.0", "oasdiff")
+TOOLS = {tool.name: tool for tool in (HELM, OASDIFF)}
 
 
 def cache_dir() -> Path:

@@ -227,6 +227,37 @@ def docs_events(check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+@docs.command("openapi")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 if docs/openapi.json is not the code's, or a breaking change is not declared.",
+)
+def docs_openapi(check: bool) -> None:
+    """Write docs/openapi.json, the whole API's OpenAPI document, from the services' code.
+
+    A breaking change (oasdiff's) must first be declared in docs/openapi-declared.txt."""
+    from deploy import openapi
+    from deploy.cli import fail
+
+    document = openapi.api_document()
+    try:
+        if check:
+            problems = openapi.check(document)
+            if problems:
+                fail("\n".join(problems))
+            return
+        if openapi.DOCUMENT.is_file() and (found := openapi.undeclared_breaking_of(document)):
+            fail(
+                f"breaking changes, not declared in docs/openapi-declared.txt (add each line "
+                f"with its reason, then run this again):\n{found}"
+            )
+    except openapi.ApiCheckError as error:
+        fail(str(error))
+    openapi.DOCUMENT.write_text(openapi.render(document))
+    click.echo(f"wrote {openapi.DOCUMENT}")
+
+
 @docs.command("nats-users")
 @click.option("--check", is_flag=True, help="Exit 1 if the file is not up to date.")
 def docs_nats_users(check: bool) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import livekit, zipkin
+from deploy import livekit, openapi, zipkin
 from deploy.bus_users import AGENT, ensure_credentials
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts, operator_login
@@ -259,6 +259,10 @@ def gateway_part(settings: Settings) -> Part:
         # Caddy keeps its own state under the data folder, not in the user's home.
         "XDG_DATA_HOME": str(caddy_home / "data"),
         "XDG_CONFIG_HOME": str(caddy_home / "config"),
+        # /openapi.json and its viewer at /docs/ (deploy/openapi.py).
+        "MEDIAI_DOCS_DIR": str(openapi.DOCUMENT.parent),
+        "MEDIAI_API_VIEWER_DIR": str(openapi.VIEWER),
+        "MEDIAI_SWAGGER_UI_DIR": str(openapi.swagger_ui_dir()),
         **{
             f"MEDIAI_{name.upper()}_UPSTREAM": f"{settings.host}:{settings.service_port(name)}"
             for name in ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling")

@@ -19,30 +19,41 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
-import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusController
+from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ControllerRouterHandler
 
 from shared.background import BackgroundTask, TaskHealth, supervise
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings
+from shared.contract import (
+    ContractJson,
+    ErrorBody,
+    ErrorDetail,
+    StrictStructs,
+    document_errors,
+)
 from shared.db import create_pool
 from shared.failures import unavailable_dependency
 from shared.http_telemetry import RequestTelemetry
 from shared.outbox import run_outbox_relay
 from shared.pruning import BUS_PRUNER
+from shared.strict_requests import allow_every_method, check_request
 from shared.telemetry import setup_telemetry
 from shared.tenants import ApiKeys, Tenant
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ErrorBody", "ErrorDetail"]  # defined with the contract; imported from here too
 
 # The dependencies every service's handlers can ask for, by these parameter names:
 # ``tenant: CallerTenant``, ``bus: BusDep``, ``pool: PoolDep``, ``settings: SettingsDep``.
@@ -50,18 +61,6 @@ CallerTenant = NamedDependency[Tenant]
 BusDep = NamedDependency[Bus]
 PoolDep = NamedDependency[asyncpg.Pool]
 SettingsDep = NamedDependency[Settings]
-
-
-class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    message: str
-    details: list[dict[str, Any]] | None = None
-
-
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of every error answer."""
-
-    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -109,10 +108,14 @@ class ServiceUnavailableError(ApiError):
 RETRY_AFTER_SECONDS = 5
 
 
-def _error(status: int, code: str, message: str, details: Any = None) -> Response[ErrorBody]:
+def _error(
+    status: int, code: str, message: str, details: Any = None, *, allow: str | None = None
+) -> Response[ErrorBody]:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
     headers = None
-    if status == 401:
+    if allow is not None:
+        headers = {"Allow": allow}
+    elif status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -150,10 +153,14 @@ def _handle_exception(request: Request[Any, Any, Any], error: Exception) -> Resp
     if isinstance(error, NotFoundException):
         return _error(404, "not_found", "no such resource")
     if isinstance(error, HTTPException) and error.status_code < 500:
-        code = {401: "unauthorized", 405: "method_not_allowed"}.get(
-            error.status_code, "bad_request"
-        )
-        return _error(error.status_code, code, error.detail)
+        code = {
+            400: "invalid_request",
+            401: "unauthorized",
+            405: "method_not_allowed",
+            413: "request_too_large",
+        }.get(error.status_code, "bad_request")
+        allow = (error.headers or {}).get("allow") if error.status_code == 405 else None
+        return _error(error.status_code, code, error.detail, allow=allow)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
 
@@ -318,7 +325,7 @@ def create_service_app(
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, _Metrics, *route_handlers],
         # Metrics and sampled tracing of every routed request (by route template, never path).
         middleware=[DefineMiddleware(RequestTelemetry, service=service)],
@@ -331,11 +338,15 @@ def create_service_app(
             **(dependencies or {}),
         },
         exception_handlers={Exception: _handle_exception},
+        # Bodies and date-times as strictly as the document states them (async: no thread hop).
+        before_request=check_request,
+        plugins=[StrictStructs()],
         openapi_config=OpenAPIConfig(
             title=f"MediAI {service}",
             version="1",
             description=description,
             path="/schema",
+            render_plugins=[ContractJson()],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(
@@ -347,3 +358,10 @@ def create_service_app(
         ),
         debug=False,
     )
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler) and handler.include_in_schema:
+                document_errors(handler)
+        if isinstance(route, HTTPRoute):
+            allow_every_method(route)
+    return app

@@ -18,7 +18,6 @@ tasks. The table is ``shared.idempotency_store``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import uuid
@@ -38,8 +37,9 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 
 from shared import idempotency_store as store
 from shared.background import every
+from shared.contract import ErrorBody, ErrorDetail, merged
 from shared.events import new_event_id
-from shared.http import RETRY_AFTER_SECONDS, ErrorBody, ErrorDetail
+from shared.http import RETRY_AFTER_SECONDS
 from shared.tenants import ApiKeys
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ async def _send(send: Send, answer: store.Answer, *extra: tuple[bytes, bytes]) -
 
 
 def _refusal(status: int) -> store.Answer:
+    """The middleware's own answers, as ``shared.http`` would give them."""
     code, message = _UNAVAILABLE if status == 503 else _ERRORS[status]
     details = [{"dependency": "postgres"}] if status == 503 else None
     error = ErrorDetail(code=code, message=message, details=details)
@@ -239,19 +240,8 @@ def _provide_ids(request: Request[Any, Any, Any]) -> RequestIds:
 
 
 def _with_key_errors(responses: Mapping[int, ResponseSpec] | None) -> dict[int, ResponseSpec]:
-    """An operation's error answers plus the key's (declaring 400 replaces Litestar's generated
-    one, so the operation's own 400s stay described)."""
-    merged = {400: ResponseSpec(ErrorBody, description="Invalid request (the code says why)")}
-    merged.update(responses or {})
-    for status, (code, message) in _ERRORS.items():
-        before = merged.get(status)
-        described = f"{code}: {message}"
-        merged[status] = (
-            ResponseSpec(ErrorBody, description=described)
-            if before is None
-            else dataclasses.replace(before, description=f"{before.description}; or {described}")
-        )
-    return merged
+    """An operation's error answers plus the key's."""
+    return merged(responses, {status: {code: why} for status, (code, why) in _ERRORS.items()})
 
 
 def idempotent(*handlers: HTTPRouteHandler) -> Router:

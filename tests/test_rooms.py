@@ -274,6 +274,62 @@ async def test_names_and_identities_are_validated(api: httpx.AsyncClient) -> Non
     assert answer.status_code == 400
 
 
+async def test_acting_on_someone_not_in_the_room_is_a_404(api: httpx.AsyncClient) -> None:
+    """An empty room is on no LiveKit node, so LiveKit answers any action on a participant with
+    "no response from servers"; that was a 503 "LiveKit could not do it", where the truth is
+    that nobody of that identity is there."""
+    room = unique("vazia")
+    assert (await api.post("/v1/rooms", json={"name": room})).status_code == 201
+    base = f"/v1/rooms/{room}/participants/ninguem"
+    for answer in (
+        await api.post(f"{base}/tracks/TR_x/mute", json={"muted": True}),
+        await api.patch(base, json={"name": "x"}),
+        await api.delete(base),
+    ):
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "participant_not_found"
+    # Base64 outside ASCII was a 500 (a ValueError, not binascii.Error).
+    answer = await api.post(f"/v1/rooms/{room}/data", json={"data": "é", "encoding": "base64"})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_data")
+    await api.delete(f"/v1/rooms/{room}")
+
+
+async def test_muting_answers_what_happened(api: httpx.AsyncClient) -> None:
+    """LiveKit checks that a participant is there before removing or updating them, not before
+    muting their track: with someone else in the room, muting a stranger's track was a 503
+    "no response from servers" (found by the API fuzzer). And right after a join, the room's
+    count of participants still said 0, which made the participant a 404."""
+    room = unique("ocupada")
+    assert (await api.post("/v1/rooms", json={"name": room})).status_code == 201
+    async with participant(api, room, "paciente-1") as (connection, _):
+        assert await eventually(lambda: _has(api, room, "paciente-1"))
+        stranger = await api.post(
+            f"/v1/rooms/{room}/participants/ninguem/tracks/TR_x/mute", json={"muted": True}
+        )
+        assert stranger.status_code == 404, stranger.text
+        assert stranger.json()["error"]["code"] == "participant_not_found"
+        no_track = await api.post(
+            f"/v1/rooms/{room}/participants/paciente-1/tracks/TR_x/mute", json={"muted": True}
+        )
+        assert no_track.status_code == 404, no_track.text
+        assert no_track.json()["error"]["code"] == "track_not_found"
+
+        # LiveKit (room.enable_remote_unmute off, its default) does not unmute someone's track
+        # for them: a refusal of the deployment, not the 503 outage it was.
+        source = rtc.AudioSource(48000, 1)
+        publication = await connection.local_participant.publish_track(
+            rtc.LocalAudioTrack.create_audio_track("mic", source), rtc.TrackPublishOptions()
+        )
+        track = f"/v1/rooms/{room}/participants/paciente-1/tracks/{publication.sid}/mute"
+        assert await eventually(lambda: _has_track(api, room, "paciente-1", publication.sid))
+        muted = await api.post(track, json={"muted": True})
+        assert muted.status_code == 200, muted.text
+        unmuted = await api.post(track, json={"muted": False})
+        assert unmuted.status_code == 403, unmuted.text
+        assert unmuted.json()["error"]["code"] == "remote_unmute_disabled"
+    await api.delete(f"/v1/rooms/{room}")
+
+
 async def test_egress_and_ingress_without_workers_say_so(
     api: httpx.AsyncClient,
     other: httpx.AsyncClient,

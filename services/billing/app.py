@@ -16,7 +16,7 @@ from services.billing import admin, invoices, queries
 from services.billing.audit import PriceBookNotFoundError, run_audit
 from services.billing.consumers import USAGE_PROJECTION, UsageProjector
 from services.billing.meters import DEFAULT
-from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
+from services.billing.periods import BOUND, PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
 from services.billing.schemas import (
     AuditReport,
@@ -31,6 +31,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer
+from shared.contract import errors, links
 from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.replay import ReplayError
@@ -61,20 +62,37 @@ def _period(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetim
     """The requested range; the current billing month when a bound is left out."""
     current = month_of(datetime.now(UTC), zone)
     try:
-        begin = parse_bound(start, zone, end=False) if start else current.start
-        finish = parse_bound(end, zone, end=True) if end else current.end
+        # An empty bound is not a left-out one: it is refused like any other non-date.
+        begin = parse_bound(start, zone, end=False) if start is not None else current.start
+        finish = parse_bound(end, zone, end=True) if end is not None else current.end
         return period(begin, finish)
     except PeriodError as error:
         raise InvalidPeriodError(str(error)) from None
 
 
-@get("/v1/usage", operation_id="getUsage", summary="Usage of the caller's tenant, grouped")
+_PERIOD = {
+    "invalid_period": "a bound is not a date or an ISO 8601 instant, or the period does not end "
+    "after it starts"
+}
+_PRICING = {"pricing_unavailable": "no price book prices a meter of this period"}
+
+
+@get(
+    "/v1/usage",
+    operation_id="getUsage",
+    summary="Usage of the caller's tenant, grouped",
+    responses=errors({400: _PERIOD}),
+)
 async def get_usage(
     tenant: Tenant,
     pool: asyncpg.Pool,
     settings: Settings,
-    start: Annotated[str | None, Parameter(query="from", description=FROM_HELP)] = None,
-    end: Annotated[str | None, Parameter(query="to", description=TO_HELP)] = None,
+    start: Annotated[
+        str | None, Parameter(query="from", description=FROM_HELP, schema_extra=BOUND)
+    ] = None,
+    end: Annotated[
+        str | None, Parameter(query="to", description=TO_HELP, schema_extra=BOUND)
+    ] = None,
     group_by: Annotated[GroupBy, Parameter(query="group_by")] = "meter",
 ) -> UsageReport:
     zone = _zone(settings)
@@ -108,7 +126,12 @@ async def get_limits(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> 
         return await admin.limits_report(conn, tenant.id, datetime.now(UTC), _zone(settings))
 
 
-@get("/v1/invoices", operation_id="listInvoices", summary="Issued invoices and drafts")
+@get(
+    "/v1/invoices",
+    operation_id="listInvoices",
+    summary="Issued invoices and drafts",
+    responses=errors({409: _PRICING}),
+)
 async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> InvoiceList:
     async with pool.acquire() as conn:
         try:
@@ -118,7 +141,12 @@ async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) 
     return InvoiceList(invoices=found)
 
 
-@get("/v1/invoices/{invoice_id:str}", operation_id="getInvoice", summary="One invoice")
+@get(
+    "/v1/invoices/{invoice_id:str}",
+    operation_id="getInvoice",
+    summary="One invoice",
+    responses=errors({404: {"not_found": "no invoice of that id in this tenant"}, 409: _PRICING}),
+)
 async def get_invoice(
     invoice_id: str, tenant: Tenant, pool: asyncpg.Pool, settings: Settings
 ) -> Invoice:
@@ -139,7 +167,23 @@ async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> Audit
     return None if report is None else msgspec.convert(report, AuditReport)
 
 
-@post("/v1/audits", operation_id="createAudit", summary="Audit by replay of the stream")
+@post(
+    "/v1/audits",
+    operation_id="createAudit",
+    summary="Audit by replay of the stream",
+    opt=links(201, getAudit={"audit_id": "$response.body#/id"}),
+    responses=errors(
+        {
+            400: {
+                **_PERIOD,
+                "invalid_price_book": "`pricePlan` and `priceVersion` go together, or neither",
+            },
+            404: {"price_book_not_found": "no price book of that plan and version"},
+            409: _PRICING,
+            503: {"replay_unavailable": "the event stream could not be replayed now"},
+        }
+    ),
+)
 async def create_audit(
     data: AuditRequest,
     tenant: Tenant,
@@ -182,10 +226,15 @@ async def create_audit(
     except PricingError as error:
         raise PricingUnavailableError(str(error)) from None
     except ReplayError as error:
-        raise ServiceUnavailableError(str(error)) from None
+        raise ServiceUnavailableError(str(error), code="replay_unavailable") from None
 
 
-@get("/v1/audits/{audit_id:str}", operation_id="getAudit", summary="A past audit's report")
+@get(
+    "/v1/audits/{audit_id:str}",
+    operation_id="getAudit",
+    summary="A past audit's report",
+    responses=errors({404: {"not_found": "no audit of that id in this tenant"}}),
+)
 async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
     report = await _stored_audit(pool, tenant.id, audit_id)
     if report is None:

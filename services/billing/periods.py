@@ -23,6 +23,13 @@ class Period(NamedTuple):
     end: datetime
 
 
+# A period's bound as the OpenAPI document states it: a date, or an ISO 8601 instant.
+BOUND = {
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?(?!\n)$"
+}
+
+
 def period(start: datetime, end: datetime) -> Period:
     if end <= start:
         raise PeriodError("the end of a period must be after its start")

@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from services.billing.periods import BOUND
+from shared.contract import documented
+
 Cents = Annotated[int, msgspec.Meta(description="Integer cents of the currency")]
 
 
@@ -94,8 +97,12 @@ class AuditRequest(
     ``priceVersion`` choose one price book for a what-if; without them the versions in force
     price it."""
 
-    start: Annotated[str, msgspec.Meta(examples=["2026-01-01"])] = msgspec.field(name="from")
-    end: Annotated[str, msgspec.Meta(examples=["2026-01-31"])] = msgspec.field(name="to")
+    start: Annotated[
+        str, msgspec.Meta(examples=["2026-01-01"], extra_json_schema=documented(**BOUND))
+    ] = msgspec.field(name="from")
+    end: Annotated[
+        str, msgspec.Meta(examples=["2026-01-31"], extra_json_schema=documented(**BOUND))
+    ] = msgspec.field(name="to")
     price_plan: str | None = None
     price_version: int | None = None
 

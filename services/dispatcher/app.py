@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Response, delete, get, post
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from services.dispatcher import consumers, limits, store
@@ -29,6 +30,7 @@ from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
 from shared.consumer import Consumer, ConsumerSpec, Delivery
+from shared.contract import BUS_UNAVAILABLE, errors, links
 from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
@@ -138,6 +140,30 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
     "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
     "if the first attempt's publish did land, so a room never gets two agents from one request.",
+    opt=links(
+        202,
+        getAgent={"dispatch_id": "$response.body#/id"},
+        endAgent={"dispatch_id": "$response.body#/id"},
+        commandAgent={"dispatch_id": "$response.body#/id"},
+    ),
+    responses=errors(
+        {
+            400: {
+                "unknown_role": "no such role (`details` list the valid ones)",
+                "instructions_not_allowed": "the role takes no instructions, or does not let "
+                "them replace its own",
+                "unknown_model": "a model this deployment does not offer (`details` list them)",
+                "unknown_avatar": "no such avatar (`details` list the valid ones)",
+                "avatar_unavailable": "the avatar's provider is not configured here",
+                "patient_ref_required": "`appointmentId` needs `patientRef`",
+            },
+            402: {
+                "usage_limit_reached": "the clinic reached a monthly usage cap (`details` name "
+                "each meter, its use, its cap and when the period ends)"
+            },
+            503: BUS_UNAVAILABLE,
+        }
+    ),
 )
 async def dispatch_agent(
     data: DispatchAgentRequest,
@@ -193,6 +219,9 @@ async def list_agents(
     return [DispatchView.of(r) for r in rows]
 
 
+_NOT_FOUND = {"dispatch_not_found": "no dispatch of that id in this tenant"}
+
+
 async def _owned(pool: asyncpg.Pool, tenant: Tenant, dispatch_id: str) -> DispatchState:
     state = await store.for_tenant(pool, tenant.id, dispatch_id)
     if state is None:
@@ -200,7 +229,12 @@ async def _owned(pool: asyncpg.Pool, tenant: Tenant, dispatch_id: str) -> Dispat
     return state
 
 
-@get("/v1/agents/{dispatch_id:str}", operation_id="getAgent", summary="Show one dispatch")
+@get(
+    "/v1/agents/{dispatch_id:str}",
+    operation_id="getAgent",
+    summary="Show one dispatch",
+    responses=errors({404: _NOT_FOUND}),
+)
 async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DispatchView:
     return DispatchView.of(await _owned(pool, tenant, dispatch_id))
 
@@ -210,6 +244,12 @@ async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> Dis
     operation_id="endAgent",
     status_code=202,
     summary="End a dispatch: the agent says goodbye, reports its usage and leaves",
+    description="202 while the agent is asked to end; 200 with the dispatch as it is when it "
+    "had already ended or failed.",
+    responses={
+        200: ResponseSpec(DispatchView, description="The dispatch had already ended or failed"),
+        **errors({404: _NOT_FOUND, 503: BUS_UNAVAILABLE}),
+    },
 )
 async def end_agent(
     dispatch_id: str, tenant: Tenant, bus: Bus, pool: asyncpg.Pool
@@ -234,6 +274,14 @@ async def end_agent(
     operation_id="commandAgent",
     status_code=202,
     summary="Send a running agent a command (say, update_instructions, end)",
+    responses=errors(
+        {
+            400: {"text_required": "`say` and `update_instructions` need a `text`"},
+            404: _NOT_FOUND,
+            409: {"dispatch_over": "the dispatch has ended or failed"},
+            503: BUS_UNAVAILABLE,
+        }
+    ),
 )
 async def command_agent(
     dispatch_id: str, data: AgentCommandRequest, tenant: Tenant, bus: Bus, pool: asyncpg.Pool

@@ -95,6 +95,10 @@ def load_roles(root: Path = ROLES_DIR) -> dict[str, RoleInfo]:
     return roles
 
 
+# The roles this code ships, for the OpenAPI document (a deployment's catalog is built at start).
+SHIPPED_ROLES = tuple(load_roles())
+
+
 @dataclass(frozen=True)
 class Catalog:
     """The roles and models a dispatch may name, and the defaults it gets. ``avatars`` maps

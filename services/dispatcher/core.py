@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.dispatcher.catalog import Catalog
+from services.dispatcher.catalog import AVATARS, SHIPPED_ROLES, Catalog
+from shared.contract import documented
 from shared.events import Envelope
 from shared.events.agents import (
     AgentDispatched,
@@ -52,7 +53,9 @@ class DispatchAgentRequest(
     ``patientIsMinor``: consent is asked of the patient's guardian."""
 
     room: RoomName
-    role: str = "generic"
+    role: Annotated[str, msgspec.Meta(extra_json_schema=documented(enum=list(SHIPPED_ROLES)))] = (
+        "generic"
+    )
     instructions: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
     instructions_mode: Literal["append", "replace"] = "append"
     stt: str | None = None
@@ -62,7 +65,9 @@ class DispatchAgentRequest(
     language: Language = "pt-BR"
     participant: Identity | None = None
     # A plain string, not a Literal: an unknown value gets our own 400 listing the valid ones.
-    avatar: str | None = None
+    avatar: (
+        Annotated[str, msgspec.Meta(extra_json_schema=documented(enum=list(AVATARS)))] | None
+    ) = None
     patient_ref: PatientRef | None = None
     appointment_id: AppointmentId | None = None
     patient_is_minor: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from livekit import api as lk
@@ -17,6 +17,7 @@ from services.rooms.errors import (
     EgressUnavailableError,
     IngressUnavailableError,
     LiveKitUnavailableError,
+    RemoteUnmuteDisabledError,
 )
 from services.rooms.track_core import TrackRow
 from shared.http import ApiError, NotFoundError
@@ -40,9 +41,13 @@ def _message(error: ServerError) -> str:
 
 
 @contextlib.asynccontextmanager
-async def calling(not_found: ApiError | None = None) -> AsyncIterator[None]:
-    """Map LiveKit's errors: not found -> ``not_found`` (404), a missing egress or ingress
-    service -> 503 naming it, bad input -> 400, anything else -> 503."""
+async def calling(
+    not_found: ApiError | Callable[[str], ApiError] | None = None,
+) -> AsyncIterator[None]:
+    """Map LiveKit's errors: not found -> ``not_found`` (404; a function of LiveKit's message
+    when what is missing depends on it), a missing egress or ingress service -> 503 naming it,
+    remote unmute turned off -> 403, bad input or a failed precondition -> 400, anything else
+    -> 503."""
     try:
         yield
     except ServerError as error:
@@ -52,8 +57,17 @@ async def calling(not_found: ApiError | None = None) -> AsyncIterator[None]:
         if "ingress not connected" in message:
             raise IngressUnavailableError(INGRESS_HELP) from None
         if error.code == "not_found":
+            if callable(not_found):
+                raise not_found(message) from None
             raise (not_found or NotFoundError(message)) from None
-        if error.code in ("invalid_argument", "malformed", "out_of_range", "already_exists"):
+        if "remote unmute not enabled" in message:
+            raise RemoteUnmuteDisabledError(
+                "LiveKit is set not to unmute a participant's track for them "
+                "(room.enable_remote_unmute): the participant unmutes it"
+            ) from None
+        # A request LiveKit will not do as it stands (its failed precondition is not an outage).
+        refused = ("invalid_argument", "malformed", "out_of_range", "already_exists")
+        if error.code in (*refused, "failed_precondition"):
             raise ApiError(
                 f"LiveKit refused the request: {message}", code="livekit_refused"
             ) from None

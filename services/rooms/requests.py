@@ -29,7 +29,7 @@ def data_payload(request: SendDataRequest) -> bytes:
     if request.encoding == "base64":
         try:
             payload = base64.b64decode(request.data, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
             raise RequestError("data is not valid base64", "invalid_data") from None
     else:
         payload = request.data.encode()

@@ -32,6 +32,7 @@ from services.rooms.schemas import (
     IngressView,
     StartEgressRequest,
 )
+from shared.contract import links
 from shared.events.rooms import (
     EgressRequested,
     EgressStopRequested,
@@ -62,7 +63,23 @@ def _status(info: lk.EgressInfo) -> str:
     "the deployment records with MediAI's recorder (docs/recording.md), only room_composite to "
     "ogg: the room's audio, recorded once the patient consented, encrypted with the patient's "
     "clinical-record key.",
-    responses=responses(400, 404),
+    opt=links(201, stopEgress={"egress_id": "$response.body#/egressId"}),
+    responses=responses(
+        "livekit_refused",
+        "room_not_found",
+        "egress_unavailable",
+        "livekit_unavailable",
+        more={
+            400: {
+                "track_sid_required": "`kind: track` needs `trackSid`",
+                "invalid_output": (
+                    "`kind: track` writes a file: `output` is mp4 or ogg; MediAI's recorder "
+                    "writes only `room_composite` to `ogg`"
+                ),
+                "rtmp_urls_required": "`output: rtmp` needs `rtmpUrls`",
+            }
+        },
+    ),
 )
 async def start_egress(
     data: JSONBody[StartEgressRequest],
@@ -114,7 +131,7 @@ async def start_egress(
     operation_id="stopEgress",
     status_code=200,
     summary="Stop an egress",
-    responses=responses(400, 404),
+    responses=responses("livekit_refused", "egress_not_found", "livekit_unavailable"),
 )
 async def stop_egress(
     egress_id: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -140,7 +157,7 @@ async def _egress_row(pool: asyncpg.Pool, tenant: str, egress_id: str) -> Egress
     return row
 
 
-@get("/v1/egress", operation_id="listEgress", summary="List egress", responses=responses(400))
+@get("/v1/egress", operation_id="listEgress", summary="List egress")
 async def list_egress(
     tenant: CallerTenant,
     pool: PoolDep,
@@ -165,7 +182,18 @@ async def list_egress(
     status_code=201,
     summary="Create an ingress: an RTMP/WHIP endpoint, or a URL to pull, into a room",
     description="The answer carries the URL and stream key to push to; the key is shown only here.",
-    responses=responses(400),
+    opt=links(201, deleteIngress={"ingress_id": "$response.body#/ingressId"}),
+    responses=responses(
+        "livekit_refused",
+        "ingress_unavailable",
+        "livekit_unavailable",
+        more={
+            400: {
+                "url_required": "`inputType: url` needs `url`",
+                "url_not_allowed": "`url` is only for `inputType: url`",
+            }
+        },
+    ),
 )
 async def create_ingress(
     data: JSONBody[CreateIngressRequest],
@@ -203,7 +231,7 @@ async def create_ingress(
     operation_id="deleteIngress",
     status_code=204,
     summary="Delete an ingress",
-    responses=responses(400, 404),
+    responses=responses("livekit_refused", "ingress_not_found", "livekit_unavailable"),
 )
 async def delete_ingress(
     ingress_id: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
@@ -217,7 +245,7 @@ async def delete_ingress(
     await record(pool, event, tenant=tenant.id, key=known.room)
 
 
-@get("/v1/ingress", operation_id="listIngress", summary="List ingress", responses=responses(400))
+@get("/v1/ingress", operation_id="listIngress", summary="List ingress")
 async def list_ingress(
     tenant: CallerTenant, pool: PoolDep, bus: BusDep, room: RoomFilter = None
 ) -> IngressList:

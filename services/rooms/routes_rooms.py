@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from litestar import Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.types import ControllerRouterHandler
 from livekit import api as lk
@@ -15,7 +16,7 @@ from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
 from services.rooms.privacy import opened, seal
-from services.rooms.requests import RequestError, data_payload
+from services.rooms.requests import MAX_DATA_BYTES, RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
     DataSentView,
@@ -23,6 +24,7 @@ from services.rooms.schemas import (
     RoomView,
     SendDataRequest,
 )
+from shared.contract import RoomNamePath, links
 from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import BusDep, CallerTenant, PoolDep
@@ -41,7 +43,19 @@ def _no_room(name: str) -> RoomNotFoundError:
     status_code=201,
     description="Creates the room in LiveKit (201). A room of that name that is already open "
     "is returned as it is (200), so clients may call this before every consultation.",
-    responses=responses(400),
+    opt=links(
+        (200, 201),
+        getRoom={"name": "$response.body#/name"},
+        deleteRoom={"name": "$response.body#/name"},
+        sendData={"name": "$response.body#/name"},
+        listParticipants={"name": "$response.body#/name"},
+    ),
+    responses={
+        200: ResponseSpec(
+            RoomView, description="The room was already open: it is returned as it is"
+        ),
+        **responses("livekit_refused", "livekit_unavailable"),
+    },
 )
 async def create_room(
     data: JSONBody[CreateRoomRequest],
@@ -115,7 +129,7 @@ def _found(name: str, seen: RoomRow) -> RoomFound:
     )
 
 
-@get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
+@get("/v1/rooms", operation_id="listRooms", summary="List the open rooms")
 async def list_rooms(tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomList:
     rows = await store.open_rooms(pool, tenant.id)
     return RoomList(rooms=[RoomView.of(await opened(bus.phi, r), n) for r, n in rows])
@@ -125,9 +139,11 @@ async def list_rooms(tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomLi
     "/v1/rooms/{name:str}",
     operation_id="getRoom",
     summary="Get an open room",
-    responses=responses(400, 404),
+    responses=responses("invalid_room_name", "room_not_found"),
 )
-async def get_room(name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomView:
+async def get_room(
+    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep, bus: BusDep
+) -> RoomView:
     row = await store.open_room(pool, tenant.id, checked_room(name))
     if row is None:
         raise _no_room(name)
@@ -139,9 +155,11 @@ async def get_room(name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep) 
     operation_id="deleteRoom",
     status_code=204,
     summary="Delete a room, disconnecting everyone in it",
-    responses=responses(400, 404),
+    responses=responses("invalid_room_name", "room_not_found", "livekit_unavailable"),
 )
-async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep) -> None:
+async def delete_room(
+    name: RoomNamePath, tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+) -> None:
     checked_room(name)
     async with calling(not_found=_no_room(name)):
         await livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room(tenant.id, name)))
@@ -157,10 +175,22 @@ async def delete_room(name: str, tenant: CallerTenant, pool: PoolDep, livekit: L
     summary="Send a data message to everyone in a room, or to chosen identities",
     description="Delivered to the participants' SDKs as a data packet with the given topic "
     "(see docs/rooms.md for the topics). The content is not recorded, only its size.",
-    responses=responses(400, 404),
+    responses=responses(
+        "invalid_room_name",
+        "livekit_refused",
+        "room_not_found",
+        "livekit_unavailable",
+        more={
+            400: {
+                "invalid_data": "`data` is not valid base64 (with `encoding: base64`)",
+                "data_too_large": f"the message is over {MAX_DATA_BYTES} bytes once encoded",
+                "reserved_topic": "topics starting with `lk.` are LiveKit's own",
+            }
+        },
+    ),
 )
 async def send_data(
-    name: str,
+    name: RoomNamePath,
     data: JSONBody[SendDataRequest],
     tenant: CallerTenant,
     pool: PoolDep,

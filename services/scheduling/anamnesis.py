@@ -26,6 +26,7 @@ from services.scheduling import store
 from shared.access import Reader
 from shared.bus import Bus
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
+from shared.contract import errors
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
@@ -139,6 +140,14 @@ async def run_anamnesis_consumer(app: Litestar) -> None:
     await Consumer(app.state.bus, ANAMNESIS_CONSUMER, records).run()
 
 
+_NOT_FOUND = errors(
+    {
+        404: {"anamnesis_not_found": "no anamnesis has been recorded in this consultation"},
+        410: {"anamnesis_erased": "the anamnesis was erased: its patient's key was destroyed"},
+    }
+)
+
+
 class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     link_id: str
     segment_ids: list[str]
@@ -218,6 +227,7 @@ async def _read(bus: Bus, reader: Reader, tenant: str, row: asyncpg.Record | Non
     "/v1/consultations/{dispatch_id:str}/anamnesis",
     operation_id="getConsultationAnamnesis",
     summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
+    responses=_NOT_FOUND,
 )
 async def get_consultation_anamnesis(
     dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader
@@ -234,6 +244,7 @@ async def get_consultation_anamnesis(
     "/v1/appointments/{appointment_id:str}/anamnesis",
     operation_id="getAppointmentAnamnesis",
     summary="The latest anamnesis record made for an appointment",
+    responses=_NOT_FOUND,
 )
 async def get_appointment_anamnesis(
     appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader

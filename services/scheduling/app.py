@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> Litestar:
             *PATIENTS_CONSUMERS,
             RESUMER,
         ],
-        dependencies={"reader": Provide(provide_reader("scheduling"), sync_to_thread=False)},
+        dependencies={"reader": Provide(provide_reader("scheduling"))},
         description=(
             "Doctors and their weekly schedules, free slots, appointments (no double booking), "
             "the anamnesis records made by the intake agent, and the patients' rights: erasure "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from litestar import get, patch, post
@@ -26,10 +26,12 @@ from services.scheduling.schemas import (
     UpdateDoctorRequest,
     api_errors,
     aware,
+    responses,
 )
 from services.scheduling.store import Appointment, AppointmentFilter, DoctorFilter
 from shared.access import Reader
 from shared.bus import Bus
+from shared.contract import links
 from shared.idempotency import RequestIds, idempotent
 from shared.naming import PATIENT_REF, PATIENT_REF_RULE
 from shared.tenants import Tenant
@@ -39,11 +41,29 @@ Offset = Annotated[int, Parameter(ge=0, le=10_000)]
 Filter = Annotated[str | None, Parameter(max_length=100)]
 
 
+_FIRST_FREE_SLOT: Any = {
+    "doctorId": "$response.body#/doctorId",
+    "startsAt": "$response.body#/slots/0/startsAt",
+    "patientRef": "pac-000123",
+}
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@post("/v1/doctors", operation_id="createDoctor", summary="Register a doctor and their schedule")
+@post(
+    "/v1/doctors",
+    operation_id="createDoctor",
+    summary="Register a doctor and their schedule",
+    opt=links(
+        201,
+        getDoctor={"doctor_id": "$response.body#/id"},
+        updateDoctor={"doctor_id": "$response.body#/id"},
+        listFreeSlots={"doctor_id": "$response.body#/id"},
+    ),
+    responses=responses("invalid_request"),
+)
 async def create_doctor(
     data: CreateDoctorRequest,
     tenant: Tenant,
@@ -73,7 +93,12 @@ async def create_doctor(
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@get("/v1/doctors", operation_id="searchDoctors", summary="Search doctors")
+@get(
+    "/v1/doctors",
+    operation_id="searchDoctors",
+    summary="Search doctors",
+    responses=responses("invalid_request"),
+)
 async def search_doctors(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -111,7 +136,12 @@ async def search_doctors(
     return DoctorList(doctors=[DoctorBody.of(doctor, slot) for doctor, slot in found])
 
 
-@get("/v1/doctors/{doctor_id:str}", operation_id="getDoctor", summary="A doctor")
+@get(
+    "/v1/doctors/{doctor_id:str}",
+    operation_id="getDoctor",
+    summary="A doctor",
+    responses=responses("doctor_not_found"),
+)
 async def get_doctor(doctor_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DoctorBody:
     with api_errors():
         doctor, slots = await service.doctor_slots(
@@ -120,7 +150,12 @@ async def get_doctor(doctor_id: str, tenant: Tenant, pool: asyncpg.Pool) -> Doct
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@patch("/v1/doctors/{doctor_id:str}", operation_id="updateDoctor", summary="Change a doctor")
+@patch(
+    "/v1/doctors/{doctor_id:str}",
+    operation_id="updateDoctor",
+    summary="Change a doctor",
+    responses=responses("invalid_request", "doctor_not_found"),
+)
 async def update_doctor(
     doctor_id: str, data: UpdateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
 ) -> DoctorBody:
@@ -136,7 +171,14 @@ async def update_doctor(
     return DoctorBody.of(doctor, slots[0] if slots else None)
 
 
-@get("/v1/doctors/{doctor_id:str}/slots", operation_id="listFreeSlots", summary="Free slots")
+@get(
+    "/v1/doctors/{doctor_id:str}/slots",
+    operation_id="listFreeSlots",
+    summary="Free slots",
+    # Book the first free slot: the fuzzer reaches a booking, then acts on it.
+    opt=links(200, bookAppointment={"requestBody": _FIRST_FREE_SLOT}),
+    responses=responses("invalid_request", "doctor_not_found"),
+)
 async def free_slots(
     doctor_id: str,
     tenant: Tenant,
@@ -164,7 +206,18 @@ async def free_slots(
     )
 
 
-@post("/v1/appointments", operation_id="bookAppointment", summary="Book a slot")
+@post(
+    "/v1/appointments",
+    operation_id="bookAppointment",
+    summary="Book a slot",
+    opt=links(
+        201,
+        getAppointment={"appointment_id": "$response.body#/id"},
+        cancelAppointment={"appointment_id": "$response.body#/id"},
+        rescheduleAppointment={"appointment_id": "$response.body#/id"},
+    ),
+    responses=responses("invalid_request", "doctor_not_found", "slot_taken", "slot_unavailable"),
+)
 async def book_appointment(
     data: BookAppointmentRequest,
     tenant: Tenant,
@@ -213,7 +266,12 @@ async def _shown(
     return [AppointmentBody.of(a) for a in shown]
 
 
-@get("/v1/appointments", operation_id="listAppointments", summary="List appointments")
+@get(
+    "/v1/appointments",
+    operation_id="listAppointments",
+    summary="List appointments",
+    responses=responses("invalid_request"),
+)
 async def list_appointments(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -243,7 +301,10 @@ async def list_appointments(
 
 
 @get(
-    "/v1/appointments/{appointment_id:str}", operation_id="getAppointment", summary="An appointment"
+    "/v1/appointments/{appointment_id:str}",
+    operation_id="getAppointment",
+    summary="An appointment",
+    responses=responses("appointment_not_found"),
 )
 async def get_appointment(
     appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader
@@ -259,6 +320,13 @@ async def get_appointment(
     status_code=200,
     operation_id="rescheduleAppointment",
     summary="Move an appointment to another slot",
+    responses=responses(
+        "invalid_request",
+        "appointment_not_found",
+        "slot_taken",
+        "appointment_cancelled",
+        "slot_unavailable",
+    ),
 )
 async def reschedule_appointment(
     appointment_id: str,
@@ -281,6 +349,7 @@ async def reschedule_appointment(
     status_code=200,
     operation_id="cancelAppointment",
     summary="Cancel an appointment",
+    responses=responses("appointment_not_found"),
 )
 async def cancel_appointment(
     appointment_id: str,

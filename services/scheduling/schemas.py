@@ -9,10 +9,12 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
+from litestar.openapi.datastructures import ResponseSpec
 
 from services.scheduling import core
 from services.scheduling.core import Schedule, SchedulingError, Slot, Window
 from services.scheduling.store import Appointment, Doctor
+from shared.contract import errors
 from shared.http import ApiError
 from shared.naming import PatientRef, RoomName
 
@@ -25,6 +27,26 @@ STATUS = {
     "appointment_cancelled": 409,
     "slot_unavailable": 422,
 }
+
+
+# What each code means, for the OpenAPI document.
+MEANING = {
+    "invalid_request": "the request breaks a rule of scheduling (the message says which: an "
+    "unknown time zone, a window that ends before it starts, a time without its offset...)",
+    "doctor_not_found": "no doctor of that id in this tenant",
+    "appointment_not_found": "no appointment of that id in this tenant",
+    "slot_taken": "another patient has the slot",
+    "appointment_cancelled": "the appointment is cancelled",
+    "slot_unavailable": "the time is not the start of one of the doctor's free slots",
+}
+
+
+def responses(*codes: str) -> dict[int, ResponseSpec]:
+    """An operation's error answers for OpenAPI, by the codes it can give."""
+    by_status: dict[int, dict[str, str]] = {}
+    for code in codes:
+        by_status.setdefault(STATUS[code], {})[code] = MEANING[code]
+    return errors(by_status)
 
 
 @contextmanager
@@ -44,9 +66,12 @@ def aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
-# At least one visible character (msgspec patterns are searched, not anchored).
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
-ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+# At least one visible character (msgspec patterns are searched, not anchored). Not "\S":
+# Python's \s also takes U+001C-U+001F and U+0085, JavaScript's also U+FEFF, so each side would
+# take names the other refuses (a client generated from the document checks in JavaScript).
+VISIBLE = r"[^\s\x1c-\x1f\x85\ufeff]"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=VISIBLE)]
+ShortName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=VISIBLE)]
 Clock = Annotated[str, msgspec.Meta(pattern=core.CLOCK.pattern, examples=["08:00"])]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True, examples=["2026-03-02T09:00:00-03:00"])]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -14,9 +14,10 @@ from livekit import api as livekit_api
 from services.token.core import TokenRequestError, person_role, token_ttl
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contract import BUS_UNAVAILABLE, documented, errors
 from shared.events import TokenIssued
 from shared.http import ApiError, CallerTenant, create_service_app
-from shared.naming import Identity, PatientRef, RoomName, livekit_room
+from shared.naming import Identity, PatientRef, RoomName, livekit_room, whole
 from shared.participants import PATIENT, PATIENT_REF_ATTRIBUTE, PERSON_ROLES, ROLE_ATTRIBUTE
 
 
@@ -35,10 +36,31 @@ class CreateTokenRequest(
     name: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     can_publish: bool = True
     can_subscribe: bool = True
-    ttl: Annotated[str, msgspec.Meta(examples=["2h", "30m"])] | None = None
+    ttl: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                examples=["2h", "30m"],
+                description=TTL_RULE,
+                extra_json_schema=documented(pattern=whole(r"\s*[0-9]+\s*[smhd]?\s*")),
+            ),
+        ]
+        | None
+    ) = None
     # A plain string, not a Literal: an unknown role gets our own 400 listing the valid ones.
-    role: Annotated[str, msgspec.Meta(examples=list(PERSON_ROLES))] = PATIENT
+    role: Annotated[
+        str,
+        msgspec.Meta(
+            examples=list(PERSON_ROLES), extra_json_schema=documented(enum=list(PERSON_ROLES))
+        ),
+    ] = PATIENT
     patient_ref: PatientRef | None = None
+
+
+TTL_RULE = (
+    "the token's lifetime: seconds, or a number of s, m, h or d (`30m`, `2h`); at least 60s and "
+    "at most the deployment's maximum (MEDIAI_TOKEN_TTL_MAX, 6h by default)"
+)
 
 
 class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -46,7 +68,21 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     ws_url: str
 
 
-@post("/v1/tokens", operation_id="createToken", summary="Issue a LiveKit access token")
+@post(
+    "/v1/tokens",
+    operation_id="createToken",
+    summary="Issue a LiveKit access token",
+    responses=errors(
+        {
+            400: {
+                "invalid_ttl": TTL_RULE,
+                "invalid_role": "`role` is not a person's role (`details` list the valid ones)",
+                "patient_ref_not_allowed": "`patientRef` is only for a patient's token",
+            },
+            503: BUS_UNAVAILABLE,
+        }
+    ),
+)
 async def create_token(
     data: JSONBody[CreateTokenRequest], tenant: CallerTenant, state: State
 ) -> TokenResponse:

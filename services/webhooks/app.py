@@ -18,7 +18,6 @@ import msgspec
 from google.protobuf.json_format import ParseError
 from litestar import Litestar, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
@@ -27,7 +26,8 @@ from services.webhooks.core import translate
 from services.webhooks.tracing import link_to_room
 from shared.bus import BusUnavailableError
 from shared.config import Settings
-from shared.http import ApiError, BusDep, ErrorBody, UnauthorizedError, create_service_app
+from shared.contract import errors
+from shared.http import ApiError, BusDep, UnauthorizedError, create_service_app
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def verify(receiver: WebhookReceiver, body: bytes, authorization: str | None) ->
         raise WebhookRejectedError("missing Authorization: LiveKit signs every webhook")
     try:
         # A body that is not UTF-8 comes out altered here, so its hash fails: 401, like forgery.
-        return receiver.receive(body.decode(errors="replace"), token)
+        hook = receiver.receive(body.decode(errors="replace"), token)
     except ParseError:
         # The signature and hash matched, so this is LiveKit's body, just not one we can read.
         raise ApiError(
@@ -64,6 +64,10 @@ def verify(receiver: WebhookReceiver, body: bytes, authorization: str | None) ->
         raise WebhookRejectedError(
             "the webhook signature is invalid, expired or not for this body"
         ) from None
+    # Protobuf's JSON parser takes a JSON array for a message (as an empty one): not a webhook.
+    if not body.lstrip().startswith(b"{"):
+        raise ApiError("the webhook body is not a LiveKit WebhookEvent", code="invalid_webhook")
+    return hook
 
 
 @dataclass
@@ -86,18 +90,19 @@ class _WebhookOperation(Operation):
         )
 
 
-_ERRORS: dict[int, ResponseSpec] = {
-    400: ResponseSpec(ErrorBody, description="The signed body is not a LiveKit webhook"),
-    401: ResponseSpec(
-        ErrorBody,
-        description="Missing, forged, expired or body-mismatched signature; nothing was published",
-    ),
-    503: ResponseSpec(
-        ErrorBody,
-        description="The event bus did not acknowledge: LiveKit "
-        "should retry (the retry is published once)",
-    ),
-}
+_ERRORS = errors(
+    {
+        400: {"invalid_webhook": "the signed body is not a LiveKit WebhookEvent"},
+        401: {
+            "invalid_signature": "a missing, forged or expired signature, or one of another "
+            "body; nothing was published"
+        },
+        503: {
+            "bus_unavailable": "the event bus did not acknowledge: LiveKit should retry (the "
+            "retry is published once)"
+        },
+    }
+)
 
 
 @post(
