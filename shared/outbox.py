@@ -7,10 +7,10 @@ room, one appointment) reach the stream in the order they were written:
 - Writers of one key take turns: ``add_to_outbox`` holds a per-key lock until its transaction
   ends, so a row's position is allocated only after every earlier row of its key committed.
   Without it a row could become visible before a lower position of its key still in flight.
-- One relay publishes at a time: each batch runs under a transaction-level advisory lock that a
-  relay tries, and leaves to whoever holds it. A transaction lock, rather than a session lock
-  held by an elected relay, is released by the server whenever its holder ends or dies, needs no
-  election or hand-over, and works through a transaction-pooling proxy (PgBouncer, Neon).
+- One relay publishes at a time: each batch runs under the relay's lease (``shared.leases``), a
+  transaction-level advisory lock that a relay tries, and leaves to whoever holds it. It is
+  released by the server whenever its holder ends or dies, needs no hand-over, and works
+  through a transaction-pooling proxy (PgBouncer, Neon).
 - A batch is published in position order and stops at the first failed publish; the rows
   published so far are marked, the rest wait for the next round.
 - A row that cannot be decoded is set aside (``set_aside_at``, ``set_aside_reason``; listed by
@@ -35,6 +35,7 @@ from datetime import datetime
 import asyncpg
 import nats.errors
 
+from shared import leases
 from shared.bus import Bus, BusUnavailableError
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
@@ -45,9 +46,8 @@ from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
-# Advisory lock keys. The relay's is one 64-bit key (the migration runner uses 0x6D65646961);
-# per-key writer locks use the two-int form, a separate key space: (class, hash of the key).
-RELAY_LOCK = 0x6D656469610001
+# Per-key writer locks use the two-int advisory lock form, a key space apart from the leases'
+# (shared.leases, where the relay's lease is): (class, hash of the key).
 _KEY_LOCK_CLASS = 0x6F757462  # "outb"
 
 
@@ -109,7 +109,7 @@ async def relay_outbox(
     published, after = 0, 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+            if not await leases.take(conn, leases.OUTBOX_RELAY):
                 return None
             rows = await conn.fetch(query, after, batch)
             done, failure = await _publish_in_order(conn, bus, rows)
