@@ -13,7 +13,7 @@ import asyncpg
 from livekit import api
 
 from services.dispatcher import core, store
-from services.dispatcher.pool import WorkerPool
+from services.dispatcher.registry import WorkerRegistry
 from shared import metrics
 from shared.bus import Bus
 from shared.config import Settings
@@ -84,13 +84,13 @@ async def apply(
 
 @dataclass
 class Dispatcher:
-    """What the consumers share: settings, bus, database, LiveKit and the worker pool."""
+    """What the consumers share: settings, bus, database, LiveKit and the registered workers."""
 
     settings: Settings
     bus: Bus
     pool: asyncpg.Pool
     livekit: api.LiveKitAPI
-    workers: WorkerPool
+    workers: WorkerRegistry
     # Dispatch ids this process asked LiveKit to create (a retry checks before creating again),
     # and ended dispatches it already withdrew.
     _attempted: set[str] = field(default_factory=set)
@@ -146,7 +146,7 @@ class Dispatcher:
         if remaining <= 0:
             return  # the sweeper fails it
         # Right after start-up no worker may be registered yet, and LiveKit drops a job that no
-        # worker can take: wait (within the deadline) for the pool to have one.
+        # worker can take: wait (within the deadline) for a pool to have one.
         if not await self.workers.wait_ready(remaining):
             await self.fail(
                 event.tenant,
