@@ -89,19 +89,22 @@ def ice_interfaces() -> list[str]:
     return names
 
 
-def write_config(settings: Settings, path: Path) -> Path:
-    """The server's config: loopback only, our keys, webhooks to our gateway.
+def write_config(settings: Settings, path: Path, node: int = 1) -> Path:
+    """The config of LiveKit node ``node`` (from 1): loopback only, our keys, webhooks to our
+    gateway and, in a cluster (``livekit_nodes`` > 1), the Redis through which the nodes share
+    rooms and route signalling and agent jobs to the node hosting a room.
 
     Loopback needs ``node_ip`` 127.0.0.1, no external IP discovery and ICE limited to ``lo`` and
     the default route's interface (``ice_interfaces``), or peers take seconds to connect or time
     out (livekit/agents #2386, livekit/livekit #3990).
     """
-    config = {
-        "port": settings.livekit_port,
+    signal, rtc_tcp, rtc_udp = settings.livekit_node_ports()[node - 1]
+    config: dict[str, object] = {
+        "port": signal,
         "bind_addresses": [settings.host],
         "rtc": {
-            "tcp_port": settings.livekit_rtc_tcp_port,
-            "udp_port": settings.livekit_rtc_udp_port,
+            "tcp_port": rtc_tcp,
+            "udp_port": rtc_udp,
             "use_external_ip": False,
             "node_ip": settings.host,
             "interfaces": {"includes": ice_interfaces()},
@@ -113,5 +116,7 @@ def write_config(settings: Settings, path: Path) -> Path:
         },
         "logging": {"level": "info", "json": False},
     }
+    if settings.livekit_nodes > 1:
+        config["redis"] = {"address": f"{settings.host}:{settings.redis_port}"}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

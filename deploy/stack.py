@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from deploy import livekit
+from deploy.cluster import livekit_balancer_part, node_name, redis_part
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts
 from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
@@ -34,6 +35,8 @@ STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
 KEY_SERVICE = "keys"
+POOL_SERVICE = "pool"
+DISPATCHER = "dispatcher"
 
 
 def _http_ok(url: str) -> bool:
@@ -150,47 +153,74 @@ def postgres_part(settings: Settings) -> Part:
     )
 
 
-def livekit_part(settings: Settings) -> Part:
-    config_path = (settings.data_dir / "livekit.yaml").resolve()
+def livekit_part(settings: Settings, node: int = 1) -> Part:
+    """LiveKit node ``node`` (from 1): ``livekit`` alone, ``livekit-1``.. in a cluster, each with
+    its own ports and config (deploy/livekit.py)."""
+    name = node_name("livekit", node, settings.livekit_nodes)
+    config_path = (settings.data_dir / f"{name}.yaml").resolve()
     binary = livekit.binary_path()
+    signal_port, rtc_tcp, rtc_udp = settings.livekit_node_ports()[node - 1]
 
     async def prepare() -> None:
         try:
             await asyncio.to_thread(livekit.ensure_binary)
         except livekit.LiveKitUnavailableError as error:
             raise StackError(str(error)) from None
-        livekit.write_config(settings, config_path)
+        livekit.write_config(settings, config_path, node)
 
-    http_url = f"http://{settings.host}:{settings.livekit_port}/"
+    http_url = f"http://{settings.host}:{signal_port}/"
     return Part(
-        name="livekit",
+        name=name,
         argv=[str(binary), "--config", str(config_path), "--node-ip", settings.host],
-        url=settings.livekit_url,
+        url=f"ws://{settings.host}:{signal_port}",
         ports=[
-            ("MEDIAI_LIVEKIT_PORT", settings.livekit_port),
-            ("MEDIAI_LIVEKIT_RTC_TCP_PORT", settings.livekit_rtc_tcp_port),
+            ("MEDIAI_LIVEKIT_PORT", signal_port),
+            ("MEDIAI_LIVEKIT_RTC_TCP_PORT", rtc_tcp),
+            ("MEDIAI_LIVEKIT_RTC_UDP_PORT", rtc_udp),
         ],
         ready=lambda: _http_ready(http_url),
         prepare=prepare,
     )
 
 
-def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
-    """One HTTP service; ``env`` adds to the environment its settings make (e.g. a crash point,
+def livekit_parts(settings: Settings) -> list[Part]:
+    """The LiveKit nodes and, in a cluster, the balancer in front of them (deploy/cluster.py)."""
+    nodes = [livekit_part(settings, n) for n in range(1, settings.livekit_nodes + 1)]
+    if settings.livekit_nodes == 1:
+        return nodes
+    through = f"http://{settings.host}:{settings.livekit_port}/"
+    return [*nodes, livekit_balancer_part(settings, lambda: _http_ready(through))]
+
+
+def service_part(
+    settings: Settings, service: str, env: dict[str, str] | None = None, replica: int = 1
+) -> Part:
+    """One HTTP service, or replica ``replica`` of it (its own port: the service's + 100 each);
+    ``env`` adds to the environment its settings make (e.g. a crash point,
     ``MEDIAI_CRASH_POINT``, for that service alone)."""
-    port = settings.service_port(service)
+    replicas = replica_count(settings, service)
+    port = settings.service_replica_port(service, replica)
     base = f"http://{settings.host}:{port}"
+    own = {f"MEDIAI_{service.upper()}_PORT": str(port)}
+    if service == POOL_SERVICE and replicas > 1:
+        # One pool per worker host: its workers' logs and spools in a folder of its own.
+        own["MEDIAI_DATA_DIR"] = str((settings.data_dir / f"pool-{replica}").resolve())
     return Part(
-        name=service,
+        name=node_name(service, replica, replicas),
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env={**child_environ(settings, service), **(env or {})},
+        env={**child_environ(settings, service), **own, **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
-        # The dispatcher is ready once its first agent worker has registered with LiveKit (a
-        # dispatch sent then is taken at once); a cold worker takes seconds to start.
-        ready_timeout=120.0 if service == "dispatcher" else 30.0,
+        # A pool is ready once its first agent worker has registered with LiveKit (a dispatch
+        # sent then is taken at once); a cold worker takes seconds to start.
+        ready_timeout=120.0 if service == POOL_SERVICE or replicas > 1 else 30.0,
     )
+
+
+def replica_count(settings: Settings, service: str) -> int:
+    """Pools follow the worker hosts (agent_pools), the other services service_replicas."""
+    return settings.agent_pools if service == POOL_SERVICE else settings.service_replicas
 
 
 def gateway_part(settings: Settings) -> Part:
@@ -201,8 +231,12 @@ def gateway_part(settings: Settings) -> Part:
         # Caddy keeps its own state under the data folder, not in the user's home.
         "XDG_DATA_HOME": str(caddy_home / "data"),
         "XDG_CONFIG_HOME": str(caddy_home / "config"),
+        "MEDIAI_GATEWAY_UPSTREAMS": "single" if settings.service_replicas == 1 else "replicas",
         **{
-            f"MEDIAI_{name.upper()}_UPSTREAM": f"{settings.host}:{settings.service_port(name)}"
+            f"MEDIAI_{name.upper()}_UPSTREAM": " ".join(
+                f"{settings.host}:{settings.service_replica_port(name, r)}"
+                for r in range(1, settings.service_replicas + 1)
+            )
             for name in ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling")
         },
     }
@@ -238,17 +272,28 @@ def stack_stages(
             f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}"
         )
     servers = [*nats_parts(settings), postgres_part(settings)]
-    if settings.livekit_local:
-        servers.append(livekit_part(settings))
+    media = livekit_parts(settings) if settings.livekit_local else []
+    if media and settings.livekit_nodes > 1:
+        servers.append(redis_part(settings))  # the LiveKit nodes need it to start
     selected = services if services is not None else known
     extra = environment or {}
-    # Every service that handles personal data needs the key service: it always runs.
-    selected = [*selected, *([] if KEY_SERVICE in selected else [KEY_SERVICE])]
-    return [
-        servers,
-        [service_part(settings, s, extra.get(s)) for s in selected],
-        [gateway_part(settings)],
+    # Every service that handles personal data needs the key service: it always runs. Agents
+    # need a worker pool: it runs with the dispatcher.
+    needed = [KEY_SERVICE, *([POOL_SERVICE] if DISPATCHER in selected else [])]
+    selected = [*selected, *(s for s in needed if s not in selected)]
+    # Replica 1 of every service, then replica 2...: a small machine starts a dozen Python
+    # processes at a time at most.
+    most = max(replica_count(settings, s) for s in selected)
+    replicas = [
+        [
+            service_part(settings, s, extra.get(s), r)
+            for s in selected
+            if r <= replica_count(settings, s)
+        ]
+        for r in range(1, most + 1)
     ]
+    stages = [servers, media, *replicas, [gateway_part(settings)]]
+    return [stage for stage in stages if stage]
 
 
 async def ensure_dev_key(settings: Settings) -> str:
@@ -307,15 +352,13 @@ class Stack:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             dev_key = ""
-            servers, services, gateway = stack_stages(
-                self.settings, self.services, self.environment
-            )
+            servers, *later = stack_stages(self.settings, self.services, self.environment)
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
             if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
                 kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
-            await self.supervisor.start_together(services)
-            await self.supervisor.start_together(gateway)
+            for stage in later:
+                await self.supervisor.start_together(stage)
         except BaseException:
             await self.supervisor.stop()
             raise

@@ -51,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # nats_cluster_port + i - 1 (defaults 4222-4224 and 6222-6224: below the kernel's
     # ephemeral range, so never a port the OS hands out as a free one).
     nats_nodes: int = 1
+    # The rest of the cluster topology of the local stack (``mediai up --cluster``): LiveKit
+    # servers sharing one Redis, replicas of every HTTP service behind the gateway, and agent
+    # worker pools (one per worker host). Ports and data folders per node: docs/scaling.md.
+    livekit_nodes: int = 1
+    service_replicas: int = 1
+    agent_pools: int = 1
     database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
 
     livekit_url: str = "ws://127.0.0.1:7880"
@@ -78,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_port: int = 8105
     scheduling_port: int = 8106
     keys_port: int = 8107
+    pool_port: int = 8108
+    # Only in a cluster: LiveKit's Redis, and the gateway's LiveKit listener when
+    # livekit_nodes > 1 is livekit_port itself (the nodes then take livekit_node_ports).
+    redis_port: int = 6380
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
@@ -180,6 +190,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    def service_replica_port(self, service: str, replica: int) -> int:
+        """The port of replica ``replica`` (from 1) of a service: its port, then + 100 each."""
+        return self.service_port(service) + 100 * (replica - 1)
+
+    def livekit_node_ports(self) -> list[tuple[int, int, int]]:
+        """(signal, RTC TCP, RTC UDP) ports of each LiveKit node, node 1 first. One node uses
+        the settings' ports; in a cluster the gateway balances livekit_port over the nodes,
+        which take the ports 10 above, 20 above..."""
+        if self.livekit_nodes == 1:
+            return [(self.livekit_port, self.livekit_rtc_tcp_port, self.livekit_rtc_udp_port)]
+        return [
+            (
+                self.livekit_port + 10 * i,
+                self.livekit_rtc_tcp_port + 10 * i,
+                self.livekit_rtc_udp_port + 10 * i,
+            )
+            for i in range(1, self.livekit_nodes + 1)
+        ]
 
     def nats_node_ports(self) -> list[tuple[int, int]]:
         """(client port, route port) of each NATS node of the local stack, node 1 first."""
@@ -324,6 +353,8 @@ PORT_NAMES = (
     "billing",
     "scheduling",
     "keys",
+    "pool",
+    "redis",
 )
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -334,6 +365,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
     "MEDIAI_NATS_NODES": ("nats_nodes", _nats_nodes),
+    "MEDIAI_LIVEKIT_NODES": ("livekit_nodes", _positive_int),
+    "MEDIAI_SERVICE_REPLICAS": ("service_replicas", _positive_int),
+    "MEDIAI_AGENT_POOLS": ("agent_pools", _positive_int),
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "LIVEKIT_URL": ("livekit_url", _url("ws", "wss", "http", "https")),
     "LIVEKIT_API_KEY": ("livekit_api_key", str),
