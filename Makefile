@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up up-cluster test faults cluster install redis livekit lint typecheck docs clean
+.PHONY: up up-cluster test faults cluster install redis livekit helm lint typecheck docs clean
 
 up: install livekit
 	$(UV) run mediai up
@@ -25,7 +25,7 @@ up-cluster: install livekit redis
 
 # The fault and cluster suites run after the rest, never beside it: each of their modules starts
 # a stack of its own (docs/reliability.md, docs/scaling.md).
-test: install livekit redis lint typecheck docs
+test: install livekit redis helm lint typecheck docs
 	$(UV) run pytest -m "not faults and not cluster"
 	$(UV) run pytest -m faults tests/faults
 	$(UV) run pytest -m cluster tests/cluster
@@ -55,6 +55,10 @@ $(UV):
 # Builds the pinned LiveKit server once into ~/.cache/mediai (skipped when LIVEKIT_URL is set).
 livekit: install
 	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
+
+# Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
+helm: install
+	$(UV) run mediai tools build helm
 
 lint: install
 	$(UV) run ruff check .
