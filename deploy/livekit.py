@@ -1,13 +1,17 @@
-"""The local LiveKit server: built once from the Go module proxy, run with a generated config."""
+"""The local LiveKit server: built once from the Go module proxy, run with a generated config,
+one node or several sharing a Redis behind a balancer (deploy/cluster.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
 import yaml
 
+from deploy.cluster import livekit_balancer_part, node_name
 from deploy.gotools import GoTool, GoToolUnavailableError, build
+from deploy.supervisor import Part, StackError, http_ready
 from shared.config import Settings
 
 # The one place the LiveKit server version is pinned.
@@ -92,3 +96,42 @@ def write_config(settings: Settings, path: Path, node: int = 1) -> Path:
         config["redis"] = {"address": f"{settings.host}:{settings.redis_port}"}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def livekit_part(settings: Settings, node: int = 1) -> Part:
+    """LiveKit node ``node`` (from 1): ``livekit`` alone, ``livekit-1``.. in a cluster, each with
+    its own ports and config (deploy/livekit.py)."""
+    name = node_name("livekit", node, settings.livekit_nodes)
+    config_path = (settings.data_dir / f"{name}.yaml").resolve()
+    binary = binary_path()
+    signal_port, rtc_tcp, rtc_udp = settings.livekit_node_ports()[node - 1]
+
+    async def prepare() -> None:
+        try:
+            await asyncio.to_thread(ensure_binary)
+        except LiveKitUnavailableError as error:
+            raise StackError(str(error)) from None
+        write_config(settings, config_path, node)
+
+    http_url = f"http://{settings.host}:{signal_port}/"
+    return Part(
+        name=name,
+        argv=[str(binary), "--config", str(config_path), "--node-ip", settings.host],
+        url=f"ws://{settings.host}:{signal_port}",
+        ports=[
+            ("MEDIAI_LIVEKIT_PORT", signal_port),
+            ("MEDIAI_LIVEKIT_RTC_TCP_PORT", rtc_tcp),
+            ("MEDIAI_LIVEKIT_RTC_UDP_PORT", rtc_udp),
+        ],
+        ready=lambda: http_ready(http_url),
+        prepare=prepare,
+    )
+
+
+def livekit_parts(settings: Settings) -> list[Part]:
+    """The LiveKit nodes and, in a cluster, the balancer in front of them (deploy/cluster.py)."""
+    nodes = [livekit_part(settings, n) for n in range(1, settings.livekit_nodes + 1)]
+    if settings.livekit_nodes == 1:
+        return nodes
+    through = f"http://{settings.host}:{settings.livekit_port}/"
+    return [*nodes, livekit_balancer_part(settings, lambda: http_ready(through))]

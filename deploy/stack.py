@@ -9,8 +9,6 @@ import asyncio
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +17,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import livekit
-from deploy.cluster import livekit_balancer_part, node_name, redis_part
+from deploy.cluster import node_name, redis_part
+from deploy.livekit import livekit_parts
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts
-from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
+from deploy.supervisor import Part, StackError, Supervisor, as_user, executable, http_ready
 from services import http_services
 from services.keys import kek
 from shared.config import Settings, to_environ
@@ -37,18 +35,6 @@ DEV_TENANT_NAME = "Development clinic"
 KEY_SERVICE = "keys"
 POOL_SERVICE = "pool"
 DISPATCHER = "dispatcher"
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - our own loopback URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-async def _http_ready(url: str) -> bool:
-    return await asyncio.to_thread(_http_ok, url)
 
 
 def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
@@ -153,45 +139,6 @@ def postgres_part(settings: Settings) -> Part:
     )
 
 
-def livekit_part(settings: Settings, node: int = 1) -> Part:
-    """LiveKit node ``node`` (from 1): ``livekit`` alone, ``livekit-1``.. in a cluster, each with
-    its own ports and config (deploy/livekit.py)."""
-    name = node_name("livekit", node, settings.livekit_nodes)
-    config_path = (settings.data_dir / f"{name}.yaml").resolve()
-    binary = livekit.binary_path()
-    signal_port, rtc_tcp, rtc_udp = settings.livekit_node_ports()[node - 1]
-
-    async def prepare() -> None:
-        try:
-            await asyncio.to_thread(livekit.ensure_binary)
-        except livekit.LiveKitUnavailableError as error:
-            raise StackError(str(error)) from None
-        livekit.write_config(settings, config_path, node)
-
-    http_url = f"http://{settings.host}:{signal_port}/"
-    return Part(
-        name=name,
-        argv=[str(binary), "--config", str(config_path), "--node-ip", settings.host],
-        url=f"ws://{settings.host}:{signal_port}",
-        ports=[
-            ("MEDIAI_LIVEKIT_PORT", signal_port),
-            ("MEDIAI_LIVEKIT_RTC_TCP_PORT", rtc_tcp),
-            ("MEDIAI_LIVEKIT_RTC_UDP_PORT", rtc_udp),
-        ],
-        ready=lambda: _http_ready(http_url),
-        prepare=prepare,
-    )
-
-
-def livekit_parts(settings: Settings) -> list[Part]:
-    """The LiveKit nodes and, in a cluster, the balancer in front of them (deploy/cluster.py)."""
-    nodes = [livekit_part(settings, n) for n in range(1, settings.livekit_nodes + 1)]
-    if settings.livekit_nodes == 1:
-        return nodes
-    through = f"http://{settings.host}:{settings.livekit_port}/"
-    return [*nodes, livekit_balancer_part(settings, lambda: _http_ready(through))]
-
-
 def service_part(
     settings: Settings, service: str, env: dict[str, str] | None = None, replica: int = 1
 ) -> Part:
@@ -211,7 +158,7 @@ def service_part(
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
         env={**child_environ(settings, service), **own, **(env or {})},
-        ready=lambda: _http_ready(f"{base}/readyz"),
+        ready=lambda: http_ready(f"{base}/readyz"),
         # A pool is ready once its first agent worker has registered with LiveKit (a dispatch
         # sent then is taken at once); a cold worker takes seconds to start.
         ready_timeout=120.0 if service == POOL_SERVICE or replicas > 1 else 30.0,
@@ -253,7 +200,7 @@ def gateway_part(settings: Settings) -> Part:
         url=settings.gateway_url,
         ports=[("MEDIAI_GATEWAY_PORT", settings.gateway_port)],
         env=env,
-        ready=lambda: _http_ready(f"{settings.gateway_url}/healthz"),
+        ready=lambda: http_ready(f"{settings.gateway_url}/healthz"),
     )
 
 
