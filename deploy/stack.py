@@ -228,6 +228,8 @@ def stack_stages(
     # need a worker pool: it runs with the dispatcher.
     needed = [KEY_SERVICE, *([POOL_SERVICE] if DISPATCHER in selected else [])]
     selected = [*selected, *(s for s in needed if s not in selected)]
+    if settings.agent_pool_max == 0:  # no pool: an orchestrator (or nobody) runs the workers
+        selected = [s for s in selected if s != POOL_SERVICE]
     # Replica 1 of every service, then replica 2...: a small machine starts a dozen Python
     # processes at a time at most.
     most = max(replica_count(settings, s) for s in selected)
