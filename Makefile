@@ -1,6 +1,7 @@
 # The two commands that matter: `make up` runs the whole stack, `make test` runs every check.
 # Both install what they need first, from package registries only (PyPI, the Go module proxy,
-# Debian), so they work on a fresh Linux machine with Python 3.11+, Go and make.
+# Maven Central, Debian), so they work on a fresh Linux machine with Python 3.11+, Go, Java 17+,
+# Maven and make.
 
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
@@ -13,9 +14,9 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up up-cluster test faults cluster install redis livekit helm lint typecheck docs clean
+.PHONY: up up-cluster test faults cluster install redis livekit zipkin helm lint typecheck docs clean
 
-up: install livekit
+up: install livekit zipkin
 	$(UV) run mediai up
 
 # The cluster topology on this machine (docs/scaling.md): 3 NATS, 2 LiveKit on Redis, 2 replicas
@@ -25,7 +26,7 @@ up-cluster: install livekit redis
 
 # The fault and cluster suites run after the rest, never beside it: each of their modules starts
 # a stack of its own (docs/reliability.md, docs/scaling.md).
-test: install livekit redis helm lint typecheck docs
+test: install livekit redis zipkin helm lint typecheck docs
 	$(UV) run pytest -m "not faults and not cluster"
 	$(UV) run pytest -m faults tests/faults
 	$(UV) run pytest -m cluster tests/cluster
@@ -56,6 +57,11 @@ $(UV):
 livekit: install
 	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
 
+# Fetches the pinned Zipkin server (the local tracing UI) once into ~/.cache/mediai, from Maven
+# Central with Maven, its checksum checked (skipped when MEDIAI_ZIPKIN=false).
+zipkin: install
+	@if [ "$${MEDIAI_ZIPKIN:-true}" != "false" ]; then $(UV) run mediai zipkin fetch; fi
+
 # Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
 helm: install
 	$(UV) run mediai tools build helm
@@ -69,6 +75,7 @@ typecheck: install
 
 docs: install
 	$(UV) run mediai docs events --check
+	$(UV) run mediai docs nats-users --check
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

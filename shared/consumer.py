@@ -41,6 +41,7 @@ from shared import attributes as attr
 from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
+from shared.crashpoints import crash_point
 from shared.events import CODEC, DeadLettered, Envelope, Event, EventDecodeError
 from shared.failures import PoisonMessageError, unavailable_dependency
 from shared.phi import KeysUnavailableError
@@ -258,6 +259,9 @@ class Consumer(Generic[C]):
                 return
             finally:
                 metrics.HANDLE_SECONDS.labels(name).observe(time.monotonic() - started)
+        # A crash here leaves the handler's work committed and the message unacknowledged:
+        # JetStream redelivers it, and the handler's inbox must make the second time a no-op.
+        crash_point("consumer.after_commit_before_ack")
         await message.ack()
         metrics.CONSUMED.labels(name, event.type, "ok").inc()
 

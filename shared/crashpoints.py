@@ -8,7 +8,7 @@ power cut or the OOM killer would. Unset, a crash point costs one string compari
 The points and where they sit (docs/reliability.md keeps the list):
 
 - ``consumer.after_commit_before_ack``: a projection's transaction committed, its message not
-  acknowledged yet (shared/bus.py, ``Consumer.process``).
+  acknowledged yet (shared/consumer.py, ``Consumer.process``).
 - ``outbox.after_publish_before_mark``: the relay published an outbox row, the row is not
   marked published yet (shared/outbox.py).
 - ``dispatcher.after_create_dispatch``: LiveKit accepted the dispatch, ``dispatched`` is not

@@ -40,7 +40,7 @@ from shared import idempotency_store as store
 from shared import leases
 from shared.background import every
 from shared.events import new_event_id
-from shared.http import ErrorBody, ErrorDetail
+from shared.http import RETRY_AFTER_SECONDS, ErrorBody, ErrorDetail
 from shared.tenants import authenticate
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ _ERRORS = {
     409: ("idempotency_key_in_use", f"a request with this {HEADER} is still running; retry later"),
     422: ("idempotency_key_mismatch", f"this {HEADER} was used with another request"),
 }
-_UNAVAILABLE = ("unavailable", "the database is unavailable; retry shortly")
+# The same answer as any handler's when PostgreSQL is away (shared.http).
+_UNAVAILABLE = ("dependency_unavailable", "postgres is unavailable; retry shortly")
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -109,8 +110,13 @@ async def _send(send: Send, answer: store.Answer, *extra: tuple[bytes, bytes]) -
 
 def _refusal(status: int) -> store.Answer:
     code, message = _UNAVAILABLE if status == 503 else _ERRORS[status]
-    body = msgspec.json.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
-    return store.Answer(status, [("content-type", "application/json")], body)
+    details = [{"dependency": "postgres"}] if status == 503 else None
+    error = ErrorDetail(code=code, message=message, details=details)
+    body = msgspec.json.encode(ErrorBody(error=error))
+    headers = [("content-type", "application/json")]
+    if status == 503:  # like every 503 of the services: when to try again
+        headers.append(("retry-after", str(RETRY_AFTER_SECONDS)))
+    return store.Answer(status, headers, body)
 
 
 async def _unavailable(send: Send, error: Exception) -> None:

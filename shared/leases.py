@@ -34,15 +34,19 @@ from shared.db import Connection
 
 @dataclass(frozen=True)
 class Lease:
-    """A named advisory lock key: at most one holder at a time across every process."""
+    """A named advisory lock key: at most one holder at a time across every process. A scoped
+    lease (one per event source, say) is ``key`` with the scope's hash, PostgreSQL's two-int
+    lock form, so ``key`` fits 32 bits."""
 
     name: str
     key: int
+    scoped: bool = False
 
 
-# The relay and pruner keep the keys they had before leases had a module, so a rolling upgrade
-# never has an old and a new relay publishing at once.
-OUTBOX_RELAY = Lease("outbox-relay", 0x6D656469610001)
+# The relay (one per event source: each service relays its own rows) and the pruner keep the
+# keys they had before leases had a module, so a rolling upgrade never has an old and a new
+# relay publishing at once.
+OUTBOX_RELAY = Lease("outbox-relay", 0x72656C61, scoped=True)  # "rela"
 BUS_PRUNER = Lease("bus-pruner", 0x6D656469610002)
 IDEMPOTENCY_PRUNER = Lease("idempotency-key-pruner", 0x6D656469610003)
 ROOMS_RECONCILER = Lease("rooms-reconciler", 0x726F6F6D73)
@@ -63,13 +67,20 @@ ALL = (
 )
 
 
-async def take(conn: Connection, held: Lease, *, wait: bool = False) -> bool:
-    """Take ``held`` for the rest of ``conn``'s transaction (which must be open); False when
-    another holds it (with ``wait``, wait for it instead, and return True)."""
+async def take(
+    conn: Connection, held: Lease, *, scope: str | None = None, wait: bool = False
+) -> bool:
+    """Take ``held`` (for ``scope``, if it is scoped) for the rest of ``conn``'s transaction
+    (which must be open); False when another holds it (with ``wait``, wait for it instead)."""
+    if held.scoped != (scope is not None):
+        raise ValueError(f"lease {held.name} {'needs' if held.scoped else 'takes no'} scope")
+    arguments, values = (
+        ("$1", [held.key]) if scope is None else ("$1, hashtext($2)", [held.key, scope])
+    )
     if wait:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", held.key)
+        await conn.execute(f"SELECT pg_advisory_xact_lock({arguments})", *values)
         return True
-    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", held.key))
+    return bool(await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({arguments})", *values))
 
 
 @contextlib.asynccontextmanager

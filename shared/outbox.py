@@ -1,16 +1,18 @@
 """The transactional outbox: an event is written in the same transaction as the state it
 announces, then relayed to JetStream, so the database and the log never diverge.
 
-Every service runs a relay over the one shared ``outbox`` table, and the events of one key (one
-room, one appointment) reach the stream in the order they were written:
+Every service runs a relay over the one shared ``outbox`` table, publishing the rows of its own
+source (``mediai/<service>``: its NATS user may publish only its own events), and the events of
+one key (one room, one appointment) from one source reach the stream in the order they were
+written (a key's events come from one component; ordering across components is not kept):
 
 - Writers of one key take turns: ``add_to_outbox`` holds a per-key lock until its transaction
   ends, so a row's position is allocated only after every earlier row of its key committed.
   Without it a row could become visible before a lower position of its key still in flight.
-- One relay publishes at a time: each batch runs under the relay's lease (``shared.leases``), a
-  transaction-level advisory lock that a relay tries, and leaves to whoever holds it. It is
-  released by the server whenever its holder ends or dies, needs no hand-over, and works
-  through a transaction-pooling proxy (PgBouncer, Neon).
+- One relay per source publishes at a time: each batch runs under the relay's lease of its
+  source (``shared.leases``), a transaction-level advisory lock that a relay tries, and leaves to
+  whoever holds it. It is released by the server whenever its holder ends or dies, needs no
+  election or hand-over, and works through a transaction-pooling proxy (PgBouncer, Neon).
 - A batch is published in position order and stops at the first failed publish; the rows
   published so far are marked, the rest wait for the next round.
 - A row that cannot be decoded is set aside (``set_aside_at``, ``set_aside_reason``; listed by
@@ -37,6 +39,7 @@ import nats.errors
 
 from shared import leases
 from shared.bus import Bus, BusUnavailableError
+from shared.crashpoints import crash_point
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
 from shared.events.privacy import sealing_plan
@@ -46,8 +49,8 @@ from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
-# Per-key writer locks use the two-int advisory lock form, a key space apart from the leases'
-# (shared.leases, where the relay's lease is): (class, hash of the key).
+# Per-key writer locks use the two-int advisory lock form: (class, hash of the key), a key space
+# apart from the leases' (shared.leases, where the relay's lease is).
 _KEY_LOCK_CLASS = 0x6F757462  # "outb"
 
 
@@ -85,22 +88,26 @@ async def add_to_outbox(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))", _KEY_LOCK_CLASS, f"{tenant}/{key}"
     )
     await conn.execute(
-        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(stored)
+        "INSERT INTO outbox (event_id, payload, source) VALUES ($1, $2, $3)",
+        event.id,
+        CODEC.encode(stored),
+        source,
     )
     return event
 
 
 _PENDING = (
     "SELECT position, event_id, payload, set_aside_at FROM outbox"
-    " WHERE published_at IS NULL AND position > $1 {} ORDER BY position LIMIT $2"
+    " WHERE published_at IS NULL AND source = $3 AND position > $1 {} ORDER BY position LIMIT $2"
 )
 
 
 async def relay_outbox(
     pool: asyncpg.Pool, bus: Bus, *, batch: int = 100, retry_set_aside: bool = False
 ) -> int | None:
-    """Publish pending outbox events in position order; returns how many were published, or
-    None when another relay holds the lock (it publishes these rows too).
+    """Publish the pending outbox events of ``bus.source`` in position order; returns how many
+    were published, or None when another relay of that source holds the lock (it publishes these
+    rows too).
 
     Raises BusUnavailableError or a NATS error after the first publish that failed, once the
     rows published before it are marked; ``retry_set_aside`` tries the set-aside rows again.
@@ -109,9 +116,9 @@ async def relay_outbox(
     published, after = 0, 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            if not await leases.take(conn, leases.OUTBOX_RELAY):
+            if not await leases.take(conn, leases.OUTBOX_RELAY, scope=bus.source):
                 return None
-            rows = await conn.fetch(query, after, batch)
+            rows = await conn.fetch(query, after, batch, bus.source)
             done, failure = await _publish_in_order(conn, bus, rows)
         published += done
         if failure is not None:
@@ -136,6 +143,9 @@ async def _publish_in_order(
             continue
         except (BusUnavailableError, nats.errors.Error, KeysUnavailableError) as error:
             return published, error  # keep the order: the rest waits for this one
+        # A crash here leaves the row on the stream and unmarked: the next relay republishes it
+        # under the same Nats-Msg-Id, which JetStream drops.
+        crash_point("outbox.after_publish_before_mark")
         await conn.execute(
             "UPDATE outbox SET published_at = now(), set_aside_at = NULL, set_aside_reason = NULL"
             " WHERE position = $1",

@@ -59,7 +59,7 @@ async def stack(settings: Settings) -> AsyncIterator[StackState]:
 
 @pytest.fixture(scope="session")
 async def bus(stack: StackState, settings: Settings) -> AsyncIterator[Bus]:
-    connected = await connect_bus(settings, "tests")
+    connected = await connect_bus(settings, "tests", streams="create")
     yield connected
     await connected.close()
 

@@ -149,3 +149,33 @@ def test_the_stack_chart_takes_nats_and_livekit_from_their_official_charts() -> 
     redis = values["livekit-server"]["livekit"]["redis"]
     assert len(redis["sentinel_addresses"]) >= 3, "Redis without a single point of failure"
     assert values["livekit-server"]["livekit"]["turn"]["tls_port"] == 443
+
+
+def test_each_component_logs_in_to_nats_as_itself(helm: str) -> None:
+    """One NATS user per component (docs/deployment.md, "Who may do what on the bus"): each pod
+    holds its own password only; the streams are applied by the operator's user alone."""
+    objects = render(helm)
+    users = {}
+    for kind in ("Deployment", "Job"):
+        for obj in of_kind(objects, kind):
+            [container] = containers(obj)
+            env = {e["name"]: e for e in container.get("env", [])}
+            if "NATS_USER" not in env:
+                continue
+            user = env["NATS_USER"]["value"]
+            secret = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert secret == {"name": "mediai-nats-users", "key": user}
+            users[obj["metadata"]["name"]] = user
+    services = ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling", "keys")
+    assert users == {
+        **{f"clinic-{name}": name for name in services},
+        "clinic-agent": "agent",
+        "clinic-streams": "operator",
+    }
+    streams = named(objects, "Job", "clinic-streams")
+    assert containers({"spec": {"template": streams["spec"]["template"]}})[0]["args"] == [
+        "mediai",
+        "streams",
+        "apply",
+    ]
+    assert streams["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"

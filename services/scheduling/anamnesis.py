@@ -124,7 +124,12 @@ async def store_record(records: Records, event: Envelope, delivery: Delivery) ->
 
 
 ANAMNESIS_CONSUMER: ConsumerSpec[Records] = ConsumerSpec(
-    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}, opens=True
+    durable="scheduling-anamnesis",
+    handlers={AnamnesisRecorded: store_record},
+    opens=True,
+    # Storing a record takes milliseconds: a short ack wait brings back sooner the message a
+    # killed scheduling process held (the doctor waits for the anamnesis), as billing's does.
+    ack_wait=10.0,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Litestar
 
 from services.scheduling.anamnesis import ANAMNESIS_ROUTES, run_anamnesis_consumer
+from services.scheduling.dispatches import run_dispatches_consumer
 from services.scheduling.routes import ROUTES
 from services.scheduling.rpc import serve_requests
 from shared.config import Settings
@@ -17,7 +18,7 @@ def create_app(settings: Settings) -> Litestar:
         service="scheduling",
         settings=settings,
         route_handlers=[*ROUTES, *ANAMNESIS_ROUTES],
-        background=[serve_requests, run_anamnesis_consumer, KEY_PRUNER],
+        background=[serve_requests, run_anamnesis_consumer, run_dispatches_consumer, KEY_PRUNER],
         description=(
             "Doctors and their weekly schedules, free slots, appointments (no double booking), "
             "and the anamnesis records made by the intake agent. Agents reach the same "

@@ -1,5 +1,8 @@
 """Scheduling over core NATS request/reply, for the agent's tools (contract: shared.scheduling_api).
 
+A request names the dispatch the agent runs; it is answered for that dispatch's tenant while
+the dispatch is live (services/scheduling/dispatches.py), whatever else it says.
+
 One subscription per operation in the ``scheduling`` queue group, so replicas share the load;
 each request runs in its own task, so a slow booking never holds up a search. Every request
 gets an answer: a result, or an error with a stable code (never silence until the timeout).
@@ -22,7 +25,7 @@ from litestar import Litestar
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from services.scheduling import core, service
+from services.scheduling import core, dispatches, service
 from services.scheduling.store import Appointment, AppointmentFilter, Doctor, DoctorFilter
 from shared import attributes as attr
 from shared import scheduling_api as api
@@ -71,12 +74,12 @@ def _appointment(a: Appointment) -> api.Appointment:
 
 
 async def search_doctors(
-    pool: asyncpg.Pool, r: api.SearchDoctorsRequest, now: datetime
+    pool: asyncpg.Pool, tenant: str, r: api.SearchDoctorsRequest, now: datetime
 ) -> api.SearchDoctorsReply:
     query = DoctorFilter(specialty=r.specialty, name=r.name, city=r.city, insurance=r.insurance)
     found = await service.search_doctors(
         pool,
-        r.tenant,
+        tenant,
         query,
         available_from=r.available_from,
         available_until=r.available_until,
@@ -84,17 +87,17 @@ async def search_doctors(
         offset=0,
         now=now,
     )
-    known = [] if found else await service.known_specialties(pool, r.tenant)
+    known = [] if found else await service.known_specialties(pool, tenant)
     return api.SearchDoctorsReply(
         doctors=[_doctor(doctor, slot) for doctor, slot in found], known_specialties=known
     )
 
 
 async def next_slots(
-    pool: asyncpg.Pool, r: api.NextSlotsRequest, now: datetime
+    pool: asyncpg.Pool, tenant: str, r: api.NextSlotsRequest, now: datetime
 ) -> api.NextSlotsReply:
     doctor, slots = await service.doctor_slots(
-        pool, r.tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
+        pool, tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
     )
     zone = doctor.schedule.zone
     return api.NextSlotsReply(
@@ -103,7 +106,9 @@ async def next_slots(
     )
 
 
-async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.AppointmentReply:
+async def book(
+    pool: asyncpg.Pool, tenant: str, r: api.BookRequest, now: datetime
+) -> api.AppointmentReply:
     booking = service.Booking(
         doctor_id=r.doctor_id,
         starts_at=r.starts_at,
@@ -115,16 +120,16 @@ async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.App
         request_key=r.request_id,
         channel="agent",
     )
-    appointment, _ = await service.book(pool, r.tenant, booking, now=now)
+    appointment, _ = await service.book(pool, tenant, booking, now=now)
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def reschedule(
-    pool: asyncpg.Pool, r: api.RescheduleRequest, now: datetime
+    pool: asyncpg.Pool, tenant: str, r: api.RescheduleRequest, now: datetime
 ) -> api.RescheduleReply:
     appointment, previous = await service.reschedule(
         pool,
-        r.tenant,
+        tenant,
         r.appointment_id,
         r.starts_at,
         patient_ref=r.patient_ref,
@@ -135,15 +140,17 @@ async def reschedule(
     return api.RescheduleReply(appointment=_appointment(appointment), previous=previous_slot)
 
 
-async def cancel(pool: asyncpg.Pool, r: api.CancelRequest, now: datetime) -> api.AppointmentReply:
+async def cancel(
+    pool: asyncpg.Pool, tenant: str, r: api.CancelRequest, now: datetime
+) -> api.AppointmentReply:
     appointment = await service.cancel(
-        pool, r.tenant, r.appointment_id, patient_ref=r.patient_ref, channel="agent", now=now
+        pool, tenant, r.appointment_id, patient_ref=r.patient_ref, channel="agent", now=now
     )
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def find_appointments(
-    pool: asyncpg.Pool, r: api.FindAppointmentsRequest, now: datetime
+    pool: asyncpg.Pool, tenant: str, r: api.FindAppointmentsRequest, now: datetime
 ) -> api.FindAppointmentsReply:
     query = AppointmentFilter(
         doctor_id=r.doctor_id,
@@ -151,11 +158,11 @@ async def find_appointments(
         status=None if r.include_cancelled else "booked",
         starts_from=None if r.include_past else now,
     )
-    found = await service.list_appointments(pool, r.tenant, query, limit=r.limit)
+    found = await service.list_appointments(pool, tenant, query, limit=r.limit)
     return api.FindAppointmentsReply(appointments=[_appointment(a) for a in found])
 
 
-Operation = Callable[[asyncpg.Pool, Any, datetime], Awaitable[msgspec.Struct]]
+Operation = Callable[[asyncpg.Pool, str, Any, datetime], Awaitable[msgspec.Struct]]
 
 # The routing table: operation name (shared.scheduling_api) -> handler.
 HANDLERS: dict[str, Operation] = {
@@ -175,6 +182,10 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
         request = msgspec.json.decode(message.data, type=api.OPERATIONS[operation])
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         return api.encode_error("invalid_request", str(error))
+    # The tenant is the dispatch's, never the request's word (services/scheduling/dispatches.py).
+    tenant = await dispatches.live_tenant(pool, request.dispatch_id)
+    if tenant is None:
+        return api.encode_error("dispatch_not_live", "not a live dispatch")
     with _tracer.start_as_current_span(
         f"scheduling {operation}",
         context=extract(message.headers),
@@ -183,11 +194,11 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
             attr.MESSAGING_SYSTEM: "nats",
             attr.MESSAGING_OPERATION: "process",
             attr.MESSAGING_DESTINATION: message.subject,
-            attr.TENANT: request.tenant,
+            attr.TENANT: tenant,
         },
     ):
         try:
-            result = await HANDLERS[operation](pool, request, datetime.now(UTC))
+            result = await HANDLERS[operation](pool, tenant, request, datetime.now(UTC))
         except core.SchedulingError as error:
             return api.encode_error(error.code, str(error))  # type: ignore[arg-type]
         except Exception:  # the caller gets "unavailable", our log the traceback

@@ -38,3 +38,11 @@ directory) and /tmp are the only writable places. */}}
 - {name: data, emptyDir: {sizeLimit: {{ .dataSize }}}}
 - {name: tmp, emptyDir: {medium: Memory, sizeLimit: 64Mi}}
 {{- end -}}
+
+{{/* A component's own NATS user (docs/deployment.md, "Who may do what on the bus"): its name,
+and its password from the NATS users Secret, under the same key as its name. */}}
+{{- define "mediai.natsUser" -}}
+- {name: NATS_USER, value: {{ .user }}}
+- name: NATS_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .root.Values.secrets.natsUsers }}, key: {{ .user }}}}
+{{- end -}}
