@@ -223,9 +223,10 @@ def service_part(
         },
         ready=lambda: http_ready(f"{base}/readyz"),
         # A pool is ready once its first agent worker has registered with LiveKit (a dispatch
-        # sent then is taken at once); a cold worker takes seconds to start. A service on a busy
-        # machine (several stacks on two cores) took more than 30 s to say ready.
-        ready_timeout=120.0 if service == POOL_SERVICE else 60.0,
+        # sent then is taken at once); a cold worker takes seconds to start, and past two
+        # minutes on a busy machine (several stacks on two cores: a cluster's second pool, its
+        # worker importing for over a minute). A service there took more than 30 s to say ready.
+        ready_timeout=300.0 if service == POOL_SERVICE else 60.0,
     )
 
 
