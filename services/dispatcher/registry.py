@@ -46,6 +46,8 @@ class WorkerRegistry:
         subscriptions = [
             await bus.js.subscribe(
                 subjects.type_filter(kind, SYSTEM_TENANT),
+                # Named, not looked up: the dispatcher's NATS user may not list streams.
+                stream=subjects.stream_name(kind.STREAM),
                 cb=self._on_event,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),

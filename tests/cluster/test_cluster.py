@@ -93,7 +93,7 @@ async def cluster(openai_standin: OpenAIStandin) -> AsyncIterator[FaultStack]:
 
 @pytest.fixture(scope="module")
 async def bus(cluster: FaultStack) -> AsyncIterator[Bus]:
-    connected = await connect_bus(cluster.settings, "tests", declare=False)
+    connected = await connect_bus(cluster.settings, "tests", streams="skip")
     yield connected
     await connected.close()
 
