@@ -33,7 +33,12 @@ from shared.events import CODEC, DEADLETTER_STREAM, EVENTS_STREAM, PHI_STREAM, D
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
 from shared.events.platform import DataKeyDestroyed
 from shared.events.rooms import RoomStarted
-from shared.keys_api import DispatchKeysRequest, OpeningKeyRequest, SealingKeyRequest
+from shared.keys_api import (
+    DestroyKeysRequest,
+    DispatchKeysRequest,
+    OpeningKeyRequest,
+    SealingKeyRequest,
+)
 
 AGENT = "agent"
 POOL = "pool"
@@ -81,7 +86,17 @@ EXTRAS: dict[str, Extras] = {
     "billing": Extras(reads=(subjects.stream_name(EVENTS_STREAM),)),
     # A webhook's span links to its room's trace, read from the room's last RoomStarted.
     "webhooks": Extras(gets=(subjects.stream_name(RoomStarted.STREAM),)),
-    "scheduling": Extras(serves=(subjects.scheduling_requests(),)),
+    # A patient's export reads the events it names from the log, by sequence; a patient's
+    # erasure destroys their personal-data key (the only component that may).
+    "scheduling": Extras(
+        serves=(subjects.scheduling_requests(),),
+        gets=(subjects.stream_name(EVENTS_STREAM), subjects.stream_name(PHI_STREAM)),
+        keys=(
+            SealingKeyRequest.OPERATION,
+            OpeningKeyRequest.OPERATION,
+            DestroyKeysRequest.OPERATION,
+        ),
+    ),
     "keys": Extras(serves=(subjects.keys_requests(),)),
     AGENT: Extras(
         requests=(subjects.scheduling_requests(),),

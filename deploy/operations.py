@@ -29,8 +29,10 @@ def register(cli: click.Group) -> None:
 
     cli.add_command(keys)
     from services.rooms.cli import rooms
+    from services.scheduling.patients.cli import access_log
 
     cli.add_command(rooms)
+    cli.add_command(access_log)
 
 
 async def _operator_bus(settings: Settings) -> Bus:

@@ -101,7 +101,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_port: int = 8105
     scheduling_port: int = 8106
     keys_port: int = 8107
-    pool_port: int = 8108
+    recorder_port: int = 8108
+    pool_port: int = 8109
     # Only in a cluster: LiveKit's Redis, and the gateway's LiveKit listener when
     # livekit_nodes > 1 is livekit_port itself (the nodes then take livekit_node_ports).
     redis_port: int = 6380
@@ -200,6 +201,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # dropped webhooks), and how long an egress start may wait for an egress worker to answer.
     rooms_reconcile_interval: int = 30
     rooms_egress_timeout: int = 10
+    # Who records rooms for /v1/egress: "livekit" (LiveKit Egress, run next to the server) or
+    # "recorder" (MediAI's own recorder: consultations' audio to Opus/OGG, after the patient's
+    # consent, encrypted with the patient's clinical key; docs/recording.md).
+    egress_backend: str = "livekit"
 
     def service_port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")
@@ -362,6 +367,13 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+def _egress_backend(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("livekit", "recorder"):
+        raise ValueError(f"{value!r} is not one of livekit, recorder")
+    return text
+
+
 def _ratio(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 1:
@@ -401,6 +413,7 @@ PORT_NAMES = (
     "billing",
     "scheduling",
     "keys",
+    "recorder",
     "pool",
     "redis",
     "zipkin",
@@ -482,6 +495,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_BILLING_AUDIT_LOOKBACK": ("billing_audit_lookback", parse_duration),
     "MEDIAI_ROOMS_RECONCILE_INTERVAL": ("rooms_reconcile_interval", parse_duration),
     "MEDIAI_ROOMS_EGRESS_TIMEOUT": ("rooms_egress_timeout", parse_duration),
+    "MEDIAI_EGRESS_BACKEND": ("egress_backend", _egress_backend),
     **{f"MEDIAI_{name.upper()}_PORT": (f"{name}_port", _port) for name in PORT_NAMES},
 }
 

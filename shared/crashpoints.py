@@ -15,6 +15,8 @@ The points and where they sit (docs/reliability.md keeps the list):
   published yet (services/dispatcher/consumers.py).
 - ``dispatcher.after_publish_before_apply``: the HTTP edge published an event, its read model
   has not applied it yet (services/dispatcher/app.py).
+- ``erasure.after_keys_destroyed``: a patient's personal key is destroyed, their rows are not
+  emptied yet (services/scheduling/patients/erasure.py).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -79,6 +80,20 @@ class DataKey:
             return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], path.encode())
         except InvalidTag:
             raise UnreadableError("the sealed value does not authenticate") from None
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+        """Bytes sealed for a file (a recording's chunk): random nonce + ciphertext + tag.
+        Unlike ``seal`` the nonce is random: a file is never compared, and its chunks repeat
+        (silence). ``context`` is the associated data (which file, which chunk)."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    def decrypt(self, blob: bytes, context: bytes) -> bytes:
+        """What ``encrypt`` sealed with the same ``context``."""
+        try:
+            return self._aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], context)
+        except InvalidTag:
+            raise UnreadableError("the sealed bytes do not authenticate") from None
 
 
 def new_secret() -> bytes:

@@ -69,6 +69,13 @@ class RequestIds:
     def __init__(self, key: str | None = None, seed: uuid.UUID | None = None) -> None:
         self.key = key
         self._seed = seed
+        # The patient the answer is about (``about``): kept with it, so an erasure finds it.
+        self.patient_ref = ""
+
+    def about(self, patient_ref: str) -> None:
+        """Say that the answer is about this patient (it may repeat their personal data): the
+        kept answer is deleted when the patient is erased."""
+        self.patient_ref = patient_ref
 
     def id(self, purpose: str) -> str:
         """The id of one thing the request creates (``purpose`` tells the things apart:
@@ -222,7 +229,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await store.finish(pool, keyed, claimed, None)
             raise
         answer = recorder.answer()
-        await store.finish(pool, keyed, claimed, None if answer.status >= 500 else answer)
+        kept = None if answer.status >= 500 else answer
+        await store.finish(pool, keyed, claimed, kept, patient_ref=ids.patient_ref)
         await recorder.forward(send)
 
 

@@ -26,12 +26,14 @@ _tracer = tracer(__name__)
 FLUSH_SECONDS = 3.0
 
 
-def install_tracing(settings: Settings) -> None:
-    """In a job process (prewarm): the process's tracer provider, also given to livekit-agents
-    with conversation content off (its PII stripping and the GenAI content switch)."""
+def install_tracing(settings: Settings, service: str = "agent") -> None:
+    """In the worker and each job process (prewarm): the process's tracer provider, also given
+    to livekit-agents with conversation content off (its PII stripping and the GenAI content
+    switch), so no personal data leaves the process in a span. ``service`` is the name the spans
+    carry (the tests run agent sessions in their own process, under their own name)."""
     from livekit.agents.telemetry import gen_ai, set_tracer_provider
 
-    setup_telemetry("agent", settings)
+    setup_telemetry(service, settings)
     gen_ai.set_capture_content(False)
     set_tracer_provider(trace.get_tracer_provider(), allow_pii=False)
 

@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 from msgspec.structs import replace
 
+from shared.events.recordings import RecordingStored
 from shared.events.rooms import (
     EgressEnded,
     EgressRequested,
@@ -43,6 +44,14 @@ class EgressRow(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     error: str = ""
+    # "livekit" or "recorder" (MediAI's recorder); what the recorder kept, once it kept it.
+    backend: str = "livekit"
+    dispatch_id: str = ""
+    patient_ref: str = ""
+    file: str = ""
+    file_size: int = 0
+    duration_ms: int = 0
+    retain_until: datetime | None = None
 
 
 class IngressRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +89,7 @@ def egress_requested(row: EgressRow | None, requested: EgressRow) -> EgressRow:
             outputs=requested.outputs,
             kind=row.kind or requested.kind,
             room_sid=row.room_sid or requested.room_sid,
+            backend=requested.backend,
         ),
         requested.status,
     )
@@ -98,8 +108,24 @@ def on_egress_requested(
         outputs=event.outputs,
         status=event.status or "starting",
         requested_at=at,
+        backend=event.backend,
     )
     return egress_requested(row, requested)
+
+
+def on_recording_stored(row: EgressRow | None, event: RecordingStored, tenant: str) -> EgressRow:
+    """The recorder kept the file: it is listed with its egress and its consultation."""
+    base = row or EgressRow(egress_id=event.egress_id, tenant=tenant, room=event.room)
+    return replace(
+        base,
+        backend="recorder",
+        dispatch_id=event.dispatch_id,
+        patient_ref=event.patient_ref,
+        file=event.file,
+        file_size=event.size_bytes,
+        duration_ms=event.duration_ms,
+        retain_until=event.retain_until,
+    )
 
 
 def on_egress_stop_requested(

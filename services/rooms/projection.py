@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.rooms import core, media_core, store, track_core
+from services.rooms import core, erasure, media_core, store, track_core
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
 from services.rooms.store import Row
@@ -17,6 +17,7 @@ from services.rooms.track_core import TrackRow
 from shared.consumer import ConsumerSpec, Delivery
 from shared.db import Connection, projection
 from shared.events import Envelope, Event
+from shared.events.patients import ErasureRequested
 from shared.events.reconciliation import (
     ParticipantFound,
     ParticipantPresumedGone,
@@ -26,6 +27,7 @@ from shared.events.reconciliation import (
     TrackFound,
     TrackPresumedUnpublished,
 )
+from shared.events.recordings import RecordingStored
 from shared.events.rooms import (
     EgressEnded,
     EgressRequested,
@@ -206,6 +208,10 @@ APPLY: dict[type[Event], Fold] = {
     EgressStopRequested: _fold(
         EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_egress_stop_requested(r, e, t)
     ),
+    # the recorder's (the egress backend of on-premises deployments)
+    RecordingStored: _fold(
+        EgressRow, "egress_id", lambda r, e, t, _, __: media_core.on_recording_stored(r, e, t)
+    ),
     IngressCreated: _fold(
         IngressRow, "ingress_id", lambda r, e, t, _, at: media_core.on_ingress_created(r, e, t, at)
     ),
@@ -238,6 +244,8 @@ APPLY: dict[type[Event], Fold] = {
         lambda r, e, t, _, __: track_core.on_track_presumed_unpublished(r, e, t),
     ),
     RoomReconciled: _room_reconciled,
+    # a patient's erasure (services/rooms/erasure.py)
+    ErasureRequested: erasure.fold,
 }
 
 
@@ -254,5 +262,7 @@ async def project(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> No
 
 
 READ_MODEL: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
-    durable="rooms-read-model", handlers=dict.fromkeys(APPLY, project)
+    durable="rooms-read-model",
+    # An erasure is folded as any event, and answered (PatientDataErased) in the same transaction.
+    handlers={**dict.fromkeys(APPLY, project), ErasureRequested: erasure.erase},
 )

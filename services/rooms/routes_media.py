@@ -16,7 +16,7 @@ from litestar.types import ControllerRouterHandler
 from livekit import api as lk
 from livekit.protocol import egress as lk_egress
 
-from services.rooms import store
+from services.rooms import recorder_backend, store
 from services.rooms.edges import LiveKitDep, bad_request, record
 from services.rooms.errors import EgressUnavailableError, RoomNotFoundError, responses
 from services.rooms.livekit_client import EGRESS_HELP, calling, find_room
@@ -58,7 +58,10 @@ def _status(info: lk.EgressInfo) -> str:
     status_code=201,
     summary="Record or stream a room (or one track)",
     description="Room composite to an MP4/OGG file, HLS segments or RTMP streams, or one "
-    "track to a file. Files go under <tenant>/<room>/ in the egress service's storage.",
+    "track to a file. Files go under <tenant>/<room>/ in the egress service's storage. Where "
+    "the deployment records with MediAI's recorder (docs/recording.md), only room_composite to "
+    "ogg: the room's audio, recorded once the patient consented, encrypted with the patient's "
+    "clinical-record key.",
     responses=responses(400, 404),
 )
 async def start_egress(
@@ -69,6 +72,11 @@ async def start_egress(
     settings: SettingsDep,
 ) -> EgressView:
     name = livekit_room(tenant.id, data.room)
+    if (data.backend or settings.egress_backend) == recorder_backend.BACKEND:
+        if await find_room(livekit, name) is None:
+            raise RoomNotFoundError(f"no open room {data.room!r}")
+        egress_id = await recorder_backend.start(pool, tenant.id, data)
+        return EgressView.of(await _egress_row(pool, tenant.id, egress_id))
     try:
         request, outputs = egress_request(tenant.id, data.room, name, data)
     except RequestError as error:
@@ -114,6 +122,9 @@ async def stop_egress(
     known = await store.tenant_row(pool, EgressRow, tenant.id, egress_id)
     if known is None:
         raise NotFoundError("no such egress", code="egress_not_found")
+    if known.backend == recorder_backend.BACKEND:
+        await recorder_backend.stop(pool, tenant.id, known.room, egress_id)
+        return EgressView.of(await _egress_row(pool, tenant.id, egress_id))
     async with calling(not_found=NotFoundError("no such egress", code="egress_not_found")):
         info = await livekit.egress.stop_egress(lk.StopEgressRequest(egress_id=egress_id))
     event = EgressStopRequested(room=known.room, egress_id=egress_id, status=_status(info))
@@ -137,8 +148,14 @@ async def list_egress(
     active: Annotated[
         bool | None, Parameter(description="Only running ones (or only ended)")
     ] = None,
+    consultation: Annotated[
+        str | None,
+        Parameter(
+            max_length=64, description="Only the recordings of this consultation (dispatch id)"
+        ),
+    ] = None,
 ) -> EgressList:
-    rows = await store.egresses(pool, tenant.id, room, active)
+    rows = await store.egresses(pool, tenant.id, room, active, consultation)
     return EgressList(egress=[EgressView.of(row) for row in rows])
 
 

@@ -10,10 +10,12 @@ import msgspec
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
 from services.rooms.track_core import TrackRow
-from shared.naming import FileName, Identity, RoomName
+from shared.naming import FileName, Identity, PatientRef, RoomName
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)]
-Metadata = Annotated[str, msgspec.Meta(max_length=64 * 1024)]
+# Metadata is sealed before LiveKit holds it (services/rooms/privacy.py): sealed, 46 KiB of text
+# stay under LiveKit's 64,000-byte limit on metadata.
+Metadata = Annotated[str, msgspec.Meta(max_length=46 * 1024)]
 DisplayName = Annotated[str, msgspec.Meta(max_length=128)]
 RtmpUrl = Annotated[str, msgspec.Meta(pattern=r"^rtmps?://", max_length=2048)]
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
@@ -38,6 +40,9 @@ class CreateRoomRequest(_Body, frozen=True, kw_only=True):
     departure_timeout: Seconds | None = None
     max_participants: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     metadata: Metadata = ""
+    # The patient the consultation room is for (the clinic's pseudonymous id, never a name):
+    # its metadata is then sealed with that patient's key, and erased with the patient.
+    patient_ref: PatientRef | None = None
 
 
 class RoomView(_View, frozen=True, kw_only=True):
@@ -180,6 +185,22 @@ class StartEgressRequest(_Body, frozen=True, kw_only=True):
     track_sid: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     layout: Literal["grid", "speaker", "single-speaker"] | None = None
     audio_only: bool = False
+    # Who records: "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder: the room's
+    # audio to ogg, once the patient consented; docs/recording.md). Unset: the deployment's
+    # MEDIAI_EGRESS_BACKEND.
+    backend: Literal["livekit", "recorder"] | None = None
+
+
+class RecordingView(_View, frozen=True, kw_only=True):
+    """The file MediAI's recorder kept: Opus/OGG, encrypted with the patient's clinical-record
+    key, under the recordings folder (docs/recording.md)."""
+
+    consultation: str  # the dispatch whose consent allowed it
+    patient_ref: str
+    file: str
+    size_bytes: int
+    duration_ms: int
+    retain_until: datetime | None
 
 
 class EgressView(_View, frozen=True, kw_only=True):
@@ -192,6 +213,9 @@ class EgressView(_View, frozen=True, kw_only=True):
     started_at: datetime | None
     ended_at: datetime | None
     error: str
+    # "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder).
+    backend: str = "livekit"
+    recording: RecordingView | None = None
 
     @classmethod
     def of(cls, row: EgressRow) -> EgressView:
@@ -205,6 +229,17 @@ class EgressView(_View, frozen=True, kw_only=True):
             started_at=row.started_at,
             ended_at=row.ended_at,
             error=row.error,
+            backend=row.backend,
+            recording=RecordingView(
+                consultation=row.dispatch_id,
+                patient_ref=row.patient_ref,
+                file=row.file,
+                size_bytes=row.file_size,
+                duration_ms=row.duration_ms,
+                retain_until=row.retain_until,
+            )
+            if row.file
+            else None,
         )
 
 

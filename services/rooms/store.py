@@ -131,16 +131,22 @@ async def present_participants(
 
 
 async def egresses(
-    pool: asyncpg.Pool, tenant: str, room: str | None = None, active: bool | None = None
+    pool: asyncpg.Pool,
+    tenant: str,
+    room: str | None = None,
+    active: bool | None = None,
+    dispatch_id: str | None = None,
 ) -> list[EgressRow]:
     records = await pool.fetch(
         "SELECT * FROM room_egress WHERE tenant = $1 AND ($2::text IS NULL OR room = $2)"
         " AND ($3::boolean IS NULL OR (ended_at IS NULL AND status NOT IN"
         "  ('complete', 'failed', 'aborted', 'limit_reached')) = $3)"
+        " AND ($4::text IS NULL OR dispatch_id = $4)"
         " ORDER BY coalesce(requested_at, started_at) DESC NULLS LAST LIMIT 500",
         tenant,
         room,
         active,
+        dispatch_id,
     )
     return [r for r in (_row(EgressRow, x) for x in records) if r]
 

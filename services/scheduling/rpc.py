@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ from services.scheduling import core, dispatches, service
 from services.scheduling.store import Appointment, AppointmentFilter, Doctor, DoctorFilter
 from shared import attributes as attr
 from shared import scheduling_api as api
+from shared.phi import Phi
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import extract, tracer
 
@@ -36,6 +38,14 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 QUEUE = "scheduling"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the operations need: the database, and the sealing of personal columns."""
+
+    pool: asyncpg.Pool
+    phi: Phi
 
 
 def _slot(slot: core.Slot, zone: ZoneInfo) -> api.Slot:
@@ -74,11 +84,11 @@ def _appointment(a: Appointment) -> api.Appointment:
 
 
 async def search_doctors(
-    pool: asyncpg.Pool, tenant: str, r: api.SearchDoctorsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.SearchDoctorsRequest, now: datetime
 ) -> api.SearchDoctorsReply:
     query = DoctorFilter(specialty=r.specialty, name=r.name, city=r.city, insurance=r.insurance)
     found = await service.search_doctors(
-        pool,
+        ctx.pool,
         tenant,
         query,
         available_from=r.available_from,
@@ -87,17 +97,17 @@ async def search_doctors(
         offset=0,
         now=now,
     )
-    known = [] if found else await service.known_specialties(pool, tenant)
+    known = [] if found else await service.known_specialties(ctx.pool, tenant)
     return api.SearchDoctorsReply(
         doctors=[_doctor(doctor, slot) for doctor, slot in found], known_specialties=known
     )
 
 
 async def next_slots(
-    pool: asyncpg.Pool, tenant: str, r: api.NextSlotsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.NextSlotsRequest, now: datetime
 ) -> api.NextSlotsReply:
     doctor, slots = await service.doctor_slots(
-        pool, tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
+        ctx.pool, tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
     )
     zone = doctor.schedule.zone
     return api.NextSlotsReply(
@@ -107,7 +117,7 @@ async def next_slots(
 
 
 async def book(
-    pool: asyncpg.Pool, tenant: str, r: api.BookRequest, now: datetime
+    ctx: Context, tenant: str, r: api.BookRequest, now: datetime
 ) -> api.AppointmentReply:
     booking = service.Booking(
         doctor_id=r.doctor_id,
@@ -120,15 +130,15 @@ async def book(
         request_key=r.request_id,
         channel="agent",
     )
-    appointment, _ = await service.book(pool, tenant, booking, now=now)
+    appointment, _ = await service.book(ctx.pool, tenant, booking, now=now, phi=ctx.phi)
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def reschedule(
-    pool: asyncpg.Pool, tenant: str, r: api.RescheduleRequest, now: datetime
+    ctx: Context, tenant: str, r: api.RescheduleRequest, now: datetime
 ) -> api.RescheduleReply:
     appointment, previous = await service.reschedule(
-        pool,
+        ctx.pool,
         tenant,
         r.appointment_id,
         r.starts_at,
@@ -141,16 +151,22 @@ async def reschedule(
 
 
 async def cancel(
-    pool: asyncpg.Pool, tenant: str, r: api.CancelRequest, now: datetime
+    ctx: Context, tenant: str, r: api.CancelRequest, now: datetime
 ) -> api.AppointmentReply:
     appointment = await service.cancel(
-        pool, tenant, r.appointment_id, patient_ref=r.patient_ref, channel="agent", now=now
+        ctx.pool,
+        tenant,
+        r.appointment_id,
+        patient_ref=r.patient_ref,
+        channel="agent",
+        now=now,
+        phi=ctx.phi,
     )
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def find_appointments(
-    pool: asyncpg.Pool, tenant: str, r: api.FindAppointmentsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.FindAppointmentsRequest, now: datetime
 ) -> api.FindAppointmentsReply:
     query = AppointmentFilter(
         doctor_id=r.doctor_id,
@@ -158,11 +174,11 @@ async def find_appointments(
         status=None if r.include_cancelled else "booked",
         starts_from=None if r.include_past else now,
     )
-    found = await service.list_appointments(pool, tenant, query, limit=r.limit)
+    found = await service.list_appointments(ctx.pool, tenant, query, limit=r.limit)
     return api.FindAppointmentsReply(appointments=[_appointment(a) for a in found])
 
 
-Operation = Callable[[asyncpg.Pool, str, Any, datetime], Awaitable[msgspec.Struct]]
+Operation = Callable[[Context, str, Any, datetime], Awaitable[msgspec.Struct]]
 
 # The routing table: operation name (shared.scheduling_api) -> handler.
 HANDLERS: dict[str, Operation] = {
@@ -176,14 +192,14 @@ HANDLERS: dict[str, Operation] = {
 assert set(HANDLERS) == set(api.OPERATIONS), "every operation of the contract needs a handler"
 
 
-async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
+async def answer(ctx: Context, operation: str, message: Msg) -> bytes:
     """The reply to one request (always an encoded ``Reply``)."""
     try:
         request = msgspec.json.decode(message.data, type=api.OPERATIONS[operation])
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         return api.encode_error("invalid_request", str(error))
     # The tenant is the dispatch's, never the request's word (services/scheduling/dispatches.py).
-    tenant = await dispatches.live_tenant(pool, request.dispatch_id)
+    tenant = await dispatches.live_tenant(ctx.pool, request.dispatch_id)
     if tenant is None:
         return api.encode_error("dispatch_not_live", "not a live dispatch")
     with _tracer.start_as_current_span(
@@ -198,7 +214,7 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
         },
     ):
         try:
-            result = await HANDLERS[operation](pool, tenant, request, datetime.now(UTC))
+            result = await HANDLERS[operation](ctx, tenant, request, datetime.now(UTC))
         except core.SchedulingError as error:
             return api.encode_error(error.code, str(error))  # type: ignore[arg-type]
         except Exception:  # the caller gets "unavailable", our log the traceback
@@ -209,11 +225,11 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
 
 async def serve_requests(app: Litestar) -> None:
     """Answer scheduling requests on core NATS until cancelled."""
-    nc, pool = app.state.bus.nc, app.state.pool
+    nc, ctx = app.state.bus.nc, Context(app.state.pool, app.state.bus.phi)
     running: set[asyncio.Task[None]] = set()
 
     async def respond(operation: str, message: Msg) -> None:
-        payload = await answer(pool, operation, message)
+        payload = await answer(ctx, operation, message)
         if message.reply:
             await message.respond(payload)
 

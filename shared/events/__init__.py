@@ -7,7 +7,17 @@ docs/events.md). Nothing is published that is not in ``CURRENT``.
 
 from __future__ import annotations
 
-from shared.events import agents, billing, clinical, legacy, platform, reconciliation, rooms
+from shared.events import (
+    agents,
+    billing,
+    clinical,
+    legacy,
+    patients,
+    platform,
+    reconciliation,
+    recordings,
+    rooms,
+)
 from shared.events.base import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
@@ -27,6 +37,8 @@ CURRENT: tuple[type[Event], ...] = (
     + agents.EVENTS
     + billing.EVENTS
     + clinical.EVENTS
+    + patients.EVENTS
+    + recordings.EVENTS
 )
 
 CODEC = EventCodec(CURRENT, legacy.LEGACY)

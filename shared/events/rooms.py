@@ -123,10 +123,11 @@ class TrackUnpublished(Event, frozen=True, kw_only=True):
 
 
 class EgressStarted(Event, frozen=True, kw_only=True):
-    """LiveKit started an egress (recording or stream) of a room."""
+    """LiveKit started an egress (recording or stream) of a room, or MediAI's recorder started
+    recording it (after the patient's consent; docs/recording.md)."""
 
     TYPE: ClassVar[str] = "mediai.egress.started.v1"
-    PRODUCER: ClassVar[str] = "webhooks"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime
@@ -152,10 +153,10 @@ class EgressUpdated(Event, frozen=True, kw_only=True):
 
 
 class EgressEnded(Event, frozen=True, kw_only=True):
-    """An egress ended (completed, failed or aborted)."""
+    """An egress ended (completed, failed or aborted): LiveKit's, or MediAI's recorder's."""
 
     TYPE: ClassVar[str] = "mediai.egress.ended.v1"
-    PRODUCER: ClassVar[str] = "webhooks"
+    PRODUCER: ClassVar[str] = "webhooks; recorder"
     room: Pseudonym
     egress_id: Plain
     started_at: datetime | None = None
@@ -245,6 +246,9 @@ class RoomCreated(Event, frozen=True, kw_only=True):
     metadata: Personal = ""
     # LiveKit's creation time of the room (absent in events from before it was recorded).
     created_at: datetime | None = None
+    # The patient the room is for, when the clinic named one (``patientRef`` on POST /v1/rooms):
+    # the metadata is then sealed with that patient's key, in LiveKit as everywhere else.
+    patient_ref: Pseudonym = ""
 
 
 class RoomDeleted(Event, frozen=True, kw_only=True):
@@ -292,6 +296,9 @@ class ParticipantUpdated(Event, frozen=True, kw_only=True):
     metadata: Personal | None = None
     attributes: Annotated[dict[str, str], PERSONAL] | None = None
     permission: ParticipantPermission | None = None
+    # The participant's patient, as its token says ("" for anyone else): the new name,
+    # metadata and attributes are sealed with that patient's key.
+    patient_ref: Pseudonym = ""
 
 
 class TrackMuted(Event, frozen=True, kw_only=True):
@@ -336,6 +343,9 @@ class EgressRequested(Event, frozen=True, kw_only=True):
     room_sid: Plain = ""
     # LiveKit's status of the egress in its answer ("starting", ...).
     status: Plain = ""
+    # Who makes it: "livekit" (LiveKit Egress) or "recorder" (MediAI's recorder, which waits
+    # for the patient's consent; docs/recording.md).
+    backend: Plain = "livekit"
 
 
 class EgressStopRequested(Event, frozen=True, kw_only=True):
