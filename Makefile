@@ -14,24 +14,40 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit zipkin helm lint typecheck docs clean
+.PHONY: up up-cluster test faults cluster install redis livekit zipkin helm lint typecheck docs clean
 
 up: install livekit zipkin
 	$(UV) run mediai up
 
-# The fault suite runs after the rest, never beside it: each of its modules starts a stack of
-# its own (docs/reliability.md).
-test: install livekit zipkin helm lint typecheck docs
-	$(UV) run pytest -m "not faults"
+# The cluster topology on this machine (docs/scaling.md): 3 NATS, 2 LiveKit on Redis, 2 replicas
+# of every service, 2 agent worker pools.
+up-cluster: install livekit redis
+	$(UV) run mediai up --cluster
+
+# The fault and cluster suites run after the rest, never beside it: each of their modules starts
+# a stack of its own (docs/reliability.md, docs/scaling.md).
+test: install livekit redis zipkin helm lint typecheck docs
+	$(UV) run pytest -m "not faults and not cluster"
 	$(UV) run pytest -m faults tests/faults
+	$(UV) run pytest -m cluster tests/cluster
 
 # The fault suite alone: real faults (kill, stop, freeze by pid) on private stacks, with figures.
 # MEDIAI_FAULT_OUTAGE=60 gives the outages of the figures in docs/reliability.md.
 faults: install livekit
 	$(UV) run pytest -m faults tests/faults
 
+# The cluster suite alone (about 5 minutes here: most of it starting 25 processes).
+cluster: install livekit redis
+	$(UV) run pytest -m cluster tests/cluster
+
 install: $(UV)
 	$(UV) sync --frozen
+
+# Redis for the LiveKit nodes of the cluster topology: Debian's redis-server (its service is not
+# started; the stack runs its own on its own port).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
 $(UV):
 	python3 -m venv $(TOOLS)

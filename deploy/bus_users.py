@@ -41,6 +41,7 @@ from shared.keys_api import (
 )
 
 AGENT = "agent"
+POOL = "pool"
 # Producers named in an event's PRODUCER that are not a NATS user of their own: the platform's
 # events are published by operator commands; a dead letter by whoever runs the consumer.
 _PLATFORM, _ANY_CONSUMER = "platform", "any"
@@ -73,8 +74,12 @@ class Extras:
 
 
 EXTRAS: dict[str, Extras] = {
-    # The pool follows worker registrations; a duplicate publish reads the event the log holds.
+    # The dispatcher follows every pool's worker events (its registry of workers), a pool its
+    # own workers' registrations; a duplicate publish reads the event the log holds.
     "dispatcher": Extras(
+        reads=(subjects.stream_name(EVENTS_STREAM),), gets=(subjects.stream_name(EVENTS_STREAM),)
+    ),
+    "pool": Extras(
         reads=(subjects.stream_name(EVENTS_STREAM),), gets=(subjects.stream_name(EVENTS_STREAM),)
     ),
     # Audits (POST /v1/audits) replay the events stream.
@@ -205,12 +210,12 @@ def _allow(direction: str, subjects_allowed: tuple[str, ...]) -> list[str]:
     return [f"        {direction}: {{allow: [", items, "        ]}"]
 
 
-def users_block(password: Callable[[str], str]) -> str:
+def users_block(password: Callable[[str], str], leave_out: tuple[str, ...] = ()) -> str:
     """The NATS server's ``authorization`` block: every user, its password as ``password(user)``
     renders it (a quoted string, or a ``$VARIABLE`` the server reads from its environment),
     and its permissions."""
     lines = ["authorization {", "  users = ["]
-    for user in users():
+    for user in (u for u in users() if u not in leave_out):
         allowed = permissions(user)
         lines += [
             "    {",
@@ -241,7 +246,10 @@ PRODUCTION_HEADER = """\
 
 def production_users() -> str:
     """deploy/production/nats/users.conf: the users block with passwords from the environment."""
-    return PRODUCTION_HEADER + users_block(lambda user: f"${password_variable(user)}")
+    # No pool service in production: an orchestrator runs the agent workers (docs/deployment.md).
+    return PRODUCTION_HEADER + users_block(
+        lambda user: f"${password_variable(user)}", leave_out=(POOL,)
+    )
 
 
 def ensure_credentials(data_dir: Path) -> dict[str, str]:

@@ -43,11 +43,22 @@ def cli() -> None:
 
 
 @cli.command()
-def up() -> None:
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Run the cluster topology: 3 NATS nodes (R3 streams), 2 LiveKit nodes on Redis, 2 "
+    "replicas of every service, 2 agent worker pools (docs/scaling.md).",
+)
+def up(cluster: bool) -> None:
     """Start the whole stack on this machine (data under MEDIAI_DATA_DIR, default .mediai/)."""
+    from deploy.cluster import TOPOLOGY
     from deploy.stack import Stack
     from deploy.supervisor import StackError
 
+    if cluster:
+        # The topology's counts, unless the environment gives its own.
+        for name, count in TOPOLOGY.items():
+            os.environ.setdefault(f"MEDIAI_{name.upper()}", str(count))
     settings = settings_or_exit()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = (settings.data_dir / ".lock").open("a+")
@@ -175,9 +186,9 @@ def status(as_json: bool) -> None:
         }
         click.echo(msgspec.json.encode(document))
         return
-    click.echo(f"{'part':<12} {'state':<8} {'pid':>7}  url")
+    click.echo(f"{'part':<14} {'state':<8} {'pid':>7}  url")
     for p in parts:
-        click.echo(f"{p['name']:<12} {p['state']:<8} {p['pid'] or '-':>7}  {p['url']}")
+        click.echo(f"{p['name']:<14} {p['state']:<8} {p['pid'] or '-':>7}  {p['url']}")
     click.echo(f"\ndev API key: {state.dev_api_key}")
     if state.traces_url:
         click.echo(f"traces:      {state.traces_url} (one trace: {state.trace_url_template})")

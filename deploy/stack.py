@@ -9,8 +9,6 @@ import asyncio
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +17,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import livekit, openapi, zipkin
+from deploy import openapi, zipkin
 from deploy.bus_users import AGENT, ensure_credentials
+from deploy.cluster import node_name, redis_part
+from deploy.livekit import livekit_parts
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
 from deploy.nats import nats_parts, operator_login
-from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
+from deploy.supervisor import Part, StackError, Supervisor, as_user, executable, http_ready
 from services import http_services
 from services.keys import kek
 from shared.bus import connect_bus
@@ -37,18 +37,8 @@ STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
 KEY_SERVICE = "keys"
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - our own loopback URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-async def _http_ready(url: str) -> bool:
-    return await asyncio.to_thread(_http_ok, url)
+POOL_SERVICE = "pool"
+DISPATCHER = "dispatcher"
 
 
 NATS_LOGIN_VARIABLES = (
@@ -167,37 +157,12 @@ def postgres_part(settings: Settings) -> Part:
     )
 
 
-def livekit_part(settings: Settings) -> Part:
-    config_path = (settings.data_dir / "livekit.yaml").resolve()
-    binary = livekit.binary_path()
-
-    async def prepare() -> None:
-        try:
-            await asyncio.to_thread(livekit.ensure_binary)
-        except livekit.LiveKitUnavailableError as error:
-            raise StackError(str(error)) from None
-        livekit.write_config(settings, config_path)
-
-    http_url = f"http://{settings.host}:{settings.livekit_port}/"
-    return Part(
-        name="livekit",
-        argv=[str(binary), "--config", str(config_path), "--node-ip", settings.host],
-        url=settings.livekit_url,
-        ports=[
-            ("MEDIAI_LIVEKIT_PORT", settings.livekit_port),
-            ("MEDIAI_LIVEKIT_RTC_TCP_PORT", settings.livekit_rtc_tcp_port),
-        ],
-        ready=lambda: _http_ready(http_url),
-        prepare=prepare,
-    )
-
-
 def nats_environ(settings: Settings, service: str) -> dict[str, str]:
-    """A service's own NATS user and password; the dispatcher also gets the agent workers',
-    to hand to the workers its pool starts."""
+    """A service's own NATS user and password; a pool also gets the agent workers', to hand
+    to the workers it starts."""
     passwords = ensure_credentials(settings.data_dir)
     environ = {"NATS_USER": service, "NATS_PASSWORD": passwords[service]}
-    if service == "dispatcher":
+    if service == POOL_SERVICE:
         environ.update(
             {"MEDIAI_AGENT_NATS_USER": AGENT, "MEDIAI_AGENT_NATS_PASSWORD": passwords[AGENT]}
         )
@@ -224,7 +189,7 @@ def zipkin_part(settings: Settings) -> Part:
         url=settings.zipkin_url,
         ports=[("MEDIAI_ZIPKIN_PORT", settings.zipkin_port)],
         env=zipkin.environment(settings.zipkin_port),
-        ready=lambda: _http_ready(f"http://{settings.host}:{settings.zipkin_port}/health"),
+        ready=lambda: http_ready(f"http://{settings.host}:{settings.zipkin_port}/health"),
         prepare=prepare,
         ready_timeout=120.0,
         # In-memory: nothing to save, and the JVM's graceful shutdown takes seconds.
@@ -232,23 +197,42 @@ def zipkin_part(settings: Settings) -> Part:
     )
 
 
-def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
-    """One HTTP service; ``env`` adds to the environment its settings make (e.g. a crash point,
+def service_part(
+    settings: Settings, service: str, env: dict[str, str] | None = None, replica: int = 1
+) -> Part:
+    """One HTTP service, or replica ``replica`` of it (its own port: the service's + 100 each);
+    ``env`` adds to the environment its settings make (e.g. a crash point,
     ``MEDIAI_CRASH_POINT``, for that service alone)."""
-    port = settings.service_port(service)
+    replicas = replica_count(settings, service)
+    port = settings.service_replica_port(service, replica)
     base = f"http://{settings.host}:{port}"
+    own = {f"MEDIAI_{service.upper()}_PORT": str(port)}
+    if service == POOL_SERVICE and replicas > 1:
+        # One pool per worker host: its workers' logs and spools in a folder of its own.
+        own["MEDIAI_DATA_DIR"] = str((settings.data_dir / f"pool-{replica}").resolve())
     return Part(
-        name=service,
+        name=node_name(service, replica, replicas),
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env={**child_environ(settings, service), **nats_environ(settings, service), **(env or {})},
-        ready=lambda: _http_ready(f"{base}/readyz"),
-        # The dispatcher is ready once its first agent worker has registered with LiveKit (a
-        # dispatch sent then is taken at once); a cold worker takes seconds to start. A service
-        # on a busy machine (several stacks on two cores) took more than 30 s to say ready.
-        ready_timeout=120.0 if service == "dispatcher" else 60.0,
+        env={
+            **child_environ(settings, service),
+            **nats_environ(settings, service),
+            **own,
+            **(env or {}),
+        },
+        ready=lambda: http_ready(f"{base}/readyz"),
+        # A pool is ready once its first agent worker has registered with LiveKit (a dispatch
+        # sent then is taken at once); a cold worker takes seconds to start, and past two
+        # minutes on a busy machine (several stacks on two cores: a cluster's second pool, its
+        # worker importing for over a minute). A service there took more than 30 s to say ready.
+        ready_timeout=300.0 if service == POOL_SERVICE else 60.0,
     )
+
+
+def replica_count(settings: Settings, service: str) -> int:
+    """Pools follow the worker hosts (agent_pools), the other services service_replicas."""
+    return settings.agent_pools if service == POOL_SERVICE else settings.service_replicas
 
 
 def gateway_part(settings: Settings) -> Part:
@@ -263,8 +247,12 @@ def gateway_part(settings: Settings) -> Part:
         "MEDIAI_DOCS_DIR": str(openapi.DOCUMENT.parent),
         "MEDIAI_API_VIEWER_DIR": str(openapi.VIEWER),
         "MEDIAI_SWAGGER_UI_DIR": str(openapi.swagger_ui_dir()),
+        "MEDIAI_GATEWAY_UPSTREAMS": "single" if settings.service_replicas == 1 else "replicas",
         **{
-            f"MEDIAI_{name.upper()}_UPSTREAM": f"{settings.host}:{settings.service_port(name)}"
+            f"MEDIAI_{name.upper()}_UPSTREAM": " ".join(
+                f"{settings.host}:{settings.service_replica_port(name, r)}"
+                for r in range(1, settings.service_replicas + 1)
+            )
             for name in ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling")
         },
     }
@@ -281,7 +269,7 @@ def gateway_part(settings: Settings) -> Part:
         url=settings.gateway_url,
         ports=[("MEDIAI_GATEWAY_PORT", settings.gateway_port)],
         env=env,
-        ready=lambda: _http_ready(f"{settings.gateway_url}/healthz"),
+        ready=lambda: http_ready(f"{settings.gateway_url}/healthz"),
     )
 
 
@@ -300,17 +288,30 @@ def stack_stages(
             f"unknown service {unknown[0]!r} in MEDIAI_SERVICES; one of: {', '.join(known)}"
         )
     servers = [*nats_parts(settings), postgres_part(settings)]
-    if settings.livekit_local:
-        servers.append(livekit_part(settings))
+    media = livekit_parts(settings) if settings.livekit_local else []
+    if media and settings.livekit_nodes > 1:
+        servers.append(redis_part(settings))  # the LiveKit nodes need it to start
     selected = services if services is not None else known
     extra = environment or {}
-    # Every service that handles personal data needs the key service: it always runs.
-    selected = [*selected, *([] if KEY_SERVICE in selected else [KEY_SERVICE])]
-    return [
-        servers,
-        [service_part(settings, s, extra.get(s)) for s in selected],
-        [gateway_part(settings)],
+    # Every service that handles personal data needs the key service: it always runs. Agents
+    # need a worker pool: it runs with the dispatcher.
+    needed = [KEY_SERVICE, *([POOL_SERVICE] if DISPATCHER in selected else [])]
+    selected = [*selected, *(s for s in needed if s not in selected)]
+    if settings.agent_pool_max == 0:  # no pool: an orchestrator (or nobody) runs the workers
+        selected = [s for s in selected if s != POOL_SERVICE]
+    # Replica 1 of every service, then replica 2...: a small machine starts a dozen Python
+    # processes at a time at most.
+    most = max(replica_count(settings, s) for s in selected)
+    replicas = [
+        [
+            service_part(settings, s, extra.get(s), r)
+            for s in selected
+            if r <= replica_count(settings, s)
+        ]
+        for r in range(1, most + 1)
     ]
+    stages = [servers, media, *replicas, [gateway_part(settings)]]
+    return [stage for stage in stages if stage]
 
 
 async def as_operator(settings: Settings) -> None:
@@ -393,9 +394,7 @@ class Stack:
         tracing: asyncio.Task[None] | None = None
         try:
             dev_key = ""
-            servers, services, gateway = stack_stages(
-                self.settings, self.services, self.environment
-            )
+            servers, *later = stack_stages(self.settings, self.services, self.environment)
             # Nothing waits for the tracing backend (spans wait in each process's exporter):
             # its JVM starts beside everything else and is awaited last.
             if self.settings.zipkin:
@@ -409,8 +408,8 @@ class Stack:
             await as_operator(self.settings)
             if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
                 kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
-            await self.supervisor.start_together(services)
-            await self.supervisor.start_together(gateway)
+            for stage in later:
+                await self.supervisor.start_together(stage)
             if tracing is not None:
                 await tracing
         except BaseException:

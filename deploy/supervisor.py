@@ -18,6 +18,8 @@ import signal
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,19 @@ def executable(name: str) -> str:
     if found is None:
         raise StackError(f"{name} not found; run 'make install' (it comes from PyPI)")
     return found
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - our own loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def http_ready(url: str) -> bool:
+    """True when ``url`` answers 200 (a part's readiness probe); False on any failure."""
+    return await asyncio.to_thread(_http_ok, url)
 
 
 def _die_with_parent() -> None:

@@ -51,13 +51,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # nats_cluster_port + i - 1 (defaults 4222-4224 and 6222-6224: below the kernel's
     # ephemeral range, so never a port the OS hands out as a free one).
     nats_nodes: int = 1
+    # The rest of the cluster topology of the local stack (``mediai up --cluster``): LiveKit
+    # servers sharing one Redis, replicas of every HTTP service behind the gateway, and agent
+    # worker pools (one per worker host). Ports and data folders per node: docs/scaling.md.
+    livekit_nodes: int = 1
+    service_replicas: int = 1
+    agent_pools: int = 1
     # Who this process is on NATS: each component has its own user, with subject permissions
     # (deploy/bus_users.py). Unset: the operator's, from a local stack's data_dir if there is one.
     nats_user: str | None = None
     nats_password: str | None = None
     # The CA that signed the NATS servers' certificates (tls:// URLs); unset: the system's CAs.
     nats_ca: Path | None = None
-    # The agent workers' NATS user, which the dispatcher's pool hands to the workers it starts.
+    # The agent workers' NATS user, which the pool service hands to the workers it starts.
     agent_nats_user: str = "agent"
     agent_nats_password: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
@@ -96,6 +102,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scheduling_port: int = 8106
     keys_port: int = 8107
     recorder_port: int = 8108
+    pool_port: int = 8109
+    # Only in a cluster: LiveKit's Redis, and the gateway's LiveKit listener when
+    # livekit_nodes > 1 is livekit_port itself (the nodes then take livekit_node_ports).
+    redis_port: int = 6380
     zipkin_port: int = 9411
 
     token_ttl_default: int = 3600
@@ -154,7 +164,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_lost_grace: int = 60
     # Seconds an agent waits for someone to join an empty room before it leaves.
     agent_empty_room_timeout: int = 300
-    # The worker pool the dispatcher runs (0/0 when an orchestrator runs the workers instead).
+    # Each pool service's workers (0/0 when an orchestrator runs the workers instead).
     agent_pool_min: int = 1
     agent_pool_max: int = 2
     agent_jobs_per_worker: int = 4
@@ -207,6 +217,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    def service_replica_port(self, service: str, replica: int) -> int:
+        """The port of replica ``replica`` (from 1) of a service: its port, then + 100 each."""
+        return self.service_port(service) + 100 * (replica - 1)
+
+    def livekit_node_ports(self) -> list[tuple[int, int, int]]:
+        """(signal, RTC TCP, RTC UDP) ports of each LiveKit node, node 1 first. One node uses
+        the settings' ports; in a cluster the gateway balances livekit_port over the nodes,
+        which take the ports 10 above, 20 above..."""
+        if self.livekit_nodes == 1:
+            return [(self.livekit_port, self.livekit_rtc_tcp_port, self.livekit_rtc_udp_port)]
+        return [
+            (
+                self.livekit_port + 10 * i,
+                self.livekit_rtc_tcp_port + 10 * i,
+                self.livekit_rtc_udp_port + 10 * i,
+            )
+            for i in range(1, self.livekit_nodes + 1)
+        ]
 
     @property
     def zipkin_url(self) -> str:
@@ -389,6 +418,8 @@ PORT_NAMES = (
     "scheduling",
     "keys",
     "recorder",
+    "pool",
+    "redis",
     "zipkin",
 )
 
@@ -400,6 +431,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
     "MEDIAI_NATS_NODES": ("nats_nodes", _nats_nodes),
+    "MEDIAI_LIVEKIT_NODES": ("livekit_nodes", _positive_int),
+    "MEDIAI_SERVICE_REPLICAS": ("service_replicas", _positive_int),
+    "MEDIAI_AGENT_POOLS": ("agent_pools", _positive_int),
     "NATS_USER": ("nats_user", str),
     "NATS_PASSWORD": ("nats_password", str),
     "NATS_CA": ("nats_ca", _readable_file),

@@ -36,6 +36,7 @@ from litestar.params import Parameter
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from shared import idempotency_store as store
+from shared import leases
 from shared.background import every
 from shared.contract import ErrorBody, ErrorDetail, merged
 from shared.events import new_event_id
@@ -90,7 +91,9 @@ async def _prune(app: Litestar) -> None:
 
 
 # Each service that takes keys runs it among its background tasks.
-KEY_PRUNER = every("idempotency-key-pruner", PRUNE_EVERY_SECONDS, _prune)
+KEY_PRUNER = every(
+    "idempotency-key-pruner", PRUNE_EVERY_SECONDS, leases.elected(leases.IDEMPOTENCY_PRUNER, _prune)
+)
 
 
 # --- the middleware ----------------------------------------------------------------------------

@@ -9,11 +9,10 @@ written (a key's events come from one component; ordering across components is n
 - Writers of one key take turns: ``add_to_outbox`` holds a per-key lock until its transaction
   ends, so a row's position is allocated only after every earlier row of its key committed.
   Without it a row could become visible before a lower position of its key still in flight.
-- One relay per source publishes at a time: each batch runs under a transaction-level advisory
-  lock of its source that a relay tries, and leaves to whoever holds it. A transaction lock,
-  rather than a session lock held by an elected relay, is released by the server whenever its
-  holder ends or dies, needs no election or hand-over, and works through a transaction-pooling
-  proxy (PgBouncer, Neon).
+- One relay per source publishes at a time: each batch runs under the relay's lease of its
+  source (``shared.leases``), a transaction-level advisory lock that a relay tries, and leaves to
+  whoever holds it. It is released by the server whenever its holder ends or dies, needs no
+  election or hand-over, and works through a transaction-pooling proxy (PgBouncer, Neon).
 - A batch is published in position order and stops at the first failed publish; the rows
   published so far are marked, the rest wait for the next round.
 - A row that cannot be decoded is set aside (``set_aside_at``, ``set_aside_reason``; listed by
@@ -38,6 +37,7 @@ from datetime import datetime
 import asyncpg
 import nats.errors
 
+from shared import leases
 from shared.bus import Bus, BusUnavailableError
 from shared.crashpoints import crash_point
 from shared.db import Connection
@@ -49,9 +49,8 @@ from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
-# Advisory lock keys, in the two-int form (a key space apart from the migration runner's 64-bit
-# key): (class, hash of the source) for relays, (class, hash of the key) for writers.
-RELAY_LOCK_CLASS = 0x72656C61  # "rela"
+# Per-key writer locks use the two-int advisory lock form: (class, hash of the key), a key space
+# apart from the leases' (shared.leases, where the relay's lease is).
 _KEY_LOCK_CLASS = 0x6F757462  # "outb"
 
 
@@ -117,10 +116,7 @@ async def relay_outbox(
     published, after = 0, 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", RELAY_LOCK_CLASS, bus.source
-            )
-            if not locked:
+            if not await leases.take(conn, leases.OUTBOX_RELAY, scope=bus.source):
                 return None
             rows = await conn.fetch(query, after, batch, bus.source)
             done, failure = await _publish_in_order(conn, bus, rows)

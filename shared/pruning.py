@@ -9,8 +9,8 @@
   rows are kept for the dead-letter retention plus a margin, so the replay is still recognised.
 
 Rows set aside by the outbox relay are never pruned: they wait for an operator. Every service
-runs ``BUS_PRUNER`` among its background tasks; a round runs under a transaction-level advisory
-lock, so two processes never prune at once, and deletes a bounded number of rows in batches
+runs ``BUS_PRUNER`` among its background tasks; a round runs under its lease (``shared.leases``),
+so two processes never prune at once, and deletes a bounded number of rows in batches
 (each statement well inside the statement timeout); the rest goes next round.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from shared import leases
 from shared.background import every
 from shared.config import Settings
 from shared.db import Connection
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 600.0
 OUTBOX_MARGIN_SECONDS = 3600.0
 INBOX_MARGIN_SECONDS = 86400.0
-PRUNE_LOCK = 0x6D656469610002  # next to the relay's lock (shared.outbox)
 _BATCH = 10_000
 _BATCHES_PER_ROUND = 10
 
@@ -55,7 +55,7 @@ async def prune_bus_records(pool: asyncpg.Pool, settings: Settings) -> Pruned | 
     """Delete published outbox rows and inbox rows past their keep time; None when another
     process is pruning right now."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
+        if not await leases.take(conn, leases.BUS_PRUNER):
             return None
         outbox = await _delete_in_batches(
             conn,

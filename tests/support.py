@@ -54,6 +54,19 @@ def port_block(count: int, host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
 
+def _cluster_ports() -> dict[str, int]:
+    """Ports of a cluster stack from one free block: a replica's port is its service's + 100
+    each, a LiveKit node's 10 above the balancer's (shared.config), so single free ports could
+    collide with them."""
+    base = port_block(400)
+    singles = [n for n in PORT_NAMES if n not in ("nats", "nats_cluster")]
+    livekit = {"livekit": 0, "livekit_rtc_tcp": 1, "livekit_rtc_udp": 2}
+    others = [n for n in singles if n not in livekit]
+    ports = {f"{name}_port": base + 40 + i for i, name in enumerate(others)}
+    ports.update({f"{name}_port": base + offset for name, offset in livekit.items()})
+    return ports
+
+
 def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for a stack on free ports under ``data_dir``, as ``mediai up`` would run it;
     ``nats_nodes=3`` gives a NATS cluster its blocks of ports (``port_block``)."""
@@ -62,6 +75,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     nodes = int(overrides.get("nats_nodes", 1))  # type: ignore[call-overload]
     if nodes > 1:
         ports["nats_port"], ports["nats_cluster_port"] = port_block(nodes), port_block(nodes)
+    if int(overrides.get("service_replicas", 1)) > 1 or int(overrides.get("livekit_nodes", 1)) > 1:  # type: ignore[call-overload]
+        ports.update(_cluster_ports())
     values: dict[str, object] = {
         "data_dir": data_dir,
         "host": host,

@@ -17,7 +17,7 @@ from services.dispatcher.core import (
     needs_parking,
     past_deadline,
 )
-from services.dispatcher.pool_core import (
+from services.pool.core import (
     IDLE_SECONDS,
     WorkerView,
     next_attempt,

@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from services.dispatcher.pool import WorkerPool
+from services.pool.workers import WorkerPool
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events.agents import AgentWorkerExited, AgentWorkerRegistered, AgentWorkerStarted

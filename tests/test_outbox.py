@@ -22,12 +22,13 @@ from prometheus_client import REGISTRY
 
 from deploy.stack import StackState, nats_part
 from deploy.supervisor import Supervisor
+from shared import leases
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
 from shared.events import TokenIssued
-from shared.outbox import RELAY_LOCK_CLASS, add_to_outbox, outbox_state, relay_outbox
-from shared.pruning import PRUNE_LOCK, Pruned, prune_bus_records
+from shared.outbox import add_to_outbox, outbox_state, relay_outbox
+from shared.pruning import Pruned, prune_bus_records
 from shared.streams import stream_configs
 from tests.support import eventually, free_port, private_database, watch
 
@@ -242,7 +243,7 @@ async def test_one_relay_at_a_time(pool: asyncpg.Pool, bus: Bus) -> None:
     await write(pool, "t" + secrets.token_hex(5), "k", 1)
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))", RELAY_LOCK_CLASS, bus.source
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", leases.OUTBOX_RELAY.key, bus.source
         )
         assert await relay_outbox(pool, bus) is None  # another relay is at work
     assert await relay_outbox(pool, bus) == 1
@@ -297,7 +298,7 @@ async def test_published_outbox_rows_and_old_inbox_rows_are_pruned(
         )
 
     async with pool.acquire() as holder, holder.transaction():
-        await holder.execute("SELECT pg_advisory_xact_lock($1)", PRUNE_LOCK)
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", leases.BUS_PRUNER.key)
         assert await prune_bus_records(pool, database) is None  # another process is pruning
 
     assert await prune_bus_records(pool, database) == Pruned(outbox=1, inbox=1)

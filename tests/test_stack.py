@@ -227,7 +227,7 @@ async def test_readyz_shows_every_background_task_of_every_service(
         "dispatcher": {
             "outbox-relay",
             "bus-pruner",
-            "worker-pool",
+            "worker-registry",
             "dispatcher-read-model",
             "dispatcher-launcher",
             "dispatcher-supervision",
@@ -236,6 +236,7 @@ async def test_readyz_shows_every_background_task_of_every_service(
             "usage-limits",
             "idempotency-key-pruner",
         },
+        "pool": {"outbox-relay", "bus-pruner", "worker-pool"},
         "billing": {
             "outbox-relay",
             "bus-pruner",

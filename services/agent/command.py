@@ -1,6 +1,6 @@
 """The ``mediai agent-worker`` command: run one agent worker process in the foreground.
 
-The dispatcher's pool starts workers with it; an orchestrator (a Kubernetes Deployment) can run
+The pool service starts workers with it; an orchestrator (a Kubernetes Deployment) can run
 it the same way (see docs/agents.md). The heavy livekit-agents imports happen only when it runs.
 """
 

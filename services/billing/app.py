@@ -27,6 +27,7 @@ from services.billing.schemas import (
     UsageReport,
     UsageRow,
 )
+from shared import leases
 from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
@@ -273,7 +274,11 @@ def create_app(settings: Settings) -> Litestar:
         ],
         background=[
             BackgroundTask("usage-projection", _projection),
-            every("invoice-schedule", INVOICE_CHECK_SECONDS, _issue_due_invoices),
+            every(
+                "invoice-schedule",
+                INVOICE_CHECK_SECONDS,
+                leases.elected(leases.INVOICE_SCHEDULE, _issue_due_invoices),
+            ),
             KEY_PRUNER,
         ],
         description=(

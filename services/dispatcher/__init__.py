@@ -1,1 +1,2 @@
-"""The dispatcher: agent dispatches, their state from the event log, the worker pool."""
+"""The dispatcher: agent dispatches and their state from the event log (the agent worker pools
+are their own service, services/pool)."""

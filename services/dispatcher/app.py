@@ -1,5 +1,5 @@
 """The dispatcher service: ``/v1/agents`` (dispatch, list, show, end, command agents) and, in the
-background, its consumers, the deadline sweeper and the agent worker pool."""
+background, its consumers and sweepers (the agent worker pools are services/pool)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from services.dispatcher.core import (
     decide_request,
     evolve,
 )
-from services.dispatcher.pool import WorkerPool
+from services.dispatcher.registry import WorkerRegistry
+from shared import leases
 from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
@@ -335,14 +336,14 @@ async def _sweep_lost(app: Litestar) -> None:
     await app.state.dispatcher.sweep_lost_agents()
 
 
-def _worker_pool(workers: WorkerPool) -> BackgroundTask:
+def _worker_registry(workers: WorkerRegistry) -> BackgroundTask:
     async def run(app: Litestar) -> None:
-        await workers.run(app.state.bus, app.state.pool)
+        await workers.run(app.state.bus)
 
-    return BackgroundTask("worker-pool", run)
+    return BackgroundTask("worker-registry", run)
 
 
-def _dispatcher(workers: WorkerPool) -> Any:
+def _dispatcher(workers: WorkerRegistry) -> Any:
     @contextlib.asynccontextmanager
     async def resource(app: Litestar) -> AsyncIterator[None]:
         app.state.dispatcher = consumers.Dispatcher(
@@ -359,7 +360,7 @@ def _dispatcher(workers: WorkerPool) -> Any:
 
 def create_app(settings: Settings) -> Litestar:
     catalog = build_catalog(settings)
-    workers = WorkerPool(settings)
+    workers = WorkerRegistry(enabled=settings.agent_pool_max > 0)
     return create_service_app(
         service="dispatcher",
         settings=settings,
@@ -372,12 +373,18 @@ def create_app(settings: Settings) -> Litestar:
         ],
         resources=[livekit_resource, _dispatcher(workers)],
         background=[
-            _worker_pool(workers),
+            _worker_registry(workers),
             _consumer(consumers.READ_MODEL),
             _consumer(consumers.LAUNCHER),
             _consumer(consumers.SUPERVISION),
-            every("deadline-sweeper", SWEEP_SECONDS, _sweep),
-            every("lost-agent-sweeper", max(1.0, settings.agent_lost_grace / 4), _sweep_lost),
+            every(
+                "deadline-sweeper", SWEEP_SECONDS, leases.elected(leases.DISPATCH_DEADLINES, _sweep)
+            ),
+            every(
+                "lost-agent-sweeper",
+                max(1.0, settings.agent_lost_grace / 4),
+                leases.elected(leases.LOST_AGENTS, _sweep_lost),
+            ),
             BackgroundTask("usage-limits", limits.project_usage_limits),
             KEY_PRUNER,
         ],

@@ -15,7 +15,7 @@ from livekit import api
 from opentelemetry.trace import Span, SpanKind
 
 from services.dispatcher import core, store
-from services.dispatcher.pool import WorkerPool
+from services.dispatcher.registry import WorkerRegistry
 from shared import attributes as attr
 from shared import metrics
 from shared.bus import Bus
@@ -103,13 +103,13 @@ async def apply(
 
 @dataclass
 class Dispatcher:
-    """What the consumers share: settings, bus, database, LiveKit and the worker pool."""
+    """What the consumers share: settings, bus, database, LiveKit and the registered workers."""
 
     settings: Settings
     bus: Bus
     pool: asyncpg.Pool
     livekit: api.LiveKitAPI
-    workers: WorkerPool
+    workers: WorkerRegistry
     # Dispatch ids this process asked LiveKit to create (a retry checks before creating again),
     # and ended dispatches it already withdrew.
     _attempted: set[str] = field(default_factory=set)
@@ -165,7 +165,7 @@ class Dispatcher:
         if remaining <= 0:
             return  # the sweeper fails it
         # Right after start-up no worker may be registered yet, and LiveKit drops a job that no
-        # worker can take: wait (within the deadline) for the pool to have one.
+        # worker can take: wait (within the deadline) for a pool to have one.
         if not await self.workers.wait_ready(remaining):
             await self.fail(
                 event.tenant,

@@ -13,6 +13,7 @@ from services.keys.dispatches import DISPATCHES
 from services.keys.kek import KekError, LocalKeyring
 from services.keys.rpc import serve_requests
 from services.keys.service import KeyService
+from shared import leases
 from shared.background import BackgroundTask, every
 from shared.config import ConfigError, Settings
 from shared.consumer import Consumer
@@ -49,7 +50,11 @@ def create_app(settings: Settings) -> Litestar:
         background=[
             serve_requests,
             BackgroundTask(DISPATCHES.durable, _dispatches),
-            every("clinical-retention", RETENTION_SWEEP_SECONDS, _expire_clinical),
+            every(
+                "clinical-retention",
+                RETENTION_SWEEP_SECONDS,
+                leases.elected(leases.CLINICAL_RETENTION, _expire_clinical),
+            ),
         ],
         description="Holds the key-encryption key and hands out data keys over NATS "
         "(docs/privacy.md). No public API.",

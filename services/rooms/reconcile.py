@@ -25,6 +25,7 @@ from services.rooms.reconcile_core import (
     plan,
     whole_second,
 )
+from shared import leases
 from shared.crypto import is_sealed
 from shared.events import Envelope
 from shared.events.reconciliation import RoomFound
@@ -35,7 +36,6 @@ from shared.phi import Phi
 log = logging.getLogger(__name__)
 
 SOURCE = "mediai/rooms"
-_LOCK = 0x726F6F6D73  # "rooms": one reconciliation at a time across replicas
 # Rows written this recently are left alone: their webhooks may be newer than the listing.
 SETTLE = timedelta(seconds=5)
 
@@ -135,20 +135,12 @@ async def reconcile_once(
     pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, *, settle: timedelta = SETTLE
 ) -> list[Envelope]:
     """One pass, after any other replica's: returns the events it published."""
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
-        try:
-            return await _reconcile(pool, api, phi, settle)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
+    async with leases.lease(pool, leases.ROOMS_RECONCILER, wait=True):
+        return await _reconcile(pool, api, phi, settle)
 
 
 async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi) -> None:
-    """One pass, unless another replica is running one."""
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
-            return
-        try:
+    """One pass, unless another replica is running one (it holds the reconciler's lease)."""
+    async with leases.lease(pool, leases.ROOMS_RECONCILER) as mine:
+        if mine:
             await _reconcile(pool, api, phi, SETTLE)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

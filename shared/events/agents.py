@@ -139,7 +139,7 @@ class AgentCommandIssued(Event, frozen=True, kw_only=True):
 
 
 class AgentWorkerStarted(Event, frozen=True, kw_only=True):
-    """The dispatcher's pool started an agent worker process.
+    """A worker host's pool (the pool service) started an agent worker process.
 
     ``reason``: ``minimum`` (keeping the pool at its minimum), ``scale_up`` (every worker was
     loaded above the threshold) or ``restart`` (replacing one that died; ``attempt`` counts
@@ -147,7 +147,7 @@ class AgentWorkerStarted(Event, frozen=True, kw_only=True):
     """
 
     TYPE: ClassVar[str] = "mediai.agent.worker_started.v1"
-    PRODUCER: ClassVar[str] = "dispatcher"
+    PRODUCER: ClassVar[str] = "pool"
     worker_id: Plain
     pid: int
     reason: Plain
@@ -162,7 +162,7 @@ class AgentWorkerExited(Event, frozen=True, kw_only=True):
     with ``worker_lost``."""
 
     TYPE: ClassVar[str] = "mediai.agent.worker_exited.v1"
-    PRODUCER: ClassVar[str] = "dispatcher"
+    PRODUCER: ClassVar[str] = "pool"
     worker_id: Plain
     pid: int
     exit_code: int | None = None

@@ -1,5 +1,5 @@
-"""The agent worker pool: the dispatcher runs ``mediai agent-worker`` processes, between a minimum
-and a maximum, adds one when every worker reports load above a threshold, restarts one that dies
+"""The agent worker pool: the pool service (one per worker host) runs ``mediai agent-worker``
+processes, between a minimum and a maximum, adds one when every worker reports load above a threshold, restarts one that dies
 (with backoff, and an event each time), and drains them all on shutdown.
 
 An orchestrator can do the same job instead (MEDIAI_AGENT_POOL_MAX=0 turns this off; see
@@ -26,7 +26,7 @@ import aiohttp
 import asyncpg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from services.dispatcher import pool_core
+from services.pool import core
 from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
@@ -46,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    # A worker never outlives the dispatcher that supervises it.
+    # A worker never outlives the pool that supervises it.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -70,8 +70,8 @@ class PoolWorker:
     idle_since: float = field(default_factory=time.monotonic)
     stopping: bool = False
 
-    def view(self, now: float) -> pool_core.WorkerView:
-        return pool_core.WorkerView(
+    def view(self, now: float) -> core.WorkerView:
+        return core.WorkerView(
             worker_id=self.worker_id,
             registered=self.registered,
             load=self.load,
@@ -82,7 +82,7 @@ class PoolWorker:
 
 
 class WorkerPool:
-    """The pool of one dispatcher process; ``run(bus)`` keeps it going until cancelled."""
+    """The pool of one worker host; ``run(bus)`` keeps it going until cancelled."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -144,7 +144,7 @@ class WorkerPool:
         self._restarts = [r for r in self._restarts if r[0] > now]
         for _, attempt in due:
             await self.start_worker("restart", attempt)
-        decision = pool_core.plan(
+        decision = core.plan(
             [w.view(now) for w in self.workers.values()],
             minimum=self.settings.agent_pool_min,
             maximum=self.settings.agent_pool_max,
@@ -256,8 +256,8 @@ class WorkerPool:
         expected = worker.stopping or self._stopping
         delay: float | None = None
         if not expected:
-            attempt = pool_core.next_attempt(worker.attempt, uptime)
-            delay = pool_core.restart_delay(attempt)
+            attempt = core.next_attempt(worker.attempt, uptime)
+            delay = core.restart_delay(attempt)
             self._restarts.append((time.monotonic() + delay, attempt))
             log.error(
                 "pool: agent worker %s died (code %s); restarting in %.1fs",
@@ -304,7 +304,7 @@ class WorkerPool:
                 self._update_registered()
 
     def _update_registered(self) -> None:
-        """The pool is ready (and with it the dispatcher's /readyz, so `mediai up` says ready
+        """The pool is ready (and with it the pool service's /readyz, so `mediai up` says ready
         only then) once a worker is registered with LiveKit and can take a dispatch at once."""
         if any(w.registered and not w.stopping for w in self.workers.values()):
             self._registered.set()
