@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from services.agent.reporter import Reporter
 from services.agent.roles import Role, RoleError, load_registry, render_instructions
 from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe, open_journal
 from services.agent.spool import spool_root
+from services.agent.startup import WORKER_ID_VARIABLE, preload_modules, worker_id
 from services.agent.tools import TOOLS
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings, load_settings
@@ -51,34 +51,6 @@ from shared.phi import KeysUnavailableError, Phi, is_erased
 
 log = logging.getLogger("mediai.agent")
 
-WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
-# Imported once in the forkserver, so a job process does not spend its first second importing
-# them while the patient waits (livekit-agents warns about it); a provider without credentials
-# is not loaded at all (Gemini's SDKs alone take seconds to import).
-PRELOAD = [
-    "services.agent.session",
-    "livekit.plugins.silero",
-    "anyio.streams.memory",
-    # OpenSSL's bindings load on first use: the job's first key exchange must not pay for it.
-    "cryptography.hazmat.backends.openssl.backend",
-]
-PROVIDER_PRELOAD = {
-    "openai": ["livekit.plugins.openai", "openai.types.beta.realtime"],
-    "google": ["livekit.plugins.google"],
-}
-
-
-def preload_modules(settings: Settings) -> list[str]:
-    missing = missing_credentials(settings)
-    usable = [
-        m
-        for provider, modules in PROVIDER_PRELOAD.items()
-        if provider not in missing
-        for m in modules
-    ]
-    return [*PRELOAD, *usable]
-
-
 _PR_SET_PDEATHSIG = 1
 # How often the worker looks for leftovers in the spool (so how soon after NATS is back, or after
 # a job died, they are published); a round is a folder listing while there is nothing to do.
@@ -88,12 +60,6 @@ FINAL_FLUSH_SECONDS = 2.0
 
 class WorkerStartError(Exception):
     """The worker cannot start; the message is one line."""
-
-
-def worker_id() -> str:
-    """The pool's id for this worker, or (run by an orchestrator) its host and pid: a pod's
-    name is unique where its pid is not."""
-    return os.environ.get(WORKER_ID_VARIABLE) or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def check_roles(roles: dict[str, Role]) -> None:
