@@ -21,6 +21,7 @@ from typing import Any
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 
 from services.agent.leftovers import WorkerSpool
+from services.agent.load import LoadReporter
 from services.agent.metadata import JobMetadata, MetadataError, parse_metadata
 from services.agent.metrics import register_spool_metrics
 from services.agent.providers import (
@@ -280,6 +281,9 @@ class Worker:
         )
         self.server.on("worker_registered", self._on_registered)
         self._background: set[asyncio.Task[Any]] = set()
+        self.load = LoadReporter(
+            bus, self.id, per_worker, lambda: len(self.server.active_jobs) + self.accepting
+        )
 
     async def on_request(self, request: JobRequest) -> None:
         try:
@@ -318,15 +322,21 @@ class Worker:
             providers_missing=missing_credentials(self.settings),
             registered_at=datetime.now(UTC),
         )
-        self._publish_soon(event, tenant=SYSTEM_TENANT, key=self.id)
-
-    def _publish_soon(self, event: Event, *, tenant: str, key: str) -> None:
-        task = asyncio.create_task(self.bus.publish(event, tenant=tenant, key=key))
+        task = asyncio.create_task(self._announce(event))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _announce(self, registered: AgentWorkerRegistered) -> None:
+        # The load first: once the pool hears "registered" a dispatch may come, and the
+        # dispatcher counts only the workers whose load it knows.
+        self.load.registered = True
+        await self.load.report()
+        await self.bus.publish(registered, tenant=SYSTEM_TENANT, key=self.id)
+
     async def drain(self) -> None:
         """Ask every session to end (goodbye, final usage), wait for them, then close."""
+        self.load.available = False  # the dispatcher stops counting this worker's free slots
+        await self.load.report()
         for info in self.server.active_jobs:
             try:
                 meta = parse_metadata(info.job.metadata)
@@ -386,6 +396,7 @@ async def run_worker(
         spool.flush_forever(bus, SPOOL_FLUSH_SECONDS), name="mediai-spool"
     )
     running = asyncio.create_task(worker.server.run(devmode=False))
+    reporting = asyncio.create_task(worker.load.run(), name="mediai-load")
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -399,5 +410,6 @@ async def run_worker(
     finally:
         stopping.cancel()
         flushing.cancel()
+        reporting.cancel()
         await bus.close()
         spool.close()
