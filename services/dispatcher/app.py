@@ -12,9 +12,11 @@ import asyncpg
 import msgspec
 from litestar import Litestar, Response, delete, get, post
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from services.dispatcher import consumers, limits, store
+from services.dispatcher.capacity import Capacity
 from services.dispatcher.catalog import Catalog, build_catalog
 from services.dispatcher.core import (
     TERMINAL,
@@ -32,7 +34,7 @@ from shared.consumer import Consumer, ConsumerSpec, Delivery
 from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
-from shared.http import ApiError, NotFoundError, create_service_app
+from shared.http import ApiError, ErrorBody, NotFoundError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
 from shared.naming import ROOM_NAME, ROOM_NAME_RULE
@@ -137,7 +139,20 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     status_code=202,
     description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
     "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
-    "if the first attempt's publish did land, so a room never gets two agents from one request.",
+    "if the first attempt's publish did land, so a room never gets two agents from one request. "
+    "When no agent worker has room for one more session (summed over every worker host, from "
+    "the workers' own load reports) the dispatch is refused at once with a 503 and "
+    "`Retry-After`, never accepted to fail at its deadline.",
+    responses={
+        503: ResponseSpec(
+            ErrorBody,
+            description="Refused now, retry after the `Retry-After` header's seconds: "
+            "`agents_at_capacity` (every agent worker is running as many sessions as it takes; "
+            "`details` gives `workers`, `activeJobs`, `startingJobs`, `capacity` and "
+            "`retryAfterSeconds`), `no_agent_worker` (none is registered with LiveKit), or the "
+            "event bus or a dependency is unavailable",
+        )
+    },
 )
 async def dispatch_agent(
     data: DispatchAgentRequest,
@@ -146,6 +161,7 @@ async def dispatch_agent(
     pool: asyncpg.Pool,
     settings: Settings,
     catalog: Catalog,
+    capacity: Capacity,
     ids: RequestIds,
 ) -> DispatchView:
     now = utcnow()
@@ -159,6 +175,7 @@ async def dispatch_agent(
             deadline_seconds=settings.agent_dispatch_deadline,
             usage_limits=usage_limits,
         )
+        await capacity.check(pool)
     except DispatchRejectedError as error:
         raise _rejected(error) from None
     logged, _ = await publish_and_apply(
@@ -312,6 +329,7 @@ def _dispatcher(workers: WorkerPool) -> Any:
 def create_app(settings: Settings) -> Litestar:
     catalog = build_catalog(settings)
     workers = WorkerPool(settings)
+    capacity = Capacity()
     return create_service_app(
         service="dispatcher",
         settings=settings,
@@ -331,9 +349,13 @@ def create_app(settings: Settings) -> Litestar:
             every("deadline-sweeper", SWEEP_SECONDS, _sweep),
             every("lost-agent-sweeper", max(1.0, settings.agent_lost_grace / 4), _sweep_lost),
             BackgroundTask("usage-limits", limits.project_usage_limits),
+            BackgroundTask("worker-capacity", lambda app: capacity.follow(app.state.bus)),
             KEY_PRUNER,
         ],
-        dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
+        dependencies={
+            "catalog": Provide(lambda: catalog, sync_to_thread=False),
+            "capacity": Provide(lambda: capacity, sync_to_thread=False),
+        },
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "
         "from the event log, command it, end it.",
     )
