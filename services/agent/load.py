@@ -22,8 +22,13 @@ log = logging.getLogger("mediai.agent")
 
 # A report at least this often, so the dispatcher forgets a worker that vanished (3 periods).
 REPORT_SECONDS = 30.0
-# How often the count is looked at: a freed slot is known to the dispatcher within this.
+# How often the count is looked at: a taken slot is known to the dispatcher within this.
 CHECK_SECONDS = 0.25
+# livekit-agents tells LiveKit the worker's load every 2.5 s (from a count refreshed every
+# 0.5 s, on a loop a busy host may delay), and LiveKit drops a job that finds every worker
+# full. A freed slot is announced once LiveKit has heard of it too, so the dispatcher never
+# hands LiveKit a job that LiveKit would think has nowhere to go.
+LIVEKIT_LAG_SECONDS = 4.0
 
 
 class LoadReporter:
@@ -36,11 +41,12 @@ class LoadReporter:
         self.available = True
         self._last: tuple[int, bool] | None = None
         self._due = 0.0
+        self._recent: list[tuple[float, int]] = []  # (when, jobs) over the last LiveKit lag
 
     async def report(self) -> None:
         """Publish now if something changed or a report is due; a failed publish is tried
         again at the next look (NATS away: the dispatcher forgets this worker meanwhile)."""
-        current = (self.jobs(), self.available)
+        current = (self.counted(time.monotonic()), self.available)
         if not self.registered or (current == self._last and time.monotonic() < self._due):
             return
         event = AgentWorkerLoadReported(
@@ -57,6 +63,13 @@ class LoadReporter:
             log.warning("load report not published: %s", type(error).__name__)
             return
         self._last, self._due = current, time.monotonic() + REPORT_SECONDS
+
+    def counted(self, now: float) -> int:
+        """The most jobs run within the last LiveKit lag: a rise counts at once, a fall once
+        LiveKit has been told."""
+        self._recent = [(t, n) for t, n in self._recent if t > now - LIVEKIT_LAG_SECONDS]
+        self._recent.append((now, self.jobs()))
+        return max(n for _, n in self._recent)
 
     async def run(self) -> None:
         while True:
