@@ -14,6 +14,9 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import socket
+import ssl
+
+import certifi
 
 from services.agent.providers import missing_credentials
 from shared.config import Settings
@@ -63,9 +66,20 @@ def start_forkserver(settings: Settings) -> None:
     """Fix the environment job processes inherit, then start the forkserver with the preload
     livekit-agents would give it. It runs in the background; AgentServer finds it running and
     forks its job processes from it."""
-    # Job processes are forked from the forkserver: they get its environment, fixed now.
+    # Job processes are forked from the forkserver: they get its environment, fixed now,
+    # including what AgentServer.run would have set before starting it (the LiveKit
+    # credentials a job's ctx.api reads, and a CA bundle where the system has none).
     os.environ[WORKER_ID_VARIABLE] = worker_id()
     os.environ.setdefault(LOCAL_INFERENCE_VARIABLE, "0")
+    os.environ["LIVEKIT_URL"] = settings.livekit_url
+    os.environ["LIVEKIT_API_KEY"] = settings.livekit_api_key
+    os.environ["LIVEKIT_API_SECRET"] = settings.livekit_api_secret
+    if not (os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")):
+        paths = ssl.get_default_verify_paths()
+        if not (paths.cafile and os.path.exists(paths.cafile)) and not (
+            paths.capath and os.path.isdir(paths.capath)
+        ):
+            os.environ["SSL_CERT_FILE"] = certifi.where()
     multiprocessing.get_context("forkserver").set_forkserver_preload(
         [*preload_modules(settings), *FRAMEWORK_PRELOAD]
     )
