@@ -36,6 +36,7 @@ from tests.support import stack_settings
 REGISTERED = b"registered worker"
 TIMEOUT = 300.0
 TICKS = os.sysconf("SC_CLK_TCK")
+TRACE = bool(os.environ.get("BENCH_TRACE"))  # print each worker's log lines, timed
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -71,6 +72,8 @@ async def cold_start(
             while REGISTERED not in (line := await process.stdout.readline()):
                 if not line:
                     raise RuntimeError(f"{command[2]} exited before registering")
+                if TRACE:
+                    print(f"  {time.monotonic() - started:6.1f} s {line.decode()[:110]}", end="")
         elapsed = time.monotonic() - started
         return elapsed, group_cpu_seconds(process.pid)
     finally:
