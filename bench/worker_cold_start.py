@@ -7,9 +7,9 @@ then ``--runs`` times each, alternating which goes first: spawn the worker as th
 plugins are preloaded as in production; bare: ``python -m bench.bare_worker``), wait for
 livekit-agents' own "registered worker" log line, note the CPU seconds its processes used
 until then (the worker, its forkserver, its warm job process: the figure the machine's load
-does not inflate), then SIGTERM it and wait for it to exit. Both register only once their warm
-job process is ready (livekit-agents starts its process pool before it connects), so
-registered means a dispatch is taken at once.
+does not inflate), then SIGTERM it and wait for it to exit. livekit-agents registers once the
+warm job process is ready, or after its initialize timeout without it (then the first dispatch
+waits for a job process to start): the bench counts those runs.
 
 Run: uv run python -m bench.worker_cold_start [--runs 10] [--checkout /work/main] (the latter
 adds another checkout's worker, e.g. before a change, to the same interleaving). Prints figures; never fails on speed.
@@ -34,6 +34,9 @@ from shared.config import Settings, to_environ
 from tests.support import stack_settings
 
 REGISTERED = b"registered worker"
+# livekit-agents gave up waiting for the warm job process and registered without it: the first
+# dispatch then waits for a job process to start.
+NOT_WARM = b"timed out waiting for idle processes to initialize"
 TIMEOUT = 300.0
 TICKS = os.sysconf("SC_CLK_TCK")
 TRACE = bool(os.environ.get("BENCH_TRACE"))  # print each worker's log lines, timed
@@ -45,17 +48,23 @@ def group_cpu_seconds(pgid: int) -> float:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")[:90]
         except OSError:
             continue
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
+            if TRACE:
+                used = (int(fields[11]) + int(fields[12])) / TICKS
+                print(f"  {used:6.2f} CPU s  {command.decode(errors='replace')}")
     return total / TICKS
 
 
 async def cold_start(
     command: list[str], env: dict[str, str], cwd: Path | None = None
-) -> tuple[float, float]:
-    """(seconds from spawn to registered, CPU seconds used by then) of one worker."""
+) -> tuple[float, float, bool]:
+    """(seconds from spawn to registered, CPU seconds used by then, whether it registered with
+    its warm job process ready) of one worker."""
+    warm = True
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -72,10 +81,11 @@ async def cold_start(
             while REGISTERED not in (line := await process.stdout.readline()):
                 if not line:
                     raise RuntimeError(f"{command[2]} exited before registering")
+                warm = warm and NOT_WARM not in line
                 if TRACE:
                     print(f"  {time.monotonic() - started:6.1f} s {line.decode()[:110]}", end="")
         elapsed = time.monotonic() - started
-        return elapsed, group_cpu_seconds(process.pid)
+        return elapsed, group_cpu_seconds(process.pid), warm
     finally:
         process.send_signal(signal.SIGTERM)
         draining = asyncio.create_task(process.stdout.read())
@@ -128,6 +138,7 @@ async def main(runs: int, checkout: Path | None) -> None:
         envs["checkout"] = envs["mediai"]
     seconds: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
+    cold: dict[str, int] = {name: 0 for name in names}
     load: Callable[[], float] = lambda: os.getloadavg()[0]  # noqa: E731
     loads = [load()]
     try:
@@ -135,11 +146,13 @@ async def main(runs: int, checkout: Path | None) -> None:
             order = names if run % 2 == 0 else names[::-1]
             for name in order:
                 cwd = checkout if name == "checkout" else None
-                elapsed, used = await cold_start(commands[name], envs[name], cwd)
+                elapsed, used, warm = await cold_start(commands[name], envs[name], cwd)
                 seconds[name].append(elapsed)
                 cpu[name].append(used)
+                cold[name] += not warm
                 loads.append(load())
-                print(f"run {run + 1} {name}: {elapsed:.2f} s, {used:.2f} CPU s", flush=True)
+                note = "" if warm else " (no warm job process yet)"
+                print(f"run {run + 1} {name}: {elapsed:.2f} s, {used:.2f} CPU s{note}", flush=True)
     finally:
         await stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -153,6 +166,8 @@ async def main(runs: int, checkout: Path | None) -> None:
     print(line("bare CPU until registered", cpu["bare"], "s"))
     cpu_ratio = statistics.median(cpu["mediai"]) / statistics.median(cpu["bare"])
     print(f"  ratio MediAI / bare CPU (p50): x{cpu_ratio:.2f}")
+    for name in names:
+        print(f"  {name}: registered before its warm job process was ready in {cold[name]}/{runs}")
     if checkout is not None:
         print(line(f"{checkout} worker", seconds["checkout"]))
         print(line(f"{checkout} CPU until registered", cpu["checkout"], "s"))
