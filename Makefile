@@ -1,6 +1,7 @@
 # The two commands that matter: `make up` runs the whole stack, `make test` runs every check.
 # Both install what they need first, from package registries only (PyPI, the Go module proxy,
-# Debian), so they work on a fresh Linux machine with Python 3.11+, Go and make.
+# Maven Central, Debian), so they work on a fresh Linux machine with Python 3.11+, Go, Java 17+,
+# Maven and make.
 
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
@@ -13,14 +14,14 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit helm lint typecheck docs clean
+.PHONY: up test faults install livekit zipkin helm lint typecheck docs clean
 
-up: install livekit
+up: install livekit zipkin
 	$(UV) run mediai up
 
 # The fault suite runs after the rest, never beside it: each of its modules starts a stack of
 # its own (docs/reliability.md).
-test: install livekit helm lint typecheck docs
+test: install livekit zipkin helm lint typecheck docs
 	$(UV) run pytest -m "not faults"
 	$(UV) run pytest -m faults tests/faults
 
@@ -40,6 +41,11 @@ $(UV):
 livekit: install
 	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
 
+# Fetches the pinned Zipkin server (the local tracing UI) once into ~/.cache/mediai, from Maven
+# Central with Maven, its checksum checked (skipped when MEDIAI_ZIPKIN=false).
+zipkin: install
+	@if [ "$${MEDIAI_ZIPKIN:-true}" != "false" ]; then $(UV) run mediai zipkin fetch; fi
+
 # Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
 helm: install
 	$(UV) run mediai tools build helm
@@ -53,6 +59,7 @@ typecheck: install
 
 docs: install
 	$(UV) run mediai docs events --check
+	$(UV) run mediai docs nats-users --check
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

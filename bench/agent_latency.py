@@ -77,7 +77,7 @@ async def main(runs: int) -> None:
         stack = Stack(settings)
         state = await stack.start()
         try:
-            bus = await connect_bus(settings, "bench")
+            bus = await connect_bus(settings, "bench", streams="create")
             began = time.monotonic()
             await registered_workers(bus)
             print(

@@ -137,7 +137,7 @@ async def main(events: int) -> None:
     try:
         for part in (nats_part(settings), postgres_part(settings)):
             await supervisor.start(part)
-        bus = await connect_bus(settings, "bench")
+        bus = await connect_bus(settings, "bench", streams="create")
         pool = await create_pool(settings, max_size=4, statement_timeout=None)
         print(f"publishing {events:,} usage events of one tenant over {MONTH} ...", flush=True)
         published = await publish(bus, consultations(events, zone), events)

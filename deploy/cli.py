@@ -68,6 +68,7 @@ def up() -> None:
         done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if start in done and start.exception() is None:
             state = start.result()
+            traces = f"  traces       {state.traces_url}\n" if state.traces_url else ""
             click.echo(
                 "\nMediAI is ready.\n"
                 f"  gateway      {state.gateway_url}\n"
@@ -75,6 +76,7 @@ def up() -> None:
                 f"{' (local dev server)' if state.livekit_local else ''}\n"
                 f"  NATS         {state.nats_url}\n"
                 f"  Postgres     {state.database_url}\n"
+                f"{traces}"
                 f"  dev API key  {state.dev_api_key}\n"
                 f"  logs         {settings.data_dir / 'logs'}\n"
                 "\nTry:  curl -s -X POST "
@@ -166,6 +168,8 @@ def status(as_json: bool) -> None:
                 "local": state.livekit_local,
             },
             "dev_api_key": state.dev_api_key,
+            "traces_url": state.traces_url,
+            "trace_url_template": state.trace_url_template,
             "supervisor_pid": state.supervisor_pid,
             "parts": parts,
         }
@@ -175,6 +179,8 @@ def status(as_json: bool) -> None:
     for p in parts:
         click.echo(f"{p['name']:<12} {p['state']:<8} {p['pid'] or '-':>7}  {p['url']}")
     click.echo(f"\ndev API key: {state.dev_api_key}")
+    if state.traces_url:
+        click.echo(f"traces:      {state.traces_url} (one trace: {state.trace_url_template})")
 
 
 def _alive(pid: int) -> bool:
@@ -267,6 +273,23 @@ def tenants_create(name: str) -> None:
 @cli.group()
 def livekit() -> None:
     """The local LiveKit server."""
+
+
+@cli.group()
+def zipkin() -> None:
+    """The local tracing backend (Zipkin)."""
+
+
+@zipkin.command("fetch")
+def zipkin_fetch() -> None:
+    """Fetch the pinned Zipkin server jar into the cache (once; later calls return at once)."""
+    from deploy import zipkin as zk
+
+    try:
+        path = zk.ensure_jar()
+    except zk.ZipkinUnavailableError as error:
+        fail(str(error))
+    click.echo(str(path))
 
 
 @livekit.command("build")

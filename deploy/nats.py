@@ -1,6 +1,9 @@
 """The local NATS JetStream: one server, or a cluster of 3 (``MEDIAI_NATS_NODES=3``) on this
 machine, each node its own ports, store folder and generated config.
 
+Every node has the users of deploy/bus_users.py (one per component, with its subject
+permissions; passwords generated per data dir): nothing connects without a user.
+
 Every node fsyncs each write before JetStream acknowledges it (``sync_interval: always``), as
 production does (deploy/production/nats/nats.conf says why): with NATS's default (a sync every
 two minutes) an acknowledged event survives a killed process (it is in the page cache) but not
@@ -16,7 +19,9 @@ import time
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from deploy.bus_users import ensure_credentials, local_users_block
 from deploy.supervisor import Part, StackError, executable
+from shared.bus import OPERATOR_USER
 from shared.config import Settings
 
 CLUSTER_NAME = "mediai-local"
@@ -36,6 +41,11 @@ def node_name(settings: Settings, node: int) -> str:
 def node_url(settings: Settings, node: int) -> str:
     client, _ = settings.nats_node_ports()[node - 1]
     return f"nats://{settings.host}:{client}"
+
+
+def operator_login(settings: Settings) -> dict[str, str]:
+    """The options of ``nats.connect`` that log the stack itself in, as the operator."""
+    return {"user": OPERATOR_USER, "password": ensure_credentials(settings.data_dir)[OPERATOR_USER]}
 
 
 def node_config(settings: Settings, node: int) -> str:
@@ -62,7 +72,7 @@ def node_config(settings: Settings, node: int) -> str:
             f"  routes: [{routes}]",
             "}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + local_users_block(ensure_credentials(settings.data_dir))
 
 
 def nats_part(settings: Settings, node: int = 1) -> Part:
@@ -76,11 +86,15 @@ def nats_part(settings: Settings, node: int = 1) -> Part:
 
     async def prepare() -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The config holds the passwords: readable by this user alone, like the credentials.
+        config_path.touch(mode=0o600)
+        config_path.chmod(0o600)
         config_path.write_text(node_config(settings, node))
 
     async def ready() -> bool:
         nc = await nats.connect(
             url,
+            **operator_login(settings),
             connect_timeout=1,
             max_reconnect_attempts=0,
             allow_reconnect=False,
@@ -133,7 +147,10 @@ async def stream_leader(settings: Settings, stream: str, timeout: float = 15.0) 
     if settings.nats_nodes == 1:
         return node_name(settings, 1)
     nc = await nats.connect(
-        servers=settings.nats_url.split(","), connect_timeout=2, error_cb=_ignore
+        servers=settings.nats_url.split(","),
+        **operator_login(settings),
+        connect_timeout=2,
+        error_cb=_ignore,
     )
     try:
         js = nc.jetstream(timeout=2)

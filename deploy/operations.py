@@ -29,18 +29,20 @@ def register(cli: click.Group) -> None:
 
     cli.add_command(keys)
     from services.rooms.cli import rooms
+    from services.scheduling.patients.cli import access_log
 
     cli.add_command(rooms)
+    cli.add_command(access_log)
 
 
 async def _operator_bus(settings: Settings) -> Bus:
-    """A connection for an operator command that reads or changes streams itself (declare=False:
+    """A connection for an operator command that reads or changes streams itself (streams="skip":
     it must not create anything as a side effect). TimeoutError when NATS is not there."""
     from shared.bus import connect_bus
 
     # nats-py logs a traceback per failed attempt; the command says it in one line instead.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
-    return await asyncio.wait_for(connect_bus(settings, "operator", declare=False), timeout=5)
+    return await asyncio.wait_for(connect_bus(settings, "operator", streams="skip"), timeout=5)
 
 
 @click.group(invoke_without_command=True)
@@ -144,7 +146,7 @@ def deadletters_list(limit: int) -> None:
     settings = settings_or_exit()
 
     async def main() -> None:
-        bus = await connect_bus(settings, "operator", declare=False)
+        bus = await connect_bus(settings, "operator", streams="skip")
         try:
             letters = await list_dead_letters(bus, limit=limit)
         finally:
@@ -183,7 +185,7 @@ def deadletters_replay(
     settings = settings_or_exit()
 
     async def main() -> list[str]:
-        bus = await connect_bus(settings, "operator", declare=False)
+        bus = await connect_bus(settings, "operator", streams="skip")
         try:
             if sequence is not None:
                 return [await replay(bus, sequence)]
@@ -223,3 +225,19 @@ def docs_events(check: bool) -> None:
             continue
         path.write_text(text)
         click.echo(f"wrote {path}")
+
+
+@docs.command("nats-users")
+@click.option("--check", is_flag=True, help="Exit 1 if the file is not up to date.")
+def docs_nats_users(check: bool) -> None:
+    """Write deploy/production/nats/users.conf: each component's NATS user and permissions."""
+    from deploy.bus_users import production_users
+
+    path = Path(__file__).resolve().parent / "production" / "nats" / "users.conf"
+    text = production_users()
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            raise SystemExit(f"{path.name} is out of date: run 'mediai docs nats-users'")
+        return
+    path.write_text(text)
+    click.echo(f"wrote {path}")

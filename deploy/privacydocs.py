@@ -19,7 +19,7 @@ END = "<!-- end of the generated part -->"
 STREAMS = {
     EVENTS_STREAM: "`events` (no age limit)",
     PHI_STREAM: "`phi` (`MEDIAI_PHI_RETENTION`, 30 days)",
-    DEADLETTER_STREAM: "`deadletter` (no age limit yet)",
+    DEADLETTER_STREAM: "`deadletter` (`MEDIAI_DEADLETTER_RETENTION`, 30 days)",
 }
 
 

@@ -19,14 +19,17 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import livekit
+from deploy import livekit, zipkin
+from deploy.bus_users import AGENT, ensure_credentials
 from deploy.nats import nats_part as nats_part  # re-exported: tests start a lone NATS
-from deploy.nats import nats_parts
+from deploy.nats import nats_parts, operator_login
 from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
 from services import http_services
 from services.keys import kek
+from shared.bus import connect_bus
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
+from shared.outbox import relay_outbox
 from shared.tenants import authenticate, create_tenant
 
 DEPLOY_DIR = Path(__file__).resolve().parent
@@ -48,11 +51,25 @@ async def _http_ready(url: str) -> bool:
     return await asyncio.to_thread(_http_ok, url)
 
 
+NATS_LOGIN_VARIABLES = (
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "MEDIAI_AGENT_NATS_USER",
+    "MEDIAI_AGENT_NATS_PASSWORD",
+)
+
+
 def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     environ = to_environ(settings)
+    # Each process gets its own NATS user (nats_environ), never the one this process runs as.
+    for variable in NATS_LOGIN_VARIABLES:
+        environ.pop(variable, None)
     if settings.livekit_local:
         # Blank out any external-server settings inherited from the shell.
         environ.update({"LIVEKIT_URL": "", "LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""})
+    if settings.zipkin and not settings.zipkin_endpoint:
+        # The local Zipkin collects every process's spans (shared/telemetry.py).
+        environ["OTEL_EXPORTER_ZIPKIN_ENDPOINT"] = zipkin_spans_url(settings)
     if service != KEY_SERVICE:
         # The key-encryption key, if the shell gave one, goes to the key service alone.
         environ[kek.ENVIRONMENT_VARIABLE] = ""
@@ -175,6 +192,46 @@ def livekit_part(settings: Settings) -> Part:
     )
 
 
+def nats_environ(settings: Settings, service: str) -> dict[str, str]:
+    """A service's own NATS user and password; the dispatcher also gets the agent workers',
+    to hand to the workers its pool starts."""
+    passwords = ensure_credentials(settings.data_dir)
+    environ = {"NATS_USER": service, "NATS_PASSWORD": passwords[service]}
+    if service == "dispatcher":
+        environ.update(
+            {"MEDIAI_AGENT_NATS_USER": AGENT, "MEDIAI_AGENT_NATS_PASSWORD": passwords[AGENT]}
+        )
+    return environ
+
+
+def zipkin_spans_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.zipkin_port}/api/v2/spans"
+
+
+def zipkin_part(settings: Settings) -> Part:
+    """The local tracing backend and its UI (deploy/zipkin.py). A JVM takes seconds to start:
+    the stack starts it first and waits for it last (``Stack.start``)."""
+
+    async def prepare() -> None:
+        try:
+            await asyncio.to_thread(zipkin.ensure_jar)
+        except zipkin.ZipkinUnavailableError as error:
+            raise StackError(str(error)) from None
+
+    return Part(
+        name="zipkin",
+        argv=zipkin.command(settings.host, settings.zipkin_port),
+        url=settings.zipkin_url,
+        ports=[("MEDIAI_ZIPKIN_PORT", settings.zipkin_port)],
+        env=zipkin.environment(settings.zipkin_port),
+        ready=lambda: _http_ready(f"http://{settings.host}:{settings.zipkin_port}/health"),
+        prepare=prepare,
+        ready_timeout=120.0,
+        # In-memory: nothing to save, and the JVM's graceful shutdown takes seconds.
+        stop_signal=signal.SIGKILL,
+    )
+
+
 def service_part(settings: Settings, service: str, env: dict[str, str] | None = None) -> Part:
     """One HTTP service; ``env`` adds to the environment its settings make (e.g. a crash point,
     ``MEDIAI_CRASH_POINT``, for that service alone)."""
@@ -185,11 +242,12 @@ def service_part(settings: Settings, service: str, env: dict[str, str] | None = 
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env={**child_environ(settings, service), **(env or {})},
+        env={**child_environ(settings, service), **nats_environ(settings, service), **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
         # The dispatcher is ready once its first agent worker has registered with LiveKit (a
-        # dispatch sent then is taken at once); a cold worker takes seconds to start.
-        ready_timeout=120.0 if service == "dispatcher" else 30.0,
+        # dispatch sent then is taken at once); a cold worker takes seconds to start. A service
+        # on a busy machine (several stacks on two cores) took more than 30 s to say ready.
+        ready_timeout=120.0 if service == "dispatcher" else 60.0,
     )
 
 
@@ -251,6 +309,26 @@ def stack_stages(
     ]
 
 
+async def as_operator(settings: Settings) -> None:
+    """What the operator does once the servers run and before the services start: create the
+    streams that are missing (services may not), and publish the platform's pending events
+    (a tenant created by ``ensure_dev_key``; no service may publish them)."""
+    login = operator_login(settings)
+    operator = msgspec.structs.replace(
+        settings, nats_user=login["user"], nats_password=login["password"]
+    )
+    bus = await connect_bus(operator, "platform", streams="create")
+    try:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            await relay_outbox(pool, bus)
+        finally:
+            await pool.close()
+    finally:
+        await bus.close()
+
+
 async def ensure_dev_key(settings: Settings) -> str:
     """The development tenant's API key, created on first start and kept in the data folder."""
     path = settings.data_dir / DEV_KEY_FILE
@@ -288,6 +366,9 @@ class StackState(msgspec.Struct, kw_only=True):
     livekit_local: bool
     dev_api_key: str
     parts: list[PartState]
+    # The tracing UI ("" when the stack runs none) and where one trace is seen.
+    traces_url: str = ""
+    trace_url_template: str = ""
 
 
 @dataclass
@@ -305,18 +386,33 @@ class Stack:
 
     async def start(self) -> StackState:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tracing: asyncio.Task[None] | None = None
         try:
             dev_key = ""
             servers, services, gateway = stack_stages(
                 self.settings, self.services, self.environment
             )
+            # Nothing waits for the tracing backend (spans wait in each process's exporter):
+            # its JVM starts beside everything else and is awaited last.
+            if self.settings.zipkin:
+                try:
+                    zipkin.java()  # said at once, not after the rest has started
+                except zipkin.ZipkinUnavailableError as error:
+                    raise StackError(str(error)) from None
+                tracing = asyncio.create_task(self.supervisor.start(zipkin_part(self.settings)))
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
+            await as_operator(self.settings)
             if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
                 kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
             await self.supervisor.start_together(services)
             await self.supervisor.start_together(gateway)
+            if tracing is not None:
+                await tracing
         except BaseException:
+            if tracing is not None and not tracing.done():
+                tracing.cancel()
+                await asyncio.gather(tracing, return_exceptions=True)
             await self.supervisor.stop()
             raise
         s = self.settings
@@ -330,6 +426,8 @@ class Stack:
             livekit_api_secret=s.livekit_api_secret,
             livekit_local=s.livekit_local,
             dev_api_key=dev_key,
+            traces_url=s.zipkin_url if s.zipkin else "",
+            trace_url_template=s.trace_url_template,
             parts=[
                 PartState(
                     name=p.name,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Literal
 
 import nats
 import nats.errors
@@ -32,8 +35,8 @@ from shared.events import (
 )
 from shared.keys import KeyCache
 from shared.phi import Phi
-from shared.streams import create_missing_streams, stream_configs
-from shared.telemetry import current_traceparent, inject, tracer
+from shared.streams import check_streams, create_missing_streams, stream_configs
+from shared.telemetry import current_traceparent, inject, parent_of, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -102,12 +105,14 @@ class Bus:
         event = await self.phi.seal(event)
         subject = subjects.event_subject(event.data, tenant=event.tenant, key=event.subject)
         headers = {"Nats-Msg-Id": event.id}
-        inject(headers)
         if expected_last_subject_sequence is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         payload = CODEC.encode(event)
+        # Published later than made (an outbox row, a spooled session event), the event still
+        # belongs to the trace it was made in: its own traceparent.
         with _tracer.start_as_current_span(
             f"publish {event.type}",
+            context=parent_of(event.traceparent),
             kind=SpanKind.PRODUCER,
             attributes={
                 attr.MESSAGING_SYSTEM: "nats",
@@ -117,6 +122,7 @@ class Bus:
                 attr.TENANT: event.tenant,
             },
         ):
+            inject(headers)  # the consumer's span is a child of this one
             return await self._publish_with_retry(subject, payload, headers)
 
     async def _publish_with_retry(
@@ -183,11 +189,49 @@ class _OutageLog:
         log.warning("%s: reconnected to NATS", self.service)
 
 
-async def connect_bus(settings: Settings, service: str, *, declare: bool = True) -> Bus:
-    """Connect to NATS as ``service`` and make sure the streams exist."""
+# The NATS users and passwords of a local stack, written by `mediai up` into its data dir (mode
+# 0600). Only operator commands run on that machine read it (the operator's entry); the stack
+# hands every other process its own user in its environment.
+CREDENTIALS_FILE = "nats-users.json"
+OPERATOR_USER = "operator"
+
+
+def nats_login(settings: Settings) -> tuple[str, str] | None:
+    """Who this process is on NATS: its own user (NATS_USER, NATS_PASSWORD), or else the
+    operator of the local stack on ``settings.data_dir``; None when there is neither."""
+    if settings.nats_user is not None:
+        return settings.nats_user, settings.nats_password or ""
+    try:
+        users = json.loads((settings.data_dir / CREDENTIALS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return OPERATOR_USER, str(users[OPERATOR_USER])
+
+
+def nats_options(settings: Settings) -> dict[str, Any]:
+    """The options of ``nats.connect`` every process uses: the servers, its user and password,
+    its own reply subjects (``_INBOX_<user>``), and the CA of a TLS server."""
+    options: dict[str, Any] = {"servers": settings.nats_url.split(",")}
+    login = nats_login(settings)
+    if login is not None:
+        options.update(
+            user=login[0], password=login[1], inbox_prefix=subjects.inbox_prefix(login[0])
+        )
+    if settings.nats_ca is not None:
+        options["tls"] = ssl.create_default_context(cafile=str(settings.nats_ca))
+    return options
+
+
+async def connect_bus(
+    settings: Settings, service: str, *, streams: Literal["create", "check", "skip"] = "check"
+) -> Bus:
+    """Connect to NATS as ``service``. ``streams``: ``check`` logs one line for each stream
+    missing or unlike its declaration; ``create`` also creates the missing ones, which only the
+    operator may (``mediai up``, ``mediai streams apply``): services find them declared; ``skip``
+    for a process whose user may not read stream info (an agent)."""
     outage = _OutageLog(service)
     nc = await nats.connect(
-        servers=settings.nats_url.split(","),
+        **nats_options(settings),
         name=f"mediai-{service}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -199,8 +243,10 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
     )
     outage.nc = nc
     js = nc.jetstream()
-    if declare:
+    if streams == "create":
         await create_missing_streams(js, stream_configs(settings))
+    elif streams == "check":
+        await check_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
     phi = Phi(KeyCache(nc, ttl=settings.key_cache_ttl))
     return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, retry=retry)

@@ -51,6 +51,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # nats_cluster_port + i - 1 (defaults 4222-4224 and 6222-6224: below the kernel's
     # ephemeral range, so never a port the OS hands out as a free one).
     nats_nodes: int = 1
+    # Who this process is on NATS: each component has its own user, with subject permissions
+    # (deploy/bus_users.py). Unset: the operator's, from a local stack's data_dir if there is one.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    # The CA that signed the NATS servers' certificates (tls:// URLs); unset: the system's CAs.
+    nats_ca: Path | None = None
+    # The agent workers' NATS user, which the dispatcher's pool hands to the workers it starts.
+    agent_nats_user: str = "agent"
+    agent_nats_password: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:54329/mediai"
 
     livekit_url: str = "ws://127.0.0.1:7880"
@@ -60,7 +69,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # True when the LiveKit server is ours to start (no LIVEKIT_URL given).
     livekit_local: bool = True
 
+    # Traces (docs/operations.md, "Traces"): OTLP/HTTP to any backend (production), and Zipkin's
+    # JSON to the local stack's Zipkin, which `mediai up` runs (MEDIAI_ZIPKIN) and points its
+    # processes at. Requests other than dispatches are sampled at this ratio (dispatches always).
     otel_endpoint: str | None = None
+    zipkin_endpoint: str | None = None
+    zipkin: bool = True
+    trace_sample_ratio: float = 1.0
+    # Where a trace is seen, ``{trace_id}`` standing for its id (the web console links to it).
+    trace_url_template: str = ""
     # The services `mediai up` starts (default: all of them).
     services: tuple[str, ...] = ()
 
@@ -78,6 +95,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_port: int = 8105
     scheduling_port: int = 8106
     keys_port: int = 8107
+    zipkin_port: int = 9411
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
@@ -181,6 +199,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
+    @property
+    def zipkin_url(self) -> str:
+        """The local Zipkin's UI."""
+        return f"http://{self.host}:{self.zipkin_port}/zipkin/"
+
+    def trace_url(self, trace_id: str) -> str:
+        """Where the trace ``trace_id`` (32 hex digits) is seen; "" without a tracing UI."""
+        return self.trace_url_template.replace("{trace_id}", trace_id)
+
     def nats_node_ports(self) -> list[tuple[int, int]]:
         """(client port, route port) of each NATS node of the local stack, node 1 first."""
         return [(self.nats_port + i, self.nats_cluster_port + i) for i in range(self.nats_nodes)]
@@ -195,6 +222,13 @@ def _url(*schemes: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _readable_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{value} is not a readable file")
+    return path
 
 
 def _port(value: str) -> int:
@@ -299,6 +333,20 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+def _ratio(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"{value} must be a ratio between 0 and 1")
+    return number
+
+
+def _trace_url_template(value: str) -> str:
+    if "{trace_id}" not in value:
+        raise ValueError(f"{value!r} has no {{trace_id}} where the trace's id goes")
+    _url("http", "https")(value.replace("{trace_id}", "0"))
+    return value
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -324,6 +372,7 @@ PORT_NAMES = (
     "billing",
     "scheduling",
     "keys",
+    "zipkin",
 )
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -334,6 +383,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "MEDIAI_NATS_REPLICAS": ("nats_replicas", _positive_int),
     "MEDIAI_NATS_NODES": ("nats_nodes", _nats_nodes),
+    "NATS_USER": ("nats_user", str),
+    "NATS_PASSWORD": ("nats_password", str),
+    "NATS_CA": ("nats_ca", _readable_file),
+    "MEDIAI_AGENT_NATS_USER": ("agent_nats_user", str),
+    "MEDIAI_AGENT_NATS_PASSWORD": ("agent_nats_password", str),
     "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
     "LIVEKIT_URL": ("livekit_url", _url("ws", "wss", "http", "https")),
     "LIVEKIT_API_KEY": ("livekit_api_key", str),
@@ -342,6 +396,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_LIVEKIT_API_KEY": ("livekit_api_key", str),
     "MEDIAI_LIVEKIT_API_SECRET": ("livekit_api_secret", str),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _url("http", "https")),
+    "OTEL_EXPORTER_ZIPKIN_ENDPOINT": ("zipkin_endpoint", _url("http", "https")),
+    "MEDIAI_ZIPKIN": ("zipkin", _bool),
+    "MEDIAI_TRACE_SAMPLE_RATIO": ("trace_sample_ratio", _ratio),
+    "MEDIAI_TRACE_URL_TEMPLATE": ("trace_url_template", _trace_url_template),
     "MEDIAI_CONSUMER_MAX_DELIVER": ("consumer_max_deliver", _positive_int),
     "MEDIAI_CONSUMER_BACKOFF": ("consumer_backoff", _delays),
     "MEDIAI_DB_ACQUIRE_TIMEOUT": ("db_acquire_timeout", _seconds),
@@ -446,6 +504,13 @@ def load_settings(
             {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"} - set(livekit_given)
         )
         raise ConfigError(f"{missing[0]}: required when {livekit_given[0]} is set (set all three)")
+    if ("nats_user" in fields) != ("nats_password" in fields):
+        given, absent = (
+            ("NATS_USER", "NATS_PASSWORD")
+            if "nats_user" in fields
+            else ("NATS_PASSWORD", "NATS_USER")
+        )
+        raise ConfigError(f"{absent}: required when {given} is set")
     settings = Settings(**fields)
     # The URLs of the local stack follow its host and ports unless given outright.
     host = settings.host
@@ -463,6 +528,8 @@ def load_settings(
             )
     if "DATABASE_URL" not in values:
         derived["database_url"] = f"postgresql://postgres@{host}:{settings.postgres_port}/mediai"
+    if settings.zipkin and not settings.trace_url_template:
+        derived["trace_url_template"] = f"{settings.zipkin_url}traces/{{trace_id}}"
     if livekit_given:
         derived["livekit_local"] = False
     else:

@@ -41,9 +41,10 @@ from shared import attributes as attr
 from shared import metrics, subjects
 from shared.background import TaskHealth
 from shared.bus import Bus
+from shared.crashpoints import crash_point
 from shared.events import CODEC, DeadLettered, Envelope, Event, EventDecodeError
 from shared.failures import PoisonMessageError, unavailable_dependency
-from shared.phi import KeysUnavailableError
+from shared.phi import KeysUnavailableError, patient_of
 from shared.telemetry import extract, tracer
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,9 @@ class Consumer(Generic[C]):
                 return
             finally:
                 metrics.HANDLE_SECONDS.labels(name).observe(time.monotonic() - started)
+        # A crash here leaves the handler's work committed and the message unacknowledged:
+        # JetStream redelivers it, and the handler's inbox must make the second time a no-op.
+        crash_point("consumer.after_commit_before_ack")
         await message.ack()
         metrics.CONSUMED.labels(name, event.type, "ok").inc()
 
@@ -392,6 +396,8 @@ async def publish_dead_letter(
     event: Envelope | None,
 ) -> None:
     """Publish a message a consumer gave up on, whole, to the dead-letter stream, and log it.
+    It is sealed with the original event's patient's personal key (the tenant's for an event
+    about no patient, or an undecodable message), so erasing the patient erases it too.
 
     Its id is fixed by the consumer and the stream sequence, so publishing it twice (a retry
     after a lost acknowledgement, two replicas) keeps one dead letter."""
@@ -411,6 +417,7 @@ async def publish_dead_letter(
         payload_encoding=encoding,
         deliveries=deliveries,
         reason=reason,
+        patient_ref=patient_of(event.data) if event else "",
     )
     await bus.publish(
         record,

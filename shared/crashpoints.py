@@ -8,13 +8,15 @@ power cut or the OOM killer would. Unset, a crash point costs one string compari
 The points and where they sit (docs/reliability.md keeps the list):
 
 - ``consumer.after_commit_before_ack``: a projection's transaction committed, its message not
-  acknowledged yet (shared/bus.py, ``Consumer.process``).
+  acknowledged yet (shared/consumer.py, ``Consumer.process``).
 - ``outbox.after_publish_before_mark``: the relay published an outbox row, the row is not
   marked published yet (shared/outbox.py).
 - ``dispatcher.after_create_dispatch``: LiveKit accepted the dispatch, ``dispatched`` is not
   published yet (services/dispatcher/consumers.py).
 - ``dispatcher.after_publish_before_apply``: the HTTP edge published an event, its read model
   has not applied it yet (services/dispatcher/app.py).
+- ``erasure.after_keys_destroyed``: a patient's personal key is destroyed, their rows are not
+  emptied yet (services/scheduling/patients/erasure.py).
 """
 
 from __future__ import annotations

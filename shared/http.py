@@ -245,7 +245,9 @@ def healthz() -> dict[str, str]:
 @get("/readyz", include_in_schema=False)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Ready when NATS and PostgreSQL answer and every background task runs; otherwise 503
-    naming what is missing (a consumer waiting out an outage names the dependency)."""
+    naming what is missing (a consumer waiting out an outage names the dependency). A service
+    whose API works without a dependency (``create_service_app(ready_without=…)``) shows its
+    failed check and the tasks waiting for it, but stays ready through its outage."""
     checks: dict[str, str] = {}
     bus: Bus = state.bus
     try:
@@ -259,7 +261,10 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     except Exception as error:  # noqa: BLE001 - any failure means not ready
         checks["postgres"] = f"unreachable: {type(error).__name__}"
     tasks: dict[str, TaskHealth] = state.tasks
-    ready = all(v == "ok" for v in checks.values()) and all(t.ready for t in tasks.values())
+    without: tuple[str, ...] = state.ready_without
+    ready = all(v == "ok" for name, v in checks.items() if name not in without) and all(
+        t.ready or t.waiting_for in without for t in tasks.values()
+    )
     waiting = sorted({t.detail for t in tasks.values() if t.waiting_for})
     body: dict[str, Any] = {
         "ready": ready,
@@ -300,8 +305,14 @@ def create_service_app(
     resources: Sequence[Resource] = (),
     dependencies: dict[str, Provide] | None = None,
     description: str = "",
+    ready_without: tuple[str, ...] = (),
 ) -> Litestar:
     """A Litestar app for one MediAI service.
+
+    ``/readyz`` is 503 (an orchestrator takes the service out of rotation) while NATS or
+    PostgreSQL is away or a background task waits for a dependency, except those named in
+    ``ready_without``, which its API does without: the webhooks edge needs NATS alone, and
+    keeps taking LiveKit's webhooks while PostgreSQL is away.
 
     ``resources`` are async context managers of the app (a LiveKit client) entered after the
     pool and the bus and before the background tasks, and left after them. ``background``
@@ -318,6 +329,7 @@ def create_service_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.ready_without = ready_without
         app.state.tasks = {task.name: TaskHealth(task.name) for task in tasks}
         async with contextlib.AsyncExitStack() as stack:
             app.state.pool = await create_pool(settings)

@@ -39,7 +39,7 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 from shared import idempotency_store as store
 from shared.background import every
 from shared.events import new_event_id
-from shared.http import ErrorBody, ErrorDetail
+from shared.http import RETRY_AFTER_SECONDS, ErrorBody, ErrorDetail
 from shared.tenants import authenticate
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ _ERRORS = {
     409: ("idempotency_key_in_use", f"a request with this {HEADER} is still running; retry later"),
     422: ("idempotency_key_mismatch", f"this {HEADER} was used with another request"),
 }
-_UNAVAILABLE = ("unavailable", "the database is unavailable; retry shortly")
+# The same answer as any handler's when PostgreSQL is away (shared.http).
+_UNAVAILABLE = ("dependency_unavailable", "postgres is unavailable; retry shortly")
 _DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -67,6 +68,13 @@ class RequestIds:
     def __init__(self, key: str | None = None, seed: uuid.UUID | None = None) -> None:
         self.key = key
         self._seed = seed
+        # The patient the answer is about (``about``): kept with it, so an erasure finds it.
+        self.patient_ref = ""
+
+    def about(self, patient_ref: str) -> None:
+        """Say that the answer is about this patient (it may repeat their personal data): the
+        kept answer is deleted when the patient is erased."""
+        self.patient_ref = patient_ref
 
     def id(self, purpose: str) -> str:
         """The id of one thing the request creates (``purpose`` tells the things apart:
@@ -106,8 +114,13 @@ async def _send(send: Send, answer: store.Answer, *extra: tuple[bytes, bytes]) -
 
 def _refusal(status: int) -> store.Answer:
     code, message = _UNAVAILABLE if status == 503 else _ERRORS[status]
-    body = msgspec.json.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
-    return store.Answer(status, [("content-type", "application/json")], body)
+    details = [{"dependency": "postgres"}] if status == 503 else None
+    error = ErrorDetail(code=code, message=message, details=details)
+    body = msgspec.json.encode(ErrorBody(error=error))
+    headers = [("content-type", "application/json")]
+    if status == 503:  # like every 503 of the services: when to try again
+        headers.append(("retry-after", str(RETRY_AFTER_SECONDS)))
+    return store.Answer(status, headers, body)
 
 
 async def _unavailable(send: Send, error: Exception) -> None:
@@ -213,7 +226,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await store.finish(pool, keyed, claimed, None)
             raise
         answer = recorder.answer()
-        await store.finish(pool, keyed, claimed, None if answer.status >= 500 else answer)
+        kept = None if answer.status >= 500 else answer
+        await store.finish(pool, keyed, claimed, kept, patient_ref=ids.patient_ref)
         await recorder.forward(send)
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 import asyncpg
 import msgspec
 
+from shared.db import Connection
+
 log = logging.getLogger(__name__)
 
 RETENTION = timedelta(hours=24)
@@ -137,10 +139,15 @@ async def claim(
 
 
 async def finish(
-    pool: asyncpg.Pool, keyed: KeyedRequest, claimed: Claimed, answer: Answer | None
+    pool: asyncpg.Pool,
+    keyed: KeyedRequest,
+    claimed: Claimed,
+    answer: Answer | None,
+    *,
+    patient_ref: str = "",
 ) -> None:
-    """Keep the answer; or (None: a 5xx or a crash) mark the run failed, keeping no answer, so
-    a retry runs again with the same seed."""
+    """Keep the answer (about ``patient_ref``, when the handler named one); or (None: a 5xx or
+    a crash) mark the run failed, keeping no answer, so a retry runs again with the same seed."""
     where = (keyed.tenant, keyed.route, keyed.key)
     try:
         if answer is None:
@@ -153,16 +160,29 @@ async def finish(
         else:
             await pool.execute(
                 "UPDATE idempotency_keys SET state = 'done', status_code = $5, headers = $6,"
-                " body = $7 WHERE tenant_id = $1 AND route = $2 AND key = $3 AND claim = $4",
+                " body = $7, patient_ref = $8"
+                " WHERE tenant_id = $1 AND route = $2 AND key = $3 AND claim = $4",
                 *where,
                 claimed.claim,
                 answer.status,
                 [list(header) for header in answer.headers],
                 answer.body,
+                patient_ref,
             )
     except _DATABASE_ERRORS as error:
         # The row stays 'running' until it counts as abandoned; a retry then runs again.
         log.warning("idempotency key on %s not settled: %s", keyed.route, type(error).__name__)
+
+
+async def forget_patient(conn: Connection, tenant: str, patient_ref: str) -> int:
+    """Delete the kept answers about a patient (an erasure); returns how many. A retry with
+    one of their keys runs again, and finds what it created (its ids derive from the key)."""
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND patient_ref = $2",
+        tenant,
+        patient_ref,
+    )
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def prune(pool: asyncpg.Pool) -> int:

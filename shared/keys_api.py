@@ -12,6 +12,7 @@ Types and framing only; who may have which key is decided by the key service. A 
 
       reply = await call(nc, DestroyKeysRequest(tenant=t, patient_ref=ref, purpose="personal"))
       reply.destroyed  # the key ids destroyed now ([] if it was already gone: idempotent)
+      # with since=<when the erasure began>: reply.gone lists every key destroyed since then
 
   The key service announces each with ``DataKeyDestroyed`` (every process's cache drops it).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -94,6 +96,9 @@ class DestroyKeysRequest(Request, frozen=True, kw_only=True):
     patient_ref: PatientRef = ""
     purpose: Literal["personal", "clinical", "tenant"]
     reason: Literal["erasure", "retention", "operator"] = "erasure"
+    # Also list every key of the scope destroyed at or after this time (``KeysReply.gone``): an
+    # erasure resumed after a crash learns which keys its first attempt destroyed.
+    since: datetime | None = None
 
 
 OPERATIONS: dict[str, type[Request]] = {
@@ -110,12 +115,19 @@ class WrappedKey(msgspec.Struct, frozen=True, kw_only=True):
     sealed: str
 
 
+class DestroyedKey(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    destroyed_at: datetime
+
+
 class KeysReply(msgspec.Struct, frozen=True, kw_only=True):
     keys: list[WrappedKey] = msgspec.field(default_factory=list)
     # The service's one-time X25519 public key for this reply (base64).
     ephemeral: str = ""
     # For ``destroy``: the key ids destroyed now.
     destroyed: list[str] = msgspec.field(default_factory=list)
+    # For ``destroy`` with ``since``: the scope's keys destroyed since then (now included).
+    gone: list[DestroyedKey] = msgspec.field(default_factory=list)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

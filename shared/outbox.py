@@ -1,16 +1,19 @@
 """The transactional outbox: an event is written in the same transaction as the state it
 announces, then relayed to JetStream, so the database and the log never diverge.
 
-Every service runs a relay over the one shared ``outbox`` table, and the events of one key (one
-room, one appointment) reach the stream in the order they were written:
+Every service runs a relay over the one shared ``outbox`` table, publishing the rows of its own
+source (``mediai/<service>``: its NATS user may publish only its own events), and the events of
+one key (one room, one appointment) from one source reach the stream in the order they were
+written (a key's events come from one component; ordering across components is not kept):
 
 - Writers of one key take turns: ``add_to_outbox`` holds a per-key lock until its transaction
   ends, so a row's position is allocated only after every earlier row of its key committed.
   Without it a row could become visible before a lower position of its key still in flight.
-- One relay publishes at a time: each batch runs under a transaction-level advisory lock that a
-  relay tries, and leaves to whoever holds it. A transaction lock, rather than a session lock
-  held by an elected relay, is released by the server whenever its holder ends or dies, needs no
-  election or hand-over, and works through a transaction-pooling proxy (PgBouncer, Neon).
+- One relay per source publishes at a time: each batch runs under a transaction-level advisory
+  lock of its source that a relay tries, and leaves to whoever holds it. A transaction lock,
+  rather than a session lock held by an elected relay, is released by the server whenever its
+  holder ends or dies, needs no election or hand-over, and works through a transaction-pooling
+  proxy (PgBouncer, Neon).
 - A batch is published in position order and stops at the first failed publish; the rows
   published so far are marked, the rest wait for the next round.
 - A row that cannot be decoded is set aside (``set_aside_at``, ``set_aside_reason``; listed by
@@ -36,6 +39,7 @@ import asyncpg
 import nats.errors
 
 from shared.bus import Bus, BusUnavailableError
+from shared.crashpoints import crash_point
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
 from shared.events.privacy import sealing_plan
@@ -45,9 +49,9 @@ from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
-# Advisory lock keys. The relay's is one 64-bit key (the migration runner uses 0x6D65646961);
-# per-key writer locks use the two-int form, a separate key space: (class, hash of the key).
-RELAY_LOCK = 0x6D656469610001
+# Advisory lock keys, in the two-int form (a key space apart from the migration runner's 64-bit
+# key): (class, hash of the source) for relays, (class, hash of the key) for writers.
+RELAY_LOCK_CLASS = 0x72656C61  # "rela"
 _KEY_LOCK_CLASS = 0x6F757462  # "outb"
 
 
@@ -85,22 +89,26 @@ async def add_to_outbox(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))", _KEY_LOCK_CLASS, f"{tenant}/{key}"
     )
     await conn.execute(
-        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(stored)
+        "INSERT INTO outbox (event_id, payload, source) VALUES ($1, $2, $3)",
+        event.id,
+        CODEC.encode(stored),
+        source,
     )
     return event
 
 
 _PENDING = (
     "SELECT position, event_id, payload, set_aside_at FROM outbox"
-    " WHERE published_at IS NULL AND position > $1 {} ORDER BY position LIMIT $2"
+    " WHERE published_at IS NULL AND source = $3 AND position > $1 {} ORDER BY position LIMIT $2"
 )
 
 
 async def relay_outbox(
     pool: asyncpg.Pool, bus: Bus, *, batch: int = 100, retry_set_aside: bool = False
 ) -> int | None:
-    """Publish pending outbox events in position order; returns how many were published, or
-    None when another relay holds the lock (it publishes these rows too).
+    """Publish the pending outbox events of ``bus.source`` in position order; returns how many
+    were published, or None when another relay of that source holds the lock (it publishes these
+    rows too).
 
     Raises BusUnavailableError or a NATS error after the first publish that failed, once the
     rows published before it are marked; ``retry_set_aside`` tries the set-aside rows again.
@@ -109,9 +117,12 @@ async def relay_outbox(
     published, after = 0, 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+            locked = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", RELAY_LOCK_CLASS, bus.source
+            )
+            if not locked:
                 return None
-            rows = await conn.fetch(query, after, batch)
+            rows = await conn.fetch(query, after, batch, bus.source)
             done, failure = await _publish_in_order(conn, bus, rows)
         published += done
         if failure is not None:
@@ -136,6 +147,9 @@ async def _publish_in_order(
             continue
         except (BusUnavailableError, nats.errors.Error, KeysUnavailableError) as error:
             return published, error  # keep the order: the rest waits for this one
+        # A crash here leaves the row on the stream and unmarked: the next relay republishes it
+        # under the same Nats-Msg-Id, which JetStream drops.
+        crash_point("outbox.after_publish_before_mark")
         await conn.execute(
             "UPDATE outbox SET published_at = now(), set_aside_at = NULL, set_aside_reason = NULL"
             " WHERE position = $1",

@@ -10,12 +10,10 @@ read but never loses a message, and the server removes the consumer if the reade
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -134,6 +132,6 @@ async def _first_sequence_since(
         sequence: int = message.metadata.sequence.stream
         return sequence
     finally:
+        # Not deleted: billing's NATS user may not delete consumers (it could delete others');
+        # the server removes this one once it has been inactive for its threshold.
         await subscription.unsubscribe()
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await bus.js.delete_consumer(stream, name)

@@ -6,7 +6,7 @@ back a ``Reply`` whose ``result`` is the operation's reply, or whose ``error`` s
 a stable ``code`` (``ERROR_CODES``) and an English message. ``call`` does all of that::
 
     try:
-        booked = await call(nc, BookRequest(tenant=..., doctor_id=..., starts_at=..., ...))
+        booked = await call(nc, BookRequest(dispatch_id=..., doctor_id=..., starts_at=..., ...))
     except SchedulingRequestError as error:
         if error.code == "slot_taken": ...
 
@@ -23,7 +23,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from shared.naming import PatientRef, RoomName, TenantId
+from shared.naming import PatientRef, RoomName
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import inject
 
@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "appointment_not_found",
     "appointment_cancelled",  # the appointment was cancelled: it cannot be moved
     "invalid_request",  # the request does not match this contract
+    "dispatch_not_live",  # the request's dispatch is unknown, failed or ended
     "unavailable",  # the service is down, too slow, or failed: retry later
 ]
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
@@ -100,11 +101,18 @@ class FindAppointmentsReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Request(msgspec.Struct, Generic[ReplyT], frozen=True, kw_only=True):
-    """A request to the scheduling service, always on behalf of one tenant."""
+    """A request to the scheduling service from an agent, for the dispatch it runs.
+
+    It names no tenant: the service answers for the tenant of ``dispatch_id`` while that
+    dispatch is live (requested, and not failed or ended), and refuses with
+    ``dispatch_not_live`` otherwise. An agent worker runs every tenant's dispatches under one
+    NATS user, so a tenant in the request would be the agent's word; the dispatch's tenant is
+    the dispatcher's (docs/deployment.md, "Who may do what on the bus").
+    """
 
     OPERATION: ClassVar[str]
     REPLY: ClassVar[type[Any]]
-    tenant: TenantId
+    dispatch_id: Id
 
 
 class SearchDoctorsRequest(Request[SearchDoctorsReply], frozen=True, kw_only=True):

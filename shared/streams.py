@@ -1,9 +1,11 @@
 """The streams of the system, declared on purpose.
 
-``stream_configs`` is the declaration. A process at start creates the streams that are missing
-and never changes one that exists: a process started with the wrong settings (a CLI run without
-the production environment) must not turn an R3 stream into R1 or cut its retention. When an
-existing stream differs from the declaration, the process says so in one log line and carries
+``stream_configs`` is the declaration. The operator creates the streams that are missing
+(``mediai up`` at start, ``mediai streams apply``), and nothing changes one that exists on its
+own: a process started with the wrong settings (a CLI run without the production environment)
+must not turn an R3 stream into R1 or cut its retention. Services may not create streams at all
+(their NATS users have no such permission; docs/deployment.md): they check them at start, and
+when a stream is missing or differs from the declaration, say so in one log line and carry
 on; ``mediai streams`` shows every difference and ``mediai streams apply`` applies the
 declaration, refusing any change that weakens a stream unless told to.
 """
@@ -190,8 +192,8 @@ async def stream_status(
 
 
 async def create_missing_streams(js: JetStreamContext, declared: Sequence[StreamConfig]) -> None:
-    """At process start: create the streams that do not exist, never change one that does, and
-    log one line for each that differs from its declaration."""
+    """At the operator's start (``mediai up``): create the streams that do not exist, never
+    change one that does, and log one line for each that differs from its declaration."""
     for config in declared:
         info = await _info(js, str(config.name))
         if info is None:
@@ -204,13 +206,32 @@ async def create_missing_streams(js: JetStreamContext, declared: Sequence[Stream
                 info = await _info(js, str(config.name))
                 if info is None:
                     raise
-        found = differences(config, info.config)
-        if found:
-            log.warning(
-                "stream %s left as it is: %s; run 'mediai streams apply' to apply the declaration",
+        _log_differences(config, info)
+
+
+async def check_streams(js: JetStreamContext, declared: Sequence[StreamConfig]) -> None:
+    """At a service's start: one log line for each stream that is missing or differs from its
+    declaration. A service may not create streams (its NATS user has no such permission): the
+    declaration is applied by the operator, as migrations are."""
+    for config in declared:
+        info = await _info(js, str(config.name))
+        if info is None:
+            log.error(
+                "stream %s is missing; run 'mediai streams apply' (publishing to it fails until then)",
                 config.name,
-                "; ".join(str(difference) for difference in found),
             )
+            continue
+        _log_differences(config, info)
+
+
+def _log_differences(config: StreamConfig, info: StreamInfo) -> None:
+    found = differences(config, info.config)
+    if found:
+        log.warning(
+            "stream %s left as it is: %s; run 'mediai streams apply' to apply the declaration",
+            config.name,
+            "; ".join(str(difference) for difference in found),
+        )
 
 
 class StreamApplyError(Exception):

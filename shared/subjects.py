@@ -79,6 +79,49 @@ def key_filter(event_type: type[Event], *, tenant: str, key: str) -> str:
     return f"{PREFIX}.{event_type.STREAM}.{type_tokens}.{token(tenant)}.{token(key)}"
 
 
+def any_tenant_filter(event_type: type[Event], *, key: str) -> str:
+    """A filter matching the events of one type about one key, of any tenant (the dead letters
+    of one consumer, whose key is the consumer's name)."""
+    return f"{PREFIX}.{event_type.STREAM}.{_type_tokens(event_type.TYPE)}.*.{token(key)}"
+
+
 def max_deliveries_advisory(stream: str, consumer: str) -> str:
     """Where JetStream announces that it stopped delivering a message to ``consumer``."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+
+def scheduling_requests() -> str:
+    """Every scheduling operation's subject (a wildcard, for subscriptions and permissions)."""
+    return f"{PREFIX}.rpc.scheduling.*"
+
+
+def keys_requests() -> str:
+    """Every key service operation's subject (a wildcard, for its subscription's permission)."""
+    return f"{PREFIX}.rpc.keys.*"
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply subjects of one NATS user's connections (``_INBOX_<user>``): with a prefix per
+    user, a user may subscribe to its own replies and never to another's (NATS's default,
+    ``_INBOX``, is one space every connection would have to be allowed to read)."""
+    return f"_INBOX_{token(user)}"
+
+
+# JetStream's own API (docs.nats.io, "JetStream wire API Reference"); only the NATS
+# permissions of each user (deploy.bus_users) name these subjects.
+JS_API = "$JS.API"
+
+
+def js_api(*tokens: str) -> str:
+    """A JetStream API subject: ``js_api("STREAM", "INFO", "MEDIAI_EVENTS")``."""
+    return ".".join((JS_API, *tokens))
+
+
+def js_ack(stream: str, consumer: str) -> str:
+    """Where acknowledgements (ack, nak, term, in progress) of one consumer's messages go."""
+    return f"$JS.ACK.{stream}.{consumer}.>"
+
+
+def js_flow_control(stream: str) -> str:
+    """Where a push consumer's flow-control replies go (ordered consumers of any name)."""
+    return f"$JS.FC.{stream}.>"

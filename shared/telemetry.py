@@ -1,27 +1,98 @@
 """Tracing and logging, set up once per process; trace context carried over HTTP and NATS.
 
+Spans go over OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (any backend, production) and in
+Zipkin's JSON to ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` (the local stack's Zipkin). A dispatch is
+always traced whole: ``POST /v1/agents`` is always sampled and everything after it follows its
+parent; other requests are sampled at ``MEDIAI_TRACE_SAMPLE_RATIO``.
+
 Span attributes use the names in ``shared.attributes``. Nothing personal is ever set as a span
-attribute or written to a log: identities, names, transcripts and clinical data stay in events.
+attribute or written to a log: identities, names, transcripts and clinical data stay in events,
+and every exporter drops what libraries set of them (``shared.span_privacy``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
 from shared.config import Settings
+from shared.span_privacy import ScrubbingExporter
 
 _configured = False
 
+# Requests whose traces are always kept, whatever the ratio: a dispatch, end to end.
+ALWAYS_SAMPLED = frozenset({("POST", "/v1/agents")})
+
+
+class _DispatchesAlways(Sampler):
+    """The sampler of a trace's first span: a dispatch request always, others by ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        found = attributes or {}
+        method = found.get("http.request.method") or found.get("http.method")
+        path = str(found.get("url.path") or found.get("http.target") or "").split("?")[0]
+        if (method, path) in ALWAYS_SAMPLED:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return self.ratio.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"DispatchesAlways{{{self.ratio.get_description()}}}"
+
+
+def sampler(ratio: float) -> Sampler:
+    """Dispatches always; other traces at ``ratio``; a span follows its parent's decision, except
+    that a dispatch is traced even when its caller did not sample its own request."""
+    return ParentBased(
+        root=_DispatchesAlways(ratio), remote_parent_not_sampled=_DispatchesAlways(0.0)
+    )
+
+
+def exporters(settings: Settings) -> list[SpanExporter]:
+    """The exporters the settings ask for, each behind the scrubber."""
+    found: list[SpanExporter] = []
+    if settings.otel_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otel_endpoint.rstrip("/") + "/v1/traces"
+        found.append(OTLPSpanExporter(endpoint=endpoint))
+    if settings.zipkin_endpoint:
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        found.append(ZipkinExporter(endpoint=settings.zipkin_endpoint))
+    return [ScrubbingExporter(exporter) for exporter in found]
+
 
 def setup_telemetry(service: str, settings: Settings) -> None:
-    """Install the tracer provider (OTLP export when an endpoint is configured) and logging.
+    """Install the tracer provider (its exporters as configured, the sampler) and logging.
 
     Idempotent: a process serves one service, and tests may build several apps in one process.
     """
@@ -29,14 +100,21 @@ def setup_telemetry(service: str, settings: Settings) -> None:
     setup_logging(settings.log_level)
     if _configured:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": f"mediai-{service}"}))
-    if settings.otel_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = settings.otel_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"mediai-{service}"}),
+        sampler=sampler(settings.trace_sample_ratio),
+    )
+    for exporter in exporters(settings):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _configured = True
+
+
+def flush(timeout_seconds: float) -> None:
+    """Export the spans still waiting (a process about to end); bounded by ``timeout_seconds``."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(int(timeout_seconds * 1000))
 
 
 class _TraceIdFilter(logging.Filter):
@@ -78,3 +156,19 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
+
+
+def parent_of(traceparent: str | None) -> context.Context | None:
+    """The context a span about an event starts in: the current one when a span is current
+    (publishing while handling a request), else the event's own ``traceparent`` (an outbox
+    relay or a spool publishing later, outside the request that made the event)."""
+    if trace.get_current_span().get_span_context().is_valid or not traceparent:
+        return None
+    return extract({"traceparent": traceparent})
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The 32-hex-digit trace id of a W3C ``traceparent`` ("" when there is none)."""
+    span = trace.get_current_span(extract({"traceparent": traceparent or ""}))
+    context_ = span.get_span_context()
+    return format(context_.trace_id, "032x") if context_.is_valid else ""

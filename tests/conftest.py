@@ -13,11 +13,13 @@ import httpx
 import pytest
 
 from deploy.stack import Stack, StackState
+from services import http_services
+from services.agent.tracing import install_tracing
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
-from shared.telemetry import setup_telemetry
 from shared.tenants import create_tenant
+from tests.otlp import SpanReceiver
 from tests.standin import OpenAIStandin
 from tests.support import stack_settings
 
@@ -31,35 +33,67 @@ def openai_standin() -> Iterator[OpenAIStandin]:
 
 
 @pytest.fixture(scope="session")
-def settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
+def data_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: pytest resets its root folder to mode 0700 at every session
     # start, which would lock Postgres (running as its own system user) out of its data.
-    data_dir = Path(tempfile.mkdtemp(prefix="mediai-test-"))
-    yield stack_settings(
-        data_dir, openai_base_url=openai_standin.base_url, openai_api_key="standin-key"
+    made = Path(tempfile.mkdtemp(prefix="mediai-test-"))
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def span_receiver(data_dir: Path) -> Iterator[SpanReceiver]:
+    """Where every process of the stack exports its spans (OTLP/HTTP), kept in a file."""
+    with SpanReceiver(data_dir / "spans.jsonl") as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def settings(
+    openai_standin: OpenAIStandin, data_dir: Path, span_receiver: SpanReceiver
+) -> Settings:
+    return stack_settings(
+        data_dir,
+        openai_base_url=openai_standin.base_url,
+        openai_api_key="standin-key",
+        otel_endpoint=span_receiver.url,
     )
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def telemetry(settings: Settings) -> None:
-    """The test process traces like a service does, so trace propagation can be checked."""
-    setup_telemetry("tests", settings)
+    """The test process traces like a service does, so trace propagation can be checked; the
+    role tests run agent sessions in it, so it leaves their personal data out of its spans as
+    the agent's processes do (the PHI canary test searches its spans too)."""
+    install_tracing(settings, service="tests")
 
 
 @pytest.fixture(scope="session")
-async def stack(settings: Settings) -> AsyncIterator[StackState]:
-    running = Stack(settings, services=list(settings.services) or None)
-    state = await running.start()
+async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
+    """The session's stack, for the tests that stop or restart one of its parts (by pid)."""
+    # Spans leave each process within half a second (the default is five): tests look for them.
+    quick = {"OTEL_BSP_SCHEDULE_DELAY": "500"}
+    running = Stack(
+        settings,
+        services=list(settings.services) or None,
+        environment={service: quick for service in http_services()},
+    )
+    await running.start()
     try:
-        yield state
+        yield running
     finally:
         await running.stop()
 
 
 @pytest.fixture(scope="session")
+async def stack(running_stack: Stack) -> StackState:
+    assert running_stack.state is not None
+    return running_stack.state
+
+
+@pytest.fixture(scope="session")
 async def bus(stack: StackState, settings: Settings) -> AsyncIterator[Bus]:
-    connected = await connect_bus(settings, "tests")
+    connected = await connect_bus(settings, "tests", streams="create")
     yield connected
     await connected.close()
 

@@ -4,12 +4,14 @@ waiting for conditions."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.plugins import openai
@@ -23,6 +25,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.events import Event
 from tests.standin import OpenAIStandin
+from tests.support import live_dispatch
 
 ROLES = load_registry()
 
@@ -54,10 +57,46 @@ async def consultation(
     patient_ref: str = "",
     appointment_id: str = "",
     patient_is_minor: bool = False,
+    api: httpx.AsyncClient | None = None,
 ) -> AsyncIterator[Harness]:
     """``patient`` is the identity of the person on the call; ``patient_ref``,
-    ``appointment_id`` and ``patient_is_minor`` are what the dispatch said of the patient."""
-    dispatch_id = str(uuid.uuid4())
+    ``appointment_id`` and ``patient_is_minor`` are what the dispatch said of the patient.
+    With ``api`` (a client of ``tenant``) the consultation is a real, live dispatch's, which the
+    scheduling service needs to answer its tools (it answers for a live dispatch's tenant)."""
+    async with contextlib.AsyncExitStack() as stack:
+        dispatch_id = (
+            await stack.enter_async_context(live_dispatch(api)) if api else str(uuid.uuid4())
+        )
+        async with _consultation(
+            bus,
+            settings,
+            role,
+            tenant,
+            dispatch_id,
+            room,
+            patient,
+            rtc_room,
+            patient_ref,
+            appointment_id,
+            patient_is_minor,
+        ) as harness:
+            yield harness
+
+
+@asynccontextmanager
+async def _consultation(
+    bus: Bus,
+    settings: Settings,
+    role: str,
+    tenant: str,
+    dispatch_id: str,
+    room: str | None,
+    patient: str,
+    rtc_room: rtc.Room | None,
+    patient_ref: str,
+    appointment_id: str,
+    patient_is_minor: bool,
+) -> AsyncIterator[Harness]:
     journal = Journal.create(
         spool_root(settings.data_dir), "role-tests", dispatch_id, settings.agent_spool_max_bytes
     )

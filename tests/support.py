@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import httpx
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from deploy.supervisor import port_in_use
@@ -22,27 +23,33 @@ from shared.db import apply_migrations, discover_migrations
 from shared.events import CODEC, Envelope, Event
 
 T = TypeVar("T")
+_GIVEN: set[int] = set()  # every port port_block handed out in this process
+_RANDOM = random.SystemRandom()  # whatever a test seeds, two test runs pick apart
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port below the kernel's ephemeral range (``port_block``). A port the kernel hands
+    out as free (bind to port 0) is from that range, which it also gives connections as their
+    own ports: on a machine running several stacks, an outgoing connection took one between the
+    test picking it and its server binding it ("could not create listen socket")."""
+    return port_block(1)
 
 
 def port_block(count: int, host: str = "127.0.0.1") -> int:
     """The first of ``count`` consecutive free ports below the kernel's ephemeral range: ports
-    the OS never hands out as free ones (``free_port``) nor as a connection's own port, so a
-    block stays free for a NATS cluster's nodes (client port + i, route port + i)."""
+    the OS never hands out as free ones (bind to port 0) nor as a connection's own port, so a
+    block stays free for a NATS cluster's nodes (client port + i, route port + i). Never a port
+    this process handed out before: the ports of a stack are all picked before any is bound."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
     floor = 10000 if low > 12000 else 1024
     for _ in range(500):
-        base = random.randrange(floor, low - count)
-        if not any(port_in_use(host, port) for port in range(base, base + count)):
+        base = _RANDOM.randrange(floor, low - count)
+        block = range(base, base + count)
+        if not _GIVEN.intersection(block) and not any(port_in_use(host, p) for p in block):
+            _GIVEN.update(block)
             return base
     raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
@@ -67,6 +74,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
         # A vanished agent fails its dispatch sooner than in production (60 s).
         "agent_lost_grace": 10,
+        # No JVM per test session: the tests that look at traces start Zipkin, or a receiver.
+        "zipkin": False,
     }
     # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
     selected = os.environ.get("MEDIAI_SERVICES", "")
@@ -178,3 +187,23 @@ async def private_database(settings: Settings, prefix: str) -> AsyncIterator[str
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@asynccontextmanager
+async def live_dispatch(api: httpx.AsyncClient) -> AsyncIterator[str]:
+    """A real dispatch of ``api``'s tenant, live (its agent in an empty room, where it says
+    nothing) until the end: the agent's scheduling requests name it and act for its tenant."""
+    body = {
+        "room": f"agenda-{uuid.uuid4().hex[:8]}",
+        "role": "generic",
+        "instructionsMode": "replace",
+    }
+    # The stand-in's models (tests/standin): the agent really starts, and stays until ended.
+    models = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
+    response = await api.post("/v1/agents", json={**body, **models, "instructions": "Teste."})
+    assert response.status_code == 202, response.text
+    dispatch_id: str = response.json()["id"]
+    try:
+        yield dispatch_id
+    finally:
+        await api.delete(f"/v1/agents/{dispatch_id}")

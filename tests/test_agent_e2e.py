@@ -83,6 +83,7 @@ class Participant:
         self.heard: list[tuple[float, str, int]] = []  # (monotonic, sender, peak amplitude)
         self.texts: list[tuple[str, str, str]] = []  # (topic, sender, text)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._silent: asyncio.Task[None] | None = None  # the silence after the last words
 
     @classmethod
     async def join(
@@ -132,7 +133,11 @@ class Participant:
         return handle
 
     async def say(self, pcm: np.ndarray, rate: int, silence_after: float = 3.0) -> float:
-        """Speak (real time), then stay silent; returns when the last word left the microphone."""
+        """Speak (real time), then stay silent; returns when the last word left the microphone.
+        Speaking again waits for that silence: one microphone, one frame at a time (frames
+        captured from two tasks at once fail with ``InvalidState``)."""
+        if self._silent is not None:
+            await self._silent
         resampler = rtc.AudioResampler(rate, self.RATE, num_channels=1)
         step = rate // 100
         for start in range(0, len(pcm), step):
@@ -143,7 +148,9 @@ class Participant:
             await self.source.capture_frame(frame)
         await self.source.wait_for_playout()
         ended = time.monotonic()
-        self._spawn(self._silence(silence_after))
+        self._silent = asyncio.create_task(self._silence(silence_after))
+        self._tasks.add(self._silent)
+        self._silent.add_done_callback(self._tasks.discard)
         return ended
 
     async def _silence(self, seconds: float) -> None:

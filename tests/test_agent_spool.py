@@ -180,7 +180,7 @@ async def test_what_a_killed_job_left_is_published_once_by_another_worker(
     assert child.stdout is not None
     ids = (await asyncio.wait_for(child.stdout.readline(), 30)).decode().split()
     assert len(ids) == 5
-    bus = await connect_bus(settings, "tests")
+    bus = await connect_bus(settings, "tests", streams="create")
     replacement = WorkerSpool(root, "replacement")
     try:
         # While the job lives its journal is its own, and its worker's folder stays.

@@ -38,6 +38,18 @@ def test_a_nats_cluster_lists_every_node_and_replicates_streams_three_times() ->
     assert load_settings({}, env_file=None).nats_replicas == 1
 
 
+def test_the_trace_url_follows_the_local_zipkin_unless_given() -> None:
+    local = load_settings({"MEDIAI_ZIPKIN_PORT": "9500"}, env_file=None)
+    assert local.trace_url("ab" * 16) == f"http://127.0.0.1:9500/zipkin/traces/{'ab' * 16}"
+    given = load_settings(
+        {"MEDIAI_TRACE_URL_TEMPLATE": "https://traces.example/trace/{trace_id}?x=1"},
+        env_file=None,
+    )
+    assert given.trace_url("cd" * 16) == f"https://traces.example/trace/{'cd' * 16}?x=1"
+    assert load_settings({"MEDIAI_ZIPKIN": "false"}, env_file=None).trace_url("ef" * 16) == ""
+    assert load_settings(to_environ(local), env_file=None) == local
+
+
 def test_livekit_url_with_credentials_means_an_external_server() -> None:
     settings = load_settings(
         {
@@ -65,6 +77,12 @@ def test_livekit_url_with_credentials_means_an_external_server() -> None:
         ({"MEDIAI_NATS_REPLICAS": "3"}, "MEDIAI_NATS_REPLICAS: 3 replicas need as many"),
         ({"MEDIAI_DEADLETTER_MAX_BYTES": "1 gigabyte"}, "MEDIAI_DEADLETTER_MAX_BYTES"),
         ({"MEDIAI_DEADLETTER_RETENTION": "0"}, "MEDIAI_DEADLETTER_RETENTION: 0 must be"),
+        ({"MEDIAI_TRACE_SAMPLE_RATIO": "1.5"}, "MEDIAI_TRACE_SAMPLE_RATIO: 1.5 must be a ratio"),
+        (
+            {"MEDIAI_TRACE_URL_TEMPLATE": "http://t/x"},
+            "MEDIAI_TRACE_URL_TEMPLATE: 'http://t/x' has",
+        ),
+        ({"OTEL_EXPORTER_ZIPKIN_ENDPOINT": "zipkin:9411"}, "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(environ: dict[str, str], message: str) -> None:

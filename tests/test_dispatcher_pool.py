@@ -13,6 +13,7 @@ from services.dispatcher.pool import WorkerPool
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events.agents import AgentWorkerExited, AgentWorkerRegistered, AgentWorkerStarted
+from shared.outbox import run_outbox_relay
 from tests.support import until
 from tests.test_agent_e2e import alive_in_group, following
 
@@ -22,8 +23,15 @@ pytestmark = pytest.mark.livekit
 async def test_the_pool_starts_its_minimum_and_drains_on_shutdown(
     settings: Settings, bus: Bus, pool: asyncpg.Pool
 ) -> None:
-    # Its events go through the database's outbox; the stack's services relay it.
-    workers = WorkerPool(msgspec.structs.replace(settings, agent_pool_min=1, agent_pool_max=1))
+    # Its events go through the database's outbox, as this process's (the pool's bus): each
+    # component relays its own rows, so this test runs the relay of its own.
+    # An idle worker drains at once; the timeout is only a bound, generous on a loaded machine
+    # (a worker killed at the bound is what this test would catch).
+    drained = msgspec.structs.replace(
+        settings, agent_pool_min=1, agent_pool_max=1, agent_drain_timeout=30
+    )
+    workers = WorkerPool(drained)
+    relaying = asyncio.create_task(run_outbox_relay(pool, bus, interval=0.2))
     async with following(
         bus, AgentWorkerStarted, AgentWorkerRegistered, AgentWorkerExited
     ) as events:
@@ -42,6 +50,7 @@ async def test_the_pool_starts_its_minimum_and_drains_on_shutdown(
         running.cancel()  # what the dispatcher's shutdown does
         await asyncio.gather(running, return_exceptions=True)
         exited = await events.next(AgentWorkerExited, where=lambda d: d.worker_id == mine)
+    relaying.cancel()
     assert exited.expected and exited.restart_delay_seconds is None
     assert exited.exit_code == 0  # it drained and exited by itself, not killed
     assert not workers.workers

@@ -25,7 +25,7 @@ from services.keys import store
 from services.keys.kek import LocalKeyring, keyring_path, parse_keyring
 from services.keys.service import KeyService
 from shared import keys_api, subjects
-from shared.bus import Bus
+from shared.bus import Bus, nats_options
 from shared.config import Settings
 from shared.crypto import DataKey, UnreadableError, is_sealed, key_id_of, new_secret
 from shared.events import CODEC, PHI_STREAM, DeadLettered, Event, envelope
@@ -379,7 +379,7 @@ async def test_the_kek_never_leaves_the_key_service(
         assert not any(secret in environ for secret in secrets), f"process {pid} holds the KEK"
 
     # On the bus: neither the KEK nor the data keys handed out travel in clear.
-    listener = await nats.connect(settings.nats_url)
+    listener = await nats.connect(**nats_options(settings))
     traffic: list[bytes] = []
 
     async def capture(message: Any) -> None:

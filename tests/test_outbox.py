@@ -26,7 +26,7 @@ from shared.bus import Bus, connect_bus
 from shared.config import Settings
 from shared.db import create_pool
 from shared.events import TokenIssued
-from shared.outbox import RELAY_LOCK, add_to_outbox, outbox_state, relay_outbox
+from shared.outbox import RELAY_LOCK_CLASS, add_to_outbox, outbox_state, relay_outbox
 from shared.pruning import PRUNE_LOCK, Pruned, prune_bus_records
 from shared.streams import stream_configs
 from tests.support import eventually, free_port, private_database, watch
@@ -96,7 +96,8 @@ async def test_a_keys_events_reach_the_stream_in_position_order(
             await relay_outbox(pool, connection, batch=3)
             await asyncio.sleep(0.005)  # a relay's pause between rounds, shortened
 
-    connections = [await connect_bus(database, f"relay-{n}", declare=False) for n in range(3)]
+    # Three processes of one component: one source, so they take turns.
+    connections = [await connect_bus(database, "tests", streams="skip") for _ in range(3)]
     try:
         async with watch(bus, TokenIssued, tenant=tenant) as seen:
             await writers(0)  # the backlog
@@ -152,7 +153,8 @@ async def test_a_row_that_cannot_be_decoded_is_set_aside_and_the_rest_goes_on(
     async with watch(bus, TokenIssued, tenant=tenant) as seen:
         before = await write(pool, tenant, "k", 1)
         bad = await pool.fetchval(
-            "INSERT INTO outbox (event_id, payload) VALUES ('broken-1', 'not an event')"
+            "INSERT INTO outbox (event_id, payload, source)"
+            " VALUES ('broken-1', 'not an event', 'mediai/tests')"
             " RETURNING position"
         )
         after = [await write(pool, tenant, "k", n) for n in (2, 3)]
@@ -178,6 +180,7 @@ async def test_a_row_that_cannot_be_decoded_is_set_aside_and_the_rest_goes_on(
         [sys.executable, "-m", "deploy", "streams"],
         env={
             "PATH": "/usr/bin:/bin",
+            "MEDIAI_DATA_DIR": str(database.data_dir),  # the operator's NATS login is there
             "NATS_URL": database.nats_url,
             "DATABASE_URL": database.database_url,
         },
@@ -210,7 +213,7 @@ async def private_nats(database: Settings, tmp_path: Path) -> AsyncIterator[Sett
 async def test_a_failed_publish_stops_the_relay_and_the_order_is_kept(
     private_nats: Settings, pool: asyncpg.Pool
 ) -> None:
-    bus = await connect_bus(private_nats, "tests", declare=False)
+    bus = await connect_bus(private_nats, "tests", streams="skip")
     try:
         events = stream_configs(private_nats)[0]
         # A stream that is full and refuses more: a real rejection by the server mid-batch.
@@ -238,9 +241,27 @@ async def test_a_failed_publish_stops_the_relay_and_the_order_is_kept(
 async def test_one_relay_at_a_time(pool: asyncpg.Pool, bus: Bus) -> None:
     await write(pool, "t" + secrets.token_hex(5), "k", 1)
     async with pool.acquire() as holder, holder.transaction():
-        await holder.execute("SELECT pg_advisory_xact_lock($1)", RELAY_LOCK)
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))", RELAY_LOCK_CLASS, bus.source
+        )
         assert await relay_outbox(pool, bus) is None  # another relay is at work
     assert await relay_outbox(pool, bus) == 1
+
+
+async def test_a_relay_publishes_only_the_rows_of_its_own_component(
+    database: Settings, pool: asyncpg.Pool, bus: Bus
+) -> None:
+    """Each component's NATS user may publish only its events, so its relay takes only its
+    rows; another component's rows wait for that component's relay."""
+    tenant = "t" + secrets.token_hex(5)
+    async with pool.acquire() as conn, conn.transaction():
+        other = await add_to_outbox(conn, issued(1), source="mediai/token", tenant=tenant, key="k")
+    mine = await write(pool, tenant, "k", 2)
+    assert await relay_outbox(pool, bus) == 1
+    pending = await pool.fetch("SELECT event_id FROM outbox WHERE published_at IS NULL")
+    assert other.id in {r["event_id"] for r in pending}
+    assert mine not in {r["event_id"] for r in pending}
+    await pool.execute("DELETE FROM outbox WHERE event_id = $1", other.id)
 
 
 async def test_published_outbox_rows_and_old_inbox_rows_are_pruned(
@@ -250,8 +271,8 @@ async def test_published_outbox_rows_and_old_inbox_rows_are_pruned(
         event_id: str, *, age: timedelta, published: bool, set_aside: bool
     ) -> None:
         await pool.execute(
-            "INSERT INTO outbox (event_id, payload, created_at, published_at, set_aside_at)"
-            " VALUES ($1, '{}', now() - $2::interval,"
+            "INSERT INTO outbox (event_id, payload, source, created_at, published_at, set_aside_at)"
+            " VALUES ($1, '{}', 'mediai/tests', now() - $2::interval,"
             " CASE WHEN $3 THEN now() - $2::interval END,"
             " CASE WHEN $4 THEN now() - $2::interval END)",
             event_id,

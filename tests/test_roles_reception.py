@@ -12,7 +12,6 @@ import asyncpg
 import httpx
 import pytest
 
-from shared import scheduling_api as sched
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events.clinical import AppointmentBooked
@@ -60,11 +59,9 @@ async def new_doctor(api: httpx.AsyncClient) -> dict[str, Any]:
     return doctor
 
 
-async def free_slots(bus: Bus, tenant: str, doctor_id: str, n: int) -> list[str]:
-    reply = await sched.call(
-        bus.nc, sched.NextSlotsRequest(tenant=tenant, doctor_id=doctor_id, limit=n)
-    )
-    return [s.starts_at.isoformat() for s in reply.slots]
+async def free_slots(api: httpx.AsyncClient, doctor_id: str, n: int) -> list[str]:
+    slots = (await api.get(f"/v1/doctors/{doctor_id}/slots", params={"limit": n})).json()
+    return [slot["startsAt"] for slot in slots["slots"]]
 
 
 def tool_outputs(result: Any, name: str) -> list[Any]:
@@ -80,7 +77,7 @@ async def test_booking_through_the_tool_creates_the_appointment_after_confirmati
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     doctor = await new_doctor(api)
-    first, _ = await free_slots(bus, tenant_id, doctor["id"], 2)
+    first, _ = await free_slots(api, doctor["id"], 2)
     book = {
         "doctor_id": doctor["id"],
         "starts_at": first,
@@ -97,7 +94,7 @@ async def test_booking_through_the_tool_creates_the_appointment_after_confirmati
     async with (
         watch(bus, AppointmentBooked, tenant=tenant_id) as events,
         consultation(
-            bus, settings, role="receptionist", tenant=tenant_id, patient=patient
+            bus, settings, role="receptionist", tenant=tenant_id, api=api, patient=patient
         ) as harness,
         session_on(standin, harness) as session,
     ):
@@ -130,7 +127,7 @@ async def test_the_desk_books_for_the_dispatchs_patient_whoever_is_on_the_call(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     doctor = await new_doctor(api)
-    slot, _ = await free_slots(bus, tenant_id, doctor["id"], 2)
+    slot, _ = await free_slots(api, doctor["id"], 2)
     book = {"doctor_id": doctor["id"], "starts_at": slot}
     standin.chat("para o meu filho", tool_calls=[("book_appointment", book)])
     standin.chat("confirmo", tool_calls=[("book_appointment", book)])
@@ -143,6 +140,7 @@ async def test_the_desk_books_for_the_dispatchs_patient_whoever_is_on_the_call(
             settings,
             role="receptionist",
             tenant=tenant_id,
+            api=api,
             patient="mae-do-paciente",  # the guardian is on the call
             patient_ref=patient,
             patient_is_minor=True,
@@ -179,17 +177,17 @@ async def test_two_patients_confirming_the_same_slot_get_one_booking_and_a_clean
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     doctor = await new_doctor(api)
-    slot, *later = await free_slots(bus, tenant_id, doctor["id"], 4)
+    slot, *later = await free_slots(api, doctor["id"], 4)
     book = {"doctor_id": doctor["id"], "starts_at": slot}
     standin.chat("quero esse horário", tool_calls=[("book_appointment", book)])
     standin.chat("confirmo", tool_calls=[("book_appointment", book)])
     patients = [f"patient-{tag()}", f"patient-{tag()}"]
     async with (
         consultation(
-            bus, settings, role="receptionist", tenant=tenant_id, patient=patients[0]
+            bus, settings, role="receptionist", tenant=tenant_id, api=api, patient=patients[0]
         ) as one,
         consultation(
-            bus, settings, role="receptionist", tenant=tenant_id, patient=patients[1]
+            bus, settings, role="receptionist", tenant=tenant_id, api=api, patient=patients[1]
         ) as two,
         session_on(standin, one) as first,
         session_on(standin, two) as second,
@@ -220,7 +218,7 @@ async def test_find_reschedule_and_cancel_confirm_before_they_commit(
     bus: Bus, settings: Settings, tenant_id: str, standin: OpenAIStandin, api: httpx.AsyncClient
 ) -> None:
     doctor = await new_doctor(api)
-    first, second = await free_slots(bus, tenant_id, doctor["id"], 2)
+    first, second = await free_slots(api, doctor["id"], 2)
     patient = f"patient-{tag()}"
     made = await api.post(
         "/v1/appointments",
@@ -241,7 +239,7 @@ async def test_find_reschedule_and_cancel_confirm_before_they_commit(
     )
     async with (
         consultation(
-            bus, settings, role="receptionist", tenant=tenant_id, patient=patient
+            bus, settings, role="receptionist", tenant=tenant_id, api=api, patient=patient
         ) as harness,
         session_on(standin, harness) as session,
     ):

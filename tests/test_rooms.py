@@ -19,6 +19,7 @@ from deploy.stack import StackState
 from services.rooms.reconcile import reconcile_once
 from shared.bus import Bus
 from shared.config import Settings
+from shared.crypto import is_sealed
 from shared.events import Envelope
 from shared.events.reconciliation import (
     ParticipantFound,
@@ -123,6 +124,8 @@ async def test_a_consultation_from_creation_to_deletion(
         assert created.json()["maxParticipants"] == 4
         listing = await livekit.room.list_rooms(lk.ListRoomsRequest(names=[f"{tenant}~{room}"]))
         assert [r.sid for r in listing.rooms] == [created.json()["sid"]]
+        # LiveKit holds the metadata sealed; the API answers it opened (docs/privacy.md).
+        assert is_sealed(listing.rooms[0].metadata) and created.json()["metadata"] == "triage"
         again = await api.post("/v1/rooms", json={"name": room})
         assert (again.status_code, again.json()["sid"]) == (200, created.json()["sid"])
         assert (await api.get(f"/v1/rooms/{room}")).json()["metadata"] == "triage"
@@ -172,6 +175,10 @@ async def test_a_consultation_from_creation_to_deletion(
             )
             assert updated.status_code == 200, updated.text
             assert updated.json()["metadata"] == '{"role":"patient"}'
+            held = await livekit.room.get_participant(
+                lk.RoomParticipantIdentity(room=f"{tenant}~{room}", identity="patient-1")
+            )
+            assert is_sealed(held.metadata)
             await events.find(about(ParticipantUpdated, identity="patient-1"))
 
             sent = await api.post(

@@ -91,7 +91,7 @@ async def cluster() -> AsyncIterator[Settings]:
 @pytest.fixture
 async def js(cluster: Settings) -> AsyncIterator[JetStreamContext]:
     """A JetStream client on the cluster."""
-    bus = await connect_bus(cluster, "tests", declare=False)
+    bus = await connect_bus(cluster, "tests", streams="skip")
     try:
         yield bus.js
     finally:
@@ -103,8 +103,8 @@ def with_(settings: Settings, **changes: object) -> Settings:
 
 
 async def start_a_process(settings: Settings) -> None:
-    """What every MediAI process does at start: connect, declaring the streams."""
-    bus = await connect_bus(settings, "tests")
+    """What the operator does at start (``mediai up``): connect, creating missing streams."""
+    bus = await connect_bus(settings, "tests", streams="create")
     await bus.close()
 
 
@@ -115,6 +115,7 @@ async def replicas(js: JetStreamContext) -> dict[str, int]:
 async def mediai(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     environ = {
         "PATH": "/usr/bin:/bin",
+        "MEDIAI_DATA_DIR": str(settings.data_dir),  # the operator's NATS login
         "NATS_URL": settings.nats_url,
         "DATABASE_URL": settings.database_url,
         "MEDIAI_NATS_REPLICAS": str(settings.nats_replicas),
@@ -142,6 +143,18 @@ async def test_a_process_creates_the_missing_streams_as_declared(
     assert (await js.stream_info("MEDIAI_EVENTS")).config.max_age == 0  # kept for audits
 
 
+async def test_a_service_creates_no_stream_and_says_which_are_missing(
+    cluster: Settings, js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="shared.streams"):
+        bus = await connect_bus(cluster, "tests")  # a service's start: check only
+        await bus.close()
+    assert await replicas(js) == {}
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.streams"]
+    assert len(lines) == 3
+    assert all("is missing; run 'mediai streams apply'" in line for line in lines)
+
+
 async def test_a_process_with_weaker_settings_leaves_the_streams_alone_and_says_so(
     cluster: Settings, js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -165,7 +178,7 @@ async def test_streams_shows_each_stream_its_contents_and_its_differences(
     cluster: Settings, js: JetStreamContext, tmp_path: Path
 ) -> None:
     await start_a_process(cluster)
-    bus = await connect_bus(cluster, "tests", declare=False)
+    bus = await connect_bus(cluster, "tests", streams="skip")
     try:
         for room in ("a", "b"):
             await bus.publish(issued(room), tenant="t-streams", key=room)

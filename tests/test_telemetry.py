@@ -92,3 +92,77 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
         server.shutdown()
     paths = [(path, kind) for path, kind, body in _Collector.received if b"otlp-probe-span" in body]
     assert paths == [("/v1/traces", "application/x-protobuf")]
+
+
+def test_dispatches_are_always_sampled_and_the_rest_by_ratio() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from shared.telemetry import extract, sampler
+
+    provider = TracerProvider(sampler=sampler(0.0))
+    probe = provider.get_tracer("probe")
+
+    def sampled(method: str, path: str) -> bool:
+        attributes = {"http.request.method": method, "url.path": path}
+        with probe.start_as_current_span(method, attributes=attributes) as span:
+            with probe.start_as_current_span("child") as child:  # follows its parent
+                assert child.is_recording() == span.is_recording()
+            return span.is_recording()
+
+    assert sampled("POST", "/v1/agents")
+    assert not sampled("GET", "/v1/agents")
+    assert not sampled("POST", "/v1/tokens")
+    assert not sampled("POST", "/v1/agents/0195/commands")
+    old_conventions = {"http.method": "POST", "http.target": "/v1/agents?x=1"}
+    with probe.start_as_current_span("POST", attributes=old_conventions) as span:
+        assert span.is_recording()
+    # A caller's unsampled traceparent is followed, except by a dispatch.
+    unsampled = extract({"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"})
+    dispatch = {"http.request.method": "POST", "url.path": "/v1/agents"}
+    with probe.start_as_current_span("POST", context=unsampled, attributes=dispatch) as span:
+        assert span.is_recording()
+    with probe.start_as_current_span("GET", context=unsampled) as span:
+        assert not span.is_recording()
+
+
+def test_the_exporters_drop_what_libraries_record_of_a_conversation() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared.span_privacy import ScrubbingExporter
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ScrubbingExporter(exported)))
+    said = "Maria da Silva, dor no peito"
+    with (  # noqa: PT012 - the span records the exception
+        pytest.raises(ValueError, match="Maria"),
+        provider.get_tracer("probe").start_as_current_span("user_turn") as span,
+    ):
+        span.set_attributes(
+            {
+                "lk.pii.user_transcript": said,
+                "mediai.pii.name": said,
+                "gen_ai.input.messages": said,
+                "gen_ai.prompt.0.content": said,
+                "gen_ai.tool.call.arguments": said,
+                "lk.rpc.caller_identity": said,
+                "lk.speech_id": "speech_1",
+                "gen_ai.request.model": "gpt-4o-mini",
+            }
+        )
+        span.add_event("gen_ai.user.message", {"content": said})
+        span.add_event("lk.playout", {"lk.pii.input_text": said, "lk.interrupted": False})
+        raise ValueError(said)
+    (span,) = exported.get_finished_spans()
+    assert said not in repr(span.to_json())
+    assert dict(span.attributes or {}) == {
+        "lk.speech_id": "speech_1",
+        "gen_ai.request.model": "gpt-4o-mini",
+    }
+    assert [(e.name, dict(e.attributes or {})) for e in span.events] == [
+        ("lk.playout", {"lk.interrupted": False}),
+        ("exception", {"exception.type": "ValueError", "exception.escaped": "False"}),
+    ]
+    assert span.status.description == "ValueError"

@@ -31,7 +31,7 @@ from deploy.supervisor import Supervisor
 from services.webhooks.app import create_app
 from services.webhooks.signing import sign
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, connect_bus, nats_options
 from shared.config import Settings
 from shared.db import apply_migrations, discover_migrations
 from shared.events import Envelope, Event
@@ -344,6 +344,8 @@ async def test_nats_down_means_503_and_the_retry_is_published_once(
     supervisor = Supervisor(settings.host, settings.data_dir / "logs")
     await supervisor.start(nats_part(settings))
     try:
+        # The operator declares the streams (services may not create them).
+        await (await connect_bus(settings, "tests", streams="create")).close()
         async with AsyncTestClient(app=create_app(settings)) as client:
             tenant = "t" + secrets.token_hex(5)
             room = unique("outage")
@@ -372,7 +374,7 @@ async def test_nats_down_means_503_and_the_retry_is_published_once(
 
             await eventually(retried, timeout=30)
             await deliver(client, hook, settings)  # and a duplicate, for good measure
-        nc = await nats.connect(settings.nats_url)
+        nc = await nats.connect(**nats_options(settings))
         try:
             assert await count_events(nc.jetstream(), RoomStarted, tenant) == 2  # warm-up + one
         finally:

@@ -54,10 +54,10 @@ def agent_worker(worker_id: str, http_port: int, prometheus_port: int | None) ->
         os.environ[WORKER_ID_VARIABLE] = worker_id
     # First, so the job processes' preload runs while this process imports livekit-agents.
     start_forkserver(settings)
+    from services.agent.tracing import install_tracing
     from services.agent.worker import WorkerStartError, run_worker
-    from shared.telemetry import setup_telemetry
 
-    setup_telemetry("agent", settings)
+    install_tracing(settings)
     logging.getLogger("livekit").setLevel(settings.log_level)
     # The pool polls GET /worker twice a second; one access line per poll is only noise.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

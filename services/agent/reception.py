@@ -192,7 +192,7 @@ async def search_doctors(
     now = datetime.now(UTC)
     found: sched.SearchDoctorsReply = await desk.call(
         sched.SearchDoctorsRequest(
-            tenant=desk.consultation.tenant,
+            dispatch_id=desk.consultation.dispatch_id,
             specialty=specialty or None,
             name=name or None,
             city=city or None,
@@ -218,7 +218,7 @@ async def next_slots(context: RunContext[Any], doctor_id: str, after: str | None
     desk = _desk(context)
     reply: sched.NextSlotsReply = await desk.call(
         sched.NextSlotsRequest(
-            tenant=desk.consultation.tenant,
+            dispatch_id=desk.consultation.dispatch_id,
             doctor_id=doctor_id,
             after=parse_time(after) if after else None,
             limit=5,
@@ -260,7 +260,7 @@ async def book_appointment(
     try:
         booked: sched.AppointmentReply = await desk.call(
             sched.BookRequest(
-                tenant=c.tenant,
+                dispatch_id=c.dispatch_id,
                 doctor_id=doctor_id,
                 starts_at=moment,
                 patient_ref=desk.patient_ref(),
@@ -284,7 +284,9 @@ async def book_appointment(
 async def _free_slots(desk: Desk, doctor_id: str) -> str:
     try:
         reply: sched.NextSlotsReply = await desk.call(
-            sched.NextSlotsRequest(tenant=desk.consultation.tenant, doctor_id=doctor_id, limit=3)
+            sched.NextSlotsRequest(
+                dispatch_id=desk.consultation.dispatch_id, doctor_id=doctor_id, limit=3
+            )
         )
     except ToolError:
         return ""
@@ -299,7 +301,7 @@ async def find_appointments(context: RunContext[Any]) -> str:
     desk = _desk(context)
     found: sched.FindAppointmentsReply = await desk.call(
         sched.FindAppointmentsRequest(
-            tenant=desk.consultation.tenant, patient_ref=desk.patient_ref()
+            dispatch_id=desk.consultation.dispatch_id, patient_ref=desk.patient_ref()
         )
     )
     if not found.appointments:
@@ -330,7 +332,7 @@ async def reschedule_appointment(
         )
     moved: sched.RescheduleReply = await desk.call(
         sched.RescheduleRequest(
-            tenant=desk.consultation.tenant,
+            dispatch_id=desk.consultation.dispatch_id,
             appointment_id=appointment_id,
             starts_at=moment,
             patient_ref=desk.patient_ref(),
@@ -358,7 +360,7 @@ async def cancel_appointment(context: RunContext[Any], appointment_id: str) -> s
         )
     cancelled: sched.AppointmentReply = await desk.call(
         sched.CancelRequest(
-            tenant=desk.consultation.tenant,
+            dispatch_id=desk.consultation.dispatch_id,
             appointment_id=appointment_id,
             patient_ref=desk.patient_ref(),
         )

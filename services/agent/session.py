@@ -22,6 +22,7 @@ from services.agent.providers import Models
 from services.agent.reporter import Reporter
 from services.agent.roles import Role, render_instructions
 from services.agent.spool import Journal, spool_root
+from services.agent.tracing import JobTrace
 from services.agent.usage import UsageMeter, totals_from_model_usage
 from shared.bus import Bus
 from shared.config import Settings
@@ -106,8 +107,10 @@ class SessionRuntime:
         deps: WorkerContext,
         models: Models,
         bus: Bus,
+        job_trace: JobTrace | None = None,
     ) -> None:
         self.ctx, self.meta, self.role, self.deps, self.models = ctx, meta, role, deps, models
+        self.job_trace = job_trace
         self.request = meta.request
         self.reporter = Reporter(
             bus,
@@ -390,6 +393,8 @@ class SessionRuntime:
         )
         await self.reporter.close()
         await self.bus.close()
+        if self.job_trace is not None:  # last: the spans of the final events are in it
+            await self.job_trace.end(reason)
 
 
 def auto_subscribe(role: Role, settings: Settings | None = None) -> AutoSubscribe:

@@ -36,6 +36,7 @@ from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe
 from services.agent.spool import spool_root
 from services.agent.startup import WORKER_ID_VARIABLE, preload_modules, worker_id
 from services.agent.tools import TOOLS
+from services.agent.tracing import JobTrace, install_tracing
 from shared.bus import Bus, BusUnavailableError, connect_bus
 from shared.config import Settings, load_settings
 from shared.events import Event
@@ -112,6 +113,7 @@ def prewarm(proc: JobProcess) -> None:
     from livekit.plugins import silero
 
     settings = load_settings()
+    install_tracing(settings)
     proc.userdata["mediai"] = WorkerContext(
         settings=settings,
         roles=load_registry(),
@@ -121,9 +123,23 @@ def prewarm(proc: JobProcess) -> None:
     )
 
 
+def traceparent_of(raw: str) -> str | None:
+    """The dispatch's trace context in a job's metadata (None when it cannot be read)."""
+    try:
+        return parse_metadata(raw).traceparent
+    except MetadataError:
+        return None
+
+
 async def entrypoint(ctx: JobContext) -> None:
     deps: WorkerContext = ctx.proc.userdata["mediai"]
-    bus_connecting = asyncio.create_task(connect_bus(deps.settings, "agent", declare=False))
+    job_trace = JobTrace.start(ctx, traceparent_of(ctx.job.metadata))
+    with job_trace.current():
+        await run_job(ctx, deps, job_trace)
+
+
+async def run_job(ctx: JobContext, deps: WorkerContext, job_trace: JobTrace) -> None:
+    bus_connecting = asyncio.create_task(connect_bus(deps.settings, "agent", streams="skip"))
     try:
         meta = parse_metadata(ctx.job.metadata)
         role = check_job(meta, deps.roles, deps.settings)
@@ -134,7 +150,9 @@ async def entrypoint(ctx: JobContext) -> None:
         log.error("job refused: %s", error)
         await report_once(await bus_connecting, deps, event, tenant=tenant, key=key)
         ctx.shutdown(failure_reason(error))
+        await job_trace.end(failure_reason(error))
         return
+    job_trace.describe(dispatch_id=meta.dispatch_id, role=role.name)
     try:
         await ctx.connect(auto_subscribe=auto_subscribe(role, deps.settings))  # while bus connects
     except Exception as error:  # noqa: BLE001 - any failure to join is reported, then the job ends
@@ -151,6 +169,7 @@ async def entrypoint(ctx: JobContext) -> None:
         bus = await bus_connecting
         await report_once(bus, deps, failed, tenant=meta.tenant, key=meta.dispatch_id)
         ctx.shutdown("start_failed")
+        await job_trace.end("start_failed")
         return
     bus = await bus_connecting
     try:
@@ -168,8 +187,9 @@ async def entrypoint(ctx: JobContext) -> None:
         )
         await report_once(bus, deps, failed, tenant=meta.tenant, key=meta.dispatch_id)
         ctx.shutdown("keys_unavailable")
+        await job_trace.end("keys_unavailable")
         return
-    runtime = SessionRuntime(ctx, meta, role, deps, models, bus)
+    runtime = SessionRuntime(ctx, meta, role, deps, models, bus, job_trace)
     try:
         await runtime.start()
     except Exception as error:
@@ -187,6 +207,7 @@ async def entrypoint(ctx: JobContext) -> None:
         )
         runtime.end = ("error", f"start failed: {type(error).__name__}")
         ctx.shutdown("start_failed")
+        await job_trace.end("start_failed")
 
 
 async def open_with_dispatch_keys(bus: Bus, meta: JobMetadata) -> JobMetadata:
@@ -386,7 +407,7 @@ async def run_worker(
     except OSError as error:
         raise WorkerStartError(f"agent spool: {error}") from None
     register_spool_metrics(spool)
-    bus = await connect_bus(settings, "agent")
+    bus = await connect_bus(settings, "agent", streams="skip")
     worker = Worker(settings, bus, roles, spool, http_port, prometheus_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
 from livekit import api
+from opentelemetry.trace import Span, SpanKind
 
 from services.dispatcher import core, store
 from services.dispatcher.pool import WorkerPool
+from shared import attributes as attr
 from shared import metrics
 from shared.bus import Bus
 from shared.config import Settings
@@ -33,8 +36,10 @@ from shared.events.agents import (
 )
 from shared.failures import DependencyUnavailableError
 from shared.naming import livekit_room
+from shared.telemetry import tracer
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 
 # The states a dispatch outcome metric counts (requested and dispatched are on the way).
 OUTCOMES = ("joined", "ended", "failed")
@@ -42,6 +47,20 @@ OUTCOMES = ("joined", "ended", "failed")
 END_GRACE = timedelta(seconds=20)
 _IDS = uuid.UUID("6f1d3c1e-4a52-4d8e-9a55-0d1a5c7e2b10")
 LIVEKIT_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
+
+
+def livekit_call(method: str, dispatch_id: str) -> AbstractContextManager[Span]:
+    """The client span of one call to LiveKit's AgentDispatch API."""
+    return _tracer.start_as_current_span(
+        f"LiveKit {method}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            attr.RPC_SYSTEM: "twirp",
+            attr.RPC_SERVICE: "livekit.AgentDispatchService",
+            attr.RPC_METHOD: method,
+            attr.DISPATCH_ID: dispatch_id,
+        },
+    )
 
 
 def outcome_id(dispatch_id: str, outcome: str) -> str:
@@ -166,21 +185,32 @@ class Dispatcher:
         self._attempted.add(request.dispatch_id)
         try:
             dispatch = None
-            if retry:
-                # A retry may follow a create that worked. Listing is only done on retries: it
-                # costs LiveKit seconds for a room that does not exist yet (livekit/livekit#4488).
-                existing = await self.livekit.agent_dispatch.list_dispatch(room)
+            if retry and await self._room_exists(room):
+                # A retry may follow a create that worked, which made the room: a room LiveKit
+                # does not have holds no dispatch of ours (it closed, or was never made). Only
+                # retries list, and only an existing room: listing a room that does not exist
+                # fails after seconds (livekit/livekit#4488).
+                with livekit_call("ListDispatch", request.dispatch_id):
+                    existing = await self.livekit.agent_dispatch.list_dispatch(room)
                 dispatch = next((d for d in existing if d.metadata == metadata), None)
             if dispatch is None:
-                dispatch = await self.livekit.agent_dispatch.create_dispatch(
-                    api.CreateAgentDispatchRequest(
-                        agent_name=self.settings.agent_name,
-                        room=room,
-                        metadata=metadata,
+                # The job's trace continues from the metadata (the event's traceparent), which
+                # must stay the same on a retry for the listing above to recognise it.
+                with livekit_call("CreateDispatch", request.dispatch_id):
+                    dispatch = await self.livekit.agent_dispatch.create_dispatch(
+                        api.CreateAgentDispatchRequest(
+                            agent_name=self.settings.agent_name,
+                            room=room,
+                            metadata=metadata,
+                        )
                     )
-                )
         except LIVEKIT_ERRORS as error:
             if utcnow() < request.deadline_at:
+                if isinstance(error, api.TwirpError) and error.status >= 500:
+                    # LiveKit answered but could not do it now: an outage too, not a failure
+                    # of this message (its bounded retries would dead-letter an accepted
+                    # dispatch once LiveKit is back).
+                    raise DependencyUnavailableError("livekit", error.code) from error
                 raise  # an outage of LiveKit: the consumer holds the message and retries
             await self.fail(
                 event.tenant,
@@ -207,6 +237,10 @@ class Dispatcher:
             key=request.dispatch_id,
             event_id=outcome_id(request.dispatch_id, "dispatched"),
         )
+
+    async def _room_exists(self, room: str) -> bool:
+        listing = await self.livekit.room.list_rooms(api.ListRoomsRequest(names=[room]))
+        return bool(listing.rooms)
 
     async def withdraw(self, tenant: str, state: core.DispatchState) -> None:
         """Delete the LiveKit dispatch (which also ends a job it started); best effort."""

@@ -121,6 +121,7 @@ class WorkerPool:
         self._update_registered()
         subscription = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerRegistered, SYSTEM_TENANT),
+            stream=subjects.stream_name(AgentWorkerRegistered.STREAM),
             cb=self._on_registered,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
@@ -183,6 +184,9 @@ class WorkerPool:
             "HF_HUB_OFFLINE": "1",
             "MEDIAI_AGENT_WORKER_ID": worker_id,
         }
+        for variable in ("NATS_USER", "NATS_PASSWORD", "MEDIAI_AGENT_NATS_PASSWORD"):
+            env.pop(variable, None)  # never the dispatcher's own user
+        env.update(self._agent_login())
         with (log_dir / f"agent-worker-{worker_id}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -222,6 +226,16 @@ class WorkerPool:
             key=worker_id,
         )
         return worker
+
+    def _agent_login(self) -> dict[str, str]:
+        """A worker connects to NATS as the agent workers' user, never as the dispatcher: its
+        permissions are the agent's (docs/deployment.md, "Who may do what on the bus")."""
+        if self.settings.agent_nats_password is None:
+            return {}
+        return {
+            "NATS_USER": self.settings.agent_nats_user,
+            "NATS_PASSWORD": self.settings.agent_nats_password,
+        }
 
     def stop_worker(self, worker_id: str) -> None:
         """Drain one worker: SIGTERM makes it end its sessions gracefully, then exit."""

@@ -58,7 +58,12 @@ async def for_dispatch(service: KeyService, r: api.DispatchKeysRequest) -> api.K
 
 async def destroy(service: KeyService, r: api.DestroyKeysRequest) -> api.KeysReply:
     destroyed = await service.destroy(r.tenant, r.patient_ref, r.purpose, r.reason)
-    return api.KeysReply(destroyed=destroyed)
+    gone = (
+        []
+        if r.since is None
+        else await service.destroyed_since(r.tenant, r.patient_ref, r.purpose, r.since)
+    )
+    return api.KeysReply(destroyed=destroyed, gone=gone)
 
 
 HANDLERS: dict[str, Callable[[KeyService, Any], Awaitable[api.KeysReply]]] = {

@@ -14,6 +14,7 @@ from services.keys.kek import KeyEncryptionKey
 from shared.crypto import DataKey, new_secret
 from shared.events.platform import DataKeyDestroyed
 from shared.keys import TENANT_PURPOSE, scope
+from shared.keys_api import DestroyedKey
 from shared.outbox import add_to_outbox
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,14 @@ class KeyService:
             await self.pool.execute("VACUUM data_keys")
             log.info("destroyed %d %s key(s) (%s)", len(destroyed), purpose, reason)
         return destroyed
+
+    async def destroyed_since(
+        self, tenant: str, patient_ref: str, purpose: str, since: datetime
+    ) -> list[DestroyedKey]:
+        """The keys of the scope destroyed at or after ``since``, oldest first."""
+        tenant, patient_ref, purpose = scope(tenant, patient_ref, purpose)
+        rows = await store.destroyed_since(self.pool, tenant, patient_ref, purpose, since)
+        return [DestroyedKey(key_id=r["key_id"], destroyed_at=r["destroyed_at"]) for r in rows]
 
     async def expire_clinical(self, retention_seconds: int, now: datetime) -> int:
         """Destroy the clinical keys not used for sealing within the retention period."""

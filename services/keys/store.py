@@ -80,6 +80,19 @@ async def destroy(
     return [row["key_id"] for row in rows]
 
 
+async def destroyed_since(
+    conn: Queryable, tenant: str, patient_ref: str, purpose: str, since: datetime
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT key_id, destroyed_at FROM data_keys WHERE tenant_id = $1 AND patient_ref = $2"
+        " AND purpose = $3 AND destroyed_at >= $4 ORDER BY destroyed_at, key_id",
+        tenant,
+        patient_ref,
+        purpose,
+        since,
+    )
+
+
 async def clinical_unused_since(conn: Queryable, before: datetime) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT tenant_id, patient_ref FROM data_keys WHERE purpose = 'clinical'"

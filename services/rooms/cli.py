@@ -30,7 +30,7 @@ def rebuild_command(keep: bool) -> None:
     schema = f"rooms_rebuild_{secrets.token_hex(4)}"
 
     async def main() -> tuple[RebuildResult, list[TableDifference]]:
-        bus = await connect_bus(settings, "rooms", declare=False)
+        bus = await connect_bus(settings, "rooms", streams="skip")
         conn = await asyncpg.connect(settings.database_url)
         try:
             live = await conn.fetchval("SELECT current_schema()")

@@ -1,4 +1,5 @@
-"""The read model's personal columns, kept sealed as the events carry them (``shared.phi``).
+"""The read model's personal columns, kept sealed as the events carry them (``shared.phi``), and
+the metadata LiveKit holds, sealed before it is given to LiveKit.
 
 Participant names and metadata, room metadata, track and ingress names arrive sealed in the
 events (webhooks, the API's actions, the reconciliation's findings), and the projection, the read
@@ -6,6 +7,11 @@ model's only writer, copies the tokens into the rows without opening them (each 
 with the path of the event field it holds: ``name``, ``metadata``). The API opens rows only to
 answer, and the reconciliation to compare them with LiveKit's listing. A participant whose token
 named a patient is sealed with that patient's key, the rest with the tenant's.
+
+Room and participant metadata set through the API are sealed before LiveKit gets them (``seal``):
+LiveKit, its webhooks and whoever lists rooms see only the token, the same one the events and the
+read model hold (sealing is deterministic); the API answers them opened. What LiveKit lists is
+compared opened (``opened``), as it may hold tokens or, for rooms made outside MediAI, clear text.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from msgspec.structs import replace
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import IngressRow
 from services.rooms.track_core import TrackRow
-from shared.phi import Phi
+from shared.phi import PERSONAL, Phi
 
 Row = TypeVar("Row", RoomRow, ParticipantRow, TrackRow, IngressRow)
 
@@ -39,3 +45,11 @@ async def opened(phi: Phi, row: Row) -> Row:
 
 async def opened_all(phi: Phi, rows: list[Row]) -> list[Row]:
     return [await opened(phi, row) for row in rows]
+
+
+async def seal(phi: Phi, value: str, *, tenant: str, patient_ref: str) -> str:
+    """Metadata as LiveKit is to hold it: sealed with the patient's key (the tenant's when
+    ``patient_ref`` is "")."""
+    return await phi.seal_text(
+        value, tenant=tenant, patient_ref=patient_ref, kind=PERSONAL, path="metadata"
+    )

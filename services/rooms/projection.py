@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.rooms import core, media_core, store, track_core
+from services.rooms import core, erasure, media_core, store, track_core
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
 from services.rooms.store import Row
@@ -17,6 +17,7 @@ from services.rooms.track_core import TrackRow
 from shared.consumer import ConsumerSpec, Delivery
 from shared.db import Connection, projection
 from shared.events import Envelope, Event
+from shared.events.patients import ErasureRequested
 from shared.events.reconciliation import (
     ParticipantFound,
     ParticipantPresumedGone,
@@ -238,6 +239,8 @@ APPLY: dict[type[Event], Fold] = {
         lambda r, e, t, _, __: track_core.on_track_presumed_unpublished(r, e, t),
     ),
     RoomReconciled: _room_reconciled,
+    # a patient's erasure (services/rooms/erasure.py)
+    ErasureRequested: erasure.fold,
 }
 
 
@@ -254,5 +257,7 @@ async def project(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> No
 
 
 READ_MODEL: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
-    durable="rooms-read-model", handlers=dict.fromkeys(APPLY, project)
+    durable="rooms-read-model",
+    # An erasure is folded as any event, and answered (PatientDataErased) in the same transaction.
+    handlers={**dict.fromkeys(APPLY, project), ErasureRequested: erasure.erase},
 )

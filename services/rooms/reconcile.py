@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from livekit import api as lk
+from msgspec.structs import replace
 
 from services.rooms import store
 from services.rooms.livekit_client import calling, participant_row, room_row, track_row
-from services.rooms.privacy import opened_all
+from services.rooms.privacy import opened, opened_all
 from services.rooms.reconcile_core import (
+    Finding,
     LiveParticipant,
     LiveRoom,
     Model,
@@ -23,7 +25,9 @@ from services.rooms.reconcile_core import (
     plan,
     whole_second,
 )
+from shared.crypto import is_sealed
 from shared.events import Envelope
+from shared.events.reconciliation import RoomFound
 from shared.outbox import add_to_outbox
 from shared.participants import patient_ref_of
 from shared.phi import Phi
@@ -36,20 +40,22 @@ _LOCK = 0x726F6F6D73  # "rooms": one reconciliation at a time across replicas
 SETTLE = timedelta(seconds=5)
 
 
-async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
+async def _live_rooms(api: lk.LiveKitAPI, phi: Phi) -> tuple[list[LiveRoom], dict[str, str]]:
+    """LiveKit's listing, its metadata opened (the API gives LiveKit sealed metadata), and the
+    rooms' metadata as LiveKit holds it, by room sid."""
     async with calling():
         listing = await api.room.list_rooms(lk.ListRoomsRequest())
     limit = asyncio.Semaphore(8)
 
     async def one(room: lk.Room) -> LiveRoom:
-        row = room_row(room)
+        row = await opened(phi, room_row(room))
         async with limit, calling():
             participants = await api.room.list_participants(
                 lk.ListParticipantsRequest(room=room.name)
             )
         live = []
         for info in participants.participants:
-            participant = participant_row(info, row)
+            participant = await opened(phi, participant_row(info, row))
             live.append(
                 LiveParticipant(
                     row=participant,
@@ -59,7 +65,18 @@ async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
             )
         return LiveRoom(row=row, participants=live)
 
-    return list(await asyncio.gather(*(one(room) for room in listing.rooms)))
+    rooms = list(await asyncio.gather(*(one(room) for room in listing.rooms)))
+    return rooms, {room.sid: room.metadata for room in listing.rooms}
+
+
+def _as_held(finding: Finding, held: dict[str, str]) -> Finding:
+    """A room found keeps its metadata as LiveKit holds it: a token sealed with the room's
+    patient's key stays that (opened, it would be sealed again with the tenant's key, which
+    the patient's erasure does not destroy)."""
+    event = finding.event
+    if isinstance(event, RoomFound) and is_sealed(held.get(event.room_sid, "")):
+        return finding._replace(event=replace(event, metadata=held[event.room_sid]))
+    return finding
 
 
 async def _reconcile(
@@ -69,7 +86,7 @@ async def _reconcile(
     # change; what is found is sealed in the outbox (and the projection copies it sealed).
     # Taken before LiveKit is asked: whatever the listing shows was there at this time or later.
     observed_at = datetime.now(UTC)
-    live = await _live_rooms(api)
+    live, held = await _live_rooms(api, phi)
     listed = listed_sids(live)
     rooms, participants, tracks = await store.snapshot(
         pool,
@@ -83,7 +100,12 @@ async def _reconcile(
         tracks={t.sid: t for t in await opened_all(phi, tracks)},
     )
     seen = await store.sightings(pool, [*model.rooms, *model.participants, *model.tracks])
-    findings = plan(model, live, seen, observed_at=observed_at, settled_before=observed_at - settle)
+    findings = [
+        _as_held(finding, held)
+        for finding in plan(
+            model, live, seen, observed_at=observed_at, settled_before=observed_at - settle
+        )
+    ]
     published = []
     async with pool.acquire() as conn, conn.transaction():
         known = await store.published(conn, [f.event_id for f in findings])

@@ -12,7 +12,7 @@ from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
 from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, participant_row, track_row
-from services.rooms.privacy import opened, opened_all
+from services.rooms.privacy import opened, opened_all, seal
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -29,6 +29,7 @@ from shared.events.rooms import (
 )
 from shared.http import BusDep, CallerTenant, PoolDep
 from shared.naming import livekit_room
+from shared.participants import patient_ref_of
 from shared.phi import Phi
 from shared.tenants import Tenant
 
@@ -174,11 +175,19 @@ async def update_participant(
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
+    # Whose personal data this is: the patient its token names. LiveKit holds the metadata
+    # sealed with that patient's key (the tenant's for anyone else), never in clear.
+    async with calling(not_found=_no_participant()):
+        current = await livekit.room.get_participant(
+            lk.RoomParticipantIdentity(room=livekit_room(tenant.id, name), identity=identity)
+        )
+    patient_ref = patient_ref_of(current.attributes)
+    metadata = await seal(bus.phi, data.metadata or "", tenant=tenant.id, patient_ref=patient_ref)
     update = lk.UpdateParticipantRequest(
         room=livekit_room(tenant.id, name),
         identity=identity,
         name=data.name or "",
-        metadata=data.metadata or "",
+        metadata=metadata,
         attributes=data.attributes or {},
     )
     permission = None
@@ -208,12 +217,13 @@ async def update_participant(
         identity=identity,
         participant_sid=info.sid,
         name=data.name,
-        metadata=data.metadata,
+        metadata=metadata if data.metadata is not None else None,
         attributes=data.attributes,
         permission=permission,
+        patient_ref=patient_ref,
     )
     await record(pool, event, tenant=tenant.id, key=name, phi=bus.phi)
-    return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
+    return await _view(bus.phi, seen, [track_row(t, seen) for t in info.tracks])
 
 
 HANDLERS = [list_participants, get_participant, remove_participant, mute_track, update_participant]

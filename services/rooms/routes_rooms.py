@@ -14,7 +14,7 @@ from services.rooms.core import RoomRow
 from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
-from services.rooms.privacy import opened
+from services.rooms.privacy import opened, seal
 from services.rooms.requests import RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
@@ -26,7 +26,7 @@ from services.rooms.schemas import (
 from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
 from shared.http import BusDep, CallerTenant, PoolDep
-from shared.idempotency import idempotent
+from shared.idempotency import RequestIds, idempotent
 from shared.naming import livekit_room
 
 
@@ -49,11 +49,16 @@ async def create_room(
     pool: PoolDep,
     livekit: LiveKitDep,
     bus: BusDep,
+    ids: RequestIds,
 ) -> Response[RoomView]:
     name = livekit_room(tenant.id, data.name)
+    patient_ref = data.patient_ref or ""
+    ids.about(patient_ref)  # the kept answer repeats the metadata
     existing = await find_room(livekit, name)
     room = existing
     if room is None:
+        # LiveKit holds the metadata sealed, never in clear (docs/privacy.md).
+        metadata = await seal(bus.phi, data.metadata, tenant=tenant.id, patient_ref=patient_ref)
         async with calling():
             room = await livekit.room.create_room(
                 lk.CreateRoomRequest(
@@ -61,20 +66,22 @@ async def create_room(
                     empty_timeout=data.empty_timeout or 0,
                     departure_timeout=data.departure_timeout or 0,
                     max_participants=data.max_participants or 0,
-                    metadata=data.metadata,
+                    metadata=metadata,
                 )
             )
     seen = room_row(room)
     if existing is None:
-        created = _created(data.name, seen)
+        created = _created(data.name, seen, patient_ref)
         await record(pool, created, tenant=tenant.id, key=data.name, phi=bus.phi)
     else:
         # Open before: the read model may not have it yet (its room_started late or dropped).
-        found = _found(data.name, seen)
+        # Compared opened (LiveKit may hold a token or clear text), recorded as LiveKit has it.
+        as_listed = _found(data.name, await opened(bus.phi, seen))
         known = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid)
         if known is not None:
-            known = await opened(bus.phi, known)  # compared as LiveKit shows it, in clear
-        if known is None or core.on_room_found(known, found, tenant.id) != known:
+            known = await opened(bus.phi, known)
+        if known is None or core.on_room_found(known, as_listed, tenant.id) != known:
+            found = _found(data.name, seen)
             await record(pool, found, tenant=tenant.id, key=data.name, phi=bus.phi)
     row = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid) or seen
     present = await store.count_present(pool, row.sid)
@@ -82,8 +89,9 @@ async def create_room(
     return Response(view, status_code=200 if existing else 201)
 
 
-def _created(name: str, seen: RoomRow) -> RoomCreated:
+def _created(name: str, seen: RoomRow, patient_ref: str) -> RoomCreated:
     return RoomCreated(
+        patient_ref=patient_ref,
         room=name,
         room_sid=seen.sid,
         empty_timeout=seen.empty_timeout,

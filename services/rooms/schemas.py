@@ -10,10 +10,12 @@ import msgspec
 from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.media_core import EgressRow, IngressRow
 from services.rooms.track_core import TrackRow
-from shared.naming import FileName, Identity, RoomName
+from shared.naming import FileName, Identity, PatientRef, RoomName
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)]
-Metadata = Annotated[str, msgspec.Meta(max_length=64 * 1024)]
+# Metadata is sealed before LiveKit holds it (services/rooms/privacy.py): sealed, 46 KiB of text
+# stay under LiveKit's 64,000-byte limit on metadata.
+Metadata = Annotated[str, msgspec.Meta(max_length=46 * 1024)]
 DisplayName = Annotated[str, msgspec.Meta(max_length=128)]
 RtmpUrl = Annotated[str, msgspec.Meta(pattern=r"^rtmps?://", max_length=2048)]
 TrackSource = Literal["camera", "microphone", "screen_share", "screen_share_audio"]
@@ -38,6 +40,9 @@ class CreateRoomRequest(_Body, frozen=True, kw_only=True):
     departure_timeout: Seconds | None = None
     max_participants: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     metadata: Metadata = ""
+    # The patient the consultation room is for (the clinic's pseudonymous id, never a name):
+    # its metadata is then sealed with that patient's key, and erased with the patient.
+    patient_ref: PatientRef | None = None
 
 
 class RoomView(_View, frozen=True, kw_only=True):

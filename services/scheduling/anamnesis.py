@@ -23,6 +23,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
 
 from services.scheduling import store
+from shared.access import Reader
 from shared.bus import Bus
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
 from shared.db import projection
@@ -124,7 +125,12 @@ async def store_record(records: Records, event: Envelope, delivery: Delivery) ->
 
 
 ANAMNESIS_CONSUMER: ConsumerSpec[Records] = ConsumerSpec(
-    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}, opens=True
+    durable="scheduling-anamnesis",
+    handlers={AnamnesisRecorded: store_record},
+    opens=True,
+    # Storing a record takes milliseconds: a short ack wait brings back sooner the message a
+    # killed scheduling process held (the doctor waits for the anamnesis), as billing's does.
+    ack_wait=10.0,
 )
 
 
@@ -195,20 +201,33 @@ async def _opened(bus: Bus, tenant: str, row: asyncpg.Record | None) -> Anamnesi
     return AnamnesisBody.of(opened)
 
 
+async def _read(bus: Bus, reader: Reader, tenant: str, row: asyncpg.Record | None) -> AnamnesisBody:
+    """The record opened, its read recorded in the access log before it is answered."""
+    body = await _opened(bus, tenant, row)
+    await reader.record(
+        bus,
+        tenant,
+        patient_ref=body.patient_ref,
+        resource="anamnesis",
+        resource_id=body.dispatch_id,
+    )
+    return body
+
+
 @get(
     "/v1/consultations/{dispatch_id:str}/anamnesis",
     operation_id="getConsultationAnamnesis",
     summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
 )
 async def get_consultation_anamnesis(
-    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
+    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader
 ) -> AnamnesisBody:
     """The newest record made by the intake agent of this dispatch (the ``id`` that
     ``POST /v1/agents`` answered); 404 ``anamnesis_not_found``, 410 ``anamnesis_erased``. A
     room name is not a consultation: rooms are reused, so this path never looks one up."""
     async with pool.acquire() as conn:
         row = await store.dispatch_anamnesis(conn, tenant.id, dispatch_id)
-    return await _opened(bus, tenant.id, row)
+    return await _read(bus, reader, tenant.id, row)
 
 
 @get(
@@ -217,14 +236,14 @@ async def get_consultation_anamnesis(
     summary="The latest anamnesis record made for an appointment",
 )
 async def get_appointment_anamnesis(
-    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
+    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader
 ) -> AnamnesisBody:
     """The newest record of the dispatches made for this appointment (``appointmentId`` on
     ``POST /v1/agents``) about the appointment's own patient; 404 ``anamnesis_not_found``, 410
     ``anamnesis_erased``."""
     async with pool.acquire() as conn:
         row = await store.appointment_anamnesis(conn, tenant.id, appointment_id)
-    return await _opened(bus, tenant.id, row)
+    return await _read(bus, reader, tenant.id, row)
 
 
 ANAMNESIS_ROUTES = [get_consultation_anamnesis, get_appointment_anamnesis]

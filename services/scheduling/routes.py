@@ -11,6 +11,7 @@ from litestar.params import Parameter
 from litestar.types import ControllerRouterHandler
 
 from services.scheduling import service
+from services.scheduling.privacy import opened
 from services.scheduling.schemas import (
     AppointmentBody,
     AppointmentList,
@@ -26,7 +27,8 @@ from services.scheduling.schemas import (
     api_errors,
     aware,
 )
-from services.scheduling.store import AppointmentFilter, DoctorFilter
+from services.scheduling.store import Appointment, AppointmentFilter, DoctorFilter
+from shared.access import Reader
 from shared.bus import Bus
 from shared.idempotency import RequestIds, idempotent
 from shared.naming import PATIENT_REF, PATIENT_REF_RULE
@@ -168,6 +170,7 @@ async def book_appointment(
     tenant: Tenant,
     pool: asyncpg.Pool,
     ids: RequestIds,
+    bus: Bus,
 ) -> AppointmentBody:
     """409 ``slot_taken`` when another patient has the slot; 422 ``slot_unavailable`` when the
     time is not one of the doctor's slots. With ``Idempotency-Key``, a retry returns the first
@@ -184,15 +187,38 @@ async def book_appointment(
         request_key=ids.key,
         channel="api",
     )
+    ids.about(data.patient_ref)  # the kept answer repeats the patient's name and contact
     with api_errors():
-        appointment, _ = await service.book(pool, tenant.id, booking, now=_now())
-    return AppointmentBody.of(appointment)
+        appointment, _ = await service.book(pool, tenant.id, booking, now=_now(), phi=bus.phi)
+    return AppointmentBody.of(await opened(bus.phi, tenant.id, appointment))
+
+
+async def _shown(
+    bus: Bus, reader: Reader, tenant: Tenant, appointments: list[Appointment]
+) -> list[AppointmentBody]:
+    """Appointments as answered: opened, each patient's read recorded first (an appointment
+    without personal data shows nothing of the patient but the pseudonym)."""
+    shown = [await opened(bus.phi, tenant.id, a) for a in appointments]
+    personal = {
+        a.patient_ref: a.id for a in shown if a.patient_name or a.patient_contact or a.reason
+    }
+    for patient_ref, appointment_id in personal.items():
+        await reader.record(
+            bus,
+            tenant.id,
+            patient_ref=patient_ref,
+            resource="appointment",
+            resource_id=appointment_id,
+        )
+    return [AppointmentBody.of(a) for a in shown]
 
 
 @get("/v1/appointments", operation_id="listAppointments", summary="List appointments")
 async def list_appointments(
     tenant: Tenant,
     pool: asyncpg.Pool,
+    bus: Bus,
+    reader: Reader,
     doctor_id: Annotated[str | None, Parameter(query="doctorId")] = None,
     patient_ref: Annotated[
         str | None,
@@ -213,17 +239,19 @@ async def list_appointments(
         starts_before=aware(until, "until"),
     )
     found = await service.list_appointments(pool, tenant.id, query, limit=limit, offset=offset)
-    return AppointmentList(appointments=[AppointmentBody.of(a) for a in found])
+    return AppointmentList(appointments=await _shown(bus, reader, tenant, found))
 
 
 @get(
     "/v1/appointments/{appointment_id:str}", operation_id="getAppointment", summary="An appointment"
 )
 async def get_appointment(
-    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool
+    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader
 ) -> AppointmentBody:
     with api_errors():
-        return AppointmentBody.of(await service.get_appointment(pool, tenant.id, appointment_id))
+        appointment = await service.get_appointment(pool, tenant.id, appointment_id)
+    [shown] = await _shown(bus, reader, tenant, [appointment])
+    return shown
 
 
 @post(
@@ -233,13 +261,19 @@ async def get_appointment(
     summary="Move an appointment to another slot",
 )
 async def reschedule_appointment(
-    appointment_id: str, data: RescheduleAppointmentRequest, tenant: Tenant, pool: asyncpg.Pool
+    appointment_id: str,
+    data: RescheduleAppointmentRequest,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    bus: Bus,
+    reader: Reader,
 ) -> AppointmentBody:
     with api_errors():
         appointment, _ = await service.reschedule(
             pool, tenant.id, appointment_id, data.starts_at, channel="api", now=_now()
         )
-    return AppointmentBody.of(appointment)
+    [shown] = await _shown(bus, reader, tenant, [appointment])
+    return shown
 
 
 @post(
@@ -252,6 +286,8 @@ async def cancel_appointment(
     appointment_id: str,
     tenant: Tenant,
     pool: asyncpg.Pool,
+    bus: Bus,
+    reader: Reader,
     data: CancelAppointmentRequest | None = None,
 ) -> AppointmentBody:
     """Cancelling a cancelled appointment returns it unchanged."""
@@ -263,8 +299,10 @@ async def cancel_appointment(
             reason=data.reason if data else None,
             channel="api",
             now=_now(),
+            phi=bus.phi,
         )
-    return AppointmentBody.of(appointment)
+    [shown] = await _shown(bus, reader, tenant, [appointment])
+    return shown
 
 
 # Reschedule and cancel change an appointment to a stated end (the same slot, cancelled), so a

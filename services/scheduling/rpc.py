@@ -1,5 +1,8 @@
 """Scheduling over core NATS request/reply, for the agent's tools (contract: shared.scheduling_api).
 
+A request names the dispatch the agent runs; it is answered for that dispatch's tenant while
+the dispatch is live (services/scheduling/dispatches.py), whatever else it says.
+
 One subscription per operation in the ``scheduling`` queue group, so replicas share the load;
 each request runs in its own task, so a slow booking never holds up a search. Every request
 gets an answer: a result, or an error with a stable code (never silence until the timeout).
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,10 +26,11 @@ from litestar import Litestar
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from services.scheduling import core, service
+from services.scheduling import core, dispatches, service
 from services.scheduling.store import Appointment, AppointmentFilter, Doctor, DoctorFilter
 from shared import attributes as attr
 from shared import scheduling_api as api
+from shared.phi import Phi
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import extract, tracer
 
@@ -33,6 +38,14 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 QUEUE = "scheduling"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the operations need: the database, and the sealing of personal columns."""
+
+    pool: asyncpg.Pool
+    phi: Phi
 
 
 def _slot(slot: core.Slot, zone: ZoneInfo) -> api.Slot:
@@ -71,12 +84,12 @@ def _appointment(a: Appointment) -> api.Appointment:
 
 
 async def search_doctors(
-    pool: asyncpg.Pool, r: api.SearchDoctorsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.SearchDoctorsRequest, now: datetime
 ) -> api.SearchDoctorsReply:
     query = DoctorFilter(specialty=r.specialty, name=r.name, city=r.city, insurance=r.insurance)
     found = await service.search_doctors(
-        pool,
-        r.tenant,
+        ctx.pool,
+        tenant,
         query,
         available_from=r.available_from,
         available_until=r.available_until,
@@ -84,17 +97,17 @@ async def search_doctors(
         offset=0,
         now=now,
     )
-    known = [] if found else await service.known_specialties(pool, r.tenant)
+    known = [] if found else await service.known_specialties(ctx.pool, tenant)
     return api.SearchDoctorsReply(
         doctors=[_doctor(doctor, slot) for doctor, slot in found], known_specialties=known
     )
 
 
 async def next_slots(
-    pool: asyncpg.Pool, r: api.NextSlotsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.NextSlotsRequest, now: datetime
 ) -> api.NextSlotsReply:
     doctor, slots = await service.doctor_slots(
-        pool, r.tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
+        ctx.pool, tenant, r.doctor_id, after=r.after, until=r.before, limit=r.limit, now=now
     )
     zone = doctor.schedule.zone
     return api.NextSlotsReply(
@@ -103,7 +116,9 @@ async def next_slots(
     )
 
 
-async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.AppointmentReply:
+async def book(
+    ctx: Context, tenant: str, r: api.BookRequest, now: datetime
+) -> api.AppointmentReply:
     booking = service.Booking(
         doctor_id=r.doctor_id,
         starts_at=r.starts_at,
@@ -115,16 +130,16 @@ async def book(pool: asyncpg.Pool, r: api.BookRequest, now: datetime) -> api.App
         request_key=r.request_id,
         channel="agent",
     )
-    appointment, _ = await service.book(pool, r.tenant, booking, now=now)
+    appointment, _ = await service.book(ctx.pool, tenant, booking, now=now, phi=ctx.phi)
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def reschedule(
-    pool: asyncpg.Pool, r: api.RescheduleRequest, now: datetime
+    ctx: Context, tenant: str, r: api.RescheduleRequest, now: datetime
 ) -> api.RescheduleReply:
     appointment, previous = await service.reschedule(
-        pool,
-        r.tenant,
+        ctx.pool,
+        tenant,
         r.appointment_id,
         r.starts_at,
         patient_ref=r.patient_ref,
@@ -135,15 +150,23 @@ async def reschedule(
     return api.RescheduleReply(appointment=_appointment(appointment), previous=previous_slot)
 
 
-async def cancel(pool: asyncpg.Pool, r: api.CancelRequest, now: datetime) -> api.AppointmentReply:
+async def cancel(
+    ctx: Context, tenant: str, r: api.CancelRequest, now: datetime
+) -> api.AppointmentReply:
     appointment = await service.cancel(
-        pool, r.tenant, r.appointment_id, patient_ref=r.patient_ref, channel="agent", now=now
+        ctx.pool,
+        tenant,
+        r.appointment_id,
+        patient_ref=r.patient_ref,
+        channel="agent",
+        now=now,
+        phi=ctx.phi,
     )
     return api.AppointmentReply(appointment=_appointment(appointment))
 
 
 async def find_appointments(
-    pool: asyncpg.Pool, r: api.FindAppointmentsRequest, now: datetime
+    ctx: Context, tenant: str, r: api.FindAppointmentsRequest, now: datetime
 ) -> api.FindAppointmentsReply:
     query = AppointmentFilter(
         doctor_id=r.doctor_id,
@@ -151,11 +174,11 @@ async def find_appointments(
         status=None if r.include_cancelled else "booked",
         starts_from=None if r.include_past else now,
     )
-    found = await service.list_appointments(pool, r.tenant, query, limit=r.limit)
+    found = await service.list_appointments(ctx.pool, tenant, query, limit=r.limit)
     return api.FindAppointmentsReply(appointments=[_appointment(a) for a in found])
 
 
-Operation = Callable[[asyncpg.Pool, Any, datetime], Awaitable[msgspec.Struct]]
+Operation = Callable[[Context, str, Any, datetime], Awaitable[msgspec.Struct]]
 
 # The routing table: operation name (shared.scheduling_api) -> handler.
 HANDLERS: dict[str, Operation] = {
@@ -169,12 +192,16 @@ HANDLERS: dict[str, Operation] = {
 assert set(HANDLERS) == set(api.OPERATIONS), "every operation of the contract needs a handler"
 
 
-async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
+async def answer(ctx: Context, operation: str, message: Msg) -> bytes:
     """The reply to one request (always an encoded ``Reply``)."""
     try:
         request = msgspec.json.decode(message.data, type=api.OPERATIONS[operation])
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         return api.encode_error("invalid_request", str(error))
+    # The tenant is the dispatch's, never the request's word (services/scheduling/dispatches.py).
+    tenant = await dispatches.live_tenant(ctx.pool, request.dispatch_id)
+    if tenant is None:
+        return api.encode_error("dispatch_not_live", "not a live dispatch")
     with _tracer.start_as_current_span(
         f"scheduling {operation}",
         context=extract(message.headers),
@@ -183,11 +210,11 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
             attr.MESSAGING_SYSTEM: "nats",
             attr.MESSAGING_OPERATION: "process",
             attr.MESSAGING_DESTINATION: message.subject,
-            attr.TENANT: request.tenant,
+            attr.TENANT: tenant,
         },
     ):
         try:
-            result = await HANDLERS[operation](pool, request, datetime.now(UTC))
+            result = await HANDLERS[operation](ctx, tenant, request, datetime.now(UTC))
         except core.SchedulingError as error:
             return api.encode_error(error.code, str(error))  # type: ignore[arg-type]
         except Exception:  # the caller gets "unavailable", our log the traceback
@@ -198,11 +225,11 @@ async def answer(pool: asyncpg.Pool, operation: str, message: Msg) -> bytes:
 
 async def serve_requests(app: Litestar) -> None:
     """Answer scheduling requests on core NATS until cancelled."""
-    nc, pool = app.state.bus.nc, app.state.pool
+    nc, ctx = app.state.bus.nc, Context(app.state.pool, app.state.bus.phi)
     running: set[asyncio.Task[None]] = set()
 
     async def respond(operation: str, message: Msg) -> None:
-        payload = await answer(pool, operation, message)
+        payload = await answer(ctx, operation, message)
         if message.reply:
             await message.respond(payload)
 

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import uuid6
 
-from services.scheduling import core, store
+from services.scheduling import core, privacy, store
 from services.scheduling.core import Schedule, Slot
 from services.scheduling.store import Appointment, Doctor, DoctorFilter
 from shared.db import Connection
@@ -230,10 +230,17 @@ async def known_specialties(pool: asyncpg.Pool, tenant_id: str) -> list[str]:
 
 
 async def book(
-    pool: asyncpg.Pool, tenant_id: str, booking: Booking, *, now: datetime
+    pool: asyncpg.Pool, tenant_id: str, booking: Booking, *, now: datetime, phi: Phi
 ) -> tuple[Appointment, bool]:
-    """Book a slot; returns the appointment and whether it was made now (False: a retry with
-    the same ``request_key`` got the first one's appointment)."""
+    """Book a slot; returns the appointment as stored (its personal columns sealed: see
+    ``services.scheduling.privacy``) and whether it was made now (False: a retry with the same
+    ``request_key`` got the first one's appointment)."""
+    sealed = {
+        column: await privacy.seal(
+            phi, tenant_id, booking.patient_ref, column, getattr(booking, column)
+        )
+        for column in ("patient_name", "patient_contact", "reason")
+    }
     async with pool.acquire() as conn:
         if booking.request_key and (
             earlier := await store.appointment_by_request(conn, tenant_id, booking.request_key)
@@ -254,9 +261,9 @@ async def book(
                     specialty=doctor.specialty,
                     timezone=doctor.schedule.timezone,
                     patient_ref=booking.patient_ref,
-                    patient_name=booking.patient_name,
-                    patient_contact=booking.patient_contact,
-                    reason=booking.reason,
+                    patient_name=sealed["patient_name"],
+                    patient_contact=sealed["patient_contact"],
+                    reason=sealed["reason"],
                     room=booking.room,
                     status="booked",
                     starts_at=slot.starts_at,
@@ -360,12 +367,15 @@ async def cancel(
     reason: str | None = None,
     channel: str = "api",
     now: datetime,
+    phi: Phi,
 ) -> Appointment:
-    """Cancel an appointment; cancelling a cancelled one returns it unchanged (no event)."""
+    """Cancel an appointment; cancelling a cancelled one returns it unchanged (no event). The
+    reason is sealed as the appointment's other personal columns."""
     async with pool.acquire() as conn, conn.transaction():
         current = await _booked_appointment(conn, tenant_id, appointment_id, patient_ref)
         if current.status == "cancelled":
             return current
+        reason = await privacy.seal(phi, tenant_id, current.patient_ref, "cancel_reason", reason)
         await store.cancel_appointment(conn, tenant_id, current.id, now, reason)
         await add_to_outbox(
             conn,
@@ -382,7 +392,9 @@ async def cancel(
             key=current.id,
             time=now,
         )
-    return msgspec.structs.replace(current, status="cancelled", cancelled_at=now, updated_at=now)
+    return msgspec.structs.replace(
+        current, status="cancelled", cancelled_at=now, updated_at=now, cancel_reason=reason
+    )
 
 
 async def get_appointment(pool: asyncpg.Pool, tenant_id: str, appointment_id: str) -> Appointment:

@@ -47,6 +47,7 @@ class Appointment(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     cancelled_at: datetime | None
+    cancel_reason: str | None = None
 
     @property
     def slot(self) -> Slot:

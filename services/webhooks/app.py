@@ -24,6 +24,7 @@ from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
 
 from services.webhooks.core import translate
+from services.webhooks.tracing import link_to_room
 from shared.bus import BusUnavailableError
 from shared.config import Settings
 from shared.http import ApiError, BusDep, ErrorBody, UnauthorizedError, create_service_app
@@ -121,6 +122,7 @@ async def receive_livekit_webhook(
     if not bus.nc.is_connected:
         # Fail fast rather than wait out the publish retries: LiveKit retries anyway.
         raise BusUnavailableError("NATS is not connected")
+    await link_to_room(bus, publications[0])
     for publication in publications:
         await bus.publish(
             publication.data,
@@ -156,4 +158,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[receive_livekit_webhook],
         dependencies={"receiver": Provide(lambda: receiver, sync_to_thread=False)},
         description="The LiveKit webhook edge: each verified webhook becomes one event on NATS.",
+        # It takes webhooks with NATS alone: ready while PostgreSQL is away (its outbox relay
+        # pauses), or LiveKit's webhooks would be refused and, after LiveKit's retries, lost.
+        ready_without=("postgres",),
     )

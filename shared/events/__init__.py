@@ -7,7 +7,16 @@ docs/events.md). Nothing is published that is not in ``CURRENT``.
 
 from __future__ import annotations
 
-from shared.events import agents, billing, clinical, legacy, platform, reconciliation, rooms
+from shared.events import (
+    agents,
+    billing,
+    clinical,
+    legacy,
+    patients,
+    platform,
+    reconciliation,
+    rooms,
+)
 from shared.events.base import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
@@ -27,6 +36,7 @@ CURRENT: tuple[type[Event], ...] = (
     + agents.EVENTS
     + billing.EVENTS
     + clinical.EVENTS
+    + patients.EVENTS
 )
 
 CODEC = EventCodec(CURRENT, legacy.LEGACY)

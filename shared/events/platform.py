@@ -50,7 +50,12 @@ class TokenIssued(Event, frozen=True, kw_only=True):
 
 
 class DeadLettered(Event, frozen=True, kw_only=True):
-    """A consumer gave up on a message: it is kept here, whole, for an operator to replay."""
+    """A consumer gave up on a message: it is kept here, whole, for an operator to replay.
+
+    Its payload and reason are sealed with the personal key of the patient the original event
+    is about (``patient_ref``), so a dead letter is erased with the patient; with the tenant's
+    key when there is none (an event about no patient, or a message that could not be
+    decoded)."""
 
     TYPE: ClassVar[str] = "mediai.bus.deadlettered.v1"
     PRODUCER: ClassVar[str] = "any consumer (shared.bus)"
@@ -71,6 +76,9 @@ class DeadLettered(Event, frozen=True, kw_only=True):
     deliveries: int
     # May quote an exception's message, which may quote data.
     reason: Personal
+    # The patient the original event is about ("" for none, or an undecodable message): the
+    # dead letter is sealed with that patient's personal key, so it is erased with the patient.
+    patient_ref: Pseudonym = ""
 
 
 class DataKeyDestroyed(Event, frozen=True, kw_only=True):

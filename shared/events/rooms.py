@@ -245,6 +245,9 @@ class RoomCreated(Event, frozen=True, kw_only=True):
     metadata: Personal = ""
     # LiveKit's creation time of the room (absent in events from before it was recorded).
     created_at: datetime | None = None
+    # The patient the room is for, when the clinic named one (``patientRef`` on POST /v1/rooms):
+    # the metadata is then sealed with that patient's key, in LiveKit as everywhere else.
+    patient_ref: Pseudonym = ""
 
 
 class RoomDeleted(Event, frozen=True, kw_only=True):
@@ -292,6 +295,9 @@ class ParticipantUpdated(Event, frozen=True, kw_only=True):
     metadata: Personal | None = None
     attributes: Annotated[dict[str, str], PERSONAL] | None = None
     permission: ParticipantPermission | None = None
+    # The participant's patient, as its token says ("" for anyone else): the new name,
+    # metadata and attributes are sealed with that patient's key.
+    patient_ref: Pseudonym = ""
 
 
 class TrackMuted(Event, frozen=True, kw_only=True):

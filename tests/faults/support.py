@@ -29,6 +29,7 @@ from deploy.stack import Stack, StackState
 from deploy.supervisor import Supervisor
 from services.webhooks.signing import sign
 from shared import subjects
+from shared.bus import nats_options
 from shared.config import Settings
 from shared.events import CODEC, DEADLETTER_STREAM, Envelope, Event
 from shared.tenants import authenticate
@@ -94,9 +95,7 @@ class FaultStack:
         return httpx.AsyncClient(base_url=self.state.gateway_url, headers=headers, timeout=timeout)
 
     async def js(self) -> tuple[nats.NATS, JetStreamContext]:
-        nc = await nats.connect(
-            servers=self.settings.nats_url.split(","), max_reconnect_attempts=-1
-        )
+        nc = await nats.connect(**nats_options(self.settings), max_reconnect_attempts=-1)
         return nc, nc.jetstream(timeout=5)
 
 

@@ -1,0 +1,70 @@
+"""A webhook's trace leads to its room's: the trace of the room's ``room_started`` webhook.
+
+LiveKit sends webhooks without trace context, so each starts a trace of its own. The request's
+span gets the room session's id (``mediai.room.sid``: a search by it finds every webhook of the
+room, and the agent jobs in it), the room's trace id as a tag, and a span link to it where the
+backend keeps links. The room's trace is read from the log: the last ``RoomStarted`` of that
+room, if it is of the same room session. Best effort: a webhook is never slowed past a short
+bound, nor failed, for its trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+import nats.js.errors
+from opentelemetry import trace
+
+from services.webhooks.core import NO_ROOM_KEY, Publication
+from shared import attributes as attr
+from shared import subjects
+from shared.bus import Bus
+from shared.events import CODEC, EventDecodeError
+from shared.events.rooms import RoomStarted
+from shared.telemetry import extract
+
+log = logging.getLogger(__name__)
+LOOKUP_SECONDS = 0.5
+
+
+async def link_to_room(bus: Bus, publication: Publication) -> None:
+    """Tag (and link) the current request's span with its room session and the room's trace."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    sid = str(getattr(publication.data, "room_sid", "") or "")
+    if sid:
+        span.set_attribute(attr.ROOM_SID, sid)
+    if isinstance(publication.data, RoomStarted):
+        own = span.get_span_context().trace_id
+        span.set_attribute(attr.ROOM_TRACE_ID, format(own, "032x"))  # the room's trace is this
+        return
+    if publication.key == NO_ROOM_KEY:
+        return
+    room_started = await _room_started(bus, publication.tenant, publication.key)
+    if room_started is None or (sid and room_started[0] != sid):
+        return  # no start seen, or another session of a reused room name
+    room = trace.get_current_span(extract({"traceparent": room_started[1]})).get_span_context()
+    if room.is_valid:
+        span.add_link(room, {attr.ROOM_SID: room_started[0]})
+        span.set_attribute(attr.ROOM_TRACE_ID, format(room.trace_id, "032x"))
+
+
+async def _room_started(bus: Bus, tenant: str, room: str) -> tuple[str, str] | None:
+    """(room sid, traceparent) of the room's last ``RoomStarted``, or None."""
+    subject = subjects.key_filter(RoomStarted, tenant=tenant, key=room)
+    try:
+        message = await asyncio.wait_for(
+            bus.js.get_last_msg(subjects.stream_name(RoomStarted.STREAM), subject),
+            LOOKUP_SECONDS,
+        )
+        event = CODEC.decode(message.data or b"")
+    except (nats.errors.Error, TimeoutError, EventDecodeError) as error:
+        if not isinstance(error, nats.js.errors.NotFoundError):
+            log.debug("room trace lookup failed: %s", type(error).__name__)
+        return None
+    if not isinstance(event.data, RoomStarted) or not event.traceparent:
+        return None
+    return event.data.room_sid, event.traceparent
