@@ -53,12 +53,14 @@ class Capacity:
 
         reports = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerLoadReported, SYSTEM_TENANT),
+            stream=subjects.stream_name(AgentWorkerLoadReported.STREAM),
             cb=on_message,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
         )
         exits = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerExited, SYSTEM_TENANT),
+            stream=subjects.stream_name(AgentWorkerExited.STREAM),
             cb=on_message,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
