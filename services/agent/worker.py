@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 
 from services.agent.leftovers import WorkerSpool
+from services.agent.load import LoadReporter
 from services.agent.metadata import JobMetadata, MetadataError, parse_metadata
 from services.agent.metrics import register_spool_metrics
 from services.agent.providers import (
@@ -34,6 +34,7 @@ from services.agent.reporter import Reporter
 from services.agent.roles import Role, RoleError, load_registry, render_instructions
 from services.agent.session import SessionRuntime, WorkerContext, auto_subscribe, open_journal
 from services.agent.spool import spool_root
+from services.agent.startup import WORKER_ID_VARIABLE, preload_modules, worker_id
 from services.agent.tools import TOOLS
 from services.agent.tracing import JobTrace, install_tracing
 from shared.bus import Bus, BusUnavailableError, connect_bus
@@ -52,34 +53,6 @@ from shared.phi import KeysUnavailableError, Phi, is_erased
 
 log = logging.getLogger("mediai.agent")
 
-WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
-# Imported once in the forkserver, so a job process does not spend its first second importing
-# them while the patient waits (livekit-agents warns about it); a provider without credentials
-# is not loaded at all (Gemini's SDKs alone take seconds to import).
-PRELOAD = [
-    "services.agent.session",
-    "livekit.plugins.silero",
-    "anyio.streams.memory",
-    # OpenSSL's bindings load on first use: the job's first key exchange must not pay for it.
-    "cryptography.hazmat.backends.openssl.backend",
-]
-PROVIDER_PRELOAD = {
-    "openai": ["livekit.plugins.openai", "openai.types.beta.realtime"],
-    "google": ["livekit.plugins.google"],
-}
-
-
-def preload_modules(settings: Settings) -> list[str]:
-    missing = missing_credentials(settings)
-    usable = [
-        m
-        for provider, modules in PROVIDER_PRELOAD.items()
-        if provider not in missing
-        for m in modules
-    ]
-    return [*PRELOAD, *usable]
-
-
 _PR_SET_PDEATHSIG = 1
 # How often the worker looks for leftovers in the spool (so how soon after NATS is back, or after
 # a job died, they are published); a round is a folder listing while there is nothing to do.
@@ -89,12 +62,6 @@ FINAL_FLUSH_SECONDS = 2.0
 
 class WorkerStartError(Exception):
     """The worker cannot start; the message is one line."""
-
-
-def worker_id() -> str:
-    """The pool's id for this worker, or (run by an orchestrator) its host and pid: a pod's
-    name is unique where its pid is not."""
-    return os.environ.get(WORKER_ID_VARIABLE) or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def check_roles(roles: dict[str, Role]) -> None:
@@ -335,6 +302,9 @@ class Worker:
         )
         self.server.on("worker_registered", self._on_registered)
         self._background: set[asyncio.Task[Any]] = set()
+        self.load = LoadReporter(
+            bus, self.id, per_worker, lambda: len(self.server.active_jobs) + self.accepting
+        )
 
     async def on_request(self, request: JobRequest) -> None:
         try:
@@ -373,15 +343,21 @@ class Worker:
             providers_missing=missing_credentials(self.settings),
             registered_at=datetime.now(UTC),
         )
-        self._publish_soon(event, tenant=SYSTEM_TENANT, key=self.id)
-
-    def _publish_soon(self, event: Event, *, tenant: str, key: str) -> None:
-        task = asyncio.create_task(self.bus.publish(event, tenant=tenant, key=key))
+        task = asyncio.create_task(self._announce(event))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _announce(self, registered: AgentWorkerRegistered) -> None:
+        # The load first: once the pool hears "registered" a dispatch may come, and the
+        # dispatcher counts only the workers whose load it knows.
+        self.load.registered = True
+        await self.load.report()
+        await self.bus.publish(registered, tenant=SYSTEM_TENANT, key=self.id)
+
     async def drain(self) -> None:
         """Ask every session to end (goodbye, final usage), wait for them, then close."""
+        self.load.available = False  # the dispatcher stops counting this worker's free slots
+        await self.load.report()
         for info in self.server.active_jobs:
             try:
                 meta = parse_metadata(info.job.metadata)
@@ -441,6 +417,7 @@ async def run_worker(
         spool.flush_forever(bus, SPOOL_FLUSH_SECONDS), name="mediai-spool"
     )
     running = asyncio.create_task(worker.server.run(devmode=False))
+    reporting = asyncio.create_task(worker.load.run(), name="mediai-load")
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -454,5 +431,6 @@ async def run_worker(
     finally:
         stopping.cancel()
         flushing.cancel()
+        reporting.cancel()
         await bus.close()
         spool.close()

@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from services.dispatcher import consumers, limits, store
+from services.dispatcher.capacity import Capacity
 from services.dispatcher.catalog import Catalog, build_catalog
 from services.dispatcher.core import (
     TERMINAL,
@@ -140,7 +141,10 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     status_code=202,
     description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
     "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
-    "if the first attempt's publish did land, so a room never gets two agents from one request.",
+    "if the first attempt's publish did land, so a room never gets two agents from one request. "
+    "When no agent worker has room for one more session (summed over every worker host, from "
+    "the workers' own load reports) the dispatch is refused at once with a 503 and "
+    "`Retry-After`, never accepted to fail at its deadline.",
     opt=links(
         202,
         getAgent={"dispatch_id": "$response.body#/id"},
@@ -162,7 +166,14 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
                 "usage_limit_reached": "the clinic reached a monthly usage cap (`details` name "
                 "each meter, its use, its cap and when the period ends)"
             },
-            503: BUS_UNAVAILABLE,
+            503: {
+                **BUS_UNAVAILABLE,
+                "agents_at_capacity": "every agent worker is running as many sessions as it "
+                "takes (`details` give `workers`, `activeJobs`, `startingJobs`, `capacity` and "
+                "`retryAfterSeconds`); retry after `Retry-After` seconds",
+                "no_agent_worker": "no agent worker is registered with LiveKit; retry after "
+                "`Retry-After` seconds",
+            },
         }
     ),
 )
@@ -173,6 +184,7 @@ async def dispatch_agent(
     pool: asyncpg.Pool,
     settings: Settings,
     catalog: Catalog,
+    capacity: Capacity,
     ids: RequestIds,
 ) -> DispatchView:
     now = utcnow()
@@ -186,6 +198,7 @@ async def dispatch_agent(
             deadline_seconds=settings.agent_dispatch_deadline,
             usage_limits=usage_limits,
         )
+        await capacity.check(pool)
     except DispatchRejectedError as error:
         raise _rejected(error) from None
     logged, _ = await publish_and_apply(
@@ -361,6 +374,7 @@ def _dispatcher(workers: WorkerRegistry) -> Any:
 def create_app(settings: Settings) -> Litestar:
     catalog = build_catalog(settings)
     workers = WorkerRegistry(enabled=settings.agent_pool_max > 0)
+    capacity = Capacity()
     return create_service_app(
         service="dispatcher",
         settings=settings,
@@ -386,9 +400,13 @@ def create_app(settings: Settings) -> Litestar:
                 leases.elected(leases.LOST_AGENTS, _sweep_lost),
             ),
             BackgroundTask("usage-limits", limits.project_usage_limits),
+            BackgroundTask("worker-capacity", lambda app: capacity.follow(app.state.bus)),
             KEY_PRUNER,
         ],
-        dependencies={"catalog": Provide(lambda: catalog, sync_to_thread=False)},
+        dependencies={
+            "catalog": Provide(lambda: catalog, sync_to_thread=False),
+            "capacity": Provide(lambda: capacity, sync_to_thread=False),
+        },
         description="Agents on demand: dispatch an agent of a role to a room, follow its state "
         "from the event log, command it, end it.",
     )

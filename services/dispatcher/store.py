@@ -160,3 +160,11 @@ async def usage_limits_in_force(
         now,
     )
     return [_limit(r) for r in rows]
+
+
+async def count_starting(pool: asyncpg.Pool) -> int:
+    """Dispatches of every tenant accepted but not joined yet: no worker counts them yet."""
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM agent_dispatches WHERE state IN ('requested', 'dispatched')"
+    )
+    return count

@@ -1,6 +1,7 @@
 """The agent worker pool: the pool service (one per worker host) runs ``mediai agent-worker``
-processes, between a minimum and a maximum, adds one when every worker reports load above a threshold, restarts one that dies
-(with backoff, and an event each time), and drains them all on shutdown.
+processes (as ``python -m services.agent``), between a minimum and a maximum, adds one when
+every worker reports load above a threshold, restarts one that dies (with backoff, and an event
+each time), and drains them all on shutdown.
 
 An orchestrator can do the same job instead (MEDIAI_AGENT_POOL_MAX=0 turns this off; see
 docs/agents.md for a Kubernetes Deployment with the same environment).
@@ -190,8 +191,7 @@ class WorkerPool:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "deploy",
-                "agent-worker",
+                "services.agent",  # `mediai agent-worker`, without the CLI's other imports
                 "--worker-id",
                 worker_id,
                 "--http-port",

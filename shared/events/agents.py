@@ -191,6 +191,25 @@ class AgentWorkerRegistered(Event, frozen=True, kw_only=True):
     registered_at: datetime
 
 
+class AgentWorkerLoadReported(Event, frozen=True, kw_only=True):
+    """An agent worker's load: the jobs it runs (or is accepting) out of the most it takes
+    (``MEDIAI_AGENT_JOBS_PER_WORKER``), the count its load function gives LiveKit. Published
+    when it registers, whenever the count or ``available`` changes, and at least every
+    ``next_report_seconds``; ``available`` is false while it drains. The dispatcher sums these
+    over every worker of every host to refuse a dispatch at once when none has room, and
+    forgets a worker silent for three periods (a host that vanished).
+    """
+
+    TYPE: ClassVar[str] = "mediai.agent.worker_load_reported.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    worker_id: Plain
+    active_jobs: int
+    max_jobs: int
+    available: bool = True
+    next_report_seconds: float = 30.0
+    reported_at: datetime
+
+
 # ---------------------------------------------------------------------------------------------
 # Agent sessions (published by the agent worker; keyed by dispatch id)
 
@@ -336,6 +355,7 @@ EVENTS: tuple[type[Event], ...] = (
     AgentWorkerStarted,
     AgentWorkerExited,
     AgentWorkerRegistered,
+    AgentWorkerLoadReported,
     AgentSessionStarted,
     AgentSessionFailed,
     AgentSessionEnded,
