@@ -188,7 +188,7 @@ async def reception(
     async with (
         watch(bus, AppointmentBooked, tenant=tenant) as booked,
         consultation(
-            bus, settings, role="receptionist", tenant=tenant, patient_ref=patient_ref
+            bus, settings, role="receptionist", tenant=tenant, patient_ref=patient_ref, api=api
         ) as harness,
         session_on(standin, harness) as session,
     ):
