@@ -77,9 +77,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dispatcher_port: int = 8104
     billing_port: int = 8105
     scheduling_port: int = 8106
+    sessions_port: int = 8107
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
+    # Signs the short-lived view tokens browsers hold instead of API keys (shared.viewtokens);
+    # every service verifies with it. The local stack's default; a deployment sets its own.
+    view_token_secret: str = "mediai-dev-view-token-secret-please-change"  # noqa: S105
+
+    # The tracing UI's address of one trace, with ``{traceId}`` where its id goes (Jaeger:
+    # ``http://host:16686/trace/{traceId}``); "" shows trace ids without links.
+    trace_url: str = ""
 
     # Consumers: a message whose handler fails for an unclassified reason (a bug) is delivered
     # this many times, with these delays in seconds between deliveries, then dead-lettered. An
@@ -291,6 +299,13 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+def _trace_url(value: str) -> str:
+    _url("http", "https")(value)
+    if "{traceId}" not in value:
+        raise ValueError(f"{value!r} has no {{traceId}} where the trace's id goes")
+    return value.strip()
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -315,6 +330,7 @@ PORT_NAMES = (
     "dispatcher",
     "billing",
     "scheduling",
+    "sessions",
 )
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -339,6 +355,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _seconds),
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
+    "MEDIAI_VIEW_TOKEN_SECRET": ("view_token_secret", str),
+    "MEDIAI_TRACE_URL": ("trace_url", _trace_url),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
     "MEDIAI_DEADLETTER_RETENTION": ("deadletter_retention", _positive_duration),
     "MEDIAI_DEADLETTER_MAX_BYTES": ("deadletter_max_bytes", _positive_size),
@@ -462,4 +480,6 @@ def load_settings(
         raise ConfigError("MEDIAI_AGENT_POOL_MIN: larger than MEDIAI_AGENT_POOL_MAX")
     if len(settings.livekit_api_secret) < 32:
         raise ConfigError("LIVEKIT_API_SECRET: must be at least 32 characters")
+    if len(settings.view_token_secret) < 32:
+        raise ConfigError("MEDIAI_VIEW_TOKEN_SECRET: must be at least 32 characters")
     return settings

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +41,8 @@ from shared import idempotency_store as store
 from shared.background import every
 from shared.events import new_event_id
 from shared.http import ErrorBody, ErrorDetail
-from shared.tenants import authenticate
+from shared.tenants import Tenant, authenticate
+from shared.viewtokens import ViewTokenError, is_view_token, verify
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,19 @@ class _Recorder:
             await send(message)
 
 
+async def _caller(scope: Scope, pool: asyncpg.Pool, credential: str) -> Tenant | None:
+    """Whose key it is: an API key's tenant, or a valid view token's (the handler's own
+    ``tenant`` dependency still checks what the view token allows)."""
+    if not is_view_token(credential):
+        return await authenticate(pool, credential)
+    secret = scope["app"].state.settings.view_token_secret
+    try:
+        grant = verify(credential, secret, now=time.time())
+    except ViewTokenError:
+        return None
+    return Tenant(id=grant.tenant, name=grant.tenant_name, grant=grant)
+
+
 class IdempotencyMiddleware(ASGIMiddleware):
     """Takes the key before the handler runs, keeps the answer (or marks the run failed) after;
     see the module."""
@@ -169,10 +184,12 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await _send(send, _refusal(400))
             return
         pool: asyncpg.Pool = scope["app"].state.pool
-        scheme, _, api_key = (_header(scope, b"authorization") or "").partition(" ")
+        scheme, _, credential = (_header(scope, b"authorization") or "").partition(" ")
         try:
             tenant = (
-                await authenticate(pool, api_key.strip()) if scheme.lower() == "bearer" else None
+                await _caller(scope, pool, credential.strip())
+                if scheme.lower() == "bearer"
+                else None
             )
         except _DATABASE_ERRORS as error:
             await _unavailable(send, error)

@@ -12,6 +12,7 @@ import msgspec
 from shared.db import Connection
 from shared.events import ApiKeyCreated, TenantCreated
 from shared.outbox import add_to_outbox
+from shared.viewtokens import Grant
 
 KEY_PREFIX = "mk_"
 _TENANT_ALPHABET = string.ascii_lowercase + string.digits
@@ -21,6 +22,8 @@ SOURCE = "mediai/platform"
 class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
+    # Set when the caller came with a view token rather than an API key: what it may do.
+    grant: Grant | None = None
 
 
 def hash_key(key: str) -> str:

@@ -35,6 +35,7 @@ from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.replay import ReplayError
 from shared.tenants import Tenant
+from shared.viewtokens import view_scope
 
 log = logging.getLogger(__name__)
 INVOICE_CHECK_SECONDS = 600.0
@@ -68,7 +69,12 @@ def _period(start: str | None, end: str | None, zone: ZoneInfo) -> tuple[datetim
         raise InvalidPeriodError(str(error)) from None
 
 
-@get("/v1/usage", operation_id="getUsage", summary="Usage of the caller's tenant, grouped")
+@get(
+    "/v1/usage",
+    operation_id="getUsage",
+    summary="Usage of the caller's tenant, grouped",
+    opt=view_scope("usage:read"),
+)
 async def get_usage(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -102,13 +108,23 @@ async def get_usage(
     )
 
 
-@get("/v1/usage/limits", operation_id="getUsageLimits", summary="Monthly caps, this month")
+@get(
+    "/v1/usage/limits",
+    operation_id="getUsageLimits",
+    summary="Monthly caps, this month",
+    opt=view_scope("usage:read"),
+)
 async def get_limits(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> LimitsReport:
     async with pool.acquire() as conn:
         return await admin.limits_report(conn, tenant.id, datetime.now(UTC), _zone(settings))
 
 
-@get("/v1/invoices", operation_id="listInvoices", summary="Issued invoices and drafts")
+@get(
+    "/v1/invoices",
+    operation_id="listInvoices",
+    summary="Issued invoices and drafts",
+    opt=view_scope("usage:read"),
+)
 async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> InvoiceList:
     async with pool.acquire() as conn:
         try:
@@ -118,7 +134,12 @@ async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) 
     return InvoiceList(invoices=found)
 
 
-@get("/v1/invoices/{invoice_id:str}", operation_id="getInvoice", summary="One invoice")
+@get(
+    "/v1/invoices/{invoice_id:str}",
+    operation_id="getInvoice",
+    summary="One invoice",
+    opt=view_scope("usage:read"),
+)
 async def get_invoice(
     invoice_id: str, tenant: Tenant, pool: asyncpg.Pool, settings: Settings
 ) -> Invoice:
@@ -139,7 +160,12 @@ async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> Audit
     return None if report is None else msgspec.convert(report, AuditReport)
 
 
-@post("/v1/audits", operation_id="createAudit", summary="Audit by replay of the stream")
+@post(
+    "/v1/audits",
+    operation_id="createAudit",
+    summary="Audit by replay of the stream",
+    opt=view_scope("audits:run"),
+)
 async def create_audit(
     data: AuditRequest,
     tenant: Tenant,
@@ -184,7 +210,12 @@ async def create_audit(
         raise ServiceUnavailableError(str(error)) from None
 
 
-@get("/v1/audits/{audit_id:str}", operation_id="getAudit", summary="A past audit's report")
+@get(
+    "/v1/audits/{audit_id:str}",
+    operation_id="getAudit",
+    summary="A past audit's report",
+    opt=view_scope("audits:run"),
+)
 async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
     report = await _stored_audit(pool, tenant.id, audit_id)
     if report is None:

@@ -32,12 +32,13 @@ from shared.consumer import Consumer, ConsumerSpec, Delivery
 from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
-from shared.http import ApiError, NotFoundError, create_service_app
+from shared.http import ApiError, ForbiddenError, NotFoundError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
 from shared.naming import ROOM_NAME, ROOM_NAME_RULE
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
+from shared.viewtokens import ViewForbiddenError, check_dispatch, view_scope
 
 
 class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -138,6 +139,7 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     description="With an Idempotency-Key, the dispatch id and its event id derive from the key: "
     "a retry after a timeout or a 5xx names the same dispatch, and JetStream drops the event "
     "if the first attempt's publish did land, so a room never gets two agents from one request.",
+    opt=view_scope("agents:dispatch"),
 )
 async def dispatch_agent(
     data: DispatchAgentRequest,
@@ -148,6 +150,10 @@ async def dispatch_agent(
     catalog: Catalog,
     ids: RequestIds,
 ) -> DispatchView:
+    try:
+        check_dispatch(tenant.grant, room=data.room, role=data.role)
+    except ViewForbiddenError as error:
+        raise ForbiddenError(str(error)) from None
     now = utcnow()
     usage_limits = await store.usage_limits_in_force(pool, tenant.id, now)
     try:
@@ -175,7 +181,12 @@ async def dispatch_agent(
     return DispatchView.of(accepted)
 
 
-@get("/v1/agents", operation_id="listAgents", summary="List a room's (or all) agent dispatches")
+@get(
+    "/v1/agents",
+    operation_id="listAgents",
+    summary="List a room's (or all) agent dispatches",
+    opt=view_scope("agents:read"),
+)
 async def list_agents(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -200,7 +211,12 @@ async def _owned(pool: asyncpg.Pool, tenant: Tenant, dispatch_id: str) -> Dispat
     return state
 
 
-@get("/v1/agents/{dispatch_id:str}", operation_id="getAgent", summary="Show one dispatch")
+@get(
+    "/v1/agents/{dispatch_id:str}",
+    operation_id="getAgent",
+    summary="Show one dispatch",
+    opt=view_scope("agents:read"),
+)
 async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DispatchView:
     return DispatchView.of(await _owned(pool, tenant, dispatch_id))
 

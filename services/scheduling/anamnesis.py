@@ -23,6 +23,7 @@ from shared.failures import PoisonMessageError
 from shared.http import NotFoundError
 from shared.naming import is_patient_ref, is_room_name
 from shared.tenants import Tenant
+from shared.viewtokens import view_scope
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     "/v1/consultations/{dispatch_id:str}/anamnesis",
     operation_id="getConsultationAnamnesis",
     summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
+    # A doctor's view token reads its own consultation's record, and no other.
+    opt=view_scope("anamnesis:read", personal=True, dispatch_id="dispatch"),
 )
 async def get_consultation_anamnesis(
     dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool
