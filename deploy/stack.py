@@ -29,6 +29,7 @@ from shared.db import apply_migrations, discover_migrations
 from shared.tenants import authenticate, create_tenant
 
 DEPLOY_DIR = Path(__file__).resolve().parent
+WEB_ROOT = DEPLOY_DIR.parent / "web" / "dist"
 STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
@@ -198,8 +199,11 @@ def gateway_part(settings: Settings) -> Part:
         "XDG_CONFIG_HOME": str(caddy_home / "config"),
         **{
             f"MEDIAI_{name.upper()}_UPSTREAM": f"{settings.host}:{settings.service_port(name)}"
-            for name in ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling")
+            for name in http_services()
         },
+        # The console's built files (``make web``); without them the gateway still serves the
+        # API, and / answers 404.
+        "MEDIAI_WEB_ROOT": str(WEB_ROOT),
     }
     return Part(
         name="gateway",

@@ -67,6 +67,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "livekit_api_secret": "mediai-test-secret-0123456789abcdef",
         # A vanished agent fails its dispatch sooner than in production (60 s).
         "agent_lost_grace": 10,
+        # Timeline entries link to their traces (services/sessions).
+        "trace_url": "http://traces.test/trace/{traceId}",
     }
     # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
     selected = os.environ.get("MEDIAI_SERVICES", "")
