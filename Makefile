@@ -1,6 +1,6 @@
 # The two commands that matter: `make up` runs the whole stack, `make test` runs every check.
 # Both install what they need first, from package registries only (PyPI, the Go module proxy,
-# Debian), so they work on a fresh Linux machine with Python 3.11+, Go and make.
+# npm, Debian), so they work on a fresh Linux machine with Python 3.11+, Go, Node 20 and make.
 
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
@@ -13,14 +13,15 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit lint typecheck docs clean
+.PHONY: up test faults install livekit lint typecheck docs web client client-check chromium clean
 
-up: install livekit
+up: install livekit web
 	$(UV) run mediai up
 
 # The fault suite runs after the rest, never beside it: each of its modules starts a stack of
-# its own (docs/reliability.md).
-test: install livekit lint typecheck docs
+# its own (docs/reliability.md). The browser tests (tests/browser) run with the rest, in
+# Debian's Chromium against the console built by `web`.
+test: install livekit lint typecheck docs client-check web chromium
 	$(UV) run pytest -m "not faults"
 	$(UV) run pytest -m faults tests/faults
 
@@ -50,5 +51,27 @@ typecheck: install
 docs: install
 	$(UV) run mediai docs events --check
 
+# The web console (web/): npm ci from the committed lockfile (only when it changed), then the
+# type check and Vite's build into web/dist, which the gateway serves at /.
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+# The console's API types, generated from the services' OpenAPI documents (built from their
+# apps, no stack needed); client-check fails when the committed ones are stale.
+client: install web/node_modules/.package-lock.json
+	$(UV) run mediai docs openapi --out web/.openapi
+	cd web && node scripts/gen-api.mjs
+
+client-check: install web/node_modules/.package-lock.json
+	$(UV) run mediai docs openapi --out web/.openapi
+	cd web && node scripts/gen-api.mjs --check
+
+# The browser tests drive Debian's Chromium (never a browser a test tool downloads).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
 clean:
-	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache web/node_modules web/dist web/.openapi

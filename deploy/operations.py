@@ -215,3 +215,21 @@ def docs_events(check: bool) -> None:
         return
     path.write_text(text)
     click.echo(f"wrote {path}")
+
+
+@docs.command("openapi")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("web/.openapi"),
+    show_default=True,
+    help="Folder for one <service>.json per HTTP service.",
+)
+def docs_openapi(out: Path) -> None:
+    """Write each service's OpenAPI document, built from its app (no stack needed)."""
+    from deploy.openapi import write
+    from shared.config import Settings
+
+    for path in write(out, Settings()):
+        click.echo(str(path))
+
