@@ -198,7 +198,10 @@ def serve(service: str) -> None:
     if service not in http_services():
         fail(f"unknown service {service!r}; one of: {', '.join(http_services())}", code=2)
     settings = settings_or_exit()
-    app = importlib.import_module(f"services.{service}.app").create_app(settings)
+    try:
+        app = importlib.import_module(f"services.{service}.app").create_app(settings)
+    except ConfigError as error:
+        fail(f"configuration: {error}", code=2)
     uvicorn.run(
         app,
         host=settings.host,

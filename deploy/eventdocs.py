@@ -13,6 +13,7 @@ import services
 from shared.consumer import ConsumerSpec
 from shared.events import CODEC, Event
 from shared.events.legacy import LEGACY
+from shared.events.privacy import classify
 
 HEADER = """# Events
 
@@ -33,7 +34,31 @@ on; `mediai deadletters list|replay`).
 Versioning: fields are only ever added, with defaults; a type never changes its meaning. A
 breaking change is a new `.vN` type; the old version stays readable through an upcaster in
 `shared/events/legacy.py`, and a golden file of every version is decoded by the tests.
+
+Privacy (docs/privacy.md): every text field is classified in the schema. **personal** and
+**clinical** fields are sealed (AES-256-GCM with the patient's data key, in place: a string
+`enc:v1:…`, or `{"$sealed": "enc:v1:…"}` for a document) before the event is published;
+**pseudonym** fields (room names, identities, `patient_ref`) travel in clear and must never
+contain a name; the rest is not about a person.
 """
+
+_RANK = {"personal": 3, "clinical": 3, "pseudonym": 2, "none": 1}
+
+
+def privacy_of(cls: type[Event]) -> dict[str, str]:
+    """Each top-level field's most sensitive class (a nested field counts for its parent)."""
+    found: dict[str, str] = {}
+    for place in classify(cls):
+        name = place.path.split(".")[0].split("[")[0].split("{")[0]
+        if _RANK.get(place.kind, 0) > _RANK.get(found.get(name, ""), 0):
+            found[name] = place.kind
+    return found
+
+
+def _privacy_cell(kind: str) -> str:
+    return {"personal": "personal, sealed", "clinical": "clinical, sealed"}.get(
+        kind, kind if kind == "pseudonym" else ""
+    )
 
 
 def _consumers() -> dict[str, list[str]]:
@@ -50,6 +75,8 @@ def _consumers() -> dict[str, list[str]]:
 
 
 def _type_name(info: inspect.Type) -> str:
+    if isinstance(info, inspect.Metadata):  # a privacy mark: the type is inside
+        return _type_name(info.type)
     if isinstance(info, inspect.UnionType):
         return " | ".join(_type_name(t) for t in info.types)
     if isinstance(info, inspect.NoneType):
@@ -87,11 +114,13 @@ def render() -> str:
             )
             info = inspect.type_info(cls)
             assert isinstance(info, inspect.StructType)
-            lines.append("| field | type | required |\n|---|---|---|")
+            privacy = privacy_of(cls)
+            lines.append("| field | type | required | privacy |\n|---|---|---|---|")
             for field in info.fields:
                 lines.append(
                     f"| `{field.name}` | {_type_name(field.type)} | "
-                    f"{'yes' if field.required else 'no'} |"
+                    f"{'yes' if field.required else 'no'} | "
+                    f"{_privacy_cell(privacy.get(field.name, ''))} |"
                 )
             lines.append("")
     lines.append("\n## Version history\n")

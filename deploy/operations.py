@@ -25,6 +25,9 @@ def register(cli: click.Group) -> None:
     from services.billing.cli import billing
 
     cli.add_command(billing)
+    from services.keys.cli import keys
+
+    cli.add_command(keys)
     from services.rooms.cli import rooms
 
     cli.add_command(rooms)
@@ -202,19 +205,24 @@ def docs() -> None:
 
 
 @docs.command("events")
-@click.option("--check", is_flag=True, help="Exit 1 if docs/events.md is not up to date.")
+@click.option("--check", is_flag=True, help="Exit 1 if the generated docs are not up to date.")
 def docs_events(check: bool) -> None:
-    """Write docs/events.md from the event schema."""
-    from deploy.eventdocs import render
+    """Write docs/events.md, and the event-field inventory of docs/privacy.md, from the schema."""
+    from deploy import eventdocs, privacydocs
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "events.md"
-    text = render()
-    if check:
-        if not path.is_file() or path.read_text() != text:
-            raise SystemExit("docs/events.md is out of date: run 'mediai docs events'")
-        return
-    path.write_text(text)
-    click.echo(f"wrote {path}")
+    folder = Path(__file__).resolve().parent.parent / "docs"
+    privacy = folder / "privacy.md"
+    generated = {
+        folder / "events.md": eventdocs.render(),
+        privacy: privacydocs.render(privacy.read_text()),
+    }
+    for path, text in generated.items():
+        if check:
+            if path.read_text() != text:
+                raise SystemExit(f"docs/{path.name} is out of date: run 'mediai docs events'")
+            continue
+        path.write_text(text)
+        click.echo(f"wrote {path}")
 
 
 @docs.command("openapi")
@@ -232,4 +240,3 @@ def docs_openapi(out: Path) -> None:
 
     for path in write(out, Settings()):
         click.echo(str(path))
-

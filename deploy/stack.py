@@ -24,6 +24,7 @@ from deploy.nats import nats_part as nats_part  # re-exported: tests start a lon
 from deploy.nats import nats_parts
 from deploy.supervisor import Part, StackError, Supervisor, as_user, executable
 from services import http_services
+from services.keys import kek
 from shared.config import Settings, to_environ
 from shared.db import apply_migrations, discover_migrations
 from shared.tenants import authenticate, create_tenant
@@ -33,6 +34,7 @@ WEB_ROOT = DEPLOY_DIR.parent / "web" / "dist"
 STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
+KEY_SERVICE = "keys"
 
 
 def _http_ok(url: str) -> bool:
@@ -47,11 +49,14 @@ async def _http_ready(url: str) -> bool:
     return await asyncio.to_thread(_http_ok, url)
 
 
-def child_environ(settings: Settings) -> dict[str, str]:
+def child_environ(settings: Settings, service: str = "") -> dict[str, str]:
     environ = to_environ(settings)
     if settings.livekit_local:
         # Blank out any external-server settings inherited from the shell.
         environ.update({"LIVEKIT_URL": "", "LIVEKIT_API_KEY": "", "LIVEKIT_API_SECRET": ""})
+    if service != KEY_SERVICE:
+        # The key-encryption key, if the shell gave one, goes to the key service alone.
+        environ[kek.ENVIRONMENT_VARIABLE] = ""
     return environ
 
 
@@ -181,7 +186,7 @@ def service_part(settings: Settings, service: str, env: dict[str, str] | None = 
         argv=[sys.executable, "-m", "deploy", "serve", service],
         url=base,
         ports=[(f"MEDIAI_{service.upper()}_PORT", port)],
-        env={**child_environ(settings), **(env or {})},
+        env={**child_environ(settings, service), **(env or {})},
         ready=lambda: _http_ready(f"{base}/readyz"),
         # The dispatcher is ready once its first agent worker has registered with LiveKit (a
         # dispatch sent then is taken at once); a cold worker takes seconds to start.
@@ -241,6 +246,8 @@ def stack_stages(
         servers.append(livekit_part(settings))
     selected = services if services is not None else known
     extra = environment or {}
+    # Every service that handles personal data needs the key service: it always runs.
+    selected = [*selected, *([] if KEY_SERVICE in selected else [KEY_SERVICE])]
     return [
         servers,
         [service_part(settings, s, extra.get(s)) for s in selected],
@@ -309,6 +316,8 @@ class Stack:
             )
             await self.supervisor.start_together(servers)
             dev_key = await ensure_dev_key(self.settings)
+            if not os.environ.get(kek.ENVIRONMENT_VARIABLE):
+                kek.ensure_keyring_file(kek.keyring_path(self.settings))  # mode 0600
             await self.supervisor.start_together(services)
             await self.supervisor.start_together(gateway)
         except BaseException:

@@ -1,8 +1,8 @@
 """The event bus: streams declared in code, the connection, and one publish function.
 
-Publishing sets ``Nats-Msg-Id`` to the event id (JetStream drops duplicates inside the
-stream's window) and carries the trace context in the ``traceparent`` header. Consumers are in
-``shared.consumer``.
+Publishing seals the event's personal and clinical fields (``shared.phi``), sets
+``Nats-Msg-Id`` to the event id (JetStream drops duplicates inside the stream's window) and
+carries the trace context in the ``traceparent`` header. Consumers are in ``shared.consumer``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from shared.events import (
     Event,
     envelope,
 )
+from shared.keys import KeyCache
+from shared.phi import Phi
 from shared.streams import create_missing_streams, stream_configs
 from shared.telemetry import current_traceparent, inject, tracer
 
@@ -57,6 +59,9 @@ class Bus:
     nc: NatsClient
     js: JetStreamContext
     source: str
+    # Seals what is published and opens what a consumer asks to read (an agent job swaps in
+    # its dispatch's keys).
+    phi: Phi
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     publish_timeout: float = 2.0
     publish_attempts: int = 3
@@ -94,6 +99,7 @@ class Bus:
     async def publish_envelope(
         self, event: Envelope, *, expected_last_subject_sequence: int | None = None
     ) -> PubAck:
+        event = await self.phi.seal(event)
         subject = subjects.event_subject(event.data, tenant=event.tenant, key=event.subject)
         headers = {"Nats-Msg-Id": event.id}
         inject(headers)
@@ -196,4 +202,5 @@ async def connect_bus(settings: Settings, service: str, *, declare: bool = True)
     if declare:
         await create_missing_streams(js, stream_configs(settings))
     retry = RetryPolicy(settings.consumer_max_deliver, settings.consumer_backoff)
-    return Bus(nc=nc, js=js, source=f"mediai/{service}", retry=retry)
+    phi = Phi(KeyCache(nc, ttl=settings.key_cache_ttl))
+    return Bus(nc=nc, js=js, source=f"mediai/{service}", phi=phi, retry=retry)

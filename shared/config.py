@@ -77,7 +77,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dispatcher_port: int = 8104
     billing_port: int = 8105
     scheduling_port: int = 8106
-    sessions_port: int = 8107
+    keys_port: int = 8107
+    sessions_port: int = 8108
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
@@ -106,6 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # rows outlive dead letters (shared.pruning), so a replayed dead letter is still recognised.
     deadletter_retention: int = 30 * 86400
     deadletter_max_bytes: int = 1 << 30
+    # Patient data (docs/privacy.md): the keyring of key-encryption keys the key service reads
+    # (None: <data_dir>/kek; the MEDIAI_KEK variable, read by the key service alone, wins), how
+    # long a process keeps a data key in memory, and how long a patient's clinical record stays
+    # readable after its key was last used (then its key is destroyed; 20 years by default).
+    kek_file: Path | None = None
+    key_cache_ttl: int = 60
+    clinical_retention: int = 20 * 365 * 86400
 
     # AI providers of the agent workers (services/agent). OpenAI-compatible means OpenAI itself
     # or an on-premises server (Ollama, vLLM, speaches) so patient audio never leaves the clinic.
@@ -330,6 +338,7 @@ PORT_NAMES = (
     "dispatcher",
     "billing",
     "scheduling",
+    "keys",
     "sessions",
 )
 
@@ -360,6 +369,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
     "MEDIAI_DEADLETTER_RETENTION": ("deadletter_retention", _positive_duration),
     "MEDIAI_DEADLETTER_MAX_BYTES": ("deadletter_max_bytes", _positive_size),
+    "MEDIAI_KEK_FILE": ("kek_file", Path),
+    "MEDIAI_KEY_CACHE_TTL": ("key_cache_ttl", parse_duration),
+    "MEDIAI_CLINICAL_RETENTION": ("clinical_retention", parse_duration),
     "GOOGLE_API_KEY": ("google_api_key", str),
     "OPENAI_API_KEY": ("openai_api_key", str),
     "OPENAI_BASE_URL": ("openai_base_url", _url("http", "https")),

@@ -43,6 +43,7 @@ from shared.background import TaskHealth
 from shared.bus import Bus
 from shared.events import CODEC, DeadLettered, Envelope, Event, EventDecodeError
 from shared.failures import PoisonMessageError, unavailable_dependency
+from shared.phi import KeysUnavailableError
 from shared.telemetry import extract, tracer
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class ConsumerSpec(Generic[C]):
     # 1 by default: nats-py's fetch of N holds a lone message up to a second while it waits for
     # N; a throughput-bound consumer (billing's projection) may take more.
     batch: int = 1
+    # True: handlers get the event with its personal fields opened (shared.phi; the key service
+    # being away is an outage like PostgreSQL's). False: they get them sealed, and the consumer
+    # never asks for a key (billing).
+    opens: bool = False
 
     @property
     def events(self) -> tuple[type[Event], ...]:
@@ -183,9 +188,9 @@ class Consumer(Generic[C]):
             for message in messages:
                 try:
                     await self.process(message)
-                except (nats.errors.Error, OSError) as error:
-                    # Could not ack, nak or dead-letter (NATS away): the message stays
-                    # unacknowledged and JetStream redelivers it after ack_wait.
+                except (nats.errors.Error, OSError, KeysUnavailableError) as error:
+                    # Could not ack, nak or dead-letter (NATS or the key service away): the
+                    # message stays unacknowledged and JetStream redelivers it after ack_wait.
                     log.warning(
                         "consumer %s: could not settle a message: %s",
                         self.spec.durable,
@@ -266,7 +271,7 @@ class Consumer(Generic[C]):
         last_progress = time.monotonic()
         while True:
             try:
-                await handler(self.context, event, delivery)
+                await handler(self.context, await self._readable(event), delivery)
             except Exception as error:
                 dependency = unavailable_dependency(error)
                 if dependency is None:
@@ -283,6 +288,9 @@ class Consumer(Generic[C]):
                 self.health.running()
                 metrics.WAITING.labels(self.spec.durable).set(0)
             return
+
+    async def _readable(self, event: Envelope) -> Envelope:
+        return await self.bus.phi.open(event) if self.spec.opens else event
 
     async def _keep_in_progress(self) -> None:
         for held in self._in_hand:

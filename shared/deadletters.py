@@ -3,6 +3,8 @@
 A replay publishes the original message again, marked for that consumer alone (the others
 acknowledge it untouched, see ``shared.consumer``), and removes the dead letter: if it fails
 again, the consumer dead-letters it again, so the dead-letter stream lists what is still broken.
+A dead letter's payload and reason are sealed (``shared.phi``); both are opened here, and one
+whose key was destroyed can no longer be replayed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.consumer import REPLAY_FOR_HEADER
 from shared.events import CODEC, DEADLETTER_STREAM, DeadLettered, Envelope
+from shared.phi import is_erased
 
 STREAM = subjects.stream_name(DEADLETTER_STREAM)
 
@@ -38,7 +41,7 @@ async def list_dead_letters(bus: Bus, *, limit: int | None = 100) -> list[tuple[
         except nats.js.errors.NotFoundError:
             continue  # replayed, deleted or aged out
         assert message.data is not None
-        found.append((sequence, CODEC.decode(message.data)))
+        found.append((sequence, await bus.phi.open(CODEC.decode(message.data))))
     return found
 
 
@@ -54,8 +57,10 @@ async def replay(bus: Bus, sequence: int) -> str:
     except nats.js.errors.NotFoundError:
         raise DeadLetterNotFoundError(f"no dead letter with sequence {sequence}") from None
     assert message.data is not None
-    record = CODEC.decode(message.data).data
+    record = (await bus.phi.open(CODEC.decode(message.data))).data
     assert isinstance(record, DeadLettered)
+    if is_erased(record.original_payload):
+        raise DeadLetterNotFoundError(f"dead letter {sequence} was erased (its key was destroyed)")
     payload = (
         base64.b64decode(record.original_payload)
         if record.payload_encoding == "base64"

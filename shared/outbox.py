@@ -19,7 +19,9 @@ room, one appointment) reach the stream in the order they were written:
   published by the first upgraded process.
 
 The relay publishes with the event's own id as ``Nats-Msg-Id``, so a relay that crashes between
-publishing and marking the row sent republishes a duplicate JetStream drops.
+publishing and marking the row sent republishes a duplicate JetStream drops. Personal fields are
+sealed before the row is written (``phi``; a row lingers in dead tuples and WAL after it is
+sent), so an event type with personal fields needs it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ import nats.errors
 from shared.bus import Bus, BusUnavailableError
 from shared.db import Connection
 from shared.events import CODEC, Envelope, Event, EventDecodeError, envelope
+from shared.events.privacy import sealing_plan
 from shared.metrics import OUTBOX_SET_ASIDE
+from shared.phi import KeysUnavailableError, Phi
 from shared.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
@@ -56,13 +60,17 @@ async def add_to_outbox(
     key: str,
     time: datetime | None = None,
     event_id: str | None = None,
+    phi: Phi | None = None,
 ) -> Envelope:
     """Record an event to publish once the surrounding transaction commits; ``event_id`` (a
-    fresh UUIDv7 when None) lets a producer give a finding a deterministic id.
+    fresh UUIDv7 when None) lets a producer give a finding a deterministic id. An event with
+    personal fields is sealed with ``phi`` before it is written; returns it as given, unsealed.
 
     Concurrent transactions writing events of the same key wait for each other here, until the
     first commits or rolls back: that is what keeps the key's events in order on the stream.
     """
+    if phi is None and sealing_plan(type(data)):
+        raise ValueError(f"{data.TYPE} carries personal data: pass phi to seal it")
     event = envelope(
         data,
         source=source,
@@ -72,11 +80,12 @@ async def add_to_outbox(
         time=time,
         traceparent=current_traceparent(),
     )
+    stored = event if phi is None else await phi.seal(event)
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))", _KEY_LOCK_CLASS, f"{tenant}/{key}"
     )
     await conn.execute(
-        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(event)
+        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)", event.id, CODEC.encode(stored)
     )
     return event
 
@@ -125,7 +134,7 @@ async def _publish_in_order(
         except nats.errors.MaxPayloadError:
             await _set_aside(conn, row, "larger than the NATS server's max_payload")
             continue
-        except (BusUnavailableError, nats.errors.Error) as error:
+        except (BusUnavailableError, nats.errors.Error, KeysUnavailableError) as error:
             return published, error  # keep the order: the rest waits for this one
         await conn.execute(
             "UPDATE outbox SET published_at = now(), set_aside_at = NULL, set_aside_reason = NULL"
@@ -162,7 +171,13 @@ async def run_outbox_relay(pool: asyncpg.Pool, bus: Bus, *, interval: float = 1.
         try:
             if await relay_outbox(pool, bus, retry_set_aside=retry_set_aside) is not None:
                 retry_set_aside = False
-        except (BusUnavailableError, nats.errors.Error, OSError, asyncpg.PostgresError) as error:
+        except (
+            BusUnavailableError,
+            nats.errors.Error,
+            OSError,
+            asyncpg.PostgresError,
+            KeysUnavailableError,  # a row written before encryption is sealed on its way out
+        ) as error:
             log.warning("outbox relay paused: %s", type(error).__name__)
         await asyncio.sleep(interval)
 

@@ -58,6 +58,13 @@ def scheduling_request_subject(operation: str) -> str:
     return f"{PREFIX}.rpc.scheduling.{token(operation)}"
 
 
+def keys_request_subject(operation: str) -> str:
+    """Where the key service answers one operation (``for_sealing``, ``for_dispatch``, ...):
+    ``mediai.rpc.keys.<operation>``, core NATS like the scheduling RPC. One subject per
+    operation, so NATS permissions can let an agent ask only ``for_dispatch``."""
+    return f"{PREFIX}.rpc.keys.{token(operation)}"
+
+
 def any_version_filter(event_type: type[Event], tenant: str | None = None) -> str:
     """A filter matching every version of one event type (``…usage_reported.*``): replays read
     old versions too, and the codec upcasts them to the current one."""

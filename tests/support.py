@@ -128,13 +128,16 @@ class EventStream:
 
 @asynccontextmanager
 async def watch(
-    bus: Bus, *types: type[Event], tenant: str | None = None
+    bus: Bus, *types: type[Event], tenant: str | None = None, opened: bool = True
 ) -> AsyncIterator[EventStream]:
-    """Subscribe (an ordered, ephemeral JetStream consumer) to new events of ``types``."""
+    """Subscribe (an ordered, ephemeral JetStream consumer) to new events of ``types``; their
+    personal fields opened, as a consumer with ``opens=True`` sees them (or as published, sealed,
+    with ``opened=False``)."""
     stream = EventStream()
 
     async def on_message(msg: object) -> None:
-        stream.queue.put_nowait(CODEC.decode(msg.data))  # type: ignore[attr-defined]
+        event = CODEC.decode(msg.data)  # type: ignore[attr-defined]
+        stream.queue.put_nowait(await bus.phi.open(event) if opened else event)
 
     subscriptions = []
     for event_type in types:

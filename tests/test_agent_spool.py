@@ -23,8 +23,11 @@ from services.agent.spool import Journal, read_unsent, refused_total, spooled_by
 from shared import subjects
 from shared.bus import Bus, connect_bus
 from shared.config import Settings
+from shared.crypto import DataKey
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentTranscribed
+from shared.keys import DispatchKeys
+from shared.phi import Phi
 from tests.support import stack_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +46,13 @@ def transcript(dispatch_id: str, n: int) -> Envelope:
         spoken_at=datetime.now(UTC),
     )
     return envelope(data, source="mediai/agent", tenant=TENANT, subject=dispatch_id)
+
+
+def dispatch_phi(secret: bytes) -> Phi:
+    """What a job seals with: its dispatch's keys, here one tenant key given outright (the key
+    service is not part of this test; the job would have fetched it)."""
+    key = DataKey(key_id="kspool", tenant=TENANT, purpose="tenant", patient_ref="", secret=secret)
+    return Phi(DispatchKeys(None, TENANT, "d", [key]))  # type: ignore[arg-type]
 
 
 async def on_the_log(bus: Bus, kind: type[Event], key: str) -> list[Envelope]:
@@ -127,11 +137,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from services.agent.leftovers import WorkerSpool
 from services.agent.spool import Journal
-from tests.test_agent_spool import transcript
-root, dispatch_id = Path(sys.argv[1]), sys.argv[2]
+from tests.test_agent_spool import dispatch_phi, transcript
+root, dispatch_id, secret = Path(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
 worker = WorkerSpool(root, "dead-worker")
 journal = Journal.create(root, "dead-worker", dispatch_id, max_bytes=1 << 20)
-events = [transcript(dispatch_id, n) for n in range(5)]
+# Sealed before the journal sees them, as the job's reporter does.
+events = [dispatch_phi(secret).seal_now(transcript(dispatch_id, n)) for n in range(5)]
 offsets = [journal.append(e) for e in events]
 journal.sent(offsets[0])
 journal.sent(offsets[1])
@@ -155,13 +166,14 @@ async def test_what_a_killed_job_left_is_published_once_by_another_worker(
     tmp_path: Path, private_nats: tuple[Settings, Supervisor]
 ) -> None:
     settings, _ = private_nats
-    root, dispatch_id = tmp_path / "agent-spool", str(uuid.uuid4())
+    root, dispatch_id, secret = tmp_path / "agent-spool", str(uuid.uuid4()), os.urandom(32)
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         CHILD,
         str(root),
         dispatch_id,
+        secret.hex(),
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO,
     )
@@ -176,6 +188,7 @@ async def test_what_a_killed_job_left_is_published_once_by_another_worker(
         assert (root / "dead-worker").is_dir()
         # The third event did reach JetStream before the kill; only its mark was missing.
         (leftover,) = (root / "dead-worker").glob("*.jsonl")
+        assert SAID.encode() not in leftover.read_bytes()  # the disk holds ciphertext only
         third = read_unsent(leftover)[0]
         assert third.id == ids[2]
         await bus.publish_envelope(third)
@@ -187,7 +200,8 @@ async def test_what_a_killed_job_left_is_published_once_by_another_worker(
         assert not (root / "dead-worker").exists()  # a dead worker's folder goes once empty
         logged = await on_the_log(bus, AgentTranscribed, dispatch_id)
         assert [e.id for e in logged] == ids[2:]  # in order, each once (Msg-Id dedup)
-        assert [e.data.text for e in logged] == [f"{SAID} ({n})" for n in (2, 3, 4)]
+        opened = [(await dispatch_phi(secret).open(e)).data for e in logged]
+        assert [d.text for d in opened] == [f"{SAID} ({n})" for n in (2, 3, 4)]
         served = {m.name: m.samples[0].value for m in SpoolCollector(replacement).collect()}
         assert served == {
             "mediai_agent_spool_bytes": 0,

@@ -425,7 +425,7 @@ async def test_the_reconciliation_publishes_what_dropped_webhooks_missed(
         )
         assert await identities(api, room) == ["ghost"]
 
-        await reconcile_once(pool, livekit, settle=timedelta(0))
+        await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
 
         # (The service's own pass may have published them first: one event either way.)
         gone = await events.find(lambda e: isinstance(e.data, ParticipantPresumedGone))
@@ -438,7 +438,7 @@ async def test_the_reconciliation_publishes_what_dropped_webhooks_missed(
         assert await eventually(lambda: _identities_are(api, room, ["patient-1"]))
         assert await eventually(lambda: _status(api, phantom_room, 404))
         # Folded, there is nothing more to find here.
-        again = await reconcile_once(pool, livekit, settle=timedelta(0))
+        again = await reconcile_once(pool, livekit, bus.phi, settle=timedelta(0))
         assert not {room, phantom_room} & {e.subject for e in again}
     await api.delete(f"/v1/rooms/{room}")
 

@@ -349,7 +349,9 @@ async def quiet(private: Private) -> None:
     state = private.state
     livekit = lk.LiveKitAPI(state.livekit_url, state.livekit_api_key, state.livekit_api_secret)
     try:
-        assert await reconcile_once(private.pool, livekit, settle=timedelta(0)) == []
+        assert (
+            await reconcile_once(private.pool, livekit, private.bus.phi, settle=timedelta(0)) == []
+        )
     finally:
         await livekit.aclose()
     assert await eventually(settled, timeout=30)

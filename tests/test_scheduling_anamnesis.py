@@ -17,7 +17,12 @@ import pytest
 from fhir.resources.R4B.questionnaire import Questionnaire
 
 from deploy.stack import StackState
-from services.scheduling.anamnesis import InvalidRecordError, store_record, validate_record
+from services.scheduling.anamnesis import (
+    InvalidRecordError,
+    Records,
+    store_record,
+    validate_record,
+)
 from shared.bus import Bus
 from shared.consumer import Delivery
 from shared.events import DeadLettered, envelope
@@ -321,13 +326,17 @@ async def test_an_invalid_record_is_dead_lettered_and_never_served(
     assert served.status_code == 404
 
 
-async def test_a_redelivered_record_is_stored_once(pool: asyncpg.Pool, tenant_id: str) -> None:
+async def test_a_redelivered_record_is_stored_once(
+    pool: asyncpg.Pool, bus: Bus, tenant_id: str
+) -> None:
     room = f"consulta-{tag()}"
     event = envelope(record(room), source="mediai/agent", tenant=tenant_id, subject=room)
     consumer = f"test-anamnesis-{tag()}"
     for attempt in (1, 2):
         await store_record(
-            pool, event, Delivery(consumer=consumer, stream_sequence=7, deliveries=attempt)
+            Records(pool, bus.phi),
+            event,
+            Delivery(consumer=consumer, stream_sequence=7, deliveries=attempt),
         )
     rows = await pool.fetchval("SELECT count(*) FROM anamnesis_records WHERE room = $1", room)
     assert rows == 1

@@ -5,7 +5,6 @@ differences and `mediai streams apply` applies them, weakening only when told to
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 import subprocess
@@ -20,13 +19,13 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from deploy.stack import nats_part
+from deploy.nats import nats_parts
 from deploy.supervisor import Supervisor
 from shared.bus import connect_bus
 from shared.config import Settings
 from shared.events import TokenIssued
 from shared.streams import differences, stream_configs
-from tests.support import eventually, free_port, stack_settings
+from tests.support import stack_settings
 
 DAY = 86400.0
 GIB = 1 << 30
@@ -74,46 +73,15 @@ def test_a_stream_as_declared_has_no_difference() -> None:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Settings]:
-    """Three nats-server nodes (the stack's NATS part, clustered), new for each test (a stream
-    deleted and made again at once can trip over its own leftovers on a peer); settings
-    declaring R3."""
+    """Three NATS nodes as `mediai up` clusters them (MEDIAI_NATS_NODES=3, streams R3), new for
+    each test (a stream deleted and made again at once can trip over its own leftovers on a
+    peer)."""
     base = Path(tempfile.mkdtemp(prefix="mediai-nats-cluster-"))
-    clients, routes = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    route_urls = ",".join(f"nats://127.0.0.1:{port}" for port in routes)
-    parts = []
-    for node, (client, route) in enumerate(zip(clients, routes, strict=True)):
-        part = nats_part(
-            stack_settings(
-                base / f"node{node}", nats_port=client, nats_url=f"nats://127.0.0.1:{client}"
-            )
-        )
-        argv = list(part.argv)
-        argv[argv.index("-n") + 1] = f"node{node}"
-        argv += ["--cluster_name", "mediai-test", "--cluster", f"nats://127.0.0.1:{route}"]
-        argv += ["--routes", route_urls]
-        parts.append(dataclasses.replace(part, name=f"nats-{node}", argv=argv))
-    supervisor = Supervisor("127.0.0.1", base / "logs")
+    settings = stack_settings(base, nats_nodes=3, nats_replicas=3)
+    supervisor = Supervisor(settings.host, base / "logs")
     try:
-        await supervisor.start_together(parts)
-        settings = Settings(
-            nats_url=",".join(f"nats://127.0.0.1:{port}" for port in clients),
-            nats_replicas=3,
-            database_url="postgresql://postgres@127.0.0.1:1/nowhere",
-        )
-        bus = await connect_bus(settings, "tests", declare=False)
-        try:
-            # The cluster answers before every peer can hold a replica: wait until R3 works.
-            async def r3_accepted() -> bool:
-                try:
-                    await bus.js.add_stream(name="PROBE", subjects=["probe.>"], num_replicas=3)
-                except Exception:  # noqa: BLE001 - "insufficient resources" until peers are current
-                    return False
-                await bus.js.delete_stream("PROBE")
-                return True
-
-            await eventually(r3_accepted, timeout=30)
-        finally:
-            await bus.close()
+        # Each node is ready once an R3 stream can be created through it.
+        await supervisor.start_together(nats_parts(settings))
         yield settings
     finally:
         await supervisor.stop()

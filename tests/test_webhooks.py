@@ -261,6 +261,7 @@ async def test_foreign_rooms_unknown_types_and_drops_are_kept(
 
 async def test_webhooks_out_of_order_end_in_the_right_state(
     stack: StackState,
+    bus: Bus,
     pool: asyncpg.Pool,
     tenant_key: str,
     api: httpx.AsyncClient,
@@ -294,7 +295,9 @@ async def test_webhooks_out_of_order_end_in_the_right_state(
     row = await pool.fetchrow("SELECT * FROM room_participants WHERE sid = $1", patient.sid)
     assert row["left_at"] is not None
     assert row["joined_at"] is not None
-    assert row["name"] == "Ana"
+    # The name is kept sealed, as the event carried it (shared.phi).
+    assert row["name"].startswith("enc:v1:")
+    assert await bus.phi.open_text(row["name"], tenant=tenant, path="name") == "Ana"
     assert (await api.get(f"/v1/rooms/{gone}")).status_code == 404
 
 

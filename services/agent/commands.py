@@ -1,7 +1,9 @@
 """Commands from the backend to a running agent, over NATS, addressed by dispatch id.
 
 The agent follows the dispatch's ``AgentEndRequested`` and ``AgentCommandIssued`` subjects
-from the start of the stream, so a command sent while it was still joining is not missed.
+from the start of the stream, so a command sent while it was still joining is not missed. A
+command's text is sealed; it is opened with the dispatch's key (one that cannot be opened, its
+key destroyed, is ignored: the agent never says "[apagado]").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from shared import subjects
 from shared.bus import Bus
 from shared.events import CODEC, EventDecodeError
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
+from shared.phi import KeysUnavailableError, is_erased
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,12 @@ class CommandListener:
 
         async def deliver(message: Msg) -> None:
             try:
-                event = CODEC.decode(message.data)
+                event = await bus.phi.open(CODEC.decode(message.data))
             except EventDecodeError as error:
                 log.error("command for dispatch could not be decoded: %s", error)
+                return
+            except KeysUnavailableError:
+                log.error("command for dispatch could not be opened: the key service is away")
                 return
             if event.id in listener._seen:  # an ordered consumer may redeliver after a reset
                 return
@@ -49,6 +55,9 @@ class CommandListener:
                 if isinstance(event.data, AgentEndRequested):
                     await on_end(event.data)
                 elif isinstance(event.data, AgentCommandIssued):
+                    if is_erased(event.data.text):
+                        log.warning("a command whose key was destroyed was ignored")
+                        return
                     await on_command(event.data)
             except Exception:
                 log.exception("command %s failed", event.type)

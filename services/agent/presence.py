@@ -90,6 +90,9 @@ class Presence:
         self.room.on("participant_disconnected", self._on_disconnected)
         if not self.had_someone:
             self._timer = asyncio.create_task(self._nobody_came(), name="mediai-empty-room")
+        elif not self.humans():
+            # Everyone left while the session was starting, before these handlers listened.
+            self._notify("room_empty")
 
     def detach(self) -> None:
         self.room.off("participant_connected", self._on_connected)

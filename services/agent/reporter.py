@@ -5,6 +5,10 @@ written to the session's spool journal (services/agent/spool.py) and queued for 
 task, which keeps their order (transcripts are read in order) and retries with the same event id
 while NATS is away (JetStream drops the duplicates of a retry). The journal is what survives: a
 job that ends, or is killed, before NATS is back leaves its unsent events to its worker.
+Personal fields are sealed before the journal is written, with the dispatch's keys the job holds
+in memory (``Phi.seal_now``), so the spool on disk holds ciphertext as the stream does; an event
+that can no longer be sealed (its patient's key was destroyed mid-session) is dropped, never
+published in clear.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import logging
 from services.agent.spool import Journal
 from shared.bus import Bus, BusUnavailableError
 from shared.events import Envelope, Event, envelope
+from shared.keys_api import KeyRequestError
+from shared.phi import KeysUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ class Reporter:
                 "reporter: %s %s emitted after the session closed; dropped", event.type, event.id
             )
             return event
+        event = self.bus.phi.seal_now(event)  # before it touches the disk
         offset = self.journal.append(event)
         self._queue.put_nowait((event, offset))
         return event
@@ -97,9 +104,14 @@ class Reporter:
                 try:
                     await self.bus.publish_envelope(event)
                     break
-                except BusUnavailableError:
-                    log.warning("reporter: NATS unavailable, retrying %s %s", event.type, event.id)
+                except (BusUnavailableError, KeysUnavailableError) as error:
+                    log.warning(
+                        "reporter: %s, retrying %s %s", type(error).__name__, event.type, event.id
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                except KeyRequestError as error:
+                    log.error("reporter: %s %s not published: %s", event.type, event.id, error.code)
+                    break
             self.journal.sent(offset)
             self._queue.task_done()

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,8 +43,11 @@ from shared.events.agents import (
     AgentSessionFailed,
     AgentWorkerRegistered,
 )
+from shared.keys import DispatchKeys
+from shared.keys_api import KeyRequestError
 from shared.naming import SYSTEM_TENANT
 from shared.participants import ROLE_ATTRIBUTE
+from shared.phi import KeysUnavailableError, Phi, is_erased
 
 log = logging.getLogger("mediai.agent")
 
@@ -51,7 +55,13 @@ WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
 # Imported once in the forkserver, so a job process does not spend its first second importing
 # them while the patient waits (livekit-agents warns about it); a provider without credentials
 # is not loaded at all (Gemini's SDKs alone take seconds to import).
-PRELOAD = ["services.agent.session", "livekit.plugins.silero", "anyio.streams.memory"]
+PRELOAD = [
+    "services.agent.session",
+    "livekit.plugins.silero",
+    "anyio.streams.memory",
+    # OpenSSL's bindings load on first use: the job's first key exchange must not pay for it.
+    "cryptography.hazmat.backends.openssl.backend",
+]
 PROVIDER_PRELOAD = {
     "openai": ["livekit.plugins.openai", "openai.types.beta.realtime"],
     "google": ["livekit.plugins.google"],
@@ -176,6 +186,22 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("start_failed")
         return
     bus = await bus_connecting
+    try:
+        meta = await open_with_dispatch_keys(bus, meta)
+    except (KeysUnavailableError, KeyRequestError, MetadataError) as error:
+        log.error("the dispatch's keys are unavailable: %s", error)
+        failed = AgentSessionFailed(
+            dispatch_id=meta.dispatch_id,
+            room=meta.request.room,
+            role=role.name,
+            reason="keys_unavailable",
+            detail=str(error),
+            worker_id=deps.worker_id,
+            failed_at=datetime.now(UTC),
+        )
+        await report_once(bus, deps, failed, tenant=meta.tenant, key=meta.dispatch_id)
+        ctx.shutdown("keys_unavailable")
+        return
     runtime = SessionRuntime(ctx, meta, role, deps, models, bus)
     try:
         await runtime.start()
@@ -194,6 +220,18 @@ async def entrypoint(ctx: JobContext) -> None:
         )
         runtime.end = ("error", f"start failed: {type(error).__name__}")
         ctx.shutdown("start_failed")
+
+
+async def open_with_dispatch_keys(bus: Bus, meta: JobMetadata) -> JobMetadata:
+    """Give the job's bus its dispatch's keys (asked for by dispatch id: the key service answers
+    only while the dispatch is live) and open the dispatch's sealed instructions with them.
+    From here on the job seals what it publishes with its patient's keys, and only those."""
+    keys = await DispatchKeys.fetch(bus.nc, tenant=meta.tenant, dispatch_id=meta.dispatch_id)
+    bus.phi = Phi(keys)
+    request = await bus.phi.open_data(meta.request, tenant=meta.tenant)
+    if is_erased(request.instructions):
+        raise MetadataError("the dispatch's instructions were erased (their key was destroyed)")
+    return replace(meta, request=request)
 
 
 async def report_once(

@@ -26,7 +26,7 @@ async def _project(app: Litestar) -> None:
 
 
 async def _reconcile(app: Litestar) -> None:
-    await reconcile_turn(app.state.pool, app.state.livekit)
+    await reconcile_turn(app.state.pool, app.state.livekit, app.state.bus.phi)
 
 
 def _background(settings: Settings) -> list[Any]:

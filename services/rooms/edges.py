@@ -17,6 +17,7 @@ from shared.events import Envelope, Event, new_event_id
 from shared.http import ApiError
 from shared.naming import IDENTITY_RULE, ROOM_NAME_RULE, is_identity, is_room_name
 from shared.outbox import add_to_outbox
+from shared.phi import Phi
 
 SOURCE = "mediai/rooms"
 # ``livekit: LiveKitDep`` in a handler: the process's LiveKit server API client.
@@ -44,9 +45,12 @@ def provide_livekit(state: State) -> lk.LiveKitAPI:
     return client
 
 
-async def record(pool: asyncpg.Pool, data: Event, *, tenant: str, key: str) -> Envelope:
+async def record(
+    pool: asyncpg.Pool, data: Event, *, tenant: str, key: str, phi: Phi | None = None
+) -> Envelope:
     """Record an action LiveKit did: its event goes to the outbox and, in the same transaction,
-    through the projection's own fold, so the caller reads its own write.
+    through the projection's own fold, so the caller reads its own write. An event with personal
+    fields is sealed first (``phi``), so the outbox and the read model get the same tokens.
 
     The projection stays the read model's only writer, and applies the event once: the event id
     goes into the read-model consumer's inbox here (stream sequence 0: applied at the edge,
@@ -55,18 +59,22 @@ async def record(pool: asyncpg.Pool, data: Event, *, tenant: str, key: str) -> E
     ``core``), so a rebuild from the log, which applies it in log order, gives the same rows.
     """
     event_id = new_event_id()
+    if phi is not None:
+        data = await phi.seal_data(data, tenant=tenant)
     if type(data) not in APPLY:  # announces something the read model does not hold
         async with pool.acquire() as conn, conn.transaction():
-            return await _outbox(conn, data, tenant=tenant, key=key, event_id=event_id)
+            return await _outbox(conn, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
     at_the_edge = Delivery(consumer=READ_MODEL.durable, stream_sequence=0, deliveries=0)
     async with projection(pool, at_the_edge, event_id) as applying:
         assert applying is not None  # a fresh id is in nobody's inbox
-        event = await _outbox(applying, data, tenant=tenant, key=key, event_id=event_id)
+        event = await _outbox(applying, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
         await apply(applying, event)
     return event
 
 
 async def _outbox(
-    conn: Connection, data: Event, *, tenant: str, key: str, event_id: str
+    conn: Connection, data: Event, *, tenant: str, key: str, event_id: str, phi: Phi | None
 ) -> Envelope:
-    return await add_to_outbox(conn, data, source=SOURCE, tenant=tenant, key=key, event_id=event_id)
+    return await add_to_outbox(
+        conn, data, source=SOURCE, tenant=tenant, key=key, event_id=event_id, phi=phi
+    )

@@ -14,6 +14,7 @@ from livekit import api as lk
 
 from services.rooms import store
 from services.rooms.livekit_client import calling, participant_row, room_row, track_row
+from services.rooms.privacy import opened_all
 from services.rooms.reconcile_core import (
     LiveParticipant,
     LiveRoom,
@@ -25,6 +26,7 @@ from services.rooms.reconcile_core import (
 from shared.events import Envelope
 from shared.outbox import add_to_outbox
 from shared.participants import patient_ref_of
+from shared.phi import Phi
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,11 @@ async def _live_rooms(api: lk.LiveKitAPI) -> list[LiveRoom]:
     return list(await asyncio.gather(*(one(room) for room in listing.rooms)))
 
 
-async def _reconcile(pool: asyncpg.Pool, api: lk.LiveKitAPI, settle: timedelta) -> list[Envelope]:
+async def _reconcile(
+    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, settle: timedelta
+) -> list[Envelope]:
+    # The read model is compared opened, as LiveKit lists it, so sealing never looks like a
+    # change; what is found is sealed in the outbox (and the projection copies it sealed).
     # Taken before LiveKit is asked: whatever the listing shows was there at this time or later.
     observed_at = datetime.now(UTC)
     live = await _live_rooms(api)
@@ -72,9 +78,9 @@ async def _reconcile(pool: asyncpg.Pool, api: lk.LiveKitAPI, settle: timedelta) 
         [t.sid for room in live for p in room.participants for t in p.tracks],
     )
     model = Model(
-        rooms={r.sid: r for r in rooms},
-        participants={p.sid: p for p in participants},
-        tracks={t.sid: t for t in tracks},
+        rooms={r.sid: r for r in await opened_all(phi, rooms)},
+        participants={p.sid: p for p in await opened_all(phi, participants)},
+        tracks={t.sid: t for t in await opened_all(phi, tracks)},
     )
     seen = await store.sightings(pool, [*model.rooms, *model.participants, *model.tracks])
     findings = plan(model, live, seen, observed_at=observed_at, settled_before=observed_at - settle)
@@ -90,6 +96,7 @@ async def _reconcile(pool: asyncpg.Pool, api: lk.LiveKitAPI, settle: timedelta) 
                     tenant=finding.tenant,
                     key=finding.key,
                     event_id=finding.event_id,
+                    phi=phi,
                 )
                 published.append(event)
         await store.record_sightings(conn, listed, whole_second(observed_at))
@@ -103,23 +110,23 @@ async def _reconcile(pool: asyncpg.Pool, api: lk.LiveKitAPI, settle: timedelta) 
 
 
 async def reconcile_once(
-    pool: asyncpg.Pool, api: lk.LiveKitAPI, *, settle: timedelta = SETTLE
+    pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi, *, settle: timedelta = SETTLE
 ) -> list[Envelope]:
     """One pass, after any other replica's: returns the events it published."""
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
         try:
-            return await _reconcile(pool, api, settle)
+            return await _reconcile(pool, api, phi, settle)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
 
-async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI) -> None:
+async def reconcile_turn(pool: asyncpg.Pool, api: lk.LiveKitAPI, phi: Phi) -> None:
     """One pass, unless another replica is running one."""
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
             return
         try:
-            await _reconcile(pool, api, SETTLE)
+            await _reconcile(pool, api, phi, SETTLE)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

@@ -21,6 +21,7 @@ from services.rooms.edges import LiveKitDep, bad_request, record
 from services.rooms.errors import EgressUnavailableError, RoomNotFoundError, responses
 from services.rooms.livekit_client import EGRESS_HELP, calling, find_room
 from services.rooms.media_core import EgressRow, IngressRow
+from services.rooms.privacy import opened
 from services.rooms.requests import RequestError, egress_request, ingress_request
 from services.rooms.schemas import (
     CreateIngressRequest,
@@ -37,7 +38,7 @@ from shared.events.rooms import (
     IngressCreated,
     IngressDeleted,
 )
-from shared.http import CallerTenant, NotFoundError, PoolDep, SettingsDep
+from shared.http import BusDep, CallerTenant, NotFoundError, PoolDep, SettingsDep
 from shared.idempotency import idempotent
 from shared.livekit_proto import enum_name
 from shared.naming import ROOM_NAME, livekit_room
@@ -150,7 +151,11 @@ async def list_egress(
     responses=responses(400),
 )
 async def create_ingress(
-    data: JSONBody[CreateIngressRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+    data: JSONBody[CreateIngressRequest],
+    tenant: CallerTenant,
+    pool: PoolDep,
+    livekit: LiveKitDep,
+    bus: BusDep,
 ) -> IngressCreatedView:
     try:
         request = ingress_request(livekit_room(tenant.id, data.room), data)
@@ -166,11 +171,11 @@ async def create_ingress(
         name=info.name,
         url=info.url,
     )
-    await record(pool, event, tenant=tenant.id, key=data.room)
+    await record(pool, event, tenant=tenant.id, key=data.room, phi=bus.phi)
     row = await store.tenant_row(pool, IngressRow, tenant.id, info.ingress_id)
     if row is None:
         raise NotFoundError("no such ingress", code="ingress_not_found")
-    view = IngressView.of(row)
+    view = IngressView.of(await opened(bus.phi, row))
     return IngressCreatedView(
         **{f: getattr(view, f) for f in view.__struct_fields__}, stream_key=info.stream_key
     )
@@ -196,9 +201,11 @@ async def delete_ingress(
 
 
 @get("/v1/ingress", operation_id="listIngress", summary="List ingress", responses=responses(400))
-async def list_ingress(tenant: CallerTenant, pool: PoolDep, room: RoomFilter = None) -> IngressList:
+async def list_ingress(
+    tenant: CallerTenant, pool: PoolDep, bus: BusDep, room: RoomFilter = None
+) -> IngressList:
     rows = await store.ingresses(pool, tenant.id, room)
-    return IngressList(ingress=[IngressView.of(row) for row in rows])
+    return IngressList(ingress=[IngressView.of(await opened(bus.phi, row)) for row in rows])
 
 
 # LiveKit names an egress or ingress itself: a retry after a 5xx whose LiveKit call did succeed

@@ -12,6 +12,7 @@ from services.rooms.core import ParticipantRow, RoomRow
 from services.rooms.edges import LiveKitDep, checked_identity, checked_room, record
 from services.rooms.errors import ParticipantNotFoundError, RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, participant_row, track_row
+from services.rooms.privacy import opened, opened_all
 from services.rooms.schemas import (
     MuteTrackRequest,
     ParticipantList,
@@ -19,14 +20,16 @@ from services.rooms.schemas import (
     TrackView,
     UpdateParticipantRequest,
 )
+from services.rooms.track_core import TrackRow
 from shared.events.rooms import (
     ParticipantPermission,
     ParticipantRemoved,
     ParticipantUpdated,
     TrackMuted,
 )
-from shared.http import CallerTenant, PoolDep
+from shared.http import BusDep, CallerTenant, PoolDep
 from shared.naming import livekit_room
+from shared.phi import Phi
 from shared.tenants import Tenant
 
 _BASE = "/v1/rooms/{name:str}/participants"
@@ -49,6 +52,10 @@ def _no_participant() -> ParticipantNotFoundError:
     return ParticipantNotFoundError("no such participant in this room")
 
 
+async def _view(phi: Phi, row: ParticipantRow, tracks: list[TrackRow]) -> ParticipantView:
+    return ParticipantView.of(await opened(phi, row), await opened_all(phi, tracks))
+
+
 async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> ParticipantRow | None:
     found = await store.present_participants(pool, room.sid, identity)
     return found[-1][0] if found else None
@@ -60,10 +67,12 @@ async def _present(pool: asyncpg.Pool, room: RoomRow, identity: str) -> Particip
     summary="List who is in a room",
     responses=responses(400, 404),
 )
-async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> ParticipantList:
+async def list_participants(
+    name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep
+) -> ParticipantList:
     room = await _room(pool, tenant, name)
     present = await store.present_participants(pool, room.sid)
-    return ParticipantList(participants=[ParticipantView.of(p, t) for p, t in present])
+    return ParticipantList(participants=[await _view(bus.phi, p, t) for p, t in present])
 
 
 @get(
@@ -73,14 +82,14 @@ async def list_participants(name: str, tenant: CallerTenant, pool: PoolDep) -> P
     responses=responses(400, 404),
 )
 async def get_participant(
-    name: str, identity: str, tenant: CallerTenant, pool: PoolDep
+    name: str, identity: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
     found = await store.present_participants(pool, room.sid, identity)
     if not found:
         raise _no_participant()
-    return ParticipantView.of(*found[-1])
+    return await _view(bus.phi, *found[-1])
 
 
 @delete(
@@ -161,6 +170,7 @@ async def update_participant(
     tenant: CallerTenant,
     pool: PoolDep,
     livekit: LiveKitDep,
+    bus: BusDep,
 ) -> ParticipantView:
     checked_identity(identity)
     room = await _room(pool, tenant, name)
@@ -202,7 +212,7 @@ async def update_participant(
         attributes=data.attributes,
         permission=permission,
     )
-    await record(pool, event, tenant=tenant.id, key=name)
+    await record(pool, event, tenant=tenant.id, key=name, phi=bus.phi)
     return ParticipantView.of(seen, [track_row(t, seen) for t in info.tracks])
 
 

@@ -14,6 +14,7 @@ from services.rooms.core import RoomRow
 from services.rooms.edges import LiveKitDep, bad_request, checked_room, record
 from services.rooms.errors import RoomNotFoundError, responses
 from services.rooms.livekit_client import calling, find_room, room_row
+from services.rooms.privacy import opened
 from services.rooms.requests import RequestError, data_payload
 from services.rooms.schemas import (
     CreateRoomRequest,
@@ -24,7 +25,7 @@ from services.rooms.schemas import (
 )
 from shared.events.reconciliation import RoomFound
 from shared.events.rooms import DataMessageSent, RoomCreated, RoomDeleted
-from shared.http import CallerTenant, PoolDep
+from shared.http import BusDep, CallerTenant, PoolDep
 from shared.idempotency import idempotent
 from shared.naming import livekit_room
 
@@ -43,7 +44,11 @@ def _no_room(name: str) -> RoomNotFoundError:
     responses=responses(400),
 )
 async def create_room(
-    data: JSONBody[CreateRoomRequest], tenant: CallerTenant, pool: PoolDep, livekit: LiveKitDep
+    data: JSONBody[CreateRoomRequest],
+    tenant: CallerTenant,
+    pool: PoolDep,
+    livekit: LiveKitDep,
+    bus: BusDep,
 ) -> Response[RoomView]:
     name = livekit_room(tenant.id, data.name)
     existing = await find_room(livekit, name)
@@ -61,16 +66,20 @@ async def create_room(
             )
     seen = room_row(room)
     if existing is None:
-        await record(pool, _created(data.name, seen), tenant=tenant.id, key=data.name)
+        created = _created(data.name, seen)
+        await record(pool, created, tenant=tenant.id, key=data.name, phi=bus.phi)
     else:
         # Open before: the read model may not have it yet (its room_started late or dropped).
         found = _found(data.name, seen)
         known = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid)
+        if known is not None:
+            known = await opened(bus.phi, known)  # compared as LiveKit shows it, in clear
         if known is None or core.on_room_found(known, found, tenant.id) != known:
-            await record(pool, found, tenant=tenant.id, key=data.name)
+            await record(pool, found, tenant=tenant.id, key=data.name, phi=bus.phi)
     row = await store.tenant_row(pool, RoomRow, tenant.id, seen.sid) or seen
     present = await store.count_present(pool, row.sid)
-    return Response(RoomView.of(row, present), status_code=200 if existing else 201)
+    view = RoomView.of(await opened(bus.phi, row), present)
+    return Response(view, status_code=200 if existing else 201)
 
 
 def _created(name: str, seen: RoomRow) -> RoomCreated:
@@ -99,9 +108,9 @@ def _found(name: str, seen: RoomRow) -> RoomFound:
 
 
 @get("/v1/rooms", operation_id="listRooms", summary="List the open rooms", responses=responses())
-async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
+async def list_rooms(tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomList:
     rows = await store.open_rooms(pool, tenant.id)
-    return RoomList(rooms=[RoomView.of(row, present) for row, present in rows])
+    return RoomList(rooms=[RoomView.of(await opened(bus.phi, r), n) for r, n in rows])
 
 
 @get(
@@ -110,11 +119,11 @@ async def list_rooms(tenant: CallerTenant, pool: PoolDep) -> RoomList:
     summary="Get an open room",
     responses=responses(400, 404),
 )
-async def get_room(name: str, tenant: CallerTenant, pool: PoolDep) -> RoomView:
+async def get_room(name: str, tenant: CallerTenant, pool: PoolDep, bus: BusDep) -> RoomView:
     row = await store.open_room(pool, tenant.id, checked_room(name))
     if row is None:
         raise _no_room(name)
-    return RoomView.of(row, await store.count_present(pool, row.sid))
+    return RoomView.of(await opened(bus.phi, row), await store.count_present(pool, row.sid))
 
 
 @delete(

@@ -1,10 +1,18 @@
 """Anamnesis records: validated as FHIR on the way in, stored per consultation, read by the
 doctor by consultation (the dispatch, or the appointment it came from), never by room: a room
-name is reused, and the newest record of a room can be another patient's."""
+name is reused, and the newest record of a room can be another patient's.
+
+The record is the clinical record the clinic must keep: its answers and summary are stored
+sealed with the patient's clinical-record key (``shared.phi``; the tenant's key when the record
+names no patient), and opened only to answer. A record whose key was destroyed (its retention
+ended) is gone: 410 ``anamnesis_erased``.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,13 +23,15 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from litestar import Litestar, get
 
 from services.scheduling import store
+from shared.bus import Bus
 from shared.consumer import Consumer, ConsumerSpec, Delivery, data_of
 from shared.db import projection
 from shared.events import Envelope
 from shared.events.clinical import AnamnesisRecorded, TranscriptRef
 from shared.failures import PoisonMessageError
-from shared.http import NotFoundError
+from shared.http import ApiError, NotFoundError
 from shared.naming import is_patient_ref, is_room_name
+from shared.phi import CLINICAL, Phi, is_erased, patient_of
 from shared.tenants import Tenant
 from shared.viewtokens import view_scope
 
@@ -71,14 +81,30 @@ def _link_ids(items: list[dict[str, Any]]) -> set[str]:
     return found
 
 
-async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) -> None:
-    """The consumer's handler: validate (poison if invalid), then store once."""
+@dataclass(frozen=True)
+class Records:
+    """What the consumer needs: the database, and the sealing of clinical columns."""
+
+    pool: asyncpg.Pool
+    phi: Phi
+
+
+async def store_record(records: Records, event: Envelope, delivery: Delivery) -> None:
+    """The consumer's handler: validate (poison if invalid), then store once, sealed."""
     record = data_of(event, AnamnesisRecorded)
+    if is_erased(record.questionnaire_response) or is_erased(record.summary_pt_br):
+        log.info("an anamnesis whose key was destroyed was not stored")
+        return
     try:
         validate_record(record)
     except InvalidRecordError as error:
         raise PoisonMessageError(str(error)) from None
-    async with projection(pool, delivery, event.id) as conn:
+    sealing = {"tenant": event.tenant, "patient_ref": patient_of(record), "kind": CLINICAL}
+    response = await records.phi.seal_document(
+        record.questionnaire_response, path="questionnaire_response", **sealing
+    )
+    summary = await records.phi.seal_text(record.summary_pt_br, path="summary_pt_br", **sealing)
+    async with projection(records.pool, delivery, event.id) as conn:
         if conn is None:
             return
         await store.insert_anamnesis(
@@ -91,20 +117,21 @@ async def store_record(pool: asyncpg.Pool, event: Envelope, delivery: Delivery) 
             patient_ref=record.patient_ref,
             appointment_id=record.appointment_id,
             record={
-                "questionnaire_response": record.questionnaire_response,
-                "summary_pt_br": record.summary_pt_br,
+                "questionnaire_response": response,
+                "summary_pt_br": summary,
                 "transcript_refs": msgspec.to_builtins(record.transcript_refs),
             },
         )
 
 
-ANAMNESIS_CONSUMER: ConsumerSpec[asyncpg.Pool] = ConsumerSpec(
-    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}
+ANAMNESIS_CONSUMER: ConsumerSpec[Records] = ConsumerSpec(
+    durable="scheduling-anamnesis", handlers={AnamnesisRecorded: store_record}, opens=True
 )
 
 
 async def run_anamnesis_consumer(app: Litestar) -> None:
-    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, app.state.pool).run()
+    records = Records(app.state.pool, app.state.bus.phi)
+    await Consumer(app.state.bus, ANAMNESIS_CONSUMER, records).run()
 
 
 class TranscriptRefBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -128,7 +155,7 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     transcript_refs: list[TranscriptRefBody]
 
     @classmethod
-    def of(cls, row: asyncpg.Record | None) -> AnamnesisBody:
+    def of(cls, row: Mapping[str, Any] | None) -> AnamnesisBody:
         if row is None:
             raise NotFoundError(
                 "no anamnesis has been recorded in this consultation", code="anamnesis_not_found"
@@ -148,6 +175,27 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         )
 
 
+async def _opened(bus: Bus, tenant: str, row: asyncpg.Record | None) -> AnamnesisBody:
+    """The answer for a stored record (404 if none), its sealed columns opened (410 if its key
+    was destroyed)."""
+    if row is None:
+        return AnamnesisBody.of(None)
+    opened = dict(row)
+    opened["questionnaire_response"] = await bus.phi.open_document(
+        row["questionnaire_response"], tenant=tenant, path="questionnaire_response"
+    )
+    opened["summary_pt_br"] = await bus.phi.open_text(
+        row["summary_pt_br"], tenant=tenant, path="summary_pt_br"
+    )
+    if is_erased(opened["questionnaire_response"]) or is_erased(opened["summary_pt_br"]):
+        raise ApiError(
+            "this anamnesis was erased: its key was destroyed",
+            code="anamnesis_erased",
+            status_code=410,
+        )
+    return AnamnesisBody.of(opened)
+
+
 @get(
     "/v1/consultations/{dispatch_id:str}/anamnesis",
     operation_id="getConsultationAnamnesis",
@@ -156,13 +204,14 @@ class AnamnesisBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     opt=view_scope("anamnesis:read", personal=True, dispatch_id="dispatch"),
 )
 async def get_consultation_anamnesis(
-    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool
+    dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
 ) -> AnamnesisBody:
     """The newest record made by the intake agent of this dispatch (the ``id`` that
-    ``POST /v1/agents`` answered); 404 ``anamnesis_not_found``. A room name is not a
-    consultation: rooms are reused, so this path never looks one up."""
+    ``POST /v1/agents`` answered); 404 ``anamnesis_not_found``, 410 ``anamnesis_erased``. A
+    room name is not a consultation: rooms are reused, so this path never looks one up."""
     async with pool.acquire() as conn:
-        return AnamnesisBody.of(await store.dispatch_anamnesis(conn, tenant.id, dispatch_id))
+        row = await store.dispatch_anamnesis(conn, tenant.id, dispatch_id)
+    return await _opened(bus, tenant.id, row)
 
 
 @get(
@@ -171,12 +220,14 @@ async def get_consultation_anamnesis(
     summary="The latest anamnesis record made for an appointment",
 )
 async def get_appointment_anamnesis(
-    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool
+    appointment_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
 ) -> AnamnesisBody:
     """The newest record of the dispatches made for this appointment (``appointmentId`` on
-    ``POST /v1/agents``) about the appointment's own patient; 404 ``anamnesis_not_found``."""
+    ``POST /v1/agents``) about the appointment's own patient; 404 ``anamnesis_not_found``, 410
+    ``anamnesis_erased``."""
     async with pool.acquire() as conn:
-        return AnamnesisBody.of(await store.appointment_anamnesis(conn, tenant.id, appointment_id))
+        row = await store.appointment_anamnesis(conn, tenant.id, appointment_id)
+    return await _opened(bus, tenant.id, row)
 
 
 ANAMNESIS_ROUTES = [get_consultation_anamnesis, get_appointment_anamnesis]

@@ -27,6 +27,7 @@ from services.scheduling.schemas import (
     aware,
 )
 from services.scheduling.store import AppointmentFilter, DoctorFilter
+from shared.bus import Bus
 from shared.idempotency import RequestIds, idempotent
 from shared.naming import PATIENT_REF, PATIENT_REF_RULE
 from shared.tenants import Tenant
@@ -42,13 +43,18 @@ def _now() -> datetime:
 
 @post("/v1/doctors", operation_id="createDoctor", summary="Register a doctor and their schedule")
 async def create_doctor(
-    data: CreateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool, ids: RequestIds
+    data: CreateDoctorRequest,
+    tenant: Tenant,
+    pool: asyncpg.Pool,
+    ids: RequestIds,
+    bus: Bus,
 ) -> DoctorBody:
     now = _now()
     with api_errors():
         doctor = await service.create_doctor(
             pool,
             tenant.id,
+            phi=bus.phi,
             doctor_id=ids.id("doctor"),
             name=data.name,
             specialty=data.specialty,
@@ -114,12 +120,14 @@ async def get_doctor(doctor_id: str, tenant: Tenant, pool: asyncpg.Pool) -> Doct
 
 @patch("/v1/doctors/{doctor_id:str}", operation_id="updateDoctor", summary="Change a doctor")
 async def update_doctor(
-    doctor_id: str, data: UpdateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool
+    doctor_id: str, data: UpdateDoctorRequest, tenant: Tenant, pool: asyncpg.Pool, bus: Bus
 ) -> DoctorBody:
     """Only the fields sent change. A new schedule does not move or cancel booked appointments."""
     now = _now()
     with api_errors():
-        doctor = await service.update_doctor(pool, tenant.id, doctor_id, data.changes(), now)
+        doctor = await service.update_doctor(
+            pool, tenant.id, doctor_id, data.changes(), now, phi=bus.phi
+        )
         _, slots = await service.doctor_slots(
             pool, tenant.id, doctor.id, after=None, until=None, limit=1, now=now
         )

@@ -27,6 +27,7 @@ from shared.events.clinical import (
     DoctorUpdated,
 )
 from shared.outbox import add_to_outbox
+from shared.phi import Phi
 
 SOURCE = "mediai/scheduling"
 # Doctors looked at when a search filters or sorts by availability (computed, not indexed).
@@ -81,6 +82,7 @@ async def create_doctor(
     pool: asyncpg.Pool,
     tenant_id: str,
     *,
+    phi: Phi,
     doctor_id: str,
     name: str,
     specialty: str,
@@ -116,12 +118,19 @@ async def create_doctor(
             tenant=tenant_id,
             key=doctor.id,
             time=now,
+            phi=phi,
         )
     return doctor
 
 
 async def update_doctor(
-    pool: asyncpg.Pool, tenant_id: str, doctor_id: str, changes: dict[str, Any], now: datetime
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    doctor_id: str,
+    changes: dict[str, Any],
+    now: datetime,
+    *,
+    phi: Phi,
 ) -> Doctor:
     """Apply ``changes`` (Doctor field -> new value); the schedule is replaced whole."""
     if "schedule" in changes:
@@ -135,7 +144,9 @@ async def update_doctor(
         event = _doctor_event(
             doctor, created=False, schedule_changed=doctor.schedule != current.schedule
         )
-        await add_to_outbox(conn, event, source=SOURCE, tenant=tenant_id, key=doctor.id, time=now)
+        await add_to_outbox(
+            conn, event, source=SOURCE, tenant=tenant_id, key=doctor.id, time=now, phi=phi
+        )
     return doctor
 
 

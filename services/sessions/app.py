@@ -30,9 +30,11 @@ from services.sessions.schemas import (
     TimelineEntry,
 )
 from shared.background import BackgroundTask, every
+from shared.bus import Bus
 from shared.config import Settings
 from shared.db import Connection
 from shared.http import ForbiddenError, NotFoundError, create_service_app
+from shared.phi import Phi
 from shared.tenants import Tenant
 from shared.viewtokens import may_read_personal, view_scope
 
@@ -41,6 +43,25 @@ PAGE = 200
 # with its cursor.
 STREAM_SECONDS = 3600.0
 _encode = msgspec.json.Encoder()
+
+
+async def _entry(
+    row: asyncpg.Record, *, phi: Phi, tenant: str, personal: bool, trace_url: str
+) -> TimelineEntry:
+    """An entry for a caller: its personal parts opened when the caller may read them (each
+    is sealed under the name of its event field, the path its seal is bound to)."""
+    sealed = row["personal"] if personal else None
+    opened = (
+        {
+            path: await phi.open_text(value, tenant=tenant, path=path)
+            if isinstance(value, str)
+            else value
+            for path, value in sealed.items()
+        }
+        if sealed
+        else None
+    )
+    return TimelineEntry.of(row, personal=opened, trace_url=trace_url)
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -138,6 +159,7 @@ async def get_timeline(
     session_id: str,
     tenant: Tenant,
     pool: asyncpg.Pool,
+    bus: Bus,
     settings: Settings,
     after: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = PAGE,
@@ -147,7 +169,10 @@ async def get_timeline(
         session = await _session(conn, tenant.id, session_id)
         rows = await _page(conn, tenant.id, session, after, limit + 1)
     entries = [
-        TimelineEntry.of(r, personal=personal, trace_url=settings.trace_url) for r in rows[:limit]
+        await _entry(
+            r, phi=bus.phi, tenant=tenant.id, personal=personal, trace_url=settings.trace_url
+        )
+        for r in rows[:limit]
     ]
     return Timeline(
         session=session.summary,
@@ -186,6 +211,7 @@ async def stream_timeline(
     session_id: str,
     tenant: Tenant,
     pool: asyncpg.Pool,
+    bus: Bus,
     settings: Settings,
     news: News,
     after: Annotated[int, Parameter(ge=0)] = 0,
@@ -205,7 +231,13 @@ async def stream_timeline(
                 session = await _session(conn, tenant.id, session_id)
                 rows = await _page(conn, tenant.id, session, cursor, PAGE)
             for row in rows:
-                entry = TimelineEntry.of(row, personal=personal, trace_url=settings.trace_url)
+                entry = await _entry(
+                    row,
+                    phi=bus.phi,
+                    tenant=tenant.id,
+                    personal=personal,
+                    trace_url=settings.trace_url,
+                )
                 cursor = entry.seq
                 yield _encode.encode(entry) + b"\n"
             if len(rows) == PAGE:

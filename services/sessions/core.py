@@ -8,7 +8,10 @@ arrive in any order, from either stream, and still land in the right session.
 
 Every entry splits what anyone with the tenant's sessions may read (``data``: kinds, states,
 tools, quantities, ids) from what only callers allowed to read personal data get
-(``personal``: what was said, hint texts, red flags' descriptions, instructions, names).
+(``personal``: what was said, hint texts, red flags' descriptions, instructions, names). The
+personal parts are kept as the log carries them, sealed with the patient's keys
+(``shared.phi``), each under the name of the event field it came from (the path its seal is
+bound to), and opened only to answer a caller who may read them.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def _joined(e: Envelope, d: ParticipantJoined | ParticipantFound) -> Fold:
         kind,
         at,
         _fields(d, "identity", "kind", "patient_ref"),
-        personal={"name": d.name} if d.name and d.name != d.identity else None,
+        personal={"name": d.name} if d.name else None,
         room_sid=d.room_sid,
         patient_ref=d.patient_ref,
     )
@@ -344,8 +347,8 @@ def _hint_sent(e: Envelope, d: CopilotHintSent) -> Fold:
 
 
 def _hint_written(e: Envelope, d: CopilotHintWritten) -> Fold:
-    data = _fields(d, "hint_id", "kind", "segment_ids")
-    personal = {"text": d.text, "recipients": d.recipients}
+    data = _fields(d, "hint_id", "kind", "segment_ids", "recipients")
+    personal = {"text": d.text}
     return _agent(
         e,
         d,
@@ -370,7 +373,7 @@ def _anamnesis(e: Envelope, d: AnamnesisRecorded) -> Fold:
         "answers": len(d.transcript_refs),
         **_fields(d, "appointment_id", "patient_ref"),
     }
-    personal = {"summary": d.summary_pt_br}
+    personal = {"summary_pt_br": d.summary_pt_br}
     return _agent(e, d, "anamnesis", e.time, data, personal=personal, patient_ref=d.patient_ref)
 
 

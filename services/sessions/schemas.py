@@ -72,7 +72,11 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     personal: dict[str, Any] | None
 
     @classmethod
-    def of(cls, row: asyncpg.Record, *, personal: bool, trace_url: str) -> TimelineEntry:
+    def of(
+        cls, row: asyncpg.Record, *, personal: dict[str, Any] | None, trace_url: str
+    ) -> TimelineEntry:
+        """The entry of a row, with its personal parts as opened for this caller (None: none
+        for this caller, or none at all)."""
         trace = row["trace_id"]
         return cls(
             key=row["key"],
@@ -84,7 +88,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
             trace_id=trace,
             trace_url=trace_url.replace("{traceId}", trace) if trace and trace_url else None,
             data=row["data"],
-            personal=row["personal"] if personal else None,
+            personal=personal,
         )
 
 

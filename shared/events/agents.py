@@ -9,11 +9,12 @@ agents say (transcripts, spoken commands) lives only on the PHI stream.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
 from shared.events.base import PHI_STREAM, Event
+from shared.events.privacy import PLAIN, Personal, Plain, Pseudonym
 
 # ---------------------------------------------------------------------------------------------
 # Dispatches (published by the dispatcher)
@@ -26,8 +27,10 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
     ``realtime``, when set, replaces the STT/LLM/TTS pipeline with a speech-to-speech model.
     ``instructions`` are the clinic's prompt for this dispatch; ``instructions_mode`` says
     whether they are appended to the role's template or replace it (when the role allows).
-    They are configuration written by the clinic, not patient data, and are kept with the
-    business log. ``participant`` is the identity the agent listens to ("" = the role's rule).
+    They often describe the patient ("Paciente de 8 anos, asmático"), so they are personal and
+    sealed, here and in the LiveKit job metadata (this event is that metadata); the agent job
+    opens them with its dispatch's key. ``participant`` is the identity the agent listens to
+    ("" = the role's rule).
     ``avatar`` is the face a speaking role shows: ``"bey"`` (Beyond Presence), ``"tavus"``,
     ``"none"`` (voice only) or ``""`` (the deployment's ``MEDIAI_AGENT_AVATAR``).
     A dispatch that has not joined by ``deadline_at`` fails.
@@ -42,22 +45,22 @@ class AgentDispatchRequested(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.dispatch_requested.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
-    dispatch_id: str
-    room: str
-    role: str
-    instructions: str = ""
-    instructions_mode: str = "append"
-    language: str = "pt-BR"
-    stt: str = ""
-    llm: str = ""
-    tts: str = ""
-    realtime: str = ""
-    participant: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    instructions: Personal = ""
+    instructions_mode: Plain = "append"
+    language: Plain = "pt-BR"
+    stt: Plain = ""
+    llm: Plain = ""
+    tts: Plain = ""
+    realtime: Plain = ""
+    participant: Pseudonym = ""
     requested_at: datetime
     deadline_at: datetime
-    avatar: str = ""
-    patient_ref: str = ""
-    appointment_id: str = ""
+    avatar: Plain = ""
+    patient_ref: Pseudonym = ""
+    appointment_id: Plain = ""
     patient_is_minor: bool = False
 
 
@@ -67,11 +70,11 @@ class AgentDispatched(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.dispatched.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
-    dispatch_id: str
-    room: str
-    role: str
-    livekit_dispatch_id: str
-    agent_name: str
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    livekit_dispatch_id: Plain
+    agent_name: Plain
     dispatched_at: datetime
 
 
@@ -87,11 +90,11 @@ class AgentDispatchFailed(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.dispatch_failed.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
-    dispatch_id: str
-    room: str
-    role: str
-    reason: str
-    detail: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    reason: Plain
+    detail: Plain = ""
     failed_at: datetime
 
 
@@ -103,10 +106,10 @@ class AgentEndRequested(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.end_requested.v1"
     PRODUCER: ClassVar[str] = "dispatcher; agent (a draining worker)"
-    dispatch_id: str
-    room: str
+    dispatch_id: Plain
+    room: Pseudonym
     # "api", "worker_draining", ...
-    requested_by: str = "api"
+    requested_by: Plain = "api"
     requested_at: datetime
 
 
@@ -122,13 +125,13 @@ class AgentCommandIssued(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mediai.agent.command_issued.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
     STREAM: ClassVar[str] = PHI_STREAM
-    dispatch_id: str
-    room: str
-    command: str
-    text: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    command: Plain
+    text: Personal = ""
     allow_interruptions: bool = True
     issued_at: datetime
-    patient_ref: str = ""
+    patient_ref: Pseudonym = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,9 +148,9 @@ class AgentWorkerStarted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.worker_started.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
-    worker_id: str
+    worker_id: Plain
     pid: int
-    reason: str
+    reason: Plain
     attempt: int = 0
     started_at: datetime
 
@@ -160,7 +163,7 @@ class AgentWorkerExited(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.worker_exited.v1"
     PRODUCER: ClassVar[str] = "dispatcher"
-    worker_id: str
+    worker_id: Plain
     pid: int
     exit_code: int | None = None
     signal: int | None = None
@@ -179,12 +182,12 @@ class AgentWorkerRegistered(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.worker_registered.v1"
     PRODUCER: ClassVar[str] = "agent"
-    worker_id: str
-    livekit_worker_id: str
+    worker_id: Plain
+    livekit_worker_id: Plain
     pid: int
-    agent_name: str
-    roles: list[str] = msgspec.field(default_factory=list)
-    providers_missing: dict[str, str] = msgspec.field(default_factory=dict)
+    agent_name: Plain
+    roles: list[Plain] = msgspec.field(default_factory=list)
+    providers_missing: Annotated[dict[str, str], PLAIN] = msgspec.field(default_factory=dict)
     registered_at: datetime
 
 
@@ -197,34 +200,36 @@ class AgentSessionStarted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.session_started.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    worker_id: str = ""
-    job_id: str = ""
-    agent_identity: str = ""
-    language: str = "pt-BR"
-    stt: str = ""
-    llm: str = ""
-    tts: str = ""
-    realtime: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    worker_id: Plain = ""
+    job_id: Plain = ""
+    agent_identity: Pseudonym = ""
+    language: Plain = "pt-BR"
+    stt: Plain = ""
+    llm: Plain = ""
+    tts: Plain = ""
+    realtime: Plain = ""
     started_at: datetime
 
 
 class AgentSessionFailed(Event, frozen=True, kw_only=True):
     """The agent could not run the job: the metadata was invalid (``invalid_metadata``), the
     provider has no credentials (``missing_credentials``), the role or model is unknown
-    (``unknown_role``, ``unknown_model``) or starting the session failed (``start_failed``).
+    (``unknown_role``, ``unknown_model``), the dispatch's data keys could not be had
+    (``keys_unavailable``: the key service is away, or the dispatch is no longer live) or
+    starting the session failed (``start_failed``).
     The job ends at once; no half-configured agent stays in the room."""
 
     TYPE: ClassVar[str] = "mediai.agent.session_failed.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str = ""
-    role: str = ""
-    reason: str
-    detail: str = ""
-    worker_id: str = ""
+    dispatch_id: Plain
+    room: Pseudonym = ""
+    role: Plain = ""
+    reason: Plain
+    detail: Plain = ""
+    worker_id: Plain = ""
     failed_at: datetime
 
 
@@ -236,12 +241,12 @@ class AgentSessionEnded(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.session_ended.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    reason: str
-    detail: str = ""
-    worker_id: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    reason: Plain
+    detail: Plain = ""
+    worker_id: Plain = ""
     duration_seconds: float = 0.0
     ended_at: datetime
 
@@ -254,11 +259,11 @@ class AgentStateChanged(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.state_changed.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    state: str
-    detail: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    state: Plain
+    detail: Plain = ""
     changed_at: datetime
 
 
@@ -272,17 +277,17 @@ class AgentTranscribed(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mediai.agent.transcribed.v1"
     PRODUCER: ClassVar[str] = "agent"
     STREAM: ClassVar[str] = PHI_STREAM
-    dispatch_id: str
-    room: str
-    role: str
-    segment_id: str
-    speaker: str
-    participant_identity: str = ""
-    text: str
-    language: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    segment_id: Plain
+    speaker: Plain
+    participant_identity: Pseudonym = ""
+    text: Personal
+    language: Plain = ""
     interrupted: bool = False
     spoken_at: datetime
-    patient_ref: str = ""
+    patient_ref: Pseudonym = ""
 
 
 class AgentUsageReported(Event, frozen=True, kw_only=True):
@@ -296,13 +301,13 @@ class AgentUsageReported(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.usage_reported.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
     period_start: datetime
     period_end: datetime
     final: bool = False
-    llm_model: str = ""
+    llm_model: Plain = ""
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
     llm_cached_tokens: int = 0
@@ -317,9 +322,9 @@ class AgentUsageReported(Event, frozen=True, kw_only=True):
     video_seconds: float = 0.0
     avatar_seconds: float = 0.0
     sequence: int = 0
-    provider: str = ""
-    stt_model: str = ""
-    tts_model: str = ""
+    provider: Plain = ""
+    stt_model: Plain = ""
+    tts_model: Plain = ""
 
 
 class AgentToolCalled(Event, frozen=True, kw_only=True):
@@ -332,11 +337,11 @@ class AgentToolCalled(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.agent.tool_called.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    call_id: str
-    tool: str
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    call_id: Plain
+    tool: Plain
     ok: bool = True
     duration_seconds: float = 0.0
     called_at: datetime

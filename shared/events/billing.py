@@ -15,13 +15,14 @@ from typing import ClassVar
 import msgspec
 
 from shared.events.base import Event
+from shared.events.privacy import Plain
 
 
 class MeterPrice(msgspec.Struct, frozen=True, kw_only=True):
     """The price of one meter: ``cents`` for every ``per`` base units (e.g. 150 per 1000000
     tokens, 2 per 60000 milliseconds = R$0,02 a minute)."""
 
-    meter: str
+    meter: Plain
     cents: int
     per: int
 
@@ -36,12 +37,12 @@ class PriceBookPublished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.price_book.published.v1"
     PRODUCER: ClassVar[str] = "billing"
-    plan: str
+    plan: Plain
     version: int
     effective_from: datetime
-    currency: str = "BRL"
+    currency: Plain = "BRL"
     prices: list[MeterPrice] = msgspec.field(default_factory=list)
-    note: str = ""
+    note: Plain = ""
 
 
 class PlanAssigned(Event, frozen=True, kw_only=True):
@@ -50,7 +51,7 @@ class PlanAssigned(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.plan.assigned.v1"
     PRODUCER: ClassVar[str] = "billing"
-    plan: str
+    plan: Plain
     effective_from: datetime
 
 
@@ -64,14 +65,14 @@ class InvoiceIssued(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.invoice.issued.v1"
     PRODUCER: ClassVar[str] = "billing"
-    invoice_id: str
-    month: str
+    invoice_id: Plain
+    month: Plain
     period_start: datetime
     period_end: datetime
-    currency: str = "BRL"
+    currency: Plain = "BRL"
     total_cents: int
     lines: int = 0
-    price_books: list[str] = msgspec.field(default_factory=list)
+    price_books: list[Plain] = msgspec.field(default_factory=list)
     first_sequence: int = 0
     last_sequence: int = 0
 
@@ -91,19 +92,19 @@ class AuditCompleted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.audit.completed.v1"
     PRODUCER: ClassVar[str] = "billing"
-    audit_id: str
+    audit_id: Plain
     period_start: datetime
     period_end: datetime
-    mode: str = "in_force"
-    price_book: str = ""
+    mode: Plain = "in_force"
+    price_book: Plain = ""
     replayed_events: int = 0
     first_sequence: int = 0
     last_sequence: int = 0
-    currency: str = "BRL"
+    currency: Plain = "BRL"
     replayed_cents: int = 0
     live_cents: int = 0
     invoiced_cents: int | None = None
-    meters_differing: list[str] = msgspec.field(default_factory=list)
+    meters_differing: list[Plain] = msgspec.field(default_factory=list)
     matches: bool = True
 
 
@@ -114,7 +115,7 @@ class UsageLimitSet(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.usage_limit.set.v1"
     PRODUCER: ClassVar[str] = "billing"
-    meter: str
+    meter: Plain
     monthly_quantity: int | None = None
 
 
@@ -133,11 +134,11 @@ class UsageLimitReached(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.usage_limit.reached.v1"
     PRODUCER: ClassVar[str] = "billing"
-    meter: str
+    meter: Plain
     threshold_percent: int
     monthly_quantity: int
     quantity: int
-    month: str
+    month: Plain
     period_start: datetime
     period_end: datetime
     # Increases with each reached/cleared change of (tenant, meter, period_start, threshold).
@@ -152,11 +153,11 @@ class UsageLimitCleared(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.usage_limit.cleared.v1"
     PRODUCER: ClassVar[str] = "billing"
-    meter: str
+    meter: Plain
     threshold_percent: int
     monthly_quantity: int | None = None
     quantity: int
-    month: str
+    month: Plain
     period_start: datetime
     period_end: datetime
     revision: int = 1

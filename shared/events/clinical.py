@@ -17,11 +17,12 @@ facts (business stream, no content), while urgent red flags and what a hint said
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from shared.events.base import PHI_STREAM, Event
+from shared.events.privacy import CLINICAL, Clinical, Personal, Plain, Pseudonym
 
 # ---------------------------------------------------------------------------------------------
 # Anamnesis (PHI stream)
@@ -31,9 +32,9 @@ class TranscriptRef(msgspec.Struct, frozen=True, kw_only=True):
     """Where one answer of a QuestionnaireResponse came from, so a clinician can check it."""
 
     # The ``linkId`` of the answered item in the QuestionnaireResponse.
-    link_id: str
+    link_id: Plain
     # The transcript segments the answer was taken from (``AgentTranscribed.segment_id``).
-    segment_ids: list[str] = msgspec.field(default_factory=list)
+    segment_ids: list[Plain] = msgspec.field(default_factory=list)
 
 
 class AnamnesisRecorded(Event, frozen=True, kw_only=True):
@@ -54,13 +55,13 @@ class AnamnesisRecorded(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mediai.anamnesis.recorded.v1"
     PRODUCER: ClassVar[str] = "agent"
     STREAM: ClassVar[str] = PHI_STREAM
-    dispatch_id: str
-    room: str
-    questionnaire_response: dict[str, Any]
-    summary_pt_br: str
+    dispatch_id: Plain
+    room: Pseudonym
+    questionnaire_response: Annotated[dict[str, Any], CLINICAL]
+    summary_pt_br: Clinical
     transcript_refs: list[TranscriptRef] = msgspec.field(default_factory=list)
-    patient_ref: str = ""
-    appointment_id: str = ""
+    patient_ref: Pseudonym = ""
+    appointment_id: Plain = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,11 +73,11 @@ class DoctorCreated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.doctor.created.v1"
     PRODUCER: ClassVar[str] = "scheduling"
-    doctor_id: str
-    name: str
-    specialty: str
-    city: str
-    insurances: list[str] = msgspec.field(default_factory=list)
+    doctor_id: Plain
+    name: Personal
+    specialty: Plain
+    city: Plain
+    insurances: list[Plain] = msgspec.field(default_factory=list)
     active: bool = True
 
 
@@ -85,11 +86,11 @@ class DoctorUpdated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.doctor.updated.v1"
     PRODUCER: ClassVar[str] = "scheduling"
-    doctor_id: str
-    name: str
-    specialty: str
-    city: str
-    insurances: list[str] = msgspec.field(default_factory=list)
+    doctor_id: Plain
+    name: Personal
+    specialty: Plain
+    city: Plain
+    insurances: list[Plain] = msgspec.field(default_factory=list)
     active: bool = True
     schedule_changed: bool = False
 
@@ -99,13 +100,13 @@ class AppointmentBooked(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.appointment.booked.v1"
     PRODUCER: ClassVar[str] = "scheduling"
-    appointment_id: str
-    doctor_id: str
+    appointment_id: Plain
+    doctor_id: Plain
     # Opaque, chosen by the clinic; never a name or a contact.
-    patient_ref: str
+    patient_ref: Pseudonym
     starts_at: datetime
     ends_at: datetime
-    channel: str = "api"
+    channel: Plain = "api"
 
 
 class AppointmentRescheduled(Event, frozen=True, kw_only=True):
@@ -113,14 +114,14 @@ class AppointmentRescheduled(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.appointment.rescheduled.v1"
     PRODUCER: ClassVar[str] = "scheduling"
-    appointment_id: str
-    doctor_id: str
-    patient_ref: str
+    appointment_id: Plain
+    doctor_id: Plain
+    patient_ref: Pseudonym
     previous_starts_at: datetime
     previous_ends_at: datetime
     starts_at: datetime
     ends_at: datetime
-    channel: str = "api"
+    channel: Plain = "api"
 
 
 class AppointmentCancelled(Event, frozen=True, kw_only=True):
@@ -128,12 +129,12 @@ class AppointmentCancelled(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.appointment.cancelled.v1"
     PRODUCER: ClassVar[str] = "scheduling"
-    appointment_id: str
-    doctor_id: str
-    patient_ref: str
+    appointment_id: Plain
+    doctor_id: Plain
+    patient_ref: Pseudonym
     starts_at: datetime
     ends_at: datetime
-    channel: str = "api"
+    channel: Plain = "api"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,19 +158,19 @@ class ConsentGiven(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.consent.given.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    participant_identity: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    participant_identity: Pseudonym = ""
     ai_assistance: bool = True
     # Whether the room was being recorded when consent was asked (then it covers recording too).
     recording: bool = False
-    wording: str
-    segment_ids: list[str] = msgspec.field(default_factory=list)
+    wording: Plain
+    segment_ids: list[Plain] = msgspec.field(default_factory=list)
     given_at: datetime
-    patient_ref: str = ""
-    given_by: str = "patient"
-    guardian_relation: str = ""
+    patient_ref: Pseudonym = ""
+    given_by: Plain = "patient"
+    guardian_relation: Plain = ""
 
 
 class ConsentRefused(Event, frozen=True, kw_only=True):
@@ -180,18 +181,18 @@ class ConsentRefused(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.consent.refused.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    participant_identity: str = ""
-    refused: str
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    participant_identity: Pseudonym = ""
+    refused: Plain
     recording: bool = False
-    wording: str
-    segment_ids: list[str] = msgspec.field(default_factory=list)
+    wording: Plain
+    segment_ids: list[Plain] = msgspec.field(default_factory=list)
     refused_at: datetime
-    patient_ref: str = ""
-    refused_by: str = "patient"
-    guardian_relation: str = ""
+    patient_ref: Pseudonym = ""
+    refused_by: Plain = "patient"
+    guardian_relation: Plain = ""
 
 
 class RedFlagRaised(Event, frozen=True, kw_only=True):
@@ -208,15 +209,15 @@ class RedFlagRaised(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mediai.red_flag.raised.v1"
     PRODUCER: ClassVar[str] = "agent"
     STREAM: ClassVar[str] = PHI_STREAM
-    dispatch_id: str
-    room: str
-    role: str
-    participant_identity: str = ""
-    category: str
-    description: str = ""
-    segment_ids: list[str] = msgspec.field(default_factory=list)
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    participant_identity: Pseudonym = ""
+    category: Plain
+    description: Personal = ""
+    segment_ids: list[Plain] = msgspec.field(default_factory=list)
     raised_at: datetime
-    patient_ref: str = ""
+    patient_ref: Pseudonym = ""
 
 
 class CopilotHintSent(Event, frozen=True, kw_only=True):
@@ -229,10 +230,10 @@ class CopilotHintSent(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.copilot.hint_sent.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    hint_id: str
-    kind: str
+    dispatch_id: Plain
+    room: Pseudonym
+    hint_id: Plain
+    kind: Plain
     sequence: int
     recipients: int = 1
     sent_at: datetime
@@ -246,15 +247,15 @@ class CopilotHintWritten(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "mediai.copilot.hint_written.v1"
     PRODUCER: ClassVar[str] = "agent"
     STREAM: ClassVar[str] = PHI_STREAM
-    dispatch_id: str
-    room: str
-    hint_id: str
-    kind: str
-    text: str
-    recipients: list[str] = msgspec.field(default_factory=list)
-    segment_ids: list[str] = msgspec.field(default_factory=list)
+    dispatch_id: Plain
+    room: Pseudonym
+    hint_id: Plain
+    kind: Plain
+    text: Personal
+    recipients: list[Pseudonym] = msgspec.field(default_factory=list)
+    segment_ids: list[Plain] = msgspec.field(default_factory=list)
     sent_at: datetime
-    patient_ref: str = ""
+    patient_ref: Pseudonym = ""
 
 
 class AvatarUnavailable(Event, frozen=True, kw_only=True):
@@ -265,12 +266,12 @@ class AvatarUnavailable(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.avatar.unavailable.v1"
     PRODUCER: ClassVar[str] = "agent"
-    dispatch_id: str
-    room: str
-    role: str
-    provider: str
-    reason: str
-    detail: str = ""
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    provider: Plain
+    reason: Plain
+    detail: Plain = ""
     at: datetime
 
 

@@ -19,6 +19,7 @@ from typing import ClassVar
 import msgspec
 
 from shared.events.base import Event
+from shared.events.privacy import Personal, Plain, Pseudonym
 
 
 class RoomFound(Event, frozen=True, kw_only=True):
@@ -27,14 +28,14 @@ class RoomFound(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.found.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     observed_at: datetime
     created_at: datetime | None = None
     empty_timeout: int = 0
     departure_timeout: int = 0
     max_participants: int = 0
-    metadata: str = ""
+    metadata: Personal = ""
 
 
 class RoomPresumedFinished(Event, frozen=True, kw_only=True):
@@ -45,8 +46,8 @@ class RoomPresumedFinished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.presumed_finished.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     last_seen_at: datetime
     observed_at: datetime
 
@@ -58,16 +59,16 @@ class ParticipantFound(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.found.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
-    participant_sid: str
-    identity: str
-    kind: str = "standard"
+    room: Pseudonym
+    room_sid: Plain
+    participant_sid: Plain
+    identity: Pseudonym
+    kind: Plain = "standard"
     observed_at: datetime
     joined_at: datetime | None = None
-    name: str = ""
-    metadata: str = ""
-    patient_ref: str = ""
+    name: Personal = ""
+    metadata: Personal = ""
+    patient_ref: Pseudonym = ""
 
 
 class ParticipantPresumedGone(Event, frozen=True, kw_only=True):
@@ -83,11 +84,11 @@ class ParticipantPresumedGone(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.presumed_gone.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
-    participant_sid: str
-    identity: str
-    kind: str = "standard"
+    room: Pseudonym
+    room_sid: Plain
+    participant_sid: Plain
+    identity: Pseudonym
+    kind: Plain = "standard"
     joined_at: datetime | None = None
     last_seen_at: datetime
     observed_at: datetime
@@ -98,15 +99,15 @@ class TrackFound(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.track.found.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
-    participant_sid: str
-    identity: str
-    track_sid: str
-    track_type: str = ""
-    source: str = "unknown"
-    name: str = ""
-    mime_type: str = ""
+    room: Pseudonym
+    room_sid: Plain
+    participant_sid: Plain
+    identity: Pseudonym
+    track_sid: Plain
+    track_type: Plain = ""
+    source: Plain = "unknown"
+    name: Personal = ""
+    mime_type: Plain = ""
     muted: bool = False
     observed_at: datetime
 
@@ -117,11 +118,11 @@ class TrackPresumedUnpublished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.track.presumed_unpublished.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
-    participant_sid: str
-    identity: str
-    track_sid: str
+    room: Pseudonym
+    room_sid: Plain
+    participant_sid: Plain
+    identity: Pseudonym
+    track_sid: Plain
     last_seen_at: datetime
     observed_at: datetime
 
@@ -129,9 +130,9 @@ class TrackPresumedUnpublished(Event, frozen=True, kw_only=True):
 class ReconciledParticipant(msgspec.Struct, frozen=True, kw_only=True):
     """A participant whose presence the reconciliation corrected."""
 
-    participant_sid: str
-    identity: str
-    kind: str = "standard"
+    participant_sid: Plain
+    identity: Pseudonym
+    kind: Plain = "standard"
 
 
 class RoomReconciled(Event, frozen=True, kw_only=True):
@@ -147,8 +148,8 @@ class RoomReconciled(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.reconciled.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     observed_at: datetime
     room_gone: bool = False
     room_found: bool = False

@@ -10,11 +10,12 @@ webhook LiveKit delivers twice is one event.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from shared.events.base import Event
+from shared.events.privacy import PERSONAL, Personal, Plain, Pseudonym
 
 # ---------------------------------------------------------------------------------------------
 # From LiveKit's webhooks (producer: webhooks)
@@ -25,14 +26,14 @@ class RoomStarted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.started.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     # LiveKit's time the room was created (millisecond precision where LiveKit gives it).
     started_at: datetime
     empty_timeout: int = 0
     departure_timeout: int = 0
     max_participants: int = 0
-    metadata: str = ""
+    metadata: Personal = ""
 
 
 class RoomFinished(Event, frozen=True, kw_only=True):
@@ -40,12 +41,12 @@ class RoomFinished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.finished.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     started_at: datetime | None = None
     finished_at: datetime
     # LiveKit's RoomEndReason without its prefix: "api_delete", "idle_timeout", "unknown", ...
-    end_reason: str = ""
+    end_reason: Plain = ""
 
 
 class ParticipantJoined(Event, frozen=True, kw_only=True):
@@ -58,16 +59,16 @@ class ParticipantJoined(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.joined.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    participant_sid: str
-    identity: str
+    room: Pseudonym
+    participant_sid: Plain
+    identity: Pseudonym
     # "standard", "agent", "egress", "ingress", "sip" (LiveKit's ParticipantInfo.Kind)
-    kind: str = "standard"
+    kind: Plain = "standard"
     joined_at: datetime
-    room_sid: str = ""
-    name: str = ""
-    metadata: str = ""
-    patient_ref: str = ""
+    room_sid: Plain = ""
+    name: Personal = ""
+    metadata: Personal = ""
+    patient_ref: Pseudonym = ""
 
 
 class ParticipantLeft(Event, frozen=True, kw_only=True):
@@ -75,17 +76,17 @@ class ParticipantLeft(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.left.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    participant_sid: str
-    identity: str
-    kind: str = "standard"
+    room: Pseudonym
+    participant_sid: Plain
+    identity: Pseudonym
+    kind: Plain = "standard"
     # LiveKit stamps webhooks in whole seconds; never earlier than ``joined_at``.
     left_at: datetime
     aborted: bool = False
-    room_sid: str = ""
+    room_sid: Plain = ""
     joined_at: datetime | None = None
     # LiveKit's DisconnectReason, lower case: "client_initiated", "participant_removed", ...
-    disconnect_reason: str = ""
+    disconnect_reason: Plain = ""
 
 
 class TrackPublished(Event, frozen=True, kw_only=True):
@@ -93,15 +94,15 @@ class TrackPublished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.track.published.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    room_sid: str = ""
-    participant_sid: str
-    identity: str
-    track_sid: str
-    track_type: str  # "audio" | "video" | "data"
-    source: str = "unknown"  # "camera" | "microphone" | "screen_share" | "screen_share_audio"
-    name: str = ""
-    mime_type: str = ""
+    room: Pseudonym
+    room_sid: Plain = ""
+    participant_sid: Plain
+    identity: Pseudonym
+    track_sid: Plain
+    track_type: Plain  # "audio" | "video" | "data"
+    source: Plain = "unknown"  # "camera" | "microphone" | "screen_share" | "screen_share_audio"
+    name: Personal = ""
+    mime_type: Plain = ""
     muted: bool = False
     published_at: datetime
 
@@ -111,13 +112,13 @@ class TrackUnpublished(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.track.unpublished.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    room_sid: str = ""
-    participant_sid: str
-    identity: str
-    track_sid: str
-    track_type: str
-    source: str = "unknown"
+    room: Pseudonym
+    room_sid: Plain = ""
+    participant_sid: Plain
+    identity: Pseudonym
+    track_sid: Plain
+    track_type: Plain
+    source: Plain = "unknown"
     unpublished_at: datetime
 
 
@@ -126,13 +127,13 @@ class EgressStarted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.egress.started.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    egress_id: str
+    room: Pseudonym
+    egress_id: Plain
     started_at: datetime
-    room_sid: str = ""
+    room_sid: Plain = ""
     # "room_composite", "web", "participant", "track_composite", "track"
-    kind: str = ""
-    status: str = ""
+    kind: Plain = ""
+    status: Plain = ""
 
 
 class EgressUpdated(Event, frozen=True, kw_only=True):
@@ -140,14 +141,14 @@ class EgressUpdated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.egress.updated.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    egress_id: str
-    room_sid: str = ""
-    kind: str = ""
+    room: Pseudonym
+    egress_id: Plain
+    room_sid: Plain = ""
+    kind: Plain = ""
     # LiveKit's EgressStatus without "EGRESS_": "starting", "active", "ending", "complete", ...
-    status: str
+    status: Plain
     updated_at: datetime
-    error: str = ""
+    error: Plain = ""
 
 
 class EgressEnded(Event, frozen=True, kw_only=True):
@@ -155,15 +156,15 @@ class EgressEnded(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.egress.ended.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    egress_id: str
+    room: Pseudonym
+    egress_id: Plain
     started_at: datetime | None = None
     ended_at: datetime
     # "complete", "failed", "aborted", "limit_reached"
-    status: str
-    room_sid: str = ""
-    kind: str = ""
-    error: str = ""
+    status: Plain
+    room_sid: Plain = ""
+    kind: Plain = ""
+    error: Plain = ""
 
 
 class IngressStarted(Event, frozen=True, kw_only=True):
@@ -171,12 +172,12 @@ class IngressStarted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.ingress.started.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    ingress_id: str
-    input_type: str  # "rtmp" | "whip" | "url"
-    participant_identity: str = ""
+    room: Pseudonym
+    ingress_id: Plain
+    input_type: Plain  # "rtmp" | "whip" | "url"
+    participant_identity: Pseudonym = ""
     # LiveKit's IngressState.Status without "ENDPOINT_": "buffering", "publishing", ...
-    status: str = ""
+    status: Plain = ""
     started_at: datetime
 
 
@@ -185,14 +186,14 @@ class IngressEnded(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.ingress.ended.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    room: str
-    ingress_id: str
-    input_type: str
-    participant_identity: str = ""
-    status: str = ""
+    room: Pseudonym
+    ingress_id: Plain
+    input_type: Plain
+    participant_identity: Pseudonym = ""
+    status: Plain = ""
     started_at: datetime | None = None
     ended_at: datetime
-    error: str = ""
+    error: Plain = ""
 
 
 class LiveKitWebhookReceived(Event, frozen=True, kw_only=True):
@@ -204,11 +205,11 @@ class LiveKitWebhookReceived(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.livekit.webhook_received.v1"
     PRODUCER: ClassVar[str] = "webhooks"
-    webhook_event: str
-    room: str = ""
-    room_sid: str = ""
+    webhook_event: Plain
+    room: Pseudonym = ""
+    room_sid: Plain = ""
     occurred_at: datetime
-    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    payload: Annotated[dict[str, Any], PERSONAL] = msgspec.field(default_factory=dict)
 
 
 class WebhooksDropped(Event, frozen=True, kw_only=True):
@@ -222,8 +223,8 @@ class WebhooksDropped(Event, frozen=True, kw_only=True):
     PRODUCER: ClassVar[str] = "webhooks"
     num_dropped: int
     # The webhook that carried the report (its type and id).
-    webhook_event: str
-    webhook_id: str
+    webhook_event: Plain
+    webhook_id: Plain
     reported_at: datetime
 
 
@@ -236,12 +237,12 @@ class RoomCreated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.created.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str
+    room: Pseudonym
+    room_sid: Plain
     empty_timeout: int = 0
     departure_timeout: int = 0
     max_participants: int = 0
-    metadata: str = ""
+    metadata: Personal = ""
     # LiveKit's creation time of the room (absent in events from before it was recorded).
     created_at: datetime | None = None
 
@@ -251,8 +252,8 @@ class RoomDeleted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.deleted.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    room_sid: str = ""
+    room: Pseudonym
+    room_sid: Plain = ""
 
 
 class ParticipantRemoved(Event, frozen=True, kw_only=True):
@@ -260,9 +261,9 @@ class ParticipantRemoved(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.removed.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    identity: str
-    participant_sid: str = ""
+    room: Pseudonym
+    identity: Pseudonym
+    participant_sid: Plain = ""
 
 
 class ParticipantPermission(msgspec.Struct, frozen=True, kw_only=True):
@@ -273,7 +274,7 @@ class ParticipantPermission(msgspec.Struct, frozen=True, kw_only=True):
     can_publish_data: bool
     hidden: bool = False
     # Track sources it may publish ("camera", "microphone", ...); empty = any.
-    can_publish_sources: list[str] = msgspec.field(default_factory=list)
+    can_publish_sources: list[Plain] = msgspec.field(default_factory=list)
 
 
 class ParticipantUpdated(Event, frozen=True, kw_only=True):
@@ -284,12 +285,12 @@ class ParticipantUpdated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.participant.updated.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    identity: str
-    participant_sid: str = ""
-    name: str | None = None
-    metadata: str | None = None
-    attributes: dict[str, str] | None = None
+    room: Pseudonym
+    identity: Pseudonym
+    participant_sid: Plain = ""
+    name: Personal | None = None
+    metadata: Personal | None = None
+    attributes: Annotated[dict[str, str], PERSONAL] | None = None
     permission: ParticipantPermission | None = None
 
 
@@ -299,11 +300,11 @@ class TrackMuted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.track.muted.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    identity: str
-    track_sid: str
+    room: Pseudonym
+    identity: Pseudonym
+    track_sid: Plain
     muted: bool
-    participant_sid: str = ""
+    participant_sid: Plain = ""
 
 
 class DataMessageSent(Event, frozen=True, kw_only=True):
@@ -314,9 +315,9 @@ class DataMessageSent(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.room.data_sent.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    topic: str = ""
-    destination_identities: list[str] = msgspec.field(default_factory=list)
+    room: Pseudonym
+    topic: Plain = ""
+    destination_identities: list[Pseudonym] = msgspec.field(default_factory=list)
     reliable: bool = True
     size_bytes: int
 
@@ -326,15 +327,15 @@ class EgressRequested(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.egress.requested.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    egress_id: str
-    kind: str  # "room_composite" | "track"
+    room: Pseudonym
+    egress_id: Plain
+    kind: Plain  # "room_composite" | "track"
     # What it writes: "mp4", "ogg", "hls", "rtmp" (one entry per output).
-    outputs: list[str] = msgspec.field(default_factory=list)
-    track_sid: str = ""
-    room_sid: str = ""
+    outputs: list[Plain] = msgspec.field(default_factory=list)
+    track_sid: Plain = ""
+    room_sid: Plain = ""
     # LiveKit's status of the egress in its answer ("starting", ...).
-    status: str = ""
+    status: Plain = ""
 
 
 class EgressStopRequested(Event, frozen=True, kw_only=True):
@@ -342,10 +343,10 @@ class EgressStopRequested(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.egress.stop_requested.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    egress_id: str
+    room: Pseudonym
+    egress_id: Plain
     # LiveKit's status of the egress in its answer ("ending", ...).
-    status: str = ""
+    status: Plain = ""
 
 
 class IngressCreated(Event, frozen=True, kw_only=True):
@@ -356,13 +357,13 @@ class IngressCreated(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.ingress.created.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    ingress_id: str
-    input_type: str  # "rtmp" | "whip" | "url"
-    participant_identity: str
-    name: str = ""
+    room: Pseudonym
+    ingress_id: Plain
+    input_type: Plain  # "rtmp" | "whip" | "url"
+    participant_identity: Pseudonym
+    name: Personal = ""
     # Where to push the stream (no credential: the stream key is separate).
-    url: str = ""
+    url: Plain = ""
 
 
 class IngressDeleted(Event, frozen=True, kw_only=True):
@@ -370,8 +371,8 @@ class IngressDeleted(Event, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "mediai.ingress.deleted.v1"
     PRODUCER: ClassVar[str] = "rooms"
-    room: str
-    ingress_id: str
+    room: Pseudonym
+    ingress_id: Plain
 
 
 EVENTS: tuple[type[Event], ...] = (

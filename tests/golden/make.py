@@ -16,6 +16,8 @@ WHEN = datetime(2026, 1, 15, 12, 30, tzinfo=UTC)
 
 
 def example(info: inspect.Type) -> Any:
+    if isinstance(info, inspect.Metadata):  # a privacy mark (shared/events/privacy.py)
+        return example(info.type)
     if isinstance(info, inspect.UnionType):
         concrete = [t for t in info.types if not isinstance(t, inspect.NoneType)]
         return example(concrete[0])
