@@ -10,14 +10,17 @@ from typing import Any
 
 from litestar.serialization import encode_json
 
-from services import http_services
 from shared.config import Settings
+
+# The services behind the gateway's /v1 routes (deploy/Caddyfile): the public API. The keys
+# service answers other services only, never a browser.
+PUBLIC = ("billing", "dispatcher", "rooms", "scheduling", "sessions", "token", "webhooks")
 
 
 def documents(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each HTTP service's OpenAPI document, as ``GET /schema/openapi.json`` would answer."""
+    """Each public service's OpenAPI document, as ``GET /schema/openapi.json`` would answer."""
     found = {}
-    for service in http_services():
+    for service in PUBLIC:
         app = importlib.import_module(f"services.{service}.app").create_app(settings)
         # Litestar's own encoder, as it serves the document (examples may be msgspec Structs).
         found[service] = json.loads(encode_json(app.openapi_schema.to_schema()))

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from services.billing import admin, invoices, queries
 from services.billing.audit import PriceBookNotFoundError, run_audit
 from services.billing.consumers import USAGE_PROJECTION, UsageProjector
+from services.billing.costs import get_usage_cost
 from services.billing.meters import DEFAULT
 from services.billing.periods import PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
@@ -246,6 +247,7 @@ def create_app(settings: Settings) -> Litestar:
         settings=settings,
         route_handlers=[
             get_usage,
+            get_usage_cost,
             get_limits,
             list_invoices,
             get_invoice,

@@ -87,6 +87,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage/cost": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What some dispatches' usage has cost so far, at the prices in force */
+        get: operations["getUsageCost"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/usage/limits": {
         parameters: {
             query?: never;
@@ -310,6 +327,14 @@ export interface components {
             /** Format: date-time */
             windowStart: string;
         };
+        /** UsageCost */
+        UsageCost: {
+            currency: string;
+            dispatches: string[];
+            lines: components["schemas"]["InvoiceLine"][];
+            /** @description Integer cents of the currency */
+            totalCents: number;
+        };
         /** UsageReport */
         UsageReport: {
             /** Format: date-time */
@@ -507,6 +532,43 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    getUsageCost: {
+        parameters: {
+            query: {
+                dispatch: string[];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageCost"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
