@@ -94,7 +94,11 @@ export function LevelMeter({ track, label, testId }: { track: MediaStreamTrack |
 
 export function CaptionList({ captions, you }: { captions: Caption[]; you: string }) {
   const end = useRef<HTMLLIElement>(null);
-  useEffect(() => end.current?.scrollIntoView({ block: 'nearest' }), [captions]);
+  useEffect(() => {
+    // Braces: scrollIntoView returns a promise in newer browsers, and an effect returns only
+    // its clean-up.
+    end.current?.scrollIntoView({ block: 'nearest' });
+  }, [captions]);
   return (
     <section className="panel captions" aria-labelledby="captions-title">
       <h2 id="captions-title">{t('captions.title')}</h2>

@@ -134,6 +134,8 @@ export function measureLevel(track: MediaStreamTrack, report: (level: number) =>
   };
 }
 
+/** A room as the console joins it. A muted microphone is released (the browser's recording
+ * light goes off) and opened again when unmuted. */
 export function newRoom(): Room {
-  return new Room({ adaptiveStream: true, dynacast: true });
+  return new Room({ adaptiveStream: true, dynacast: true, publishDefaults: { stopMicTrackOnMute: true } });
 }

@@ -38,7 +38,7 @@ export function Clinic() {
 
   useEffect(() => {
     if (access.key) void exchange(access.key);
-  }, []); // eslint-disable-line
+  }, []);
 
   if (access.token && Date.parse(access.expires) > Date.now()) setCredential(access.token);
   else if (!access.key) return <SignIn onKey={exchange} problem={problem} />;

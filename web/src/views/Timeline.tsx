@@ -43,6 +43,7 @@ export function Timeline({ session }: { session: string }) {
   }, [session]);
 
   const ordered = [...entries.values()].sort((a, b) => Date.parse(a.at) - Date.parse(b.at) || a.seq - b.seq);
+  const reports = ordered.filter((entry) => entry.kind === 'usage').length;
   return (
     <section className="panel timeline" aria-labelledby="timeline-title" data-testid="timeline">
       <h2 id="timeline-title">
@@ -51,6 +52,7 @@ export function Timeline({ session }: { session: string }) {
       </h2>
       {problem ? <p role="alert" className="error">{problem}</p> : null}
       {!personal ? <p className="muted">{t('timeline.personalHidden')}</p> : null}
+      {summary && summary.dispatches.length ? <Cost dispatches={summary.dispatches.map((d) => d.id)} reports={reports} /> : null}
       <ol>
         {ordered.map((entry) => (
           <li key={entry.key} className={`entry ${entry.kind}`} data-kind={entry.kind} data-key={entry.key} data-trace-id={entry.traceId}>
@@ -69,6 +71,18 @@ export function Timeline({ session }: { session: string }) {
       </ol>
     </section>
   );
+}
+
+/** The session's agents' cost so far (billing prices it), again at each usage report. */
+function Cost({ dispatches, reports }: { dispatches: string[]; reports: number }) {
+  const [cost, setCost] = useState('');
+  const key = dispatches.join(',');
+  useEffect(() => {
+    ok(api.billing.GET('/v1/usage/cost', { params: { query: { dispatch: dispatches } } }))
+      .then((found) => setCost((found.totalCents / 100).toLocaleString(undefined, { style: 'currency', currency: found.currency })))
+      .catch(() => setCost(''));
+  }, [key, reports]);
+  return cost ? <p data-testid="cost">{t('timeline.cost')}: <strong>{cost}</strong></p> : null;
 }
 
 /** Follows the stream from `after` until it ends; returns the last cursor. */
