@@ -69,9 +69,12 @@ client-check: install web/node_modules/.package-lock.json
 	$(UV) run mediai docs openapi --out web/.openapi
 	cd web && node scripts/gen-api.mjs --check
 
-# The browser tests drive Debian's Chromium (never a browser a test tool downloads).
+# The browser tests drive Debian's Chromium through Playwright's Python package (its driver ships
+# in the wheel); Playwright never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
-	@command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache web/node_modules web/dist web/.openapi

@@ -6,7 +6,7 @@ import { useEffect, useState } from 'react';
 import { RoomEvent, Track, type Room } from 'livekit-client';
 import { ApiError, api, ok, setCredential } from '../api/client';
 import { t } from '../i18n';
-import { agentRole, isAgent, newRoom, receiveHints, type Hint } from '../livekit';
+import { AGENT_STATE_ATTRIBUTE, agentRole, isAgent, newRoom, receiveHints, type Hint } from '../livekit';
 import { RoomAudio, VideoView, useRoomChanges } from '../call';
 import { DeviceCheck, type Devices } from '../DeviceCheck';
 import { fragment } from '../secrets';
@@ -80,7 +80,10 @@ function DoctorCall({ room, roomName, models }: { room: Room; roomName: string; 
   }, [room]);
 
   const people = [...room.remoteParticipants.values()].filter((p) => !isAgent(p));
-  const copilotHere = [...room.remoteParticipants.values()].some((p) => isAgent(p) && agentRole(p) === 'copilot');
+  const copilot = [...room.remoteParticipants.values()].find((p) => isAgent(p) && agentRole(p) === 'copilot');
+  const copilotHere = Boolean(copilot);
+  // The copilot's session state (livekit-agents): it hears the room once it is 'listening'.
+  const copilotState = copilot?.attributes[AGENT_STATE_ATTRIBUTE] ?? '';
   const redFlags = hints.filter((h) => h.kind === 'red_flag');
   const local = room.localParticipant;
   const mic = local.isMicrophoneEnabled;
@@ -114,7 +117,7 @@ function DoctorCall({ room, roomName, models }: { room: Room; roomName: string; 
           );
         })}
       </section>
-      <section className="panel hints" aria-labelledby="hints-title" data-testid="hints" data-refused={refused}>
+      <section className="panel hints" aria-labelledby="hints-title" data-testid="hints" data-refused={refused} data-copilot-state={copilotState}>
         <h2 id="hints-title">{t('doctor.hints')}</h2>
         {copilotHere ? (
           <p className="muted">{t('doctor.copilotHere')}</p>
