@@ -25,6 +25,12 @@ export function agentRole(participant: RemoteParticipant): string {
   return participant.attributes[ROLE_ATTRIBUTE] ?? '';
 }
 
+/** An agent that talks with the patient: any agent but the copilot, which is in the room for
+ * the doctor only and never speaks. */
+export function isPatientsAgent(participant: RemoteParticipant): boolean {
+  return isAgent(participant) && agentRole(participant) !== 'copilot';
+}
+
 /** The participant with this identity, waiting up to `ms` for it to join (data and the news of
  * who joined travel apart); undefined if it does not. */
 export function participantNamed(

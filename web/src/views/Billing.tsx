@@ -39,7 +39,7 @@ export function Billing() {
       </section>
       <section className="panel" aria-labelledby="invoices-title">
         <h2 id="invoices-title">{t('billing.invoices')}</h2>
-        <table>
+        <table data-testid="invoices">
           <thead>
             <tr><th scope="col">{t('billing.month')}</th><th scope="col">{t('billing.status')}</th><th scope="col">{t('billing.total')}</th></tr>
           </thead>

@@ -137,7 +137,7 @@ function DoctorCall({ room, roomName, models }: { room: Room; roomName: string; 
           ))}
         </ul>
       </section>
-      <section className="controls" aria-label={t('device.title')}>
+      <section className="controls" aria-label={t('call.controls')}>
         <button type="button" className="toggle" data-on={mic} onClick={() => void local.setMicrophoneEnabled(!mic)}>
           {mic ? t('call.micOn') : t('call.micOff')}
         </button>

@@ -3,7 +3,7 @@
 import { useEffect, useState } from 'react';
 import { RoomEvent, Track, type RemoteParticipant, type Room } from 'livekit-client';
 import { t } from '../i18n';
-import { CHAT_TOPIC, AGENT_STATE_ATTRIBUTE, isAgent, newRoom, receiveCaptions } from '../livekit';
+import { CHAT_TOPIC, AGENT_STATE_ATTRIBUTE, isPatientsAgent, newRoom, receiveCaptions } from '../livekit';
 import { CaptionList, LevelMeter, RoomAudio, VideoView, useCaptions, useRoomChanges } from '../call';
 import { DeviceCheck, type Devices } from '../DeviceCheck';
 import { fragment } from '../secrets';
@@ -66,10 +66,10 @@ function PatientCall({ room, onLeave }: { room: Room; onLeave: () => void }) {
   useEffect(() => {
     receiveCaptions(room, caption);
     const left = (participant: RemoteParticipant) => {
-      if (isAgent(participant) && ![...room.remoteParticipants.values()].some(isAgent)) setAgentLeft(true);
+      if (isPatientsAgent(participant) && ![...room.remoteParticipants.values()].some(isPatientsAgent)) setAgentLeft(true);
     };
     const joined = (participant: RemoteParticipant) => {
-      if (isAgent(participant)) setAgentLeft(false);
+      if (isPatientsAgent(participant)) setAgentLeft(false);
     };
     room.on(RoomEvent.ParticipantDisconnected, left);
     room.on(RoomEvent.ParticipantConnected, joined);
@@ -82,7 +82,8 @@ function PatientCall({ room, onLeave }: { room: Room; onLeave: () => void }) {
     };
   }, [room]);
 
-  const agent = [...room.remoteParticipants.values()].find(isAgent);
+  // The copilot, the doctor's, is no agent of the patient's: it neither speaks nor stays for them.
+  const agent = [...room.remoteParticipants.values()].find(isPatientsAgent);
   const agentAudio = agent?.getTrackPublication(Track.Source.Microphone)?.track?.mediaStreamTrack;
   const avatar = agent?.getTrackPublication(Track.Source.Camera)?.track;
   const state = agent?.attributes[AGENT_STATE_ATTRIBUTE] ?? '';
@@ -123,7 +124,7 @@ function PatientCall({ room, onLeave }: { room: Room; onLeave: () => void }) {
       ) : null}
       {consent === 'sent' ? <p role="status" className="muted">{t('consent.sent')}</p> : null}
       <CaptionList captions={captions} you={t('call.you')} />
-      <section className="controls" aria-label={t('device.title')}>
+      <section className="controls" aria-label={t('call.controls')}>
         {selfView ? <VideoView track={selfView} label={t('device.preview')} mirror /> : null}
         <button type="button" className="toggle" data-on={mic} onClick={() => void local.setMicrophoneEnabled(!mic)}>
           {mic ? t('call.micOn') : t('call.micOff')}

@@ -129,7 +129,8 @@ function describe(entry: TimelineEntry): string {
   const p = entry.personal ?? {};
   switch (entry.kind) {
     case 'transcript':
-      return `${d.speaker === 'user' ? t('speaker.user') : t('speaker.agent')}: ${str(p.text) || '—'}`;
+      // A person by their (pseudonymous) identity: a copilot hears the doctor as well as the patient.
+      return `${d.speaker === 'user' ? str(d.participantIdentity) || t('speaker.user') : t('speaker.agent')}: ${str(p.text) || '—'}`;
     case 'tool_call':
       return `${str(d.tool)} ${d.ok ? '✓' : '✗'} (${Number(d.durationSeconds ?? 0).toFixed(2)} s)`;
     case 'usage':
