@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,10 +33,18 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
+    # Five frames a second: the camera's test pattern is encoded and decoded by every page, on
+    # a small machine shared with other stacks.
+    "--use-fake-device-for-media-stream=fps=5",
     f"--use-file-for-fake-audio-capture={SPEECH}%noloop",
     "--autoplay-policy=no-user-gesture-required",
 ]
+
+
+# Waits for what a page shows, as long as the context's actions wait (Playwright's own default,
+# 5 s, is short for a machine that runs several stacks at once).
+TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 def _missing() -> str | None:
@@ -63,7 +71,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def new_page(browser: Browser, width: int = 1280) -> Page:
     """A page in a context of its own (its own storage: another person)."""
     context = await browser.new_context(viewport={"width": width, "height": 900}, locale="pt-BR")
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(TIMEOUT_MS)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -84,11 +92,15 @@ async def serious_violations(page: Page) -> list[dict[str, Any]]:
 
 
 async def screenshots(page: Page, name: str) -> None:
-    """The page at 1280 and 375 px wide, saved by the run (and into docs/ when asked)."""
+    """The page at 1280 and 375 px wide, with nothing wider than the screen, saved by the run
+    (and into docs/ when asked)."""
     OUTPUT.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size or {"width": 1280, "height": 900}
     for width in (1280, 375):
         await page.set_viewport_size({"width": width, "height": 900})
+        # Patients join from phones: nothing may be wider than the screen.
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= width, f"{name}: {wide} px wide on a {width} px screen"
         path = OUTPUT / f"{name}-{width}.png"
         await page.screenshot(path=str(path), full_page=True)
         if os.environ.get("MEDIAI_UPDATE_SCREENSHOTS"):

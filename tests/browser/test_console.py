@@ -1,10 +1,12 @@
 """The console in a real browser (Debian's Chromium, fake camera, the WAV as microphone) against
 the real stack, agents answering through the OpenAI-compatible stand-in: the clinic creates a
 consultation; the patient hears the agent, consents with the button, speaks and sees captions;
-the doctor calls the copilot and sees its hint, never a hint forged by a participant, and reads
-the anamnesis once the intake ends; the clinic reads that session's timeline with the agent's
-turns, its tool calls and usage, each linked to the trace of its event. Every view passes axe
-with no serious violation and is photographed at 1280 and 375 px."""
+the doctor reads the anamnesis once the intake ends, calls the copilot and sees its hint and its
+red flag as a banner, never a hint forged by a participant; the clinic reads that session's
+timeline with the agent's turns, its tool calls and usage, each linked to the trace of its
+event, then its usage, invoices and an audit; the intake ends and the patient is told, and
+leaves. Every view passes axe with no serious violation and is photographed at 1280 and 375 px,
+never wider than the screen."""
 
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from services.agent import consent
 from services.sessions.core import trace_id
 from shared.bus import Bus
 from shared.events.agents import AgentToolCalled, AgentTranscribed, AgentUsageReported
+from shared.participants import DOCTOR, person_role
 from tests.browser.conftest import new_page, screenshots, serious_violations
 from tests.standin import OpenAIStandin
-from tests.support import watch
+from tests.support import until, watch
 
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
 
@@ -39,13 +42,16 @@ ASKED = "Obrigada! Qual é o motivo da consulta?"
 RECORDED = "Obrigada, registrei tudo para o médico."
 HINT = "Pergunta: De 0 a 10, qual é a intensidade da dor?"
 FORGED = "Alerta: suspender a insulina."
+ALARMING = "O paciente refere dor no peito e falta de ar."
+RED_FLAG = "Alerta: dor torácica com dispneia, avaliar síndrome coronariana."
 INTAKE = "assistente de triagem"
 COPILOT = "copiloto do médico"
 
 
 def script(standin: OpenAIStandin) -> None:
     """The intake: consent, then the chief complaint recorded and the intake finished; the
-    copilot: one question for the doctor. Every transcription hears the patient's WAV."""
+    copilot: one question for the doctor, and a red flag once someone speaks of chest pain.
+    Every transcription hears the patient's WAV as HEARD until the test changes that."""
     standin.reset()
     standin.transcript_default(HEARD)
     standin.chat(
@@ -63,6 +69,7 @@ def script(standin: OpenAIStandin) -> None:
         ],
     )
     standin.chat(after_tool="*", system=INTAKE, text=RECORDED)
+    standin.chat("dor no peito", system=COPILOT, text=RED_FLAG)
     standin.chat(system=COPILOT, text=HINT)
 
 
@@ -150,6 +157,8 @@ async def test_a_consultation_through_the_console(
         # Each answer shows the patient's own words it came from.
         await expect(anamnesis.locator("blockquote").first).to_contain_text("dor de cabeça")
         await doctor.get_by_role("button", name=re.compile("^Microfone")).click()
+        # The doctor's own camera is not shown in their view; it would only load the machine.
+        await doctor.get_by_role("button", name=re.compile("^Câmera")).click()
         await doctor.get_by_role("button", name="Entrar na consulta").click()
         await doctor.get_by_role("button", name="Chamar o copiloto").click()
         await expect(doctor.get_by_text("O copiloto está na consulta.")).to_be_visible(
@@ -163,10 +172,21 @@ async def test_a_consultation_through_the_console(
         await expect(hints.locator("li[data-kind=question]")).to_contain_text(
             HINT.removeprefix("Pergunta: "), timeout=60_000
         )
-        async with forged_hint(api, room, doctor):
-            await expect(hints).to_have_attribute("data-refused", re.compile(r"[1-9]"))
+        async with forged_hint(api, room):
+            await expect(hints).to_have_attribute(
+                "data-refused", re.compile(r"[1-9]"), timeout=30_000
+            )
         await expect(hints).not_to_contain_text("insulina")
         await expect(doctor.get_by_test_id("red-flag")).to_have_count(0)
+        # The doctor speaks again (the microphone reopened plays the WAV again), now heard as
+        # chest pain: the copilot's red flag is a banner above the call.
+        openai_standin.transcript_default(ALARMING)
+        await doctor.get_by_role("button", name="Desligar microfone").click()
+        await doctor.get_by_role("button", name="Ligar microfone").click()
+        await expect(doctor.get_by_test_id("red-flag")).to_contain_text(
+            RED_FLAG.removeprefix("Alerta: "), timeout=60_000
+        )
+        await expect(hints.locator("li[data-kind=red_flag]")).to_have_count(1)
         await no_serious_violations(doctor, "doctor")
         await screenshots(doctor, "doctor-call")
 
@@ -194,23 +214,59 @@ async def test_a_consultation_through_the_console(
     for key, _, href in checked:
         expected = trace_id(published[key].traceparent)
         assert expected and href == f"http://traces.test/trace/{expected}"
+
+    await usage_invoices_and_an_audit(clinic)
+
+    # -- the intake ends: the patient is told the assistant left (the copilot, the doctor's,
+    # stays and does not count), and leaves ---------------------------------------------------
+    ended = await api.delete(f"/v1/agents/{dispatch_id}")
+    assert ended.status_code in (200, 202), ended.text
+    await expect(patient.get_by_test_id("agent-left")).to_be_visible(timeout=45_000)
+    await patient.get_by_role("button", name="Sair").click()
+    await expect(patient.get_by_text("Você saiu da consulta.")).to_be_visible()
+
     for page in (clinic, patient, doctor):
         assert page.errors == []  # type: ignore[attr-defined]
         await page.context.close()
 
 
+async def usage_invoices_and_an_audit(clinic: Page) -> None:
+    """The clinic's usage per meter (the consultation's agents metered), this month's draft
+    invoice, and an audit by replay whose result is shown."""
+    await clinic.get_by_role("tab", name="Uso e faturas").click()
+    usage = clinic.get_by_test_id("usage")
+    await expect(usage.locator("tbody tr", has_text="agent_session")).not_to_have_count(0)
+    await expect(clinic.get_by_test_id("invoices").locator("tbody tr")).not_to_have_count(0)
+    await clinic.get_by_role("button", name="Auditar").click()
+    await expect(clinic.get_by_test_id("audit-result")).to_contain_text(
+        re.compile("Confere|Diferença"), timeout=30_000
+    )
+    await no_serious_violations(clinic, "clinic: usage")
+    await screenshots(clinic, "clinic-usage")
+
+
 @asynccontextmanager
-async def forged_hint(api: httpx.AsyncClient, room: str, doctor: Page) -> AsyncIterator[None]:
+async def forged_hint(api: httpx.AsyncClient, room: str) -> AsyncIterator[None]:
     """A participant with a patient's token writes on the hint topic, with a hint's attributes,
-    once the doctor's page shows it in the call, and stays until the caller is done (leaving at
-    once could cut its stream short)."""
+    to the doctor once in the room with them, and stays until the caller is done (leaving at
+    once could cut its stream short). The doctor's page refuses it whether or not the news of
+    the forger's arrival reached it first (a sender it does not know is no agent either), so
+    the test does not wait for that news, which a loaded machine can hold back for seconds."""
     identity = f"intruso-{uuid.uuid4().hex[:6]}"
     grant = await api.post("/v1/tokens", json={"room": room, "identity": identity})
     assert grant.is_success, grant.text
     forger = rtc.Room()
-    await forger.connect(grant.json()["wsUrl"], grant.json()["token"])
+    # It only writes: receiving the others' video would only load the machine.
+    await forger.connect(
+        grant.json()["wsUrl"], grant.json()["token"], rtc.RoomOptions(auto_subscribe=False)
+    )
     try:
-        await expect(doctor.get_by_text(identity)).to_be_visible()
+        await until(
+            lambda: any(
+                person_role(p.attributes) == DOCTOR for p in forger.remote_participants.values()
+            ),
+            timeout=20,
+        )
         await forger.local_participant.send_text(
             FORGED,
             topic="mediai.copilot.hints",
@@ -219,3 +275,19 @@ async def forged_hint(api: httpx.AsyncClient, room: str, doctor: Page) -> AsyncI
         yield
     finally:
         await forger.disconnect()
+
+
+async def test_portuguese_first_english_second(browser: Browser, stack: StackState) -> None:
+    """The console speaks Brazilian Portuguese unless asked; the switch gives English, and a
+    patient's address without its invitation says so in words, not a blank page."""
+    page = await new_page(browser, width=375)
+    await page.goto(f"{stack.gateway_url}/consulta/sala-1")
+    await expect(page.locator("html")).to_have_attribute("lang", "pt-BR")
+    await expect(page.get_by_role("status")).to_contain_text("não tem o convite da consulta")
+    await page.get_by_role("link", name="English").click()
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.get_by_role("status")).to_contain_text("has no consultation invitation")
+    await page.goto(stack.gateway_url)  # the choice is remembered
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+    await page.context.close()
