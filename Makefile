@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up test faults install livekit lint typecheck docs web client client-check chromium clean
+.PHONY: up test faults install livekit helm lint typecheck docs web client client-check chromium clean
 
 up: install livekit web
 	$(UV) run mediai up
@@ -21,7 +21,7 @@ up: install livekit web
 # The fault suite runs after the rest, never beside it: each of its modules starts a stack of
 # its own (docs/reliability.md). The browser tests (tests/browser) run with the rest, in
 # Debian's Chromium against the console built by `web`.
-test: install livekit lint typecheck docs client-check web chromium
+test: install livekit helm lint typecheck docs client-check web chromium
 	$(UV) run pytest -m "not faults"
 	$(UV) run pytest -m faults tests/faults
 
@@ -40,6 +40,10 @@ $(UV):
 # Builds the pinned LiveKit server once into ~/.cache/mediai (skipped when LIVEKIT_URL is set).
 livekit: install
 	@if [ -z "$$LIVEKIT_URL" ]; then $(UV) run mediai livekit build; fi
+
+# Builds the pinned helm once into ~/.cache/mediai: the chart's tests render deploy/helm with it.
+helm: install
+	$(UV) run mediai tools build helm
 
 lint: install
 	$(UV) run ruff check .

@@ -284,6 +284,24 @@ def livekit_build() -> None:
     click.echo(str(path))
 
 
+@cli.group()
+def tools() -> None:
+    """Programs the checks need, built once from the Go module proxy into the cache."""
+
+
+@tools.command("build")
+@click.argument("name", type=click.Choice(["helm"]))
+def tools_build(name: str) -> None:
+    """Build a tool into the cache (once; later calls return at once) and print its path."""
+    from deploy import gotools
+
+    try:
+        path = gotools.build(gotools.TOOLS[name])
+    except gotools.GoToolUnavailableError as error:
+        fail(str(error))
+    click.echo(str(path))
+
+
 def main() -> None:
     from deploy import operations
 

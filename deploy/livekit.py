@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from deploy.gotools import GoTool, GoToolUnavailableError, build
 from shared.config import Settings
 
 # The one place the LiveKit server version is pinned.
@@ -21,52 +19,26 @@ class LiveKitUnavailableError(Exception):
     """No way to get a LiveKit server here; the message says how to fix it, in one line."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("MEDIAI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mediai"
-    )
-    return Path(base)
+LIVEKIT_SERVER = GoTool(
+    "LiveKit server", LIVEKIT_SERVER_MODULE, LIVEKIT_SERVER_VERSION, "livekit-server"
+)
 
 
 def binary_path() -> Path:
-    return cache_dir() / f"livekit-server-{LIVEKIT_SERVER_VERSION}" / "livekit-server"
-
-
-def _go() -> str | None:
-    return shutil.which("go")
+    return LIVEKIT_SERVER.path
 
 
 def ensure_binary(announce: bool = True) -> Path:
     """The LiveKit server binary, building it with ``go install`` on first use."""
-    target = binary_path()
-    if target.is_file():
-        return target
-    go = _go()
-    if go is None:
+    if shutil.which("go") is None and not binary_path().is_file():
         raise LiveKitUnavailableError(
             "LiveKit server: Go is not installed and LIVEKIT_URL is not set; install Go 1.23+ "
             "(https://go.dev/dl) or set LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
         )
-    if announce:
-        print(
-            f"building LiveKit server {LIVEKIT_SERVER_VERSION} once (a few minutes)...", flush=True
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-        env = {**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
-        result = subprocess.run(
-            [go, "install", f"{LIVEKIT_SERVER_MODULE}@{LIVEKIT_SERVER_VERSION}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LiveKitUnavailableError(f"LiveKit server: go install failed: {last}")
-        # Rename atomically, so an interrupted build never leaves a half-written binary.
-        os.replace(Path(gobin) / "server", target)
-    return target
+    try:
+        return build(LIVEKIT_SERVER, announce=announce)
+    except GoToolUnavailableError as error:
+        raise LiveKitUnavailableError(str(error)) from None
 
 
 def ice_interfaces() -> list[str]:
