@@ -3,7 +3,7 @@
 import { useEffect, useState } from 'react';
 import { RoomEvent, Track, type RemoteParticipant, type Room } from 'livekit-client';
 import { t } from '../i18n';
-import { CHAT_TOPIC, AGENT_STATE_ATTRIBUTE, isPatientsAgent, newRoom, receiveCaptions } from '../livekit';
+import { CHAT_TOPIC, AGENT_STATE_ATTRIBUTE, isPatientsAgent, newRoom, receiveCaptions, type Caption } from '../livekit';
 import { CaptionList, LevelMeter, RoomAudio, VideoView, useCaptions, useRoomChanges } from '../call';
 import { DeviceCheck, type Devices } from '../DeviceCheck';
 import { fragment } from '../secrets';
@@ -19,6 +19,7 @@ export function Patient({ room: roomName }: { room: string }) {
   const [stage, setStage] = useState<Stage>('check');
   const [room, setRoom] = useState<Room | null>(null);
   const [problem, setProblem] = useState('');
+  const [captions, caption] = useCaptions();
 
   if (!token) return <Notice text={t('patient.noInvite')} />;
 
@@ -26,6 +27,9 @@ export function Patient({ room: roomName }: { room: string }) {
     setStage('joining');
     setProblem('');
     const joining = newRoom();
+    // Captions are received from before connecting: the agent greets the patient as soon as
+    // they are in the room, while the microphone and camera are still being opened.
+    receiveCaptions(joining, caption);
     joining.on(RoomEvent.Disconnected, () => setStage((s) => (s === 'left' ? s : 'ended')));
     try {
       await joining.connect(url, token);
@@ -49,22 +53,20 @@ export function Patient({ room: roomName }: { room: string }) {
       <h1 className="room-title">{roomName}</h1>
       {problem ? <p role="alert" className="error">{t('common.error', { message: problem })}</p> : null}
       {stage === 'check' || stage === 'joining' ? <DeviceCheck onJoin={join} busy={stage === 'joining'} /> : null}
-      {stage === 'call' && room ? <PatientCall room={room} onLeave={leave} /> : null}
+      {stage === 'call' && room ? <PatientCall room={room} captions={captions} onLeave={leave} /> : null}
       {stage === 'left' ? <Notice text={t('call.left')} /> : null}
       {stage === 'ended' ? <Notice text={t('call.disconnected')} /> : null}
     </main>
   );
 }
 
-function PatientCall({ room, onLeave }: { room: Room; onLeave: () => void }) {
+function PatientCall({ room, captions, onLeave }: { room: Room; captions: Caption[]; onLeave: () => void }) {
   useRoomChanges(room);
-  const [captions, caption] = useCaptions();
   const [agentLeft, setAgentLeft] = useState(false);
   const [late, setLate] = useState(false);
   const [consent, setConsent] = useState<'pending' | 'sent'>('pending');
 
   useEffect(() => {
-    receiveCaptions(room, caption);
     const left = (participant: RemoteParticipant) => {
       if (isPatientsAgent(participant) && ![...room.remoteParticipants.values()].some(isPatientsAgent)) setAgentLeft(true);
     };
@@ -78,7 +80,6 @@ function PatientCall({ room, onLeave }: { room: Room; onLeave: () => void }) {
       window.clearTimeout(timer);
       room.off(RoomEvent.ParticipantDisconnected, left);
       room.off(RoomEvent.ParticipantConnected, joined);
-      room.unregisterTextStreamHandler('lk.transcription');
     };
   }, [room]);
 
