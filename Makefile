@@ -1,7 +1,7 @@
 # The two commands that matter: `make up` runs the whole stack, `make test` runs every check.
 # Both install what they need first, from package registries only (PyPI, the Go module proxy,
-# Maven Central, Debian), so they work on a fresh Linux machine with Python 3.11+, Go, Java 17+,
-# Maven and make.
+# Maven Central, npm, Debian), so they work on a fresh Linux machine with Python 3.11+, Go,
+# Java 17+, Maven, Node 20 and make.
 
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
@@ -14,19 +14,20 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up up-cluster test faults cluster install redis livekit zipkin helm lint typecheck docs clean
+.PHONY: up up-cluster test faults cluster install redis livekit zipkin helm lint typecheck docs web client client-check chromium clean
 
-up: install livekit zipkin
+up: install livekit zipkin web
 	$(UV) run mediai up
 
 # The cluster topology on this machine (docs/scaling.md): 3 NATS, 2 LiveKit on Redis, 2 replicas
 # of every service, 2 agent worker pools.
-up-cluster: install livekit redis
+up-cluster: install livekit redis web
 	$(UV) run mediai up --cluster
 
 # The fault and cluster suites run after the rest, never beside it: each of their modules starts
-# a stack of its own (docs/reliability.md, docs/scaling.md).
-test: install livekit redis zipkin helm lint typecheck docs
+# a stack of its own (docs/reliability.md, docs/scaling.md). The browser tests (tests/browser) run
+# with the rest, in Debian's Chromium against the console built by `web`.
+test: install livekit redis zipkin helm lint typecheck docs client-check web chromium
 	$(UV) run pytest -m "not faults and not cluster"
 	$(UV) run pytest -m faults tests/faults
 	$(UV) run pytest -m cluster tests/cluster
@@ -80,5 +81,30 @@ docs: install
 	$(UV) run mediai docs openapi --check
 	$(UV) run mediai docs nats-users --check
 
+# The web console (web/): npm ci from the committed lockfile (only when it changed), then the
+# type check and Vite's build into web/dist, which the gateway serves at /.
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+# The console's API types, generated from the services' OpenAPI documents (built from their
+# apps, no stack needed); client-check fails when the committed ones are stale.
+client: install web/node_modules/.package-lock.json
+	$(UV) run mediai docs openapi --per-service web/.openapi
+	cd web && node scripts/gen-api.mjs
+
+client-check: install web/node_modules/.package-lock.json
+	$(UV) run mediai docs openapi --per-service web/.openapi
+	cd web && node scripts/gen-api.mjs --check
+
+# The browser tests drive Debian's Chromium through Playwright's Python package (its driver ships
+# in the wheel); Playwright never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
 clean:
-	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache web/node_modules web/dist web/.openapi

@@ -83,6 +83,9 @@ def up(cluster: bool) -> None:
             click.echo(
                 "\nMediAI is ready.\n"
                 f"  gateway      {state.gateway_url}\n"
+                # The key rides in the fragment, which never reaches a server; the console
+                # exchanges it for a one-hour view token and drops it (docs/console.md).
+                f"  console      {state.gateway_url}/#k={state.dev_api_key}\n"
                 f"  LiveKit      {state.livekit_url}"
                 f"{' (local dev server)' if state.livekit_local else ''}\n"
                 f"  NATS         {state.nats_url}\n"

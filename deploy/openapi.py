@@ -118,6 +118,25 @@ def api_document(settings: Settings | None = None) -> dict[str, Any]:
     return merge(documents)
 
 
+# The services behind the gateway's /v1 routes (deploy/Caddyfile): what a browser may call.
+PUBLIC = ("billing", "dispatcher", "rooms", "scheduling", "sessions", "token", "webhooks")
+
+
+def write_per_service(out: Path) -> list[Path]:
+    """Each public service's own document (as in the merged one) in ``out/<service>.json``: the
+    web console's TypeScript client is generated from them (web/scripts/gen-api.mjs)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = Settings(data_dir=Path(scratch))
+        documents = {service: service_document(service, settings) for service in PUBLIC}
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for service, document in documents.items():
+        path = out / f"{service}.json"
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
 def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 

@@ -233,12 +233,23 @@ def docs_events(check: bool) -> None:
     is_flag=True,
     help="Exit 1 if docs/openapi.json is not the code's, or a breaking change is not declared.",
 )
-def docs_openapi(check: bool) -> None:
+@click.option(
+    "--per-service",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Instead, write each public service's own document there (<service>.json): what the "
+    "web console's TypeScript client is generated from (make client).",
+)
+def docs_openapi(check: bool, per_service: Path | None) -> None:
     """Write docs/openapi.json, the whole API's OpenAPI document, from the services' code.
 
     A breaking change (oasdiff's) must first be declared in docs/openapi-declared.txt."""
     from deploy import openapi
     from deploy.cli import fail
+
+    if per_service is not None:
+        for path in openapi.write_per_service(per_service):
+            click.echo(str(path))
+        return
 
     document = openapi.api_document()
     try:

@@ -33,6 +33,7 @@ from shared.outbox import relay_outbox
 from shared.tenants import authenticate, create_tenant
 
 DEPLOY_DIR = Path(__file__).resolve().parent
+WEB_ROOT = DEPLOY_DIR.parent / "web" / "dist"
 STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
@@ -253,8 +254,19 @@ def gateway_part(settings: Settings) -> Part:
                 f"{settings.host}:{settings.service_replica_port(name, r)}"
                 for r in range(1, settings.service_replicas + 1)
             )
-            for name in ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling")
+            for name in (
+                "token",
+                "rooms",
+                "webhooks",
+                "dispatcher",
+                "billing",
+                "scheduling",
+                "sessions",
+            )
         },
+        # The console's built files (``make web``); without them the gateway still serves the
+        # API, and / answers 404.
+        "MEDIAI_WEB_ROOT": str(WEB_ROOT),
     }
     return Part(
         name="gateway",

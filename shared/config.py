@@ -103,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keys_port: int = 8107
     recorder_port: int = 8108
     pool_port: int = 8109
+    sessions_port: int = 8110
     # Only in a cluster: LiveKit's Redis, and the gateway's LiveKit listener when
     # livekit_nodes > 1 is livekit_port itself (the nodes then take livekit_node_ports).
     redis_port: int = 6380
@@ -110,6 +111,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     token_ttl_default: int = 3600
     token_ttl_max: int = 6 * 3600
+    # Signs the short-lived view tokens browsers hold instead of API keys (shared.viewtokens);
+    # every service verifies with it. The local stack's default; a deployment sets its own.
+    view_token_secret: str = "mediai-dev-view-token-secret-please-change"  # noqa: S105
 
     # Consumers: a message whose handler fails for an unclassified reason (a bug) is delivered
     # this many times, with these delays in seconds between deliveries, then dead-lettered. An
@@ -419,6 +423,7 @@ PORT_NAMES = (
     "keys",
     "recorder",
     "pool",
+    "sessions",
     "redis",
     "zipkin",
 )
@@ -459,6 +464,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEDIAI_DB_STATEMENT_TIMEOUT": ("db_statement_timeout", _seconds),
     "MEDIAI_TOKEN_TTL_DEFAULT": ("token_ttl_default", parse_duration),
     "MEDIAI_TOKEN_TTL_MAX": ("token_ttl_max", parse_duration),
+    "MEDIAI_VIEW_TOKEN_SECRET": ("view_token_secret", str),
     "MEDIAI_PHI_RETENTION": ("phi_retention", parse_duration),
     "MEDIAI_DEADLETTER_RETENTION": ("deadletter_retention", _positive_duration),
     "MEDIAI_DEADLETTER_MAX_BYTES": ("deadletter_max_bytes", _positive_size),
@@ -595,4 +601,6 @@ def load_settings(
         raise ConfigError("MEDIAI_AGENT_POOL_MIN: larger than MEDIAI_AGENT_POOL_MAX")
     if len(settings.livekit_api_secret) < 32:
         raise ConfigError("LIVEKIT_API_SECRET: must be at least 32 characters")
+    if len(settings.view_token_secret) < 32:
+        raise ConfigError("MEDIAI_VIEW_TOKEN_SECRET: must be at least 32 characters")
     return settings

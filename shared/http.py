@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -50,6 +51,13 @@ from shared.pruning import BUS_PRUNER
 from shared.strict_requests import allow_every_method, check_request
 from shared.telemetry import setup_telemetry
 from shared.tenants import ApiKeys, Tenant
+from shared.viewtokens import (
+    ViewForbiddenError,
+    ViewTokenError,
+    check_route,
+    is_view_token,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,11 @@ class ApiError(Exception):
 class UnauthorizedError(ApiError):
     status_code = 401
     code = "unauthorized"
+
+
+class ForbiddenError(ApiError):
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFoundError(ApiError):
@@ -183,15 +196,31 @@ def _problem(request: Request[Any, Any, Any], key: str, message: str) -> dict[st
 
 
 async def provide_tenant(request: Request[Any, Any, Any]) -> Tenant:
-    """The caller's tenant, from ``Authorization: Bearer <API key>``; 401 otherwise."""
+    """The caller's tenant, from ``Authorization: Bearer <API key>`` or, on the routes that
+    take one (``shared.viewtokens.view_scope``), a view token; 401 otherwise, 403 for a view
+    token that does not allow the route."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
+    if is_view_token(key.strip()):
+        return _view_tenant(request, key.strip())
     api_keys: ApiKeys = request.app.state.api_keys
     tenant = await api_keys.tenant(key.strip())
     if tenant is None:
         raise UnauthorizedError("invalid or revoked API key")
     return tenant
+
+
+def _view_tenant(request: Request[Any, Any, Any], token: str) -> Tenant:
+    settings: Settings = request.app.state.settings
+    try:
+        grant = verify(token, settings.view_token_secret, now=time.time())
+        check_route(grant, request.route_handler.opt, request.path_params)
+    except ViewTokenError as error:
+        raise UnauthorizedError(str(error)) from None
+    except ViewForbiddenError as error:
+        raise ForbiddenError(str(error)) from None
+    return Tenant(id=grant.tenant, name=grant.tenant_name, grant=grant)
 
 
 def _provide_bus(state: State) -> Bus:

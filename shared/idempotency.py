@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,8 @@ from shared.background import every
 from shared.contract import ErrorBody, ErrorDetail, merged
 from shared.events import new_event_id
 from shared.http import RETRY_AFTER_SECONDS
-from shared.tenants import ApiKeys
+from shared.tenants import ApiKeys, Tenant
+from shared.viewtokens import ViewTokenError, is_view_token, verify
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,20 @@ class _Recorder:
             await send(message)
 
 
+async def _caller(scope: Scope, credential: str) -> Tenant | None:
+    """Whose key it is: an API key's tenant (through the app's key cache), or a valid view
+    token's (the handler's own ``tenant`` dependency still checks what the view token allows)."""
+    if not is_view_token(credential):
+        api_keys: ApiKeys = scope["app"].state.api_keys
+        return await api_keys.tenant(credential)
+    secret = scope["app"].state.settings.view_token_secret
+    try:
+        grant = verify(credential, secret, now=time.time())
+    except ViewTokenError:
+        return None
+    return Tenant(id=grant.tenant, name=grant.tenant_name, grant=grant)
+
+
 class IdempotencyMiddleware(ASGIMiddleware):
     """Takes the key before the handler runs, keeps the answer (or marks the run failed) after;
     see the module."""
@@ -186,10 +202,11 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await _send(send, _refusal(400))
             return
         pool: asyncpg.Pool = scope["app"].state.pool
-        api_keys: ApiKeys = scope["app"].state.api_keys
-        scheme, _, api_key = (_header(scope, b"authorization") or "").partition(" ")
+        scheme, _, credential = (_header(scope, b"authorization") or "").partition(" ")
         try:
-            tenant = await api_keys.tenant(api_key.strip()) if scheme.lower() == "bearer" else None
+            tenant = (
+                await _caller(scope, credential.strip()) if scheme.lower() == "bearer" else None
+            )
         except _DATABASE_ERRORS as error:
             await _unavailable(send, error)
             return

@@ -26,6 +26,7 @@ from shared import subjects
 from shared.db import Connection
 from shared.events import CODEC, ApiKeyCreated, ApiKeyRevoked, EventDecodeError, TenantCreated
 from shared.outbox import add_to_outbox
+from shared.viewtokens import Grant
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ SOURCE = "mediai/platform"
 class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
+    # Set when the caller came with a view token rather than an API key: what it may do.
+    grant: Grant | None = None
 
 
 def hash_key(key: str) -> str:

@@ -91,6 +91,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "agent_lost_grace": 10,
         # No JVM per test session: the tests that look at traces start Zipkin, or a receiver.
         "zipkin": False,
+        # Timeline entries link to their traces (services/sessions).
+        "trace_url_template": "http://traces.test/trace/{trace_id}",
     }
     # MEDIAI_SERVICES limits the services started, as for `mediai up` (default: all).
     selected = os.environ.get("MEDIAI_SERVICES", "")

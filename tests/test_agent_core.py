@@ -330,3 +330,36 @@ def test_reports_are_deltas_whose_sum_is_the_total() -> None:
     assert sum(r.session_seconds for r in reports) == 37.0
     with pytest.raises(RuntimeError, match="final"):
         meter.report(Totals(), T0 + timedelta(seconds=40))
+
+
+def test_each_tool_call_is_an_event_without_its_arguments_or_result() -> None:
+    from livekit.agents.llm import FunctionCall, FunctionCallOutput
+    from livekit.agents.voice.events import FunctionToolsExecutedEvent
+
+    from services.agent.tooluse import tool_calls
+
+    calls = [
+        FunctionCall(
+            call_id="c1", name="search_doctors", arguments='{"name": "Lia"}', created_at=10.0
+        ),
+        FunctionCall(call_id="c2", name="book_appointment", arguments="{}", created_at=10.5),
+    ]
+    outputs = [
+        FunctionCallOutput(
+            call_id="c1", name="search_doctors", output="Dra. Lia", is_error=False, created_at=10.25
+        ),
+        FunctionCallOutput(
+            call_id="c2", name="book_appointment", output="ocupado", is_error=True, created_at=11.0
+        ),
+    ]
+    executed = FunctionToolsExecutedEvent(function_calls=calls, function_call_outputs=outputs)
+    events = tool_calls(executed, dispatch_id="d1", room="sala-1", role="receptionist")
+    assert [(e.call_id, e.tool, e.ok, e.duration_seconds) for e in events] == [
+        ("c1", "search_doctors", True, 0.25),
+        ("c2", "book_appointment", False, 0.5),
+    ]
+    assert events[0].called_at == datetime.fromtimestamp(10.0, UTC)
+    assert (
+        "Lia"
+        not in CODEC.encode(envelope(events[0], source="t", tenant="t", subject="d1")).decode()
+    )

@@ -150,3 +150,57 @@ async def test_a_new_price_version_mid_month_prices_each_side_and_lines_say_whic
     ] == [(1, 600_000, 8, 80), (2, 600_000, 10, 100)]
     assert invoice["priceBooks"] == [f"{plan}@1", f"{plan}@2"]
     assert invoice["totalCents"] == 180
+
+
+async def test_some_dispatches_cost_so_far_is_priced_as_the_draft_prices_them(
+    stack: StackState, bus: Bus, pool: asyncpg.Pool
+) -> None:
+    """The console's "agents' cost so far" of a session: that session's dispatches only, priced
+    with the book in force, line for line as the month's draft prices the same usage."""
+    from datetime import UTC, datetime, timedelta
+
+    from shared.events import envelope
+    from shared.events.agents import AgentUsageReported
+
+    tenant, key = await new_tenant(pool)
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = max(now - timedelta(minutes=2), now.replace(day=1, hour=0, minute=0, second=0))
+
+    def usage(dispatch: str, tokens: int) -> Any:
+        report = AgentUsageReported(
+            dispatch_id=dispatch, room="consulta-1", role="intake", period_start=start,
+            period_end=now, final=True, llm_prompt_tokens=tokens, llm_completion_tokens=tokens // 4,
+            session_seconds=61.0, sequence=1,
+        )  # fmt: skip
+        return envelope(report, source="mediai/agent", tenant=tenant, subject=dispatch)
+
+    ours, other = f"d-{secrets.token_hex(4)}", f"d-{secrets.token_hex(4)}"
+    await publish(bus, [usage(ours, 120_000), usage(other, 40_000)])
+    await caught_up(bus)
+    async with client(stack, key) as http:
+        alone = await new_tenant(pool)  # the same usage of one dispatch, alone in a month
+        cost = (await http.get("/v1/usage/cost", params={"dispatch": ours})).json()
+        both = (
+            await http.get("/v1/usage/cost", params=[("dispatch", ours), ("dispatch", other)])
+        ).json()
+        missing = await http.get("/v1/usage/cost")
+    await publish(bus, [msgspec_replace_tenant(usage(ours, 120_000), alone[0])])
+    await caught_up(bus)
+    async with client(stack, alone[1]) as http:
+        month = now.strftime("%Y-%m")
+        draft = (await http.get(f"/v1/invoices/inv-{alone[0]}-{month}")).json()
+    assert cost["dispatches"] == [ours] and cost["currency"] == "BRL"
+    assert cost["totalCents"] == sum(item["amountCents"] for item in cost["lines"]) > 0
+    assert [(i["meter"], i["quantity"], i["amountCents"]) for i in cost["lines"]] == [
+        (i["meter"], i["quantity"], i["amountCents"]) for i in draft["lines"]
+    ]
+    assert both["totalCents"] > cost["totalCents"]
+    assert missing.status_code == 400
+
+
+def msgspec_replace_tenant(event: Any, tenant: str) -> Any:
+    import msgspec
+
+    from shared.events import new_event_id
+
+    return msgspec.structs.replace(event, tenant=tenant, id=new_event_id())

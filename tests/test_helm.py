@@ -166,7 +166,16 @@ def test_each_component_logs_in_to_nats_as_itself(helm: str) -> None:
             secret = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
             assert secret == {"name": "mediai-nats-users", "key": user}
             users[obj["metadata"]["name"]] = user
-    services = ("token", "rooms", "webhooks", "dispatcher", "billing", "scheduling", "keys")
+    services = (
+        "token",
+        "rooms",
+        "webhooks",
+        "dispatcher",
+        "billing",
+        "scheduling",
+        "sessions",
+        "keys",
+    )
     assert users == {
         **{f"clinic-{name}": name for name in services},
         "clinic-agent": "agent",

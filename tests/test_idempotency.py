@@ -357,7 +357,7 @@ CREATING = {
     "billing": [("/v1/audits", "post")],
 }
 NOT_CREATING = {
-    "token": [("/v1/tokens", "post")],
+    "token": [("/v1/tokens", "post"), ("/v1/view-tokens", "post")],
     "rooms": [("/v1/rooms/{name}/data", "post"), ("/v1/egress/{egress_id}/stop", "post")],
     "dispatcher": [("/v1/agents/{dispatch_id}/commands", "post"), ("/v1/agents", "get")],
     "webhooks": [("/v1/webhooks/livekit", "post")],

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from deploy.stack import StackState, child_environ
+from deploy.stack import WEB_ROOT, StackState, child_environ
 from shared.config import Settings
 from tests.standin import OpenAIStandin
 from tests.support import eventually, stack_settings
@@ -145,9 +145,25 @@ async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Setti
                 return state if state == "joined" else None
 
             await eventually(joined, timeout=30)
+            await serves_the_console(client)
     finally:
         output = await stop_up(process)
     assert "stopped." in output
+    assert f"console      {up_settings.gateway_url}/#k={document['dev_api_key']}" in output
+
+
+async def serves_the_console(client: httpx.AsyncClient) -> None:
+    """The gateway of `mediai up` serves the console built by `make web` at /, and its own
+    paths (a patient's /consulta/{room}) as the same page, which routes itself."""
+    if not (WEB_ROOT / "index.html").exists():
+        if os.environ.get("CI"):
+            pytest.fail("the console is not built (make web)")  # make test builds it first
+        return
+    for path in ("/", "/consulta/r1"):
+        page = await client.get(path)
+        assert page.status_code == 200, path
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<div id="root">' in page.text and "/assets/" in page.text
 
 
 async def test_a_busy_port_is_one_clear_line(up_settings: Settings) -> None:

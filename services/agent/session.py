@@ -22,6 +22,7 @@ from services.agent.providers import Models
 from services.agent.reporter import Reporter
 from services.agent.roles import Role, render_instructions
 from services.agent.spool import Journal, spool_root
+from services.agent.tooluse import tool_calls
 from services.agent.tracing import JobTrace
 from services.agent.usage import UsageMeter, totals_from_model_usage
 from shared.bus import Bus
@@ -199,6 +200,7 @@ class SessionRuntime:
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
         session.on("error", self._on_error)
+        session.on("function_tools_executed", self._on_tools)
         session.on("close", self._on_close)
         self.ctx.room.on("track_subscribed", lambda track, *_: self.video.subscribed(track))
         self.ctx.room.on("track_unsubscribed", lambda track, *_: self.video.unsubscribed(track))
@@ -280,6 +282,10 @@ class SessionRuntime:
                 patient_ref=self.request.patient_ref,
             )
         )
+
+    def _on_tools(self, event: Any) -> None:
+        for called in tool_calls(event, **self._ids()):
+            self.reporter.emit(called)
 
     def _state(self, state: str, detail: str = "") -> None:
         self.reporter.emit(

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from services.billing import admin, invoices, queries
 from services.billing.audit import PriceBookNotFoundError, run_audit
 from services.billing.consumers import USAGE_PROJECTION, UsageProjector
+from services.billing.costs import get_usage_cost
 from services.billing.meters import DEFAULT
 from services.billing.periods import BOUND, PeriodError, month_of, parse_bound, parse_range, period
 from services.billing.pricing import PricingError
@@ -37,6 +38,7 @@ from shared.http import ApiError, NotFoundError, ServiceUnavailableError, create
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.replay import ReplayError
 from shared.tenants import Tenant
+from shared.viewtokens import view_scope
 
 log = logging.getLogger(__name__)
 INVOICE_CHECK_SECONDS = 600.0
@@ -83,6 +85,7 @@ _PRICING = {"pricing_unavailable": "no price book prices a meter of this period"
     operation_id="getUsage",
     summary="Usage of the caller's tenant, grouped",
     responses=errors({400: _PERIOD}),
+    opt=view_scope("usage:read"),
 )
 async def get_usage(
     tenant: Tenant,
@@ -121,7 +124,12 @@ async def get_usage(
     )
 
 
-@get("/v1/usage/limits", operation_id="getUsageLimits", summary="Monthly caps, this month")
+@get(
+    "/v1/usage/limits",
+    operation_id="getUsageLimits",
+    summary="Monthly caps, this month",
+    opt=view_scope("usage:read"),
+)
 async def get_limits(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> LimitsReport:
     async with pool.acquire() as conn:
         return await admin.limits_report(conn, tenant.id, datetime.now(UTC), _zone(settings))
@@ -132,6 +140,7 @@ async def get_limits(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> 
     operation_id="listInvoices",
     summary="Issued invoices and drafts",
     responses=errors({409: _PRICING}),
+    opt=view_scope("usage:read"),
 )
 async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) -> InvoiceList:
     async with pool.acquire() as conn:
@@ -147,6 +156,7 @@ async def list_invoices(tenant: Tenant, pool: asyncpg.Pool, settings: Settings) 
     operation_id="getInvoice",
     summary="One invoice",
     responses=errors({404: {"not_found": "no invoice of that id in this tenant"}, 409: _PRICING}),
+    opt=view_scope("usage:read"),
 )
 async def get_invoice(
     invoice_id: str, tenant: Tenant, pool: asyncpg.Pool, settings: Settings
@@ -172,7 +182,7 @@ async def _stored_audit(pool: asyncpg.Pool, tenant: str, audit_id: str) -> Audit
     "/v1/audits",
     operation_id="createAudit",
     summary="Audit by replay of the stream",
-    opt=links(201, getAudit={"audit_id": "$response.body#/id"}),
+    opt={**view_scope("audits:run"), **links(201, getAudit={"audit_id": "$response.body#/id"})},
     responses=errors(
         {
             400: {
@@ -235,6 +245,7 @@ async def create_audit(
     operation_id="getAudit",
     summary="A past audit's report",
     responses=errors({404: {"not_found": "no audit of that id in this tenant"}}),
+    opt=view_scope("audits:run"),
 )
 async def get_audit(audit_id: str, tenant: Tenant, pool: asyncpg.Pool) -> AuditReport:
     report = await _stored_audit(pool, tenant.id, audit_id)
@@ -266,6 +277,7 @@ def create_app(settings: Settings) -> Litestar:
         settings=settings,
         route_handlers=[
             get_usage,
+            get_usage_cost,
             get_limits,
             list_invoices,
             get_invoice,

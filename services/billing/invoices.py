@@ -29,7 +29,7 @@ def month_of_id(tenant: str, identifier: str) -> str | None:
     return identifier.removeprefix(prefix) if identifier.startswith(prefix) else None
 
 
-def _line(line: Line) -> InvoiceLine:
+def line_of(line: Line) -> InvoiceLine:
     return InvoiceLine(
         meter=line.meter,
         unit=line.unit,
@@ -58,7 +58,7 @@ async def draft(
         period_end=period.end,
         currency=currency(found),
         total_cents=sum(line.amount_cents for line in lines),
-        lines=[_line(line) for line in lines],
+        lines=[line_of(line) for line in lines],
         price_books=sorted({f"{line.plan}@{line.version}" for line in lines}),
         first_sequence=min((line.first_sequence for line in lines), default=0),
         last_sequence=max((line.last_sequence for line in lines), default=0),

@@ -25,18 +25,28 @@ GroupBy = Literal["room", "dispatch", "meter", "day"]
 # Where usage rows are read from: the live projection (by tenant) or an audit's replay (by
 # audit id). Fixed strings: nothing from a request is ever put into SQL text.
 Source = Literal[
-    "billing.usage WHERE tenant = $1", "billing_replay.audit_usage WHERE audit_id = $1"
+    "billing.usage WHERE tenant = $1",
+    "billing_replay.audit_usage WHERE audit_id = $1",
+    "billing.usage WHERE tenant = $1 AND dispatch = ANY($5::text[])",
 ]
 LIVE: Source = "billing.usage WHERE tenant = $1"
+# Some dispatches' rows (the dispatch ids are the fifth parameter).
+DISPATCHES: Source = "billing.usage WHERE tenant = $1 AND dispatch = ANY($5::text[])"
 AUDIT: Source = "billing_replay.audit_usage WHERE audit_id = $1"
 
 _AGGREGATE = "CASE WHEN meter = ANY($4::text[]) THEN max(quantity) ELSE sum(quantity) END::bigint"
 
 
 async def meter_totals(
-    conn: Connection, source: Source, owner: str, period: Period, catalogue: Catalogue
+    conn: Connection,
+    source: Source,
+    owner: str,
+    period: Period,
+    catalogue: Catalogue,
+    *extra: object,
 ) -> dict[str, MeterTotal]:
-    """Quantity per meter over ``period`` (added up; the largest for ``max`` meters)."""
+    """Quantity per meter over ``period`` (added up; the largest for ``max`` meters);
+    ``extra`` are the source's own parameters, from $5."""
     rows = await conn.fetch(
         f"SELECT meter, {_AGGREGATE} AS quantity, min(first_sequence) AS first,"  # noqa: S608 - fixed text
         f" max(last_sequence) AS last FROM {source}"
@@ -45,6 +55,7 @@ async def meter_totals(
         period.start,
         period.end,
         catalogue.max_meters,
+        *extra,
     )
     return {r["meter"]: MeterTotal(r["quantity"], r["first"], r["last"]) for r in rows}
 
@@ -86,6 +97,7 @@ async def priced(
     period: Period,
     catalogue: Catalogue,
     what_if: PriceBook | None = None,
+    extra: tuple[object, ...] = (),
 ) -> tuple[list[Segment], list[Line]]:
     """The lines of ``period``'s usage: split where the price book in force changes, one line
     per (meter, version)."""
@@ -93,7 +105,9 @@ async def priced(
     totals = [
         (
             segment,
-            await meter_totals(conn, source, owner, Period(segment.start, segment.end), catalogue),
+            await meter_totals(
+                conn, source, owner, Period(segment.start, segment.end), catalogue, *extra
+            ),
         )
         for segment in found
     ]

@@ -36,12 +36,13 @@ from shared.contract import BUS_UNAVAILABLE, errors, links
 from shared.crashpoints import crash_point
 from shared.events import CODEC, Envelope, Event, envelope
 from shared.events.agents import AgentCommandIssued, AgentEndRequested
-from shared.http import ApiError, NotFoundError, create_service_app
+from shared.http import ApiError, ForbiddenError, NotFoundError, create_service_app
 from shared.idempotency import KEY_PRUNER, RequestIds, idempotent
 from shared.livekit_api import livekit_resource
 from shared.naming import ROOM_NAME, ROOM_NAME_RULE
 from shared.telemetry import current_traceparent
 from shared.tenants import Tenant
+from shared.viewtokens import ViewForbiddenError, check_dispatch, view_scope
 
 
 class DispatchView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -145,12 +146,15 @@ def _rejected(error: DispatchRejectedError) -> ApiError:
     "When no agent worker has room for one more session (summed over every worker host, from "
     "the workers' own load reports) the dispatch is refused at once with a 503 and "
     "`Retry-After`, never accepted to fail at its deadline.",
-    opt=links(
-        202,
-        getAgent={"dispatch_id": "$response.body#/id"},
-        endAgent={"dispatch_id": "$response.body#/id"},
-        commandAgent={"dispatch_id": "$response.body#/id"},
-    ),
+    opt={
+        **view_scope("agents:dispatch"),
+        **links(
+            202,
+            getAgent={"dispatch_id": "$response.body#/id"},
+            endAgent={"dispatch_id": "$response.body#/id"},
+            commandAgent={"dispatch_id": "$response.body#/id"},
+        ),
+    },
     responses=errors(
         {
             400: {
@@ -187,6 +191,10 @@ async def dispatch_agent(
     capacity: Capacity,
     ids: RequestIds,
 ) -> DispatchView:
+    try:
+        check_dispatch(tenant.grant, room=data.room, role=data.role)
+    except ViewForbiddenError as error:
+        raise ForbiddenError(str(error)) from None
     now = utcnow()
     usage_limits = await store.usage_limits_in_force(pool, tenant.id, now)
     try:
@@ -215,7 +223,12 @@ async def dispatch_agent(
     return DispatchView.of(accepted)
 
 
-@get("/v1/agents", operation_id="listAgents", summary="List a room's (or all) agent dispatches")
+@get(
+    "/v1/agents",
+    operation_id="listAgents",
+    summary="List a room's (or all) agent dispatches",
+    opt=view_scope("agents:read"),
+)
 async def list_agents(
     tenant: Tenant,
     pool: asyncpg.Pool,
@@ -248,6 +261,7 @@ async def _owned(pool: asyncpg.Pool, tenant: Tenant, dispatch_id: str) -> Dispat
     operation_id="getAgent",
     summary="Show one dispatch",
     responses=errors({404: _NOT_FOUND}),
+    opt=view_scope("agents:read"),
 )
 async def get_agent(dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool) -> DispatchView:
     return DispatchView.of(await _owned(pool, tenant, dispatch_id))

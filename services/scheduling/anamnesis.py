@@ -35,6 +35,7 @@ from shared.http import ApiError, NotFoundError
 from shared.naming import is_patient_ref, is_room_name
 from shared.phi import CLINICAL, Phi, is_erased, patient_of
 from shared.tenants import Tenant
+from shared.viewtokens import view_scope
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ async def _read(bus: Bus, reader: Reader, tenant: str, row: asyncpg.Record | Non
     operation_id="getConsultationAnamnesis",
     summary="The latest anamnesis record of a consultation (its intake agent's dispatch)",
     responses=_NOT_FOUND,
+    # A doctor's view token reads its own consultation's record, and no other.
+    opt=view_scope("anamnesis:read", personal=True, dispatch_id="dispatch"),
 )
 async def get_consultation_anamnesis(
     dispatch_id: str, tenant: Tenant, pool: asyncpg.Pool, bus: Bus, reader: Reader

@@ -1,7 +1,9 @@
-"""The token service: LiveKit access tokens scoped to one room of the caller's tenant."""
+"""The token service: LiveKit access tokens scoped to one room of the caller's tenant, and the
+short-lived view tokens browsers hold instead of API keys (shared/viewtokens.py)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -16,9 +18,19 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.contract import BUS_UNAVAILABLE, documented, errors
 from shared.events import TokenIssued
-from shared.http import ApiError, CallerTenant, create_service_app
+from shared.http import ApiError, CallerTenant, ForbiddenError, SettingsDep, create_service_app
 from shared.naming import Identity, PatientRef, RoomName, livekit_room, whole
 from shared.participants import PATIENT, PATIENT_REF_ATTRIBUTE, PERSON_ROLES, ROLE_ATTRIBUTE
+from shared.viewtokens import (
+    TTL_DEFAULT,
+    TTL_MAX,
+    View,
+    ViewForbiddenError,
+    issue,
+    narrowed,
+    new_grant,
+    view_scope,
+)
 
 
 class CreateTokenRequest(
@@ -82,6 +94,7 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
             503: BUS_UNAVAILABLE,
         }
     ),
+    opt=view_scope("tokens:create"),
 )
 async def create_token(
     data: JSONBody[CreateTokenRequest], tenant: CallerTenant, state: State
@@ -146,10 +159,78 @@ async def create_token(
     return TokenResponse(token=jwt, ws_url=settings.livekit_url)
 
 
+class CreateViewTokenRequest(
+    msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True
+):
+    """A view token for a browser: ``clinic`` (the tenant's sessions, dispatches, usage,
+    audits; personal parts only with ``personal``) or ``doctor`` (bound to one consultation,
+    ``dispatchId``, and its ``room``: that anamnesis and timeline, and a copilot dispatch)."""
+
+    view: View
+    dispatch_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    room: RoomName | None = None
+    ttl: Annotated[str, msgspec.Meta(examples=["15m", "1h"])] | None = None
+    personal: bool = False
+
+
+class ViewTokenResponse(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    token: str
+    view: str
+    scopes: list[str]
+    personal: bool
+    dispatch_id: str
+    room: str
+    expires_at: datetime
+
+
+@post(
+    "/v1/view-tokens",
+    operation_id="createViewToken",
+    summary="Exchange an API key (or a clinic's view token) for a short-lived view token",
+    opt=view_scope("views:create"),
+)
+async def create_view_token(
+    data: JSONBody[CreateViewTokenRequest], tenant: CallerTenant, settings: SettingsDep
+) -> ViewTokenResponse:
+    try:
+        ttl = token_ttl(data.ttl, default=TTL_DEFAULT, maximum=TTL_MAX)
+    except TokenRequestError as error:
+        raise ApiError(str(error), code="invalid_ttl") from None
+    now = int(time.time())
+    try:
+        grant = narrowed(
+            tenant.grant,
+            new_grant(
+                tenant=tenant.id,
+                tenant_name=tenant.name,
+                view=data.view,
+                now=now,
+                ttl=int(ttl.total_seconds()),
+                dispatch=data.dispatch_id or "",
+                room=data.room or "",
+                personal=data.personal,
+            ),
+        )
+    except ViewForbiddenError as error:
+        if data.view == "doctor" and not (data.dispatch_id and data.room):
+            raise ApiError(str(error), code="view_unbound") from None
+        raise ForbiddenError(str(error)) from None
+    return ViewTokenResponse(
+        token=issue(grant, settings.view_token_secret),
+        view=grant.view,
+        scopes=list(grant.scopes),
+        personal=grant.personal,
+        dispatch_id=grant.dispatch,
+        room=grant.room,
+        expires_at=datetime.fromtimestamp(grant.expires_at, UTC),
+    )
+
+
 def create_app(settings: Settings) -> Litestar:
     return create_service_app(
         service="token",
         settings=settings,
-        route_handlers=[create_token],
-        description="LiveKit access tokens, each scoped to one room of the caller's tenant.",
+        route_handlers=[create_token, create_view_token],
+        description="LiveKit access tokens, each scoped to one room of the caller's tenant, "
+        "and short-lived view tokens for browsers.",
     )

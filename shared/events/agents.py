@@ -346,6 +346,26 @@ class AgentUsageReported(Event, frozen=True, kw_only=True):
     tts_model: Plain = ""
 
 
+class AgentToolCalled(Event, frozen=True, kw_only=True):
+    """The agent's model called one of its role's tools (``search_doctors``,
+    ``book_appointment``, ``record_answer``…) and the tool returned: ``ok`` false when it
+    failed (a ``ToolError`` the model was told about). ``duration_seconds`` is from the call to
+    its result. Neither arguments nor results are here (they may be personal: a name, a
+    symptom); what a tool did is in its own events (``AppointmentBooked``, ``ConsentGiven``).
+    The session timeline shows one entry per call."""
+
+    TYPE: ClassVar[str] = "mediai.agent.tool_called.v1"
+    PRODUCER: ClassVar[str] = "agent"
+    dispatch_id: Plain
+    room: Pseudonym
+    role: Plain
+    call_id: Plain
+    tool: Plain
+    ok: bool = True
+    duration_seconds: float = 0.0
+    called_at: datetime
+
+
 EVENTS: tuple[type[Event], ...] = (
     AgentDispatchRequested,
     AgentDispatched,
@@ -362,4 +382,5 @@ EVENTS: tuple[type[Event], ...] = (
     AgentStateChanged,
     AgentTranscribed,
     AgentUsageReported,
+    AgentToolCalled,
 )
