@@ -27,7 +27,14 @@ from litestar.openapi.spec import Example, OpenAPIType, Schema
 from litestar.params import Parameter
 from litestar.typing import FieldDefinition
 
-from shared.naming import IDENTITY, IDENTITY_RULE, ROOM_NAME, ROOM_NAME_RULE
+from shared.naming import (
+    IDENTITY,
+    IDENTITY_RULE,
+    PATIENT_REF,
+    PATIENT_REF_RULE,
+    ROOM_NAME,
+    ROOM_NAME_RULE,
+)
 
 Codes = Mapping[str, str]
 
@@ -73,6 +80,10 @@ RoomNamePath = Annotated[
 IdentityPath = Annotated[
     str,
     Parameter(description=IDENTITY_RULE, schema_extra={"pattern": IDENTITY.pattern}),
+]
+PatientRefPath = Annotated[
+    str,
+    Parameter(description=PATIENT_REF_RULE, schema_extra={"pattern": PATIENT_REF.pattern}),
 ]
 
 # Parameters Litestar fills itself: they are not the client's input.

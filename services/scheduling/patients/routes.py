@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from services.scheduling.patients import core, store
@@ -18,8 +19,9 @@ from services.scheduling.patients.verify import Verification, verify_tenant
 from shared.access import PURPOSE_HEADER, PURPOSE_RULE, Entry, Reader
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contract import PatientRefPath, errors
 from shared.http import ApiError, NotFoundError
-from shared.naming import PATIENT_REF_RULE, is_patient_ref
+from shared.naming import PATIENT_REF, PATIENT_REF_RULE, is_patient_ref
 from shared.tenants import Tenant
 
 Purpose = Annotated[
@@ -28,6 +30,9 @@ Purpose = Annotated[
         header=PURPOSE_HEADER, required=False, description=f"Why the data is read: {PURPOSE_RULE}"
     ),
 ]
+
+
+_INVALID = {"invalid_request": f"`patientRef` must be {PATIENT_REF_RULE}"}
 
 
 def _patient(patient_ref: str) -> str:
@@ -56,9 +61,17 @@ async def _certificate(
     operation_id="erasePatient",
     summary="Erase a patient's personal data (LGPD Art. 18 VI), answering its certificate",
     status_code=200,
+    responses={
+        202: ResponseSpec(
+            core.Certificate,
+            description="The erasure is under way: some services are still emptying their "
+            "rows (`pending`); GET the certificate later",
+        ),
+        **errors({400: _INVALID}),
+    },
 )
 async def erase_patient(
-    patient_ref: str,
+    patient_ref: PatientRefPath,
     tenant: Tenant,
     pool: asyncpg.Pool,
     bus: Bus,
@@ -91,9 +104,10 @@ async def erase_patient(
     "/v1/patients/{patient_ref:str}/erasure",
     operation_id="getErasureCertificate",
     summary="The certificate of a patient's latest erasure",
+    responses=errors({400: _INVALID, 404: {"erasure_not_found": "this patient was never erased"}}),
 )
 async def get_erasure(
-    patient_ref: str,
+    patient_ref: PatientRefPath,
     tenant: Tenant,
     pool: asyncpg.Pool,
     bus: Bus,
@@ -122,7 +136,7 @@ async def get_erasure(
     summary="Everything MediAI holds about a patient (LGPD Art. 18 II), as a FHIR Bundle",
 )
 async def export_patient_data(
-    patient_ref: str,
+    patient_ref: PatientRefPath,
     tenant: Tenant,
     pool: asyncpg.Pool,
     bus: Bus,
@@ -170,7 +184,15 @@ class AccessLog(msgspec.Struct, frozen=True, kw_only=True):
 async def list_access_log(
     tenant: Tenant,
     pool: asyncpg.Pool,
-    patient_ref: Annotated[str | None, Parameter(query="patientRef", required=False)] = None,
+    patient_ref: Annotated[
+        str | None,
+        Parameter(
+            query="patientRef",
+            required=False,
+            description=PATIENT_REF_RULE,
+            schema_extra={"pattern": PATIENT_REF.pattern},
+        ),
+    ] = None,
     after: Annotated[int, Parameter(ge=0)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> AccessLog:
