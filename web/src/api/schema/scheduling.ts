@@ -476,6 +476,7 @@ export interface operations {
             query?: {
                 after?: number;
                 limit?: number;
+                /** @description the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', starting with a letter or digit; it must never contain names, CPF or contacts */
                 patientRef?: string | null;
             };
             header?: never;
@@ -1659,6 +1660,7 @@ export interface operations {
                 "X-Purpose"?: string | null;
             };
             path: {
+                /** @description the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', starting with a letter or digit; it must never contain names, CPF or contacts */
                 patient_ref: string;
             };
             cookie?: never;
@@ -1727,6 +1729,7 @@ export interface operations {
                 "X-Purpose"?: string | null;
             };
             path: {
+                /** @description the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', starting with a letter or digit; it must never contain names, CPF or contacts */
                 patient_ref: string;
             };
             cookie?: never;
@@ -1770,6 +1773,18 @@ export interface operations {
             };
             /**
              * @description `error.code` is one of:
+             *     - `erasure_not_found`: this patient was never erased
+             */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description `error.code` is one of:
              *     - `dependency_unavailable`: PostgreSQL, NATS, LiveKit or the key service cannot be reached now (`details` names it); nothing was done, retry after `Retry-After` seconds
              *     - `service_unavailable`: the gateway cannot reach the service behind this path; retry after `Retry-After` seconds
              */
@@ -1793,6 +1808,7 @@ export interface operations {
                 "X-Purpose"?: string | null;
             };
             path: {
+                /** @description the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', starting with a letter or digit; it must never contain names, CPF or contacts */
                 patient_ref: string;
             };
             cookie?: never;
@@ -1801,6 +1817,15 @@ export interface operations {
         responses: {
             /** @description Request fulfilled, document follows */
             200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Certificate"];
+                };
+            };
+            /** @description The erasure is under way: some services are still emptying their rows (`pending`); GET the certificate later */
+            202: {
                 headers: {
                     [name: string]: unknown;
                 };
