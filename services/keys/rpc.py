@@ -6,14 +6,11 @@ request gets an answer (keys sealed to the requester, or an error code), never s
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import nats.errors
 from litestar import Litestar
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
@@ -22,6 +19,7 @@ from services.keys.kek import KekError
 from services.keys.service import KeyService
 from shared import attributes as attr
 from shared import keys_api as api
+from shared.request_reply import serve
 from shared.subjects import keys_request_subject
 from shared.telemetry import extract, tracer
 
@@ -106,32 +104,8 @@ async def answer(service: KeyService, operation: str, message: Msg) -> bytes:
 async def serve_requests(app: Litestar) -> None:
     """Answer key requests on core NATS until cancelled."""
     nc, service = app.state.bus.nc, app.state.key_service
-    running: set[asyncio.Task[None]] = set()
 
-    async def respond(operation: str, message: Msg) -> None:
-        payload = await answer(service, operation, message)
-        if message.reply:
-            await message.respond(payload)
+    async def respond(operation: str, message: Msg) -> bytes:
+        return await answer(service, operation, message)
 
-    def subscriber(operation: str) -> Callable[[Msg], Awaitable[None]]:
-        async def on_message(message: Msg) -> None:
-            task = asyncio.create_task(respond(operation, message))
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-        return on_message
-
-    subscriptions = [
-        await nc.subscribe(keys_request_subject(op), queue=QUEUE, cb=subscriber(op))
-        for op in HANDLERS
-    ]
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for subscription in subscriptions:
-            with contextlib.suppress(
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionDrainingError,
-                nats.errors.BadSubscriptionError,
-            ):
-                await subscription.unsubscribe()
+    await serve(nc, keys_request_subject, HANDLERS, respond, QUEUE)

@@ -10,8 +10,6 @@ gets an answer: a result, or an error with a stable code (never silence until th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
-import nats.errors
 from litestar import Litestar
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
@@ -31,6 +28,7 @@ from services.scheduling.store import Appointment, AppointmentFilter, Doctor, Do
 from shared import attributes as attr
 from shared import scheduling_api as api
 from shared.phi import Phi
+from shared.request_reply import serve
 from shared.subjects import scheduling_request_subject
 from shared.telemetry import extract, tracer
 
@@ -226,33 +224,8 @@ async def answer(ctx: Context, operation: str, message: Msg) -> bytes:
 async def serve_requests(app: Litestar) -> None:
     """Answer scheduling requests on core NATS until cancelled."""
     nc, ctx = app.state.bus.nc, Context(app.state.pool, app.state.bus.phi)
-    running: set[asyncio.Task[None]] = set()
 
-    async def respond(operation: str, message: Msg) -> None:
-        payload = await answer(ctx, operation, message)
-        if message.reply:
-            await message.respond(payload)
+    async def respond(operation: str, message: Msg) -> bytes:
+        return await answer(ctx, operation, message)
 
-    def subscriber(operation: str) -> Callable[[Msg], Awaitable[None]]:
-        async def on_message(message: Msg) -> None:
-            task = asyncio.create_task(respond(operation, message))
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-        return on_message
-
-    subscriptions = [
-        await nc.subscribe(scheduling_request_subject(op), queue=QUEUE, cb=subscriber(op))
-        for op in HANDLERS
-    ]
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for subscription in subscriptions:
-            # A connection already closing has dropped its subscriptions anyway.
-            with contextlib.suppress(
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionDrainingError,
-                nats.errors.BadSubscriptionError,
-            ):
-                await subscription.unsubscribe()
+    await serve(nc, scheduling_request_subject, HANDLERS, respond, QUEUE)
