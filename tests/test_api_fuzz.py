@@ -51,11 +51,23 @@ MUST_SUCCEED = {
 }
 
 
+async def _end_dispatches(api: httpx.AsyncClient) -> None:
+    """End every agent the fuzzer dispatched: they hold the session stack's worker slots, and
+    later tests' dispatches would be refused at capacity (503 agents_at_capacity)."""
+    for state in ("requested", "dispatched", "joined"):
+        listed = await api.get("/v1/agents", params={"state": state, "limit": 500})
+        for dispatch in listed.json():
+            await api.delete(f"/v1/agents/{dispatch['id']}")
+
+
 async def test_the_fuzzer_finds_nothing(
     stack: StackState, api: httpx.AsyncClient, tenant_key: str, settings: Settings, tmp_path: Path
 ) -> None:
     async with seeded(api) as values:
-        report = await _fuzz(stack, tenant_key, settings, tmp_path, values)
+        try:
+            report = await _fuzz(stack, tenant_key, settings, tmp_path, values)
+        finally:
+            await _end_dispatches(api)
     answers = _records(tmp_path / "answers.jsonl", "operation", "status")
     tolerated = _records(tmp_path / "tolerated.jsonl", "operation", "failure", "code")
     # The run's summary, what each operation answered and what the allowlist took (shown with

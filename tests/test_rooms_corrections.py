@@ -294,6 +294,14 @@ async def test_the_read_model_rebuilt_from_the_log_equals_the_live_one(private: 
             )
             assert await eventually(lambda: _present_are(api, room, ["doctor-1", "patient-1"]))
             base = f"/v1/rooms/{room}/participants"
+
+            async def track_known() -> bool:
+                # The service asks LiveKit for the track before muting it: LiveKit must have it
+                # (its track_published webhook says so).
+                view = (await api.get(f"{base}/patient-1")).json()
+                return any(t["sid"] == publication.sid for t in view.get("tracks", []))
+
+            assert await eventually(track_known)
             muted = await api.post(
                 f"{base}/patient-1/tracks/{publication.sid}/mute", json={"muted": True}
             )

@@ -250,6 +250,7 @@ async def test_readyz_shows_every_background_task_of_every_service(
             "deadline-sweeper",
             "lost-agent-sweeper",
             "usage-limits",
+            "worker-capacity",
             "idempotency-key-pruner",
         },
         "pool": {"outbox-relay", "bus-pruner", "worker-pool"},
