@@ -217,7 +217,15 @@ async def live_dispatch(api: httpx.AsyncClient) -> AsyncIterator[str]:
     }
     # The stand-in's models (tests/standin): the agent really starts, and stays until ended.
     models = {"stt": "openai/whisper-1", "llm": "openai/gpt-4o-mini", "tts": "openai/tts-1"}
-    response = await api.post("/v1/agents", json={**body, **models, "instructions": "Teste."})
+
+    async def accepted() -> httpx.Response | None:
+        # At capacity (the session's one worker holds the last tests' agents until their
+        # sessions end) the API refuses at once, with Retry-After: ask again until a slot is free.
+        answer = await api.post("/v1/agents", json={**body, **models, "instructions": "Teste."})
+        refused = answer.status_code == 503 and "agents_at_capacity" in answer.text
+        return None if refused else answer
+
+    response = await eventually(accepted, timeout=90, step=1.0)
     assert response.status_code == 202, response.text
     dispatch_id: str = response.json()["id"]
     try:
