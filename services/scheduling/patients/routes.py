@@ -16,7 +16,7 @@ from services.scheduling.patients import core, store
 from services.scheduling.patients.erasure import Eraser
 from services.scheduling.patients.export import export
 from services.scheduling.patients.verify import Verification, verify_tenant
-from shared.access import PURPOSE_HEADER, PURPOSE_RULE, Entry, Reader
+from shared.access import PURPOSE, PURPOSE_HEADER, PURPOSE_RULE, Entry, Reader
 from shared.bus import Bus
 from shared.config import Settings
 from shared.contract import PatientRefPath, errors
@@ -27,7 +27,10 @@ from shared.tenants import Tenant
 Purpose = Annotated[
     str | None,
     Parameter(
-        header=PURPOSE_HEADER, required=False, description=f"Why the data is read: {PURPOSE_RULE}"
+        header=PURPOSE_HEADER,
+        required=False,
+        description=f"Why the data is read: {PURPOSE_RULE}",
+        schema_extra={"pattern": PURPOSE.pattern},
     ),
 ]
 
