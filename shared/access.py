@@ -81,10 +81,10 @@ def reader_of(authorization: str, purpose: str | None, service: str) -> Reader:
     _, _, key = authorization.partition(" ")
     key = key.strip()
     who = f"api_key:{key[:_API_KEY_PREFIX_LENGTH]}" if key.startswith(KEY_PREFIX) else "unknown"
-    purpose = purpose or ""
-    if purpose and not PURPOSE.fullmatch(purpose):
+    # A header sent empty is a purpose left unsaid by mistake: refused, like any other invalid one.
+    if purpose is not None and not PURPOSE.fullmatch(purpose):
         raise InvalidPurposeError(f"{PURPOSE_HEADER} must be {PURPOSE_RULE}")
-    return Reader(reader=who, purpose=purpose, service=service)
+    return Reader(reader=who, purpose=purpose or "", service=service)
 
 
 def provide_reader(service: str) -> Any:

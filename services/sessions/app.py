@@ -32,6 +32,7 @@ from services.sessions.schemas import (
 from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
+from shared.contract import errors
 from shared.db import Connection
 from shared.http import ForbiddenError, NotFoundError, create_service_app
 from shared.phi import Phi
@@ -149,11 +150,15 @@ async def list_sessions(
     return SessionList(sessions=found[:limit])
 
 
+_NO_SESSION = {"session_not_found": "no session with this id in this tenant"}
+
+
 @get(
     "/v1/sessions/{session_id:str}/timeline",
     operation_id="getSessionTimeline",
     summary="A page of a session's timeline (by room SID or dispatch id), after a cursor",
     opt=view_scope("sessions:read", session_id="dispatch"),
+    responses=errors({404: _NO_SESSION}),
 )
 async def get_timeline(
     session_id: str,
@@ -199,6 +204,7 @@ async def _page(
 @get(
     "/v1/sessions/{session_id:str}/timeline/stream",
     operation_id="streamSessionTimeline",
+    responses=errors({404: _NO_SESSION}),
     summary="A session's timeline as it grows: newline-delimited JSON entries after a cursor",
     description='Each line is a TimelineEntry, or {"heartbeat": true} every few seconds. '
     "Read it with fetch() and an Authorization header (EventSource cannot send one); the "

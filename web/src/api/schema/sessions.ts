@@ -249,6 +249,18 @@ export interface operations {
             };
             /**
              * @description `error.code` is one of:
+             *     - `session_not_found`: no session with this id in this tenant
+             */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description `error.code` is one of:
              *     - `dependency_unavailable`: PostgreSQL, NATS, LiveKit or the key service cannot be reached now (`details` names it); nothing was done, retry after `Retry-After` seconds
              *     - `service_unavailable`: the gateway cannot reach the service behind this path; retry after `Retry-After` seconds
              */
@@ -306,6 +318,18 @@ export interface operations {
                 headers: {
                     /** @description `Bearer`: how to authenticate */
                     "WWW-Authenticate"?: "Bearer";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /**
+             * @description `error.code` is one of:
+             *     - `session_not_found`: no session with this id in this tenant
+             */
+            404: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
