@@ -31,7 +31,6 @@ from shared.events.rooms import ParticipantJoined, ParticipantLeft, RoomFinished
 from shared.tenants import authenticate
 from tests.support import eventually
 
-T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 _tracer = trace.get_tracer(__name__)
 
 
@@ -48,22 +47,24 @@ async def publish(bus: Bus, data: Event, tenant: str, key: str) -> Envelope:
         return await bus.publish(data, tenant=tenant, key=key)
 
 
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
 class Consultation:
     """One room session with an intake agent and a copilot, as the log tells it."""
 
     def __init__(self) -> None:
         self.room = f"consulta-{uuid.uuid4().hex[:8]}"
         self.sid = f"RM_{uuid.uuid4().hex[:12]}"
+        # Started now: the session list is newest first and other tests' sessions share the
+        # tenant, so a session dated in the past would fall off its first page.
+        self.t0 = datetime.now(UTC).replace(microsecond=0)
         self.intake = str(uuid.uuid4())
         self.copilot = str(uuid.uuid4())
         # As the worker names them: unique per dispatch (services/agent/worker.py).
         self.agent = f"agent-intake-{self.intake[-12:]}"
         self.copilot_agent = f"agent-copilot-{self.copilot[-12:]}"
         self.hint = str(uuid.uuid4())
+
+    def at(self, seconds: float) -> datetime:
+        return self.t0 + timedelta(seconds=seconds)
 
     def events(self) -> list[tuple[Event, str]]:
         room, sid, d = self.room, self.sid, self.intake
@@ -76,18 +77,18 @@ class Consultation:
                     participant_sid="PA_a",
                     identity=self.agent,
                     kind="agent",
-                    joined_at=at(2),
+                    joined_at=self.at(2),
                     room_sid=sid,
                 ),
                 room,
             ),
-            (RoomStarted(room=room, room_sid=sid, started_at=at(0)), room),
+            (RoomStarted(room=room, room_sid=sid, started_at=self.at(0)), room),
             (
                 ParticipantJoined(
                     room=room,
                     participant_sid="PA_p",
                     identity="paciente-1",
-                    joined_at=at(1),
+                    joined_at=self.at(1),
                     room_sid=sid,
                     name="Maria Silva",
                     patient_ref="pac-1",
@@ -98,13 +99,13 @@ class Consultation:
                 AgentDispatchRequested(
                     **ids,
                     instructions="Clínica Vida.",
-                    requested_at=at(1),
-                    deadline_at=at(11),
+                    requested_at=self.at(1),
+                    deadline_at=self.at(11),
                     patient_ref="pac-1",
                 ),
                 d,
             ),
-            (AgentSessionStarted(**ids, agent_identity=self.agent, started_at=at(2)), d),
+            (AgentSessionStarted(**ids, agent_identity=self.agent, started_at=self.at(2)), d),
             (
                 AgentTranscribed(
                     **ids,
@@ -112,7 +113,7 @@ class Consultation:
                     speaker="user",
                     participant_identity="paciente-1",
                     text="Estou com dor de cabeça.",
-                    spoken_at=at(5),
+                    spoken_at=self.at(5),
                     patient_ref="pac-1",
                 ),
                 d,
@@ -123,15 +124,15 @@ class Consultation:
                     call_id="c1",
                     tool="record_answer",
                     duration_seconds=0.02,
-                    called_at=at(6),
+                    called_at=self.at(6),
                 ),
                 d,
             ),
             (
                 AgentUsageReported(
                     **ids,
-                    period_start=at(0),
-                    period_end=at(15),
+                    period_start=self.at(0),
+                    period_end=self.at(15),
                     sequence=1,
                     llm_prompt_tokens=120,
                     llm_completion_tokens=30,
@@ -148,7 +149,7 @@ class Consultation:
                     kind="question",
                     text="Pergunte a intensidade.",
                     recipients=["medico-1"],
-                    sent_at=at(8),
+                    sent_at=self.at(8),
                 ),
                 self.copilot,
             ),
@@ -157,8 +158,8 @@ class Consultation:
                     dispatch_id=self.copilot,
                     room=room,
                     role="copilot",
-                    requested_at=at(7),
-                    deadline_at=at(17),
+                    requested_at=self.at(7),
+                    deadline_at=self.at(17),
                 ),
                 self.copilot,
             ),
@@ -168,7 +169,7 @@ class Consultation:
                     room=room,
                     role="copilot",
                     agent_identity=self.copilot_agent,
-                    started_at=at(7.5),
+                    started_at=self.at(7.5),
                 ),
                 self.copilot,
             ),
@@ -178,7 +179,7 @@ class Consultation:
                     participant_sid="PA_c",
                     identity=self.copilot_agent,
                     kind="agent",
-                    joined_at=at(7.5),
+                    joined_at=self.at(7.5),
                     room_sid=sid,
                 ),
                 room,
@@ -191,7 +192,7 @@ class Consultation:
                     kind="question",
                     sequence=1,
                     recipients=1,
-                    sent_at=at(8),
+                    sent_at=self.at(8),
                 ),
                 self.copilot,
             ),
@@ -200,12 +201,12 @@ class Consultation:
                     room=room,
                     participant_sid="PA_p",
                     identity="paciente-1",
-                    left_at=at(20),
+                    left_at=self.at(20),
                     room_sid=sid,
                 ),
                 room,
             ),
-            (RoomFinished(room=room, room_sid=sid, finished_at=at(21)), room),
+            (RoomFinished(room=room, room_sid=sid, finished_at=self.at(21)), room),
         ]
 
 
@@ -377,7 +378,7 @@ async def test_the_timeline_streams_what_happens_next(
 ) -> None:
     c = Consultation()
     await publish(
-        bus, RoomStarted(room=c.room, room_sid=c.sid, started_at=at(0)), tenant_id, c.room
+        bus, RoomStarted(room=c.room, room_sid=c.sid, started_at=c.at(0)), tenant_id, c.room
     )
     await eventually(lambda: _found(api, c.sid))
     first = await timeline(api, c.sid)
@@ -390,7 +391,7 @@ async def test_the_timeline_streams_what_happens_next(
     ):
         assert lines.headers["content-type"].startswith("application/x-ndjson")
         joined = ParticipantJoined(room=c.room, participant_sid="PA_z", identity="paciente-9",
-                                   joined_at=at(3), room_sid=c.sid)  # fmt: skip
+                                   joined_at=c.at(3), room_sid=c.sid)  # fmt: skip
         await publish(bus, joined, tenant_id, c.room)
         async with asyncio.timeout(10):
             async for line in lines.aiter_lines():

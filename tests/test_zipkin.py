@@ -35,6 +35,8 @@ def zipkin_settings(openai_standin: OpenAIStandin) -> Iterator[Settings]:
         openai_base_url=openai_standin.base_url,
         openai_api_key="standin-key",
         zipkin=True,
+        # Unset, so the link to one trace is derived from Zipkin's address as for `mediai up`.
+        trace_url_template="",
         services=("token", "webhooks"),
     )
     shutil.rmtree(data_dir, ignore_errors=True)
