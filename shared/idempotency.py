@@ -33,7 +33,7 @@ from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from shared import idempotency_store as store
@@ -275,9 +275,9 @@ def idempotent(*handlers: HTTPRouteHandler) -> Router:
         middleware=[IdempotencyMiddleware()],
         dependencies={"ids": Provide(_provide_ids, sync_to_thread=False)},
         parameters={
-            "idempotency_key": Parameter(
-                str,
-                header=HEADER,
+            "idempotency_key": HeaderParameter(
+                annotation=str,
+                name=HEADER,
                 required=False,
                 pattern=KEY_PATTERN,
                 description=f"Makes a retry safe: {KEY_RULE}. The same key and request within "

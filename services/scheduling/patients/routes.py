@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 from litestar import Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 
 from services.scheduling.patients import core, store
 from services.scheduling.patients.erasure import Eraser
@@ -26,8 +26,8 @@ from shared.tenants import Tenant
 
 Purpose = Annotated[
     str | None,
-    Parameter(
-        header=PURPOSE_HEADER,
+    HeaderParameter(
+        name=PURPOSE_HEADER,
         required=False,
         description=f"Why the data is read: {PURPOSE_RULE}",
         schema_extra={"pattern": PURPOSE.pattern},
