@@ -29,11 +29,14 @@ from deploy.stack import Stack, StackState
 from deploy.supervisor import Supervisor
 from services.webhooks.signing import sign
 from shared import subjects
-from shared.bus import nats_options
+from shared.bus import connect_bus, nats_options
 from shared.config import Settings
 from shared.events import CODEC, DEADLETTER_STREAM, Envelope, Event
+from shared.events.agents import AgentWorkerLoadReported
+from shared.naming import SYSTEM_TENANT
 from shared.tenants import authenticate
 from tests.support import stack_settings
+from tests.test_stack import mediai as mediai_command
 
 WEBHOOKS_PATH = "/v1/webhooks/livekit"
 # Outage length (seconds) of the cases: in CI longer than the consumers' whole (shortened)
@@ -108,7 +111,12 @@ async def fault_stack(
 ) -> AsyncIterator[FaultStack]:
     """Start a stack of ``services`` on free ports under a temporary folder, as ``mediai up``
     would, with the shortened retry schedule; ``environment`` adds variables to some services
-    (a crash point)."""
+    (a crash point).
+
+    Without agent workers (``agent_pool_max=0``, so the suite counts the dispatcher's own
+    effects on a small machine) the stack's worker host still reports room for dispatches, as
+    a real one does on the bus: the dispatcher refuses a dispatch when no worker has room, and
+    here LiveKit holds the dispatches it is handed (no agent takes them)."""
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-fault-"))
     settings = stack_settings(data_dir, **{"consumer_backoff": CONSUMER_BACKOFF, **overrides})
     stack = Stack(settings, services=services, environment=environment)
@@ -120,6 +128,8 @@ async def fault_stack(
         finally:
             await pool.close()
         assert tenant is not None
+        if overrides.get("agent_pool_max") == 0 and "dispatcher" in services:
+            await report_room_for_dispatches(settings)
         yield FaultStack(settings, stack, state, tenant.id, state.dev_api_key)
     finally:
         await stack.stop()
@@ -127,6 +137,33 @@ async def fault_stack(
             print(f"kept {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def new_clinic(faulty: FaultStack, name: str) -> tuple[str, str]:
+    """A tenant of its own (no data key of it in any service's cache yet), made as an operator
+    makes one: `mediai tenants create`, which publishes the platform's events itself (no service
+    may publish them). Its id and API key."""
+    result = await asyncio.to_thread(mediai_command, faulty.settings, "tenants", "create", name)
+    assert result.returncode == 0, result.stderr
+    first, key = result.stdout.strip().splitlines()[-2:]
+    return first.split()[1], key.strip()
+
+
+async def report_room_for_dispatches(settings: Settings, jobs: int = 1000) -> None:
+    """One worker's load report, as the agent worker publishes it, good for hours: room for
+    ``jobs`` dispatches (the dispatchers read the last report when they start again)."""
+    bus = await connect_bus(settings, "agent", streams="skip")
+    try:
+        report = AgentWorkerLoadReported(
+            worker_id=unique("AW_faults"),
+            active_jobs=0,
+            max_jobs=jobs,
+            next_report_seconds=3600.0,
+            reported_at=datetime.now(UTC),
+        )
+        await bus.publish(report, tenant=SYSTEM_TENANT, key=report.worker_id)
+    finally:
+        await bus.close()
 
 
 # -- webhooks as LiveKit sends them -------------------------------------------------------------

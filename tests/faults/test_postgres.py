@@ -18,7 +18,6 @@ import pytest
 
 from services.billing.consumers import USAGE_PROJECTION
 from services.rooms.projection import READ_MODEL
-from shared.tenants import create_tenant
 from tests.faults.support import (
     ANSWER_BUDGET_SECONDS,
     OUTAGE_SECONDS,
@@ -28,6 +27,7 @@ from tests.faults.support import (
     dead_letters,
     fault_stack,
     inbox_count,
+    new_clinic,
     participant_hook,
     send_all,
     unique,
@@ -120,9 +120,7 @@ async def outage_case(
     assert pool is not None
     _, js = nc_js = await faulty.js()
     try:
-        async with pool.acquire() as conn:
-            tenant, key = await create_tenant(conn, f"Fault clinic {case}")
-        tenant_id = tenant.id
+        tenant_id, key = await new_clinic(faulty, f"Fault clinic {case}")
         # A day of its own, in the past, so the audit covers exactly this case's traffic.
         start = datetime(2001, 5, 10 if "down" in case else 11, 12, 0, tzinfo=UTC)
         day = start.date().isoformat()
