@@ -68,7 +68,7 @@ def streams(context: click.Context) -> None:
         finally:
             await bus.close()
         try:
-            pool = await create_pool(settings, max_size=1)
+            pool = await create_pool(settings, min_size=1, max_size=1)
         except (OSError, asyncpg.PostgresError) as error:
             return statuses, f"unknown (Postgres unreachable: {type(error).__name__})"
         try:
@@ -104,8 +104,13 @@ def streams(context: click.Context) -> None:
     help="Also apply changes that weaken a stream (fewer replicas, shorter retention, ...).",
 )
 def streams_apply(allow_weaken: bool) -> None:
-    """Create missing streams and bring the others to the declaration, printing each change."""
-    from deploy.cli import fail, settings_or_exit
+    """Create missing streams and bring the others to the declaration, printing each change;
+    then publish the platform's pending events (a tenant or key change whose command found NATS
+    away), which every deployment's streams step thus delivers."""
+    import asyncpg
+
+    from deploy.cli import fail, publish_platform_events, settings_or_exit
+    from shared.db import create_pool
     from shared.streams import StreamApplyError, apply_streams, stream_configs
 
     settings = settings_or_exit()
@@ -113,11 +118,22 @@ def streams_apply(allow_weaken: bool) -> None:
     async def main() -> list[str]:
         bus = await _operator_bus(settings)
         try:
-            return await apply_streams(
+            changes = await apply_streams(
                 bus.js, stream_configs(settings), allow_weaken=allow_weaken, report=click.echo
             )
         finally:
             await bus.close()
+        try:
+            pool = await create_pool(settings, min_size=1, max_size=1)
+        except (OSError, asyncpg.PostgresError) as error:  # the streams are what this step is for
+            click.echo(f"note: platform events not checked: PostgreSQL: {error}", err=True)
+            return changes
+        try:
+            if published := await publish_platform_events(settings, pool):
+                click.echo(f"published {published} pending platform events")
+        finally:
+            await pool.close()
+        return changes
 
     try:
         changes = asyncio.run(main())

@@ -20,12 +20,15 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from deploy.nats import nats_parts
+from deploy.stack import StackState
 from deploy.supervisor import Supervisor
 from shared.bus import connect_bus
 from shared.config import Settings
 from shared.events import TokenIssued
+from shared.events.platform import TenantCreated
 from shared.streams import differences, stream_configs
-from tests.support import stack_settings
+from tests.faults.support import stored_events
+from tests.support import free_port, stack_settings
 
 DAY = 86400.0
 GIB = 1 << 30
@@ -271,3 +274,26 @@ def issued(room: str) -> TokenIssued:
         ttl_seconds=60,
         expires_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
+
+
+async def test_a_tenant_made_while_nats_is_away_is_announced_by_the_next_apply(
+    cluster: Settings, js: JetStreamContext, tmp_path: Path, stack: StackState
+) -> None:
+    # The shared stack's PostgreSQL; this test's own NATS cluster, first unreachable.
+    database = with_(cluster, database_url=stack.database_url)
+    away = with_(database, nats_url=f"nats://127.0.0.1:{free_port()}")
+
+    made = await mediai(away, "tenants", "create", "Clínica offline", cwd=tmp_path)
+
+    assert made.returncode == 0, made.stderr
+    tenant = made.stdout.splitlines()[0].split()[1]
+    [note] = made.stderr.splitlines()  # one line, not a warning per connection attempt
+    assert note.startswith("note: the platform's events are not published yet")
+    assert note.endswith("the next `mediai streams apply` or `mediai up` publishes them")
+
+    applied = await mediai(database, "streams", "apply", cwd=tmp_path)
+
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines()[-1].startswith("published ")
+    announced = await stored_events(js, TenantCreated, tenant)
+    assert [e.data.tenant_id for e in announced] == [tenant]  # type: ignore[attr-defined]
