@@ -27,20 +27,12 @@ from shared.contract import finish
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENT = REPO / "docs" / "openapi.json"
-VIEWER = Path(__file__).resolve().parent / "apidocs"
 
 DESCRIPTION = """The MediAI API, through its gateway. Every request carries
 `Authorization: Bearer <API key>` (LiveKit's webhooks carry LiveKit's signature instead).
 Every error is `{"error": {"code", "message", "details"}}`: each response below lists the codes
 it can carry; clients branch on `code`, never on `message`. A `503` always comes with
 `Retry-After`. Creating operations take an `Idempotency-Key` (docs/idempotency.md)."""
-
-
-def swagger_ui_dir() -> Path:
-    """Swagger UI's files, from the PyPI package swagger-ui-bundle-v2 (the local group)."""
-    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
-
-    return Path(str(swagger_ui_path))
 
 
 _REF = re.compile(r'"#/components/schemas/([^"]+)"')

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from deploy import openapi, zipkin
+from deploy import static, zipkin
 from deploy.bus_users import AGENT, ensure_credentials
 from deploy.cluster import node_name, redis_part
 from deploy.livekit import livekit_parts
@@ -33,7 +33,6 @@ from shared.outbox import relay_outbox
 from shared.tenants import authenticate, create_tenant
 
 DEPLOY_DIR = Path(__file__).resolve().parent
-WEB_ROOT = DEPLOY_DIR.parent / "web" / "dist"
 STATE_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT_NAME = "Development clinic"
@@ -244,10 +243,12 @@ def gateway_part(settings: Settings) -> Part:
         # Caddy keeps its own state under the data folder, not in the user's home.
         "XDG_DATA_HOME": str(caddy_home / "data"),
         "XDG_CONFIG_HOME": str(caddy_home / "config"),
-        # /openapi.json and its viewer at /docs/ (deploy/openapi.py).
-        "MEDIAI_DOCS_DIR": str(openapi.DOCUMENT.parent),
-        "MEDIAI_API_VIEWER_DIR": str(openapi.VIEWER),
-        "MEDIAI_SWAGGER_UI_DIR": str(openapi.swagger_ui_dir()),
+        # The console, /openapi.json and its viewer at /docs/, linked to the working tree
+        # (deploy/static.py); without a built console the gateway still serves the API, and /
+        # answers 404.
+        "MEDIAI_STATIC_DIR": str(
+            static.assemble(settings.data_dir.resolve() / "static", link=True)
+        ),
         "MEDIAI_GATEWAY_UPSTREAMS": "single" if settings.service_replicas == 1 else "replicas",
         **{
             f"MEDIAI_{name.upper()}_UPSTREAM": " ".join(
@@ -264,9 +265,6 @@ def gateway_part(settings: Settings) -> Part:
                 "sessions",
             )
         },
-        # The console's built files (``make web``); without them the gateway still serves the
-        # API, and / answers 404.
-        "MEDIAI_WEB_ROOT": str(WEB_ROOT),
     }
     return Part(
         name="gateway",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -232,3 +233,17 @@ async def live_dispatch(api: httpx.AsyncClient) -> AsyncIterator[str]:
         yield dispatch_id
     finally:
         await api.delete(f"/v1/agents/{dispatch_id}")
+
+
+def post_raw(gateway: str, path: str, size: int) -> tuple[int, str]:
+    """Announce a body of ``size`` bytes and read the answer: the gateway answers from the
+    Content-Length alone, before any of the body is sent."""
+    host, port = gateway.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head_text, _, body = answer.decode().partition("\r\n\r\n")
+    return int(head_text.split()[1]), body

@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from deploy import openapi
 from deploy.stack import StackState
+from tests.support import post_raw
 
 
 def _operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -249,20 +249,6 @@ async def test_bodies_over_the_gateways_limit_are_json(stack: StackState) -> Non
     """Refused by their Content-Length (Caddy's own limit stopped the read midway and answered
     whatever the upstream had said by then: an empty 200, a 502, the service's own 413)."""
     for path, size in (("/v1/tokens", 10_000_001), ("/v1/webhooks/livekit", 1_000_001)):
-        status, body = await asyncio.to_thread(_post_raw, stack.gateway_url, path, size)
+        status, body = await asyncio.to_thread(post_raw, stack.gateway_url, path, size)
         assert status == 413, (path, body)
         assert json.loads(body)["error"]["code"] == "request_too_large"
-
-
-def _post_raw(gateway: str, path: str, size: int) -> tuple[int, str]:
-    """Announce a body of ``size`` bytes and read the answer: the gateway answers from the
-    Content-Length alone, before any of the body is sent."""
-    host, port = gateway.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as connection:
-        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        connection.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode())
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    head_text, _, body = answer.decode().partition("\r\n\r\n")
-    return int(head_text.split()[1]), body

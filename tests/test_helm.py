@@ -59,8 +59,9 @@ def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
         (),
         ("agent.autoscaling.enabled=false", "gateway.enabled=false", "networkPolicy.enabled=false"),
         ("migrations.enabled=false", "image.tag=1.4.2"),
+        ("recorder.enabled=true", "recorder.storageClassName=fast-ssd"),
     ],
-    ids=["defaults", "no-hpa-no-gateway-no-policies", "no-migrations"],
+    ids=["defaults", "no-hpa-no-gateway-no-policies", "no-migrations", "recorder"],
 )
 def test_every_object_is_valid_kubernetes(helm: str, values: tuple[str, ...]) -> None:
     objects = render(helm, *values)
@@ -132,6 +133,11 @@ def test_the_gateway_runs_the_projects_caddyfile(helm: str) -> None:
     [caddy] = containers(named(objects, "Deployment", "clinic-gateway"))
     upstreams = {e["name"]: e["value"] for e in caddy["env"] if e["name"].endswith("_UPSTREAM")}
     assert upstreams["MEDIAI_ROOMS_UPSTREAM"] == "clinic-rooms:8102"
+    assert upstreams["MEDIAI_SESSIONS_UPSTREAM"] == "clinic-sessions:8110"
+    # The gateway image of the same release serves the console and the API's documents.
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert caddy["image"] == f"registry.example.com/mediai-gateway:{version}"
+    assert {"name": "MEDIAI_STATIC_DIR", "value": "/srv/mediai"} in caddy["env"]
 
 
 def test_the_stack_chart_takes_nats_and_livekit_from_their_official_charts() -> None:
@@ -188,3 +194,21 @@ def test_each_component_logs_in_to_nats_as_itself(helm: str) -> None:
         "apply",
     ]
     assert streams["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+
+
+def test_the_recorder_is_one_pod_with_its_own_volume_and_nats_user(helm: str) -> None:
+    assert not [o for o in render(helm) if o["metadata"]["name"] == "clinic-recorder"]
+    objects = render(helm, "recorder.enabled=true")
+    recorder = named(objects, "StatefulSet", "clinic-recorder")
+    assert recorder["spec"]["replicas"] == 1  # it holds each room's recording in memory
+    [container] = containers(recorder)
+    assert container["args"] == ["mediai", "serve", "recorder"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["NATS_USER"] == "recorder"
+    assert env["NATS_PASSWORD"] == {
+        "secretKeyRef": {"name": "mediai-nats-users", "key": "recorder"}
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["recordings"] == "/var/lib/mediai/recordings"  # the data folder's recordings/
+    [claim] = recorder["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "recordings"

@@ -18,7 +18,8 @@ import httpx
 import msgspec
 import pytest
 
-from deploy.stack import WEB_ROOT, StackState, child_environ
+from deploy.stack import StackState, child_environ
+from deploy.static import WEB_DIST
 from shared.config import Settings
 from tests.standin import OpenAIStandin
 from tests.support import eventually, stack_settings
@@ -155,7 +156,7 @@ async def test_up_status_resume_and_stop_leave_nothing_behind(up_settings: Setti
 async def serves_the_console(client: httpx.AsyncClient) -> None:
     """The gateway of `mediai up` serves the console built by `make web` at /, and its own
     paths (a patient's /consulta/{room}) as the same page, which routes itself."""
-    if not (WEB_ROOT / "index.html").exists():
+    if not (WEB_DIST / "index.html").exists():
         if os.environ.get("CI"):
             pytest.fail("the console is not built (make web)")  # make test builds it first
         return

@@ -29,6 +29,10 @@ DEFAULT_PORTS = {
     "dispatcher": 8104,
     "billing": 8105,
     "scheduling": 8106,
+    "keys": 8107,
+    "recorder": 8108,
+    "pool": 8109,
+    "sessions": 8110,
 }
 DEFAULT_AGENT_HEALTH_PORT = 8081
 TIMEOUT_SECONDS = 3.0
