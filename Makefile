@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 # Go's own installer puts it here, not always on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: up up-cluster test faults cluster install redis livekit zipkin helm lint typecheck docs web client client-check chromium clean
+.PHONY: up up-cluster test faults cluster bench install redis livekit zipkin helm lint typecheck docs web client client-check chromium clean
 
 up: install livekit zipkin web
 	$(UV) run mediai up
@@ -40,6 +40,19 @@ faults: install livekit
 # The cluster suite alone (about 5 minutes here: most of it starting 25 processes).
 cluster: install livekit redis
 	$(UV) run pytest -m cluster tests/cluster
+
+# The benchmarks with a bare baseline, each run beside it in the same script (MediAI's token path
+# against a bare Litestar app, a worker's cold start against a bare livekit-agents worker, the
+# billing replay against a bare nats-py consumer), then the others. Each prints its figures and
+# writes bench/results/*.json; none fails on speed. Run on a quiet machine: about 15 minutes here.
+bench: install livekit
+	$(UV) run python -m bench.token_throughput --runs 3
+	$(UV) run python -m bench.worker_cold_start --runs 4
+	$(UV) run python -m bench.billing_replay --events 200000 --runs 1
+	$(UV) run python -m bench.webhooks_latency
+	$(UV) run python -m bench.agent_latency --runs 5
+	$(UV) run python -m bench.phi_publish --runs 2
+	$(UV) run python -m bench.stack_startup --runs 2 --without-zipkin
 
 install: $(UV)
 	$(UV) sync --frozen

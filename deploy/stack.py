@@ -230,9 +230,18 @@ def service_part(
     )
 
 
+# Services that run once per deployment, whatever the replicas of the others: the recorder
+# holds each room's recording in memory, so a second replica taking the stop of a recording the
+# first one started would leave it running (docs/recording.md).
+SINGLE_REPLICA = {"recorder"}
+
+
 def replica_count(settings: Settings, service: str) -> int:
-    """Pools follow the worker hosts (agent_pools), the other services service_replicas."""
-    return settings.agent_pools if service == POOL_SERVICE else settings.service_replicas
+    """Pools follow the worker hosts (agent_pools), the recorder runs once, the other services
+    service_replicas."""
+    if service == POOL_SERVICE:
+        return settings.agent_pools
+    return 1 if service in SINGLE_REPLICA else settings.service_replicas
 
 
 def gateway_part(settings: Settings) -> Part:
