@@ -80,6 +80,10 @@ class KeySource(Protocol):
         """The key ``for_sealing`` would give, if it is in memory now (no waiting)."""
         ...
 
+    def evict(self, tenant: str, key_id: str) -> None:
+        """Forget a destroyed key at once, and remember it is gone."""
+        ...
+
 
 def is_erased(value: object) -> bool:
     """Whether an opened value could not be opened (its key is gone)."""

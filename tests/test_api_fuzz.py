@@ -23,7 +23,7 @@ import pytest
 
 from deploy.stack import StackState
 from shared.config import Settings
-from tests.fuzz.seed import dictionaries, seeded
+from tests.fuzz.seed import ROOM, dictionaries, seeded
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 # Fixed, so a failure in CI is the same failure on a developer's machine; MEDIAI_FUZZ_SEED
@@ -102,6 +102,7 @@ async def _fuzz(
         "MEDIAI_FUZZ_API_KEY": tenant_key,
         "MEDIAI_FUZZ_LIVEKIT_KEY": settings.livekit_api_key,
         "MEDIAI_FUZZ_LIVEKIT_SECRET": settings.livekit_api_secret,
+        "MEDIAI_FUZZ_KEEP_ROOM": ROOM,
         "MEDIAI_FUZZ_ANSWERS": str(tmp_path / "answers.jsonl"),
         "MEDIAI_FUZZ_TOLERATED": str(tmp_path / "tolerated.jsonl"),
         "PYTHONPATH": str(FUZZ.parent.parent),

@@ -3,6 +3,9 @@
 - LiveKit's webhook endpoint is fuzzed as LiveKit calls it: each generated body is signed with
   the stack's LiveKit key pair (a JWT whose sha256 claim is the body's hash), so the fuzzer
   reaches the code behind the signature check, as tests/test_webhooks.py does by hand.
+- The seeded room (``MEDIAI_FUZZ_KEEP_ROOM``) is never deleted, nor its participant removed:
+  the operations that need them to succeed (tests/test_api_fuzz.py, ``MUST_SUCCEED``) come in
+  no fixed order after those that would end them.
 - Each request's ``Idempotency-Key`` is made unique (a counter before the generated key, within
   the key's rules): a key sent twice answers its first answer again (``Idempotent-Replayed``),
   or 422 with another body, a rule across requests that tests/test_idempotency.py covers; here
@@ -70,8 +73,16 @@ def _operation(case: Any) -> str:
     return str(case.operation.definition.raw.get("operationId", ""))
 
 
+# The seeded room and participant (tests/fuzz/seed.py) must outlive the run: the operations that
+# would end them, drawn with the seeded name half the time, act on a room that is not there.
+ENDS_THE_ROOM = {"deleteRoom", "removeParticipant"}
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    kept = os.environ.get("MEDIAI_FUZZ_KEEP_ROOM")
+    if _operation(case) in ENDS_THE_ROOM and (case.path_parameters or {}).get("name") == kept:
+        case.path_parameters["name"] = f"{kept}-gone"
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and re.fullmatch(r"[!-~]{1,255}", key):
         case.headers["Idempotency-Key"] = f"{next(_calls)}-{key}"[:255]

@@ -34,6 +34,7 @@ from shared.background import every
 from shared.crashpoints import crash_point
 from shared.events.patients import ErasureRequested, PatientDataErased
 from shared.outbox import add_to_outbox
+from shared.phi import KeySource
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,14 @@ RESUME_EVERY_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Eraser:
-    """What an erasure needs: the database and the key service (over NATS)."""
+    """What an erasure needs: the database, the key service (over NATS), and this process's
+    own keys (``keys``), which forget the destroyed ones before the erasure is answered: the
+    announcement that evicts them everywhere else arrives moments later, and an export asked
+    right after the answer must already find nothing."""
 
     pool: asyncpg.Pool
     nc: NatsClient
+    keys: KeySource
 
     async def request(self, tenant: str, patient_ref: str, *, by: str, purpose: str) -> Erasure:
         """Erase a patient, or answer the erasure already made (see ``core``)."""
@@ -84,6 +89,8 @@ class Eraser:
         )
         # A first attempt that died after this point destroyed them: they are in ``gone`` too.
         keys = [key.key_id for key in reply.gone]
+        for key_id in keys:
+            self.keys.evict(erasure.tenant, key_id)
         at = min((key.destroyed_at for key in reply.gone), default=datetime.now(UTC))
         crash_point("erasure.after_keys_destroyed")
         return await self._erase_rows(erasure, keys, at)
@@ -131,7 +138,7 @@ class Eraser:
 
 
 async def _resume(app: Litestar) -> None:
-    eraser = Eraser(app.state.pool, app.state.bus.nc)
+    eraser = Eraser(app.state.pool, app.state.bus.nc, app.state.bus.phi.keys)
     # At start, every erasure in progress (ours died with the process; another replica's, if
     # any, is finished once: the last step checks under a lock); then only abandoned ones.
     started = getattr(app.state, "erasures_resumed", False)

@@ -88,7 +88,7 @@ async def erase_patient(
     once every service has erased its rows, 202 while some still are (``pending``; GET it
     later). Idempotent: asking again answers the same certificate, unless data about the
     patient arrived since (then that is erased too, with a new certificate)."""
-    eraser = Eraser(pool, bus.nc)
+    eraser = Eraser(pool, bus.nc, bus.phi.keys)
     erasure = await eraser.request(
         tenant.id, _patient(patient_ref), by=reader.reader, purpose=reader.purpose
     )
