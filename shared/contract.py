@@ -86,6 +86,15 @@ PatientRefPath = Annotated[
     Parameter(description=PATIENT_REF_RULE, schema_extra={"pattern": PATIENT_REF.pattern}),
 ]
 
+# A page's cursor: the position (a PostgreSQL bigint) after which the next page starts. Bounded
+# by the largest integer a JSON number holds exactly (JavaScript's MAX_SAFE_INTEGER: the console
+# and generated clients read cursors as numbers), so a larger one is a 400 like any value out of
+# range, never a query that overflows.
+Cursor = Annotated[
+    int,
+    Parameter(ge=0, le=2**53 - 1, description="the `cursor` of the previous page; 0 for the first"),
+]
+
 # Parameters Litestar fills itself: they are not the client's input.
 _RESERVED = {"request", "state", "scope", "headers", "cookies", "query", "socket", "body"}
 

@@ -63,6 +63,20 @@ def test_dispatches_still_starting_take_the_free_slots() -> None:
     assert refusal(loads, starting=1) == "agents_at_capacity"
 
 
+def test_a_session_joined_before_its_workers_report_holds_its_slot() -> None:
+    # One slot, and the report does not show the session that joined yet.
+    loads = fold(report("host-a", 0, most=1))
+    with pytest.raises(DispatchRejectedError) as refused:
+        capacity_core.check(loads, starting=0, running=1, now=NOW)
+    assert refused.value.code == "agents_at_capacity"
+    assert refused.value.details[0]["activeJobs"] == 1
+    # A session the reports show already is not counted twice.
+    capacity_core.check(
+        fold(report("host-a", 1), report("host-b", 0)), starting=0, running=1, now=NOW
+    )
+    capacity_core.check(fold(report("host-a", 0)), starting=0, running=1, now=NOW)
+
+
 def test_the_latest_report_of_a_worker_replaces_its_last() -> None:
     loads = fold(report("host-a", 2), report("host-a", 1))
     capacity_core.check(loads, starting=0, now=NOW)

@@ -34,8 +34,8 @@ class Capacity:
 
     async def check(self, pool: asyncpg.Pool) -> None:
         """DispatchRejectedError (503) unless a worker has room for one more dispatch."""
-        now = datetime.now(UTC)
-        capacity_core.check(self.loads, starting=await store.count_starting(pool), now=now)
+        starting, running = await store.count_placed(pool)
+        capacity_core.check(self.loads, starting=starting, running=running, now=datetime.now(UTC))
 
     def _on_event(self, message: Any) -> None:
         data = CODEC.decode(message.data).data

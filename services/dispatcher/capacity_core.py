@@ -51,9 +51,11 @@ def forget(loads: dict[str, WorkerLoad], worker_id: str) -> dict[str, WorkerLoad
     return {k: v for k, v in loads.items() if k != worker_id}
 
 
-def check(loads: dict[str, WorkerLoad], *, starting: int, now: datetime) -> None:
+def check(loads: dict[str, WorkerLoad], *, starting: int, now: datetime, running: int = 0) -> None:
     """Raise DispatchRejectedError (503) unless some worker has a free slot once the
-    ``starting`` dispatches (accepted, not yet joined: no worker counts them yet) are placed."""
+    ``starting`` dispatches (accepted, not yet joined: no worker counts them yet) are placed.
+    ``running``, the sessions joined, is a floor under the jobs the workers report: a session
+    that joined before its worker's report arrived holds its slot all the same."""
     live = [w for w in loads.values() if w.expires_at > now]
     retry = {"retryAfterSeconds": RETRY_AFTER_SECONDS}
     if not any(w.available for w in live):
@@ -64,8 +66,9 @@ def check(loads: dict[str, WorkerLoad], *, starting: int, now: datetime) -> None
             details=[{**retry, "workers": 0}],
         )
     capacity = sum(w.max_jobs for w in live if w.available)
-    active = sum(w.active_jobs for w in live)
-    if sum(w.free for w in live) - starting <= 0:
+    reported = sum(w.active_jobs for w in live)
+    active = max(reported, running)
+    if sum(w.free for w in live) - (active - reported) - starting <= 0:
         raise DispatchRejectedError(
             f"every agent worker is at capacity ({active} sessions running, {starting} "
             f"starting, {capacity} in all); retry shortly",

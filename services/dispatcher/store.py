@@ -162,9 +162,12 @@ async def usage_limits_in_force(
     return [_limit(r) for r in rows]
 
 
-async def count_starting(pool: asyncpg.Pool) -> int:
-    """Dispatches of every tenant accepted but not joined yet: no worker counts them yet."""
-    count: int = await pool.fetchval(
-        "SELECT count(*) FROM agent_dispatches WHERE state IN ('requested', 'dispatched')"
+async def count_placed(pool: asyncpg.Pool) -> tuple[int, int]:
+    """Dispatches of every tenant accepted but not joined yet (no worker counts them yet), and
+    those joined and running (their worker's next load report counts them)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE state IN ('requested', 'dispatched')) AS starting,"
+        " count(*) FILTER (WHERE state = 'joined') AS running FROM agent_dispatches"
     )
-    return count
+    assert row is not None
+    return int(row["starting"]), int(row["running"])

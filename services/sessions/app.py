@@ -32,7 +32,7 @@ from services.sessions.schemas import (
 from shared.background import BackgroundTask, every
 from shared.bus import Bus
 from shared.config import Settings
-from shared.contract import errors
+from shared.contract import Cursor, errors
 from shared.db import Connection
 from shared.http import ForbiddenError, NotFoundError, create_service_app
 from shared.phi import Phi
@@ -166,7 +166,7 @@ async def get_timeline(
     pool: asyncpg.Pool,
     bus: Bus,
     settings: Settings,
-    after: Annotated[int, Parameter(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = PAGE,
 ) -> Timeline:
     personal = may_read_personal(tenant.grant)
@@ -220,7 +220,7 @@ async def stream_timeline(
     bus: Bus,
     settings: Settings,
     news: News,
-    after: Annotated[int, Parameter(ge=0)] = 0,
+    after: Cursor = 0,
 ) -> Stream:
     personal = may_read_personal(tenant.grant)
     async with pool.acquire() as conn:

@@ -19,7 +19,7 @@ from services.scheduling.patients.verify import Verification, verify_tenant
 from shared.access import PURPOSE, PURPOSE_HEADER, PURPOSE_RULE, Entry, Reader
 from shared.bus import Bus
 from shared.config import Settings
-from shared.contract import PatientRefPath, errors
+from shared.contract import Cursor, PatientRefPath, errors
 from shared.http import ApiError, NotFoundError
 from shared.naming import PATIENT_REF, PATIENT_REF_RULE, is_patient_ref
 from shared.tenants import Tenant
@@ -196,7 +196,7 @@ async def list_access_log(
             schema_extra={"pattern": PATIENT_REF.pattern},
         ),
     ] = None,
-    after: Annotated[int, Parameter(ge=0)] = 0,
+    after: Cursor = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> AccessLog:
     """The tenant's access log (LGPD Art. 37), oldest first from ``after`` (a position): every

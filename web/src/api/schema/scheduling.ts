@@ -474,6 +474,7 @@ export interface operations {
     listAccessLog: {
         parameters: {
             query?: {
+                /** @description the `cursor` of the previous page; 0 for the first */
                 after?: number;
                 limit?: number;
                 /** @description the clinic's pseudonymous id of the patient: 1-64 characters, letters, digits, '-' and '_', starting with a letter or digit; it must never contain names, CPF or contacts */

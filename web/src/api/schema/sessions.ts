@@ -201,6 +201,7 @@ export interface operations {
     getSessionTimeline: {
         parameters: {
             query?: {
+                /** @description the `cursor` of the previous page; 0 for the first */
                 after?: number;
                 limit?: number;
             };
@@ -279,6 +280,7 @@ export interface operations {
     streamSessionTimeline: {
         parameters: {
             query?: {
+                /** @description the `cursor` of the previous page; 0 for the first */
                 after?: number;
             };
             header?: never;
