@@ -34,8 +34,8 @@ from pathlib import Path
 import msgspec
 
 from deploy.gotools import GoTool, build
-from deploy.stack import Stack, _http_ready, child_environ, gateway_part
-from deploy.supervisor import Part
+from deploy.stack import Stack, child_environ, gateway_part
+from deploy.supervisor import Part, http_ready
 from tests.support import free_port, stack_settings
 
 BOMBARDIER = GoTool("bombardier", "github.com/codesenberg/bombardier", "v1.2.6", "bombardier")
@@ -161,7 +161,7 @@ async def main(
             ],
             url=bare_url,
             env=child_environ(settings),
-            ready=lambda: _http_ready(f"{bare_url}/healthz"),
+            ready=lambda: http_ready(f"{bare_url}/healthz"),
         )
         await stack.supervisor.start_together([bare])
         await stack.supervisor.start_together(
