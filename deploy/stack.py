@@ -246,18 +246,21 @@ def replica_count(settings: Settings, service: str) -> int:
 
 def gateway_part(settings: Settings) -> Part:
     caddy_home = (settings.data_dir / "caddy").resolve()
+    static_dir = settings.data_dir.resolve() / "static"
+
+    async def prepare() -> None:
+        static.assemble(static_dir, link=True)
+
     env = {
         "MEDIAI_GATEWAY_ADDRESS": f"{settings.host}:{settings.gateway_port}",
         "MEDIAI_GATEWAY_HOST": settings.host,
         # Caddy keeps its own state under the data folder, not in the user's home.
         "XDG_DATA_HOME": str(caddy_home / "data"),
         "XDG_CONFIG_HOME": str(caddy_home / "config"),
-        # The console, /openapi.json and its viewer at /docs/, linked to the working tree
-        # (deploy/static.py); without a built console the gateway still serves the API, and /
-        # answers 404.
-        "MEDIAI_STATIC_DIR": str(
-            static.assemble(settings.data_dir.resolve() / "static", link=True)
-        ),
+        # The console, /openapi.json and its viewer at /docs/, linked to the working tree when
+        # the gateway starts (deploy/static.py); without a built console the gateway still
+        # serves the API, and / answers 404.
+        "MEDIAI_STATIC_DIR": str(static_dir),
         "MEDIAI_GATEWAY_UPSTREAMS": "single" if settings.service_replicas == 1 else "replicas",
         **{
             f"MEDIAI_{name.upper()}_UPSTREAM": " ".join(
@@ -288,6 +291,7 @@ def gateway_part(settings: Settings) -> Part:
         url=settings.gateway_url,
         ports=[("MEDIAI_GATEWAY_PORT", settings.gateway_port)],
         env=env,
+        prepare=prepare,
         ready=lambda: http_ready(f"{settings.gateway_url}/healthz"),
     )
 

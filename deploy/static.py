@@ -29,21 +29,21 @@ def swagger_ui_dir() -> Path:
     return Path(str(swagger_ui_path))
 
 
-def sources(repo: Path = REPO) -> dict[str, Path]:
+def sources() -> dict[str, Path]:
     """Each folder of the layout, and where it comes from."""
     return {
-        "web": WEB_DIST if repo == REPO else repo / "web" / "dist",
-        "docs": repo / "docs",
-        "apidocs": repo / "deploy" / "apidocs",
+        "web": WEB_DIST,
+        "docs": REPO / "docs",
+        "apidocs": REPO / "deploy" / "apidocs",
         "swagger-ui": swagger_ui_dir(),
     }
 
 
-def assemble(target: Path, *, link: bool, repo: Path = REPO) -> Path:
+def assemble(target: Path, *, link: bool) -> Path:
     """The layout under ``target``: symbolic links to the sources (``link``), or copies of
     them. The docs folder holds only openapi.json (the rest of docs/ is not served)."""
     target.mkdir(parents=True, exist_ok=True)
-    for name, source in sources(repo).items():
+    for name, source in sources().items():
         place = target / name
         if place.is_symlink() or place.is_file():
             place.unlink()
