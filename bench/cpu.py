@@ -32,6 +32,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """A process's CPU seconds with its live descendants' (a Postgres server and its backends)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        total += _proc_cpu(current)
+        pending += _children(current)
+    return total
+
+
 def cpu_seconds() -> float:
     """This process (with reaped children) plus every live descendant and their children."""
     own = resource.getrusage(resource.RUSAGE_SELF)

@@ -2,13 +2,17 @@
 
 Starts a stack with the token service (NATS, Postgres, LiveKit, the key service, token, the
 gateway) as ``mediai up`` does, with tracing exporting over OTLP (to a sink in this process, at
-``--sample-ratio``, 0.1 by default) and the Prometheus metrics on; then the bare app
-(``bench.bare_token``: the same JWT, nothing else) behind a second Caddy running the same
-Caddyfile. Both are served by uvicorn with the same options. The load generator is bombardier
-(built once from the Go module proxy at a pinned version): ``--connections`` clients for
-``--duration`` seconds per run, MediAI and bare interleaved (the order alternating), after a
-warm-up of each. For each side: requests/s, latency p50/p90/p99, errors, and the server
-process's CPU time per request; then the ratios, and a JSON record (``--output``).
+``--sample-ratio``, 0.1 by default) and the Prometheus metrics on; then two bare apps
+(``bench.bare_token``), each behind its own Caddy running the same Caddyfile: ``bare`` mints the
+same JWT and nothing else; ``bare+audit`` also publishes a record of the token to the same
+JetStream stream with nats-py and answers after its ack, as MediAI does for ``token_issued`` (on
+a NATS that fsyncs every write, that ack is the floor of any durable token path). All are
+served by uvicorn with the same options. The load generator is bombardier (built once from the
+Go module proxy at a pinned version): ``--connections`` clients for ``--duration`` seconds per
+run, the sides interleaved (each first in turn), after a warm-up of each. For each side:
+requests/s, latency p50/p90/p99, errors, and CPU time per request of the server and of every
+other process that side runs on (gateway, NATS, ...); then the ratios, and a JSON record
+(``--output``).
 
 Run: uv run python -m bench.token_throughput [--runs 5] [--duration 10] [--connections 64].
 Prints figures; never fails on speed.
@@ -33,9 +37,13 @@ from pathlib import Path
 
 import msgspec
 
+from bench.cpu import tree_cpu_seconds
 from deploy.gotools import GoTool, build
+from deploy.nats import operator_login
 from deploy.stack import Stack, child_environ, gateway_part
 from deploy.supervisor import Part, http_ready
+from shared.bus import OPERATOR_USER
+from shared.config import Settings
 from tests.support import free_port, stack_settings
 
 BOMBARDIER = GoTool("bombardier", "github.com/codesenberg/bombardier", "v1.2.6", "bombardier")
@@ -53,6 +61,8 @@ class Side(msgspec.Struct, kw_only=True):
     requests: int
     errors: int
     cpu_ms_per_request: float
+    # the server's and every other process this side runs on (gateway, NATS, ...), per request
+    cpu_ms_by_part: dict[str, float] = {}
 
 
 def bombardier() -> Path:
@@ -60,14 +70,9 @@ def bombardier() -> Path:
     return build(BOMBARDIER)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def load(url: str, key: str, pid: int, duration: float, connections: int) -> Side:
-    before = cpu_seconds(pid)
+async def load(url: str, key: str, pids: dict[str, int], duration: float, connections: int) -> Side:
+    """``pids``: the processes this side runs on, the token server as ``server``."""
+    before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
     process = await asyncio.create_subprocess_exec(
         str(bombardier()),
         *("-c", str(connections), "-d", f"{duration}s", "-m", "POST", "-b", BODY),
@@ -76,9 +81,10 @@ async def load(url: str, key: str, pid: int, duration: float, connections: int) 
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
-    cpu = cpu_seconds(pid) - before
+    cpu = {name: tree_cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     result = json.loads(out)["result"]
     ok = result["req2xx"]
+    per_request = {name: seconds * 1000 / max(ok, 1) for name, seconds in cpu.items()}
     latency = result["latency"]["percentiles"]
     return Side(
         rps=ok / result["timeTakenSeconds"],
@@ -87,7 +93,8 @@ async def load(url: str, key: str, pid: int, duration: float, connections: int) 
         p99_ms=latency["99"] / 1000,
         requests=ok,
         errors=sum(result[k] for k in ("req1xx", "req3xx", "req4xx", "req5xx", "others")),
-        cpu_ms_per_request=cpu * 1000 / max(ok, 1),
+        cpu_ms_per_request=per_request["server"],
+        cpu_ms_by_part=per_request,
     )
 
 
@@ -111,11 +118,13 @@ def write_record(output: Path, record: dict[str, object]) -> None:
 
 
 def median_side(sides: list[Side]) -> Side:
+    numbers = [field for field in Side.__struct_fields__ if field != "cpu_ms_by_part"]
     return Side(
-        **{
-            field: statistics.median(getattr(s, field) for s in sides)
-            for field in Side.__struct_fields__
-        }
+        **{field: statistics.median(getattr(s, field) for s in sides) for field in numbers},
+        cpu_ms_by_part={
+            name: statistics.median(s.cpu_ms_by_part[name] for s in sides)
+            for name in sides[0].cpu_ms_by_part
+        },
     )
 
 
@@ -123,8 +132,43 @@ def row(name: str, side: Side) -> str:
     return (
         f"  {name:<8} {side.rps:8.0f} req/s  p50 {side.p50_ms:6.1f} ms  p90 {side.p90_ms:6.1f} ms"
         f"  p99 {side.p99_ms:6.1f} ms  CPU {side.cpu_ms_per_request:5.2f} ms/req"
-        f"  errors {side.errors:.0f}"
+        f"  errors {side.errors:.0f}\n           CPU ms/req by process: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in side.cpu_ms_by_part.items())
+        + f" (all {sum(side.cpu_ms_by_part.values()):.2f})"
     )
+
+
+async def start_bare(stack: Stack, settings: Settings, name: str, *options: str) -> str:
+    """A bare app (``bench.bare_token``) behind its own gateway running the same Caddyfile, with
+    the token service's port given to the app: its URL through that gateway."""
+    bare_settings = msgspec.structs.replace(
+        settings, token_port=free_port(), gateway_port=free_port()
+    )
+    url = f"http://{settings.host}:{bare_settings.token_port}"
+    env = child_environ(settings) | {
+        "BARE_NATS_URL": settings.nats_url,
+        "BARE_NATS_USER": OPERATOR_USER,
+        "BARE_NATS_PASSWORD": operator_login(settings)["password"],
+    }
+    app = Part(
+        name=name,
+        argv=[
+            sys.executable,
+            "-m",
+            "bench.bare_token",
+            settings.host,
+            str(bare_settings.token_port),
+            *options,
+        ],
+        url=url,
+        env=env,
+        ready=lambda: http_ready(f"{url}/healthz"),
+    )
+    await stack.supervisor.start_together([app])
+    await stack.supervisor.start_together(
+        [replace(gateway_part(bare_settings), name=f"gateway-{name}")]
+    )
+    return f"{bare_settings.gateway_url}/v1/tokens"
 
 
 async def main(
@@ -145,57 +189,61 @@ async def main(
     stack = Stack(settings, services=["token"])
     state = await stack.start()
     try:
-        # The bare app, and a second gateway: the same Caddyfile, its token upstream the bare app.
-        bare_settings = msgspec.structs.replace(
-            settings, token_port=free_port(), gateway_port=free_port()
-        )
-        bare_url = f"http://{settings.host}:{bare_settings.token_port}"
-        bare = Part(
-            name="bare-token",
-            argv=[
-                sys.executable,
-                "-m",
-                "bench.bare_token",
-                settings.host,
-                str(bare_settings.token_port),
-            ],
-            url=bare_url,
-            env=child_environ(settings),
-            ready=lambda: http_ready(f"{bare_url}/healthz"),
-        )
-        await stack.supervisor.start_together([bare])
-        await stack.supervisor.start_together(
-            [replace(gateway_part(bare_settings), name="gateway-bare")]
-        )
+        bare = await start_bare(stack, settings, "bare")
+        bare_audit = await start_bare(stack, settings, "bare-audit", "--audit")
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
         sides = {
-            "mediai": (f"{settings.gateway_url}/v1/tokens", pids["token"]),
-            "bare": (f"{bare_settings.gateway_url}/v1/tokens", pids["bare-token"]),
+            "mediai": (
+                f"{settings.gateway_url}/v1/tokens",
+                {
+                    "server": pids["token"],
+                    "gateway": pids["gateway"],
+                    "nats": pids["nats"],
+                    "keys": pids["keys"],
+                    "postgres": pids["postgres"],
+                },
+            ),
+            "bare": (bare, {"server": pids["bare"], "gateway": pids["gateway-bare"]}),
+            "bare+audit": (
+                bare_audit,
+                {
+                    "server": pids["bare-audit"],
+                    "gateway": pids["gateway-bare-audit"],
+                    "nats": pids["nats"],
+                },
+            ),
         }
+        names = list(sides)
         key = state.dev_api_key
-        for url, pid in sides.values():  # warm-up: connections, caches, code paths
-            await load(url, key, pid, min(duration, 3), connections)
-        results: dict[str, list[Side]] = {"mediai": [], "bare": []}
+        for url, side_pids in sides.values():  # warm-up: connections, caches, code paths
+            await load(url, key, side_pids, min(duration, 3), connections)
+        results: dict[str, list[Side]] = {name: [] for name in names}
         for run in range(runs):
-            order = ["mediai", "bare"] if run % 2 == 0 else ["bare", "mediai"]
-            for name in order:
-                url, pid = sides[name]
-                results[name].append(await load(url, key, pid, duration, connections))
+            for name in names[run % 3 :] + names[: run % 3]:  # each side first in turn
+                url, side_pids = sides[name]
+                results[name].append(await load(url, key, side_pids, duration, connections))
             print(f"run {run + 1}/{runs}:", flush=True)
-            for name in ("mediai", "bare"):
+            for name in names:
                 print(row(name, results[name][-1]), flush=True)
-        ratios = [m.rps / b.rps for m, b in zip(results["mediai"], results["bare"], strict=True)]
+        ratios = {
+            baseline: [
+                m.rps / b.rps for m, b in zip(results["mediai"], results[baseline], strict=True)
+            ]
+            for baseline in ("bare", "bare+audit")
+        }
         medians = {name: median_side(sides_) for name, sides_ in results.items()}
         print(
-            f"\nPOST /v1/tokens through the gateway, {connections} connections, {duration:.0f} s x {runs} runs (medians):"
+            f"\nPOST /v1/tokens through the gateway, {connections} connections,"
+            f" {duration:.0f} s x {runs} runs (medians):"
         )
-        for name in ("mediai", "bare"):
+        for name in names:
             print(row(name, medians[name]))
-        print(
-            f"  ratio (MediAI / bare, req/s): median {statistics.median(ratios):.2f}"
-            f" (runs: {', '.join(f'{r:.2f}' for r in ratios)}); CPU per request"
-            f" {medians['mediai'].cpu_ms_per_request / medians['bare'].cpu_ms_per_request:.2f}x"
-        )
+        for baseline, per_run in ratios.items():
+            print(
+                f"  ratio MediAI / {baseline} (req/s): median {statistics.median(per_run):.2f}"
+                f" (runs: {', '.join(f'{r:.2f}' for r in per_run)}); CPU per request, server"
+                f" {medians['mediai'].cpu_ms_per_request / medians[baseline].cpu_ms_per_request:.2f}x"
+            )
         record = {
             "benchmark": "token_throughput",
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -210,8 +258,10 @@ async def main(
             "runs": runs,
             "trace_sample_ratio": settings.trace_sample_ratio,
             "otlp_bytes_exported": _OtlpSink.spans_bytes,
-            "ratio_rps_median": statistics.median(ratios),
-            "ratios_rps": ratios,
+            "ratio_rps_median": statistics.median(ratios["bare"]),
+            "ratios_rps": ratios["bare"],
+            "ratio_rps_median_audit": statistics.median(ratios["bare+audit"]),
+            "ratios_rps_audit": ratios["bare+audit"],
             "median": {name: msgspec.to_builtins(side) for name, side in medians.items()},
             "runs_detail": {name: msgspec.to_builtins(s) for name, s in results.items()},
         }
