@@ -68,16 +68,22 @@ class Extras:
     # Reads stream and account info (a service's start-up check and /readyz). Stream info can
     # list a stream's subjects, which carry room names and dispatch ids: not for the agent.
     infos: bool = True
+    # Core NATS subjects, outside every stream, it publishes (beats) and subscribes to.
+    beats: tuple[str, ...] = ()
+    hears: tuple[str, ...] = ()
     # The key service operations it may call (shared.keys_api): a service's KeyCache fetches
     # keys to seal and to open; an agent job only its own dispatch's keys, by dispatch id.
     keys: tuple[str, ...] = (SealingKeyRequest.OPERATION, OpeningKeyRequest.OPERATION)
 
 
 EXTRAS: dict[str, Extras] = {
-    # The dispatcher follows every pool's worker events (its registry of workers), a pool its
-    # own workers' registrations; a duplicate publish reads the event the log holds.
+    # The dispatcher follows every pool's worker events (its registry of workers) and every
+    # worker's heartbeat (its capacity), a pool its own workers' registrations; a duplicate
+    # publish reads the event the log holds.
     "dispatcher": Extras(
-        reads=(subjects.stream_name(EVENTS_STREAM),), gets=(subjects.stream_name(EVENTS_STREAM),)
+        reads=(subjects.stream_name(EVENTS_STREAM),),
+        gets=(subjects.stream_name(EVENTS_STREAM),),
+        hears=(subjects.worker_heartbeats(),),
     ),
     "pool": Extras(
         reads=(subjects.stream_name(EVENTS_STREAM),), gets=(subjects.stream_name(EVENTS_STREAM),)
@@ -101,6 +107,7 @@ EXTRAS: dict[str, Extras] = {
     AGENT: Extras(
         requests=(subjects.scheduling_requests(),),
         follows=(AgentEndRequested, AgentCommandIssued),
+        beats=(subjects.worker_heartbeats(),),
         infos=False,
         keys=(DispatchKeysRequest.OPERATION,),
     ),
@@ -186,9 +193,10 @@ def permissions(component: str) -> Permissions:
         filter_subject = subjects.type_filter(event_type)
         publish += [subjects.js_api("CONSUMER", "CREATE", stream, "*", filter_subject)]
     publish += extras.requests
+    publish += extras.beats
     publish += [subjects.keys_request_subject(operation) for operation in extras.keys]
     # Whoever holds keys drops one the moment it is destroyed (shared.keys).
-    subscribe += [subjects.type_filter(DataKeyDestroyed), *extras.serves]
+    subscribe += [subjects.type_filter(DataKeyDestroyed), *extras.serves, *extras.hears]
     if component in http_services():
         # An HTTP service drops a revoked API key from its cache at once (shared.tenants).
         subscribe.append(subjects.type_filter(ApiKeyRevoked))

@@ -14,6 +14,7 @@ from shared.events import Event
 
 PREFIX = "mediai"
 _UNSAFE = re.compile(rb"[^A-Za-z0-9_-]")
+_ESCAPED = re.compile(rb"%([0-9A-F]{2})")
 
 
 def token(value: str) -> str:
@@ -21,6 +22,13 @@ def token(value: str) -> str:
     if not value:
         return "%"
     return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], value.encode()).decode()
+
+
+def untoken(value: str) -> str:
+    """The value ``token`` escaped."""
+    if value == "%":
+        return ""
+    return _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), value.encode()).decode()
 
 
 def stream_name(stream: str) -> str:
@@ -120,6 +128,17 @@ def scheduling_requests() -> str:
 def keys_requests() -> str:
     """Every key service operation's subject (a wildcard, for its subscription's permission)."""
     return f"{PREFIX}.rpc.keys.*"
+
+
+def worker_heartbeat(worker_id: str) -> str:
+    """Where an agent worker says it is alive, every few seconds: a core NATS subject outside
+    every stream (``mediai.live.agent.worker.<worker>``), so nothing stores the beats."""
+    return f"{PREFIX}.live.agent.worker.{token(worker_id)}"
+
+
+def worker_heartbeats() -> str:
+    """Every agent worker's heartbeat subject (a wildcard, for the dispatcher and permissions)."""
+    return f"{PREFIX}.live.agent.worker.*"
 
 
 def inbox_prefix(user: str) -> str:

@@ -18,7 +18,7 @@ from deploy.stack import Stack
 from shared.bus import Bus, connect_bus
 from shared.events.agents import AgentWorkerLoadReported
 from tests.standin import OpenAIStandin
-from tests.support import stack_settings
+from tests.support import eventually, stack_settings
 from tests.test_agent_e2e import OPENAI, dispatch, following, new_room, state_of
 
 pytestmark = pytest.mark.livekit
@@ -100,3 +100,25 @@ async def test_a_dispatch_beyond_capacity_is_refused_at_once_and_taken_once_a_se
         await reports.next(AgentWorkerLoadReported, where=lambda d: d.active_jobs == 0, timeout=60)
     second = await dispatch(api, room=waiting_room, role="generic", **OPENAI)
     await state_of(api, second["id"], "joined", timeout=60)
+
+
+async def test_a_worker_host_killed_outright_is_forgotten_within_seconds(
+    client: tuple[Bus, httpx.AsyncClient], full_stack: Stack
+) -> None:
+    """The pool SIGKILLed with its worker (a host gone: nobody publishes their exit). The
+    dispatcher stops counting the worker after three missed heartbeats, not three missed load
+    reports (90 s), and refuses the next dispatch at once rather than accepting it to fail.
+    Last in the module: the stack has no worker afterwards."""
+    _, api = client
+    await full_stack.supervisor.kill("pool")
+    killed = time.monotonic()
+
+    async def no_worker() -> bool:
+        answer = await api.post(
+            "/v1/agents", json={"room": new_room(), "role": "generic", **OPENAI}
+        )
+        return answer.status_code == 503 and answer.json()["error"]["code"] == "no_agent_worker"
+
+    # Three beats of 2 s, and the last beat's age at the kill: about 6-8 s; 90 s before beats.
+    await eventually(no_worker, timeout=20, step=1)
+    print(f"worker forgotten {time.monotonic() - killed:.1f} s after its host was killed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from services.dispatcher import capacity_core
@@ -101,3 +102,29 @@ def test_an_exited_worker_is_forgotten_at_once() -> None:
 
 def test_no_worker_at_all_is_refused() -> None:
     assert refusal({}) == "no_agent_worker"
+
+
+def beating(worker: str, active: int, *, most: int = 2) -> AgentWorkerLoadReported:
+    return msgspec.structs.replace(report(worker, active, most=most), heartbeat_seconds=2.0)
+
+
+def test_a_beating_worker_is_forgotten_after_three_missed_beats_not_three_reports() -> None:
+    loads = fold(beating("host-a", 0))
+    later = NOW + timedelta(seconds=5)
+    capacity_core.check(loads, starting=0, now=later)  # within three beats of its report
+    assert refusal(loads, now=NOW + timedelta(seconds=7)) == "no_agent_worker"
+    # Each beat keeps it three more beats, however long since its last report.
+    for second in range(2, 60, 2):
+        loads = capacity_core.heard(loads, "host-a", NOW + timedelta(seconds=second))
+    capacity_core.check(loads, starting=0, now=NOW + timedelta(seconds=63))
+    assert refusal(loads, now=NOW + timedelta(seconds=65)) == "no_agent_worker"
+
+
+def test_a_beat_alone_brings_back_no_worker_and_a_silent_reporter_keeps_its_periods() -> None:
+    # A beat of a worker no report announced (or one forgotten) carries no load: ignored.
+    assert capacity_core.heard({}, "host-a", NOW) == {}
+    # A worker that does not beat (heartbeat_seconds 0) keeps three report periods.
+    loads = fold(report("host-b", 0))
+    assert capacity_core.heard(loads, "host-b", NOW + timedelta(seconds=80)) == loads
+    capacity_core.check(loads, starting=0, now=NOW + timedelta(seconds=89))
+    assert refusal(loads, now=NOW + timedelta(seconds=91)) == "no_agent_worker"

@@ -9,19 +9,27 @@ same count its load function gives LiveKit (docs/performance.md, "Capacity").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import nats.errors
+
+from shared import subjects
 from shared.bus import Bus, BusUnavailableError
 from shared.events.agents import AgentWorkerLoadReported
 from shared.naming import SYSTEM_TENANT
 
 log = logging.getLogger("mediai.agent")
 
-# A report at least this often, so the dispatcher forgets a worker that vanished (3 periods).
+# A report on the log at least this often (the dispatcher forgets a worker silent 3 periods).
 REPORT_SECONDS = 30.0
+# A beat on core NATS this often (not stored): a host killed outright, whose workers publish
+# no exit, is forgotten after 3 missed beats rather than 3 reports, so the dispatcher stops
+# accepting dispatches for its capacity within seconds.
+HEARTBEAT_SECONDS = 2.0
 # How often the count is looked at: a taken slot is known to the dispatcher within this.
 CHECK_SECONDS = 0.25
 # livekit-agents tells LiveKit the worker's load every 2.5 s (from a count refreshed every
@@ -41,11 +49,14 @@ class LoadReporter:
         self.available = True
         self._last: tuple[int, bool] | None = None
         self._due = 0.0
+        self._beat_due = 0.0
         self._recent: list[tuple[float, int]] = []  # (when, jobs) over the last LiveKit lag
 
     async def report(self) -> None:
-        """Publish now if something changed or a report is due; a failed publish is tried
-        again at the next look (NATS away: the dispatcher forgets this worker meanwhile)."""
+        """Beat if due; publish the load now if something changed or a report is due. A failed
+        publish is tried again at the next look (NATS away: the dispatcher forgets this worker
+        meanwhile)."""
+        await self._beat()
         current = (self.counted(time.monotonic()), self.available)
         if not self.registered or (current == self._last and time.monotonic() < self._due):
             return
@@ -56,6 +67,7 @@ class LoadReporter:
             available=current[1],
             next_report_seconds=REPORT_SECONDS,
             reported_at=datetime.now(UTC),
+            heartbeat_seconds=HEARTBEAT_SECONDS,
         )
         try:
             await self.bus.publish(event, tenant=SYSTEM_TENANT, key=self.worker_id)
@@ -63,6 +75,14 @@ class LoadReporter:
             log.warning("load report not published: %s", type(error).__name__)
             return
         self._last, self._due = current, time.monotonic() + REPORT_SECONDS
+
+    async def _beat(self) -> None:
+        if not self.registered or time.monotonic() < self._beat_due:
+            return
+        self._beat_due = time.monotonic() + HEARTBEAT_SECONDS
+        # Disconnected: the beats resume with the connection; the next report says the rest.
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self.bus.nc.publish(subjects.worker_heartbeat(self.worker_id), b"")
 
     def counted(self, now: float) -> int:
         """The most jobs run within the last LiveKit lag: a rise counts at once, a fall once

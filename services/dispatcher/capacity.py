@@ -4,7 +4,9 @@ refuses at once (503, Retry-After) when no worker has room rather than accepting
 that would fail at its deadline.
 
 Why the workers' reports: LiveKit's server API does not expose workers or their load, and the
-local pool sees only its own host; every worker, wherever it runs, reports on the bus.
+local pool sees only its own host; every worker, wherever it runs, reports on the bus. A host
+killed outright publishes no exit for its workers, so each worker also beats every few seconds
+on core NATS, and three missed beats forget it (reports alone: three missed reports, 90 s).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class Capacity:
         starting, running = await store.count_placed(pool)
         capacity_core.check(self.loads, starting=starting, running=running, now=datetime.now(UTC))
 
+    def _on_heartbeat(self, message: Any) -> None:
+        worker_id = subjects.untoken(message.subject.rsplit(".", 1)[1])
+        self.loads = capacity_core.heard(self.loads, worker_id, datetime.now(UTC))
+
     def _on_event(self, message: Any) -> None:
         data = CODEC.decode(message.data).data
         if isinstance(data, AgentWorkerLoadReported):
@@ -46,11 +52,16 @@ class Capacity:
 
     async def follow(self, bus: Bus) -> None:
         """Each worker's last report first (a restarted dispatcher knows them at once), then
-        every new report and exit, until cancelled."""
+        every new report, exit and heartbeat, until cancelled."""
 
         async def on_message(message: Any) -> None:
             self._on_event(message)
 
+        async def on_heartbeat(message: Any) -> None:
+            self._on_heartbeat(message)
+
+        # Subscribed before the reports are read, so no beat after a report is missed.
+        beats = await bus.nc.subscribe(subjects.worker_heartbeats(), cb=on_heartbeat)
         reports = await bus.js.subscribe(
             subjects.type_filter(AgentWorkerLoadReported, SYSTEM_TENANT),
             stream=subjects.stream_name(AgentWorkerLoadReported.STREAM),
@@ -69,6 +80,6 @@ class Capacity:
         try:
             await asyncio.Event().wait()
         finally:
-            for subscription in (reports, exits):
+            for subscription in (reports, exits, beats):
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()

@@ -3,7 +3,7 @@ no clock reads (``now`` is passed in)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from services.dispatcher.core import DispatchRejectedError
@@ -23,6 +23,7 @@ class WorkerLoad:
     max_jobs: int
     available: bool
     expires_at: datetime
+    heartbeat_seconds: float = 0.0  # 0: the worker does not beat; its reports alone keep it
 
     @property
     def free(self) -> int:
@@ -36,14 +37,26 @@ def evolve(
     drift); a report of a worker that stopped taking jobs with none left removes it."""
     after = {k: v for k, v in loads.items() if k != report.worker_id}
     if report.available or report.active_jobs:
+        period = report.heartbeat_seconds or report.next_report_seconds
         after[report.worker_id] = WorkerLoad(
             worker_id=report.worker_id,
             active_jobs=report.active_jobs,
             max_jobs=report.max_jobs,
             available=report.available,
-            expires_at=now + timedelta(seconds=report.next_report_seconds * SILENT_PERIODS),
+            expires_at=now + timedelta(seconds=period * SILENT_PERIODS),
+            heartbeat_seconds=report.heartbeat_seconds,
         )
     return after
+
+
+def heard(loads: dict[str, WorkerLoad], worker_id: str, now: datetime) -> dict[str, WorkerLoad]:
+    """The loads after a worker's heartbeat at ``now``: it stays counted three more beats. A
+    beat never brings back a worker its report did not (the report carries its load)."""
+    load = loads.get(worker_id)
+    if load is None or not load.heartbeat_seconds:
+        return loads
+    expires_at = now + timedelta(seconds=load.heartbeat_seconds * SILENT_PERIODS)
+    return {**loads, worker_id: replace(load, expires_at=max(load.expires_at, expires_at))}
 
 
 def forget(loads: dict[str, WorkerLoad], worker_id: str) -> dict[str, WorkerLoad]:

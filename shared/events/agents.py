@@ -197,7 +197,9 @@ class AgentWorkerLoadReported(Event, frozen=True, kw_only=True):
     when it registers, whenever the count or ``available`` changes, and at least every
     ``next_report_seconds``; ``available`` is false while it drains. The dispatcher sums these
     over every worker of every host to refuse a dispatch at once when none has room, and
-    forgets a worker silent for three periods (a host that vanished).
+    forgets a worker silent for three periods (a host that vanished). A worker that also beats
+    on core NATS (``shared.subjects.worker_heartbeat``, not stored) says how often in
+    ``heartbeat_seconds``: then three missed beats are enough (0: it does not beat).
     """
 
     TYPE: ClassVar[str] = "mediai.agent.worker_load_reported.v1"
@@ -208,6 +210,7 @@ class AgentWorkerLoadReported(Event, frozen=True, kw_only=True):
     available: bool = True
     next_report_seconds: float = 30.0
     reported_at: datetime
+    heartbeat_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
