@@ -53,6 +53,7 @@ bench: install livekit
 	$(UV) run python -m bench.agent_latency --runs 5
 	$(UV) run python -m bench.phi_publish --runs 2
 	$(UV) run python -m bench.stack_startup --runs 2 --without-zipkin
+	$(UV) run python -m bench.cluster_throughput --runs 2
 
 install: $(UV)
 	$(UV) sync --frozen
