@@ -47,6 +47,7 @@ cluster: install livekit redis
 # writes bench/results/*.json; none fails on speed. Run on a quiet machine: about 15 minutes here.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
+	$(UV) run python -m bench.read_throughput --runs 3
 	$(UV) run python -m bench.worker_cold_start --runs 4
 	$(UV) run python -m bench.billing_replay --events 200000 --runs 1
 	$(UV) run python -m bench.webhooks_latency

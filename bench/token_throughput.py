@@ -70,12 +70,22 @@ def bombardier() -> Path:
     return build(BOMBARDIER)
 
 
-async def load(url: str, key: str, pids: dict[str, int], duration: float, connections: int) -> Side:
-    """``pids``: the processes this side runs on, the token server as ``server``."""
+async def load(
+    url: str,
+    key: str,
+    pids: dict[str, int],
+    duration: float,
+    connections: int,
+    *,
+    method: str = "POST",
+    body: str = BODY,
+) -> Side:
+    """``pids``: the processes this side runs on, the app's server as ``server``."""
     before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
     process = await asyncio.create_subprocess_exec(
         str(bombardier()),
-        *("-c", str(connections), "-d", f"{duration}s", "-m", "POST", "-b", BODY),
+        *("-c", str(connections), "-d", f"{duration}s", "-m", method),
+        *(("-b", body) if body else ()),
         *("-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json"),
         *("-l", "-p", "r", "-o", "json", "--timeout=10s", url),
         stdout=asyncio.subprocess.PIPE,
@@ -98,13 +108,13 @@ async def load(url: str, key: str, pids: dict[str, int], duration: float, connec
     )
 
 
-class _OtlpSink(http.server.BaseHTTPRequestHandler):
+class OtlpSink(http.server.BaseHTTPRequestHandler):
     """Accepts OTLP/HTTP exports and drops them: the services export as in production."""
 
     spans_bytes = 0
 
     def do_POST(self) -> None:
-        _OtlpSink.spans_bytes += len(self.rfile.read(int(self.headers["Content-Length"])))
+        OtlpSink.spans_bytes += len(self.rfile.read(int(self.headers["Content-Length"])))
         self.send_response(200)
         self.end_headers()
 
@@ -138,13 +148,21 @@ def row(name: str, side: Side) -> str:
     )
 
 
-async def start_bare(stack: Stack, settings: Settings, name: str, *options: str) -> str:
-    """A bare app (``bench.bare_token``) behind its own gateway running the same Caddyfile, with
-    the token service's port given to the app: its URL through that gateway."""
+async def start_bare(
+    stack: Stack,
+    settings: Settings,
+    name: str,
+    *options: str,
+    module: str = "bench.bare_token",
+    service: str = "token",
+) -> str:
+    """A bare app (``module``, run as ``python -m module HOST PORT *options``) behind its own
+    gateway running the same Caddyfile, given ``service``'s port there: that gateway's URL."""
+    port = free_port()
     bare_settings = msgspec.structs.replace(
-        settings, token_port=free_port(), gateway_port=free_port()
+        settings, **{f"{service}_port": port}, gateway_port=free_port()
     )
-    url = f"http://{settings.host}:{bare_settings.token_port}"
+    url = f"http://{settings.host}:{port}"
     env = child_environ(settings) | {
         "BARE_NATS_URL": settings.nats_url,
         "BARE_NATS_USER": OPERATOR_USER,
@@ -155,9 +173,9 @@ async def start_bare(stack: Stack, settings: Settings, name: str, *options: str)
         argv=[
             sys.executable,
             "-m",
-            "bench.bare_token",
+            module,
             settings.host,
-            str(bare_settings.token_port),
+            str(port),
             *options,
         ],
         url=url,
@@ -168,13 +186,13 @@ async def start_bare(stack: Stack, settings: Settings, name: str, *options: str)
     await stack.supervisor.start_together(
         [replace(gateway_part(bare_settings), name=f"gateway-{name}")]
     )
-    return f"{bare_settings.gateway_url}/v1/tokens"
+    return bare_settings.gateway_url
 
 
 async def main(
     runs: int, duration: float, connections: int, sample_ratio: float, output: Path
 ) -> None:
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
     # Spans go over OTLP to the sink rather than to a local Zipkin (a JVM on the same CPUs).
@@ -189,8 +207,8 @@ async def main(
     stack = Stack(settings, services=["token"])
     state = await stack.start()
     try:
-        bare = await start_bare(stack, settings, "bare")
-        bare_audit = await start_bare(stack, settings, "bare-audit", "--audit")
+        bare = await start_bare(stack, settings, "bare") + "/v1/tokens"
+        bare_audit = await start_bare(stack, settings, "bare-audit", "--audit") + "/v1/tokens"
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
         sides = {
             "mediai": (
@@ -257,7 +275,7 @@ async def main(
             "duration_seconds": duration,
             "runs": runs,
             "trace_sample_ratio": settings.trace_sample_ratio,
-            "otlp_bytes_exported": _OtlpSink.spans_bytes,
+            "otlp_bytes_exported": OtlpSink.spans_bytes,
             "ratio_rps_median": statistics.median(ratios["bare"]),
             "ratios_rps": ratios["bare"],
             "ratio_rps_median_audit": statistics.median(ratios["bare+audit"]),
