@@ -68,11 +68,17 @@ _DEAD_LETTER_IDS = uuid.UUID("3b0c7d0e-0f4e-4f54-9d7c-2a1e6f0b5c21")
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where a consumed event came from, for positions and idempotency records."""
+    """Where a consumed event came from, for positions and idempotency records. An event
+    applied at the edge (by the request that made it, before its consumer gets to it) has
+    ``deliveries`` 0: ``at_the_edge``."""
 
     consumer: str
     stream_sequence: int
     deliveries: int
+
+    @classmethod
+    def at_the_edge(cls, consumer: str, stream_sequence: int = 0) -> Delivery:
+        return cls(consumer=consumer, stream_sequence=stream_sequence, deliveries=0)
 
 
 Handler = Callable[[C, Envelope, Delivery], Awaitable[None]]

@@ -201,12 +201,17 @@ async def projection(
             event_id,
             delivery.stream_sequence,
         )
-        await conn.execute(
-            "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2)"
-            " ON CONFLICT (consumer) DO UPDATE SET stream_sequence ="
-            " greatest(consumer_positions.stream_sequence, excluded.stream_sequence),"
-            " updated_at = now()",
-            delivery.consumer,
-            delivery.stream_sequence,
-        )
+        # The position is the consumer's own: applied at the edge, an event may be ahead of
+        # the ones before it, and its consumer records it when it gets there. Requests also
+        # must not all update the consumer's one row: they would queue on its lock, each
+        # holding a pooled connection (32 concurrent dispatches exhausted the pool, 503s).
+        if delivery.deliveries > 0:
+            await conn.execute(
+                "INSERT INTO consumer_positions (consumer, stream_sequence) VALUES ($1, $2)"
+                " ON CONFLICT (consumer) DO UPDATE SET stream_sequence ="
+                " greatest(consumer_positions.stream_sequence, excluded.stream_sequence),"
+                " updated_at = now()",
+                delivery.consumer,
+                delivery.stream_sequence,
+            )
         yield conn if first_time else None

@@ -200,6 +200,38 @@ async def test_a_projection_applies_each_event_once(pool: asyncpg.Pool) -> None:
     assert position == 8
 
 
+async def test_an_event_applied_at_the_edge_neither_waits_on_nor_moves_its_consumers_position(
+    pool: asyncpg.Pool,
+) -> None:
+    """Requests apply their own events at once (the dispatcher's POST /v1/agents, the rooms
+    edges); had each also updated its consumer's one position row, concurrent requests would
+    queue on that row's lock, each holding a pooled connection: 32 dispatches at once
+    exhausted the dispatcher's pool and were refused 503 after the acquire timeout."""
+    consumer = f"test-edge-{secrets.token_hex(4)}"
+    async with projection(pool, Delivery(consumer, 5, 1), "consumed") as conn:
+        assert conn is not None
+    # The consumer is mid-transaction on its position (as while it applies an event)...
+    async with pool.acquire() as consuming, consuming.transaction():
+        await consuming.execute(
+            "UPDATE consumer_positions SET stream_sequence = 6 WHERE consumer = $1", consumer
+        )
+
+        # ...and requests of the same consumer apply their events meanwhile, all at once.
+        async def at_the_edge(sequence: int) -> bool:
+            edge = Delivery.at_the_edge(consumer, sequence)
+            async with projection(pool, edge, f"edge-{sequence}") as applying:
+                return applying is not None
+
+        async with asyncio.timeout(10):
+            applied = await asyncio.gather(*(at_the_edge(s) for s in range(7, 15)))
+        assert all(applied)
+    # Applied at the edge, sequence 14 is ahead of events not applied yet: not the position.
+    position = await pool.fetchval(
+        "SELECT stream_sequence FROM consumer_positions WHERE consumer = $1", consumer
+    )
+    assert position == 6
+
+
 @pytest.mark.parametrize("bad", [b"\xff\xfe not utf-8", b'{"not": "an event"}'])
 async def test_undecodable_messages_are_dead_lettered_whole(bus: Bus, bad: bytes) -> None:
     tenant = fresh_tenant()

@@ -125,9 +125,7 @@ async def publish_and_apply(
     if ack.duplicate:
         logged = await bus.js.get_msg(ack.stream, ack.seq)
         event = CODEC.decode(logged.data or b"")
-    delivery = Delivery(
-        consumer=consumers.READ_MODEL.durable, stream_sequence=ack.seq, deliveries=1
-    )
+    delivery = Delivery.at_the_edge(consumers.READ_MODEL.durable, ack.seq)
     return event, await consumers.apply(pool, event, delivery)
 
 

@@ -64,7 +64,7 @@ async def record(
     if type(data) not in APPLY:  # announces something the read model does not hold
         async with pool.acquire() as conn, conn.transaction():
             return await _outbox(conn, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
-    at_the_edge = Delivery(consumer=READ_MODEL.durable, stream_sequence=0, deliveries=0)
+    at_the_edge = Delivery.at_the_edge(READ_MODEL.durable)
     async with projection(pool, at_the_edge, event_id) as applying:
         assert applying is not None  # a fresh id is in nobody's inbox
         event = await _outbox(applying, data, tenant=tenant, key=key, event_id=event_id, phi=phi)
