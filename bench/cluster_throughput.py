@@ -98,10 +98,10 @@ class Side:
     def __init__(self, name: str, stack: FaultStack, client: httpx.AsyncClient) -> None:
         self.name, self.stack, self.client = name, stack, client
 
-    def cpu(self) -> float:
-        """CPU seconds of every process of the stack so far."""
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of each process of the stack so far, by part."""
         parts = self.stack.supervisor.parts
-        return sum(tree_cpu_seconds(p.process.pid) for p in parts if p.process is not None)
+        return {p.name: tree_cpu_seconds(p.process.pid) for p in parts if p.process is not None}
 
     async def webhooks(self, count: int, concurrency: int) -> dict[str, float]:
         settings, client = self.stack.settings, self.client
@@ -148,10 +148,17 @@ class Side:
     async def _measure(
         self, calls: list[Callable[[], Awaitable[int]]], concurrency: int
     ) -> dict[str, float]:
-        cpu_before = self.cpu()
+        before = self.cpu()
         rate, latencies, errors = await timed_all(calls, concurrency)
-        cpu_ms = (self.cpu() - cpu_before) * 1000 / max(len(latencies), 1)
-        return summary(rate, latencies, errors, cpu_ms)
+        after = self.cpu()
+        by_part = {
+            name: (after[name] - before[name]) * 1000 / max(len(latencies), 1) for name in after
+        }
+        figures = summary(rate, latencies, errors, sum(by_part.values()))
+        # The processes that spent most, so a slow side says where its CPU went.
+        for name, ms in sorted(by_part.items(), key=lambda item: -item[1])[:4]:
+            figures[f"cpu_ms_{name}"] = ms
+        return figures
 
 
 @contextlib.asynccontextmanager
@@ -173,6 +180,12 @@ def line(name: str, figures: dict[str, float]) -> str:
         f"  p90 {figures['p90_ms']:6.1f} ms  p99 {figures['p99_ms']:6.1f} ms"
         f"  CPU {figures['cpu_ms_per_request']:5.2f} ms/req  errors {figures['errors']:.0f}"
         + "".join(f" ({k}: {v:.0f})" for k, v in figures.items() if k.startswith("status_"))
+        + "\n              most CPU (ms/req): "
+        + ", ".join(
+            f"{k.removeprefix('cpu_ms_')} {v:.2f}"
+            for k, v in figures.items()
+            if k.startswith("cpu_ms_") and k != "cpu_ms_per_request"
+        )
     )
 
 
