@@ -5,6 +5,7 @@ the OpenAI-compatible stand-in as the provider."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
@@ -62,6 +63,31 @@ async def client(full_stack: Stack) -> AsyncIterator[tuple[Bus, httpx.AsyncClien
     ) as api:
         yield bus, api
     await bus.close()
+
+
+async def test_a_burst_of_dispatches_takes_the_free_slots_and_no_more(
+    client: tuple[Bus, httpx.AsyncClient], openai_standin: OpenAIStandin
+) -> None:
+    """Dispatches arriving in the same instant: each is checked against the others let through
+    before it, not only against the rows already written (where a burst all found the same
+    free slot, and the extra dispatches failed at their deadline)."""
+    bus, api = client
+    openai_standin.reset()
+    answers = await asyncio.gather(
+        *(
+            api.post("/v1/agents", json={"room": new_room(), "role": "generic", **OPENAI})
+            for _ in range(4)
+        )
+    )
+    accepted = [a.json()["id"] for a in answers if a.status_code == 202]
+    refused = [a.json()["error"]["code"] for a in answers if a.status_code == 503]
+    assert len(accepted) == 1, [a.text for a in answers]
+    assert refused == ["agents_at_capacity"] * 3
+    await state_of(api, accepted[0], "joined", timeout=60)
+    async with following(bus, AgentWorkerLoadReported) as reports:
+        await api.delete(f"/v1/agents/{accepted[0]}")
+        await state_of(api, accepted[0], "ended", timeout=60)
+        await reports.next(AgentWorkerLoadReported, where=lambda d: d.active_jobs == 0, timeout=60)
 
 
 async def test_a_dispatch_beyond_capacity_is_refused_at_once_and_taken_once_a_session_ends(

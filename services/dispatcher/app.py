@@ -204,17 +204,20 @@ async def dispatch_agent(
             deadline_seconds=settings.agent_dispatch_deadline,
             usage_limits=usage_limits,
         )
-        await capacity.check(pool)
     except DispatchRejectedError as error:
         raise _rejected(error) from None
-    logged, _ = await publish_and_apply(
-        bus,
-        pool,
-        request,
-        tenant=tenant.id,
-        key=request.dispatch_id,
-        event_id=ids.id("dispatch-requested"),
-    )
+    try:
+        async with capacity.reserve(pool):
+            logged, _ = await publish_and_apply(
+                bus,
+                pool,
+                request,
+                tenant=tenant.id,
+                key=request.dispatch_id,
+                event_id=ids.id("dispatch-requested"),
+            )
+    except DispatchRejectedError as error:
+        raise _rejected(error) from None
     # The answer is what was accepted: the consumers may already have moved the dispatch on.
     accepted = evolve(None, logged)
     assert accepted is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,11 +34,30 @@ class Capacity:
 
     def __init__(self) -> None:
         self.loads: dict[str, capacity_core.WorkerLoad] = {}
+        # Dispatches this process let through whose rows may not be written yet: a burst of
+        # requests all counting the same committed rows would all find the same free slot.
+        self._reserved = 0
+        self._counting = asyncio.Lock()
 
-    async def check(self, pool: asyncpg.Pool) -> None:
-        """DispatchRejectedError (503) unless a worker has room for one more dispatch."""
-        starting, running = await store.count_placed(pool)
-        capacity_core.check(self.loads, starting=starting, running=running, now=datetime.now(UTC))
+    @contextlib.asynccontextmanager
+    async def reserve(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        """Hold a slot while a dispatch is accepted (its event published and its row written),
+        or raise DispatchRejectedError (503) when no worker has room for one more. The count
+        and the check are one at a time in this process (a short query, not the publish), so
+        each request sees the ones let through before it."""
+        async with self._counting:
+            starting, running = await store.count_placed(pool)
+            capacity_core.check(
+                self.loads,
+                starting=starting + self._reserved,
+                running=running,
+                now=datetime.now(UTC),
+            )
+            self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
 
     def _on_heartbeat(self, message: Any) -> None:
         worker_id = subjects.untoken(message.subject.rsplit(".", 1)[1])
