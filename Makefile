@@ -52,6 +52,7 @@ bench: install livekit
 	$(UV) run python -m bench.billing_replay --events 200000 --runs 1
 	$(UV) run python -m bench.webhooks_latency
 	$(UV) run python -m bench.agent_latency --runs 5
+	$(UV) run python -m bench.agent_capacity --patients 1,5,10 --turns 2
 	$(UV) run python -m bench.phi_publish --runs 2
 	$(UV) run python -m bench.stack_startup --runs 2 --without-zipkin
 	$(UV) run python -m bench.cluster_throughput --runs 2

@@ -1,0 +1,133 @@
+"""The CPU and memory of a consultation load, by who spent them: the agents (the pool's workers,
+their forkservers and job processes), the pool service itself, the simulated patients (this
+bench process), the stand-in provider, LiveKit, and the rest of the stack. Sampled from /proc
+once a second while the load runs, so processes that start or end meanwhile are counted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import procs
+from bench.agentstack import AgentStack
+
+SAMPLE_SECONDS = 1.0
+FORKSERVER = "multiprocessing.forkserver"
+
+
+@dataclass(frozen=True)
+class PoolTree:
+    """The pool's processes at one instant, by kind."""
+
+    workers: list[int]
+    forkservers: list[int]
+    jobs: list[int]  # job processes, busy or warm
+    others: list[int]  # e.g. multiprocessing's resource tracker
+
+    @property
+    def all(self) -> list[int]:
+        return [*self.workers, *self.forkservers, *self.jobs, *self.others]
+
+
+def pool_tree(pool_pid: int) -> PoolTree:
+    tree = procs.children_by_parent()
+    workers = tree.get(pool_pid, [])
+    forkservers, jobs, others = [], [], []
+    for worker in workers:
+        for child in tree.get(worker, []):
+            if FORKSERVER in procs.cmdline(child):
+                forkservers.append(child)
+                jobs += procs.descendants(child, tree)
+            else:
+                others += [child, *procs.descendants(child, tree)]
+    return PoolTree(workers, forkservers, jobs, others)
+
+
+def groups(stack: AgentStack) -> dict[str, list[int]]:
+    """Who is who now: the pid of every process of each group."""
+    pool = stack.part_pid("pool")
+    livekit = [p.pid for p in stack.state.parts if p.name.startswith("livekit") and p.pid]
+    tree = procs.children_by_parent()
+    named = {"agents": pool_tree(pool).all, "pool service": [pool], "livekit": livekit}
+    named["patients (this bench)"] = [os.getpid()]
+    named["stand-in provider"] = [stack.standin_pid, *procs.descendants(stack.standin_pid, tree)]
+    taken = {pid for pids in named.values() for pid in pids}
+    rest = [
+        pid
+        for part in stack.state.parts
+        if part.pid is not None
+        for pid in (part.pid, *procs.descendants(part.pid, tree))
+        if pid not in taken
+    ]
+    named["rest of the stack"] = rest
+    return named
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per group between ``start`` and ``stop``."""
+
+    stack: AgentStack
+    first: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)
+    members: dict[str, set[int]] = field(default_factory=dict)
+    began: float = 0.0
+    wall: float = 0.0
+    _task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        for name, pids in groups(self.stack).items():
+            self.members.setdefault(name, set()).update(pids)
+            for pid in pids:
+                seconds = procs.cpu_seconds(pid)
+                if seconds:  # 0: gone meanwhile; its last sample stands
+                    self.first.setdefault(pid, seconds if self.began == 0.0 else 0.0)
+                    self.last[pid] = seconds
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_SECONDS)
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self.began = time.monotonic()
+        self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> dict[str, float]:
+        """Cores used per group on average (CPU seconds / wall seconds)."""
+        if self._task is not None:
+            self._task.cancel()
+        self.sample()
+        self.wall = time.monotonic() - self.began
+        used = {
+            name: sum(self.last.get(p, 0.0) - self.first.get(p, 0.0) for p in pids)
+            for name, pids in self.members.items()
+        }
+        return {name: round(seconds / self.wall, 3) for name, seconds in used.items()}
+
+
+def memory(stack: AgentStack) -> dict[str, Any]:
+    """The pool's memory now (MiB): per job process (median and largest USS/PSS), and the
+    whole pool (workers, forkservers, job processes) in total."""
+    tree = pool_tree(stack.part_pid("pool"))
+    jobs = [procs.usage(pid) for pid in tree.jobs]
+    everything = [procs.usage(pid) for pid in tree.all]
+
+    def mib(values: list[int]) -> float:
+        return round(procs.mib(statistics.median(values)), 1) if values else 0.0
+
+    return {
+        "workers": len(tree.workers),
+        "job_processes": len(jobs),
+        "job_uss_p50": mib([u.uss for u in jobs]),
+        "job_pss_p50": mib([u.pss for u in jobs]),
+        "job_uss_max": round(procs.mib(max((u.uss for u in jobs), default=0)), 1),
+        "total_uss": round(procs.mib(sum(u.uss for u in everything)), 1),
+        "total_pss": round(procs.mib(sum(u.pss for u in everything)), 1),
+    }
