@@ -4,9 +4,10 @@ the platform, not the settings: the openai plugins' STT, LLM and TTS (the same m
 OpenAI-compatible base URL), Silero's VAD loaded once per job process, turns ended by the VAD
 with VAD interruptions (services/agent/session.py), no session recording. Otherwise the
 library's production defaults, but one warm job process (as MediAI's pool runs), a free HTTP
-port, and no CPU load threshold: by default a worker marks itself full when the machine's CPU
-is above 70 %, which a shared machine always is, and LiveKit then holds its dispatches
-(livekit/agents #717; MediAI counts jobs instead, services/agent/worker.py). It is dispatched by name through LiveKit's ``CreateDispatch``.
+port, and load counted in jobs as MediAI counts it (services/agent/worker.py): the library's
+default load is the machine's CPU, which a shared machine keeps high, and LiveKit then never
+offers the worker a job (here, every dispatch after the first consultation was dropped;
+livekit/agents #717). It is dispatched by name through LiveKit's ``CreateDispatch``.
 
 LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, OPENAI_API_KEY and OPENAI_BASE_URL come from
 the environment. Run: python -m bench.bare_agent (until SIGTERM).
@@ -57,5 +58,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(main())

@@ -36,11 +36,12 @@ class Side(Protocol):
 
     name: str
 
-    async def dispatch(self, room: str) -> tuple[str, str]:
-        """("accepted", handle) or ("refused", the error code) at once."""
+    async def dispatch(self, room: str, livekit_room: str) -> tuple[str, str]:
+        """("accepted", handle) or ("refused", the error code) at once. ``room`` is the
+        tenant's name for it, ``livekit_room`` LiveKit's (shared/naming.py)."""
         ...
 
-    async def end(self, room: str, handle: str) -> None: ...
+    async def end(self, livekit_room: str, handle: str) -> None: ...
 
 
 @dataclass
@@ -50,7 +51,7 @@ class MediAI:
     api: httpx.AsyncClient
     name: str = "mediai"
 
-    async def dispatch(self, room: str) -> tuple[str, str]:
+    async def dispatch(self, room: str, livekit_room: str) -> tuple[str, str]:
         response = await self.api.post(
             "/v1/agents", json={"room": room, "role": "generic", **OPENAI}
         )
@@ -59,7 +60,7 @@ class MediAI:
         response.raise_for_status()
         return "accepted", str(response.json()["id"])
 
-    async def end(self, room: str, handle: str) -> None:
+    async def end(self, livekit_room: str, handle: str) -> None:
         if handle:
             await self.api.delete(f"/v1/agents/{handle}")
 
@@ -73,14 +74,14 @@ class Bare:
     agent_name: str
     name: str = "bare"
 
-    async def dispatch(self, room: str) -> tuple[str, str]:
+    async def dispatch(self, room: str, livekit_room: str) -> tuple[str, str]:
         made = await self.livekit.agent_dispatch.create_dispatch(
-            lk.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room)
+            lk.CreateAgentDispatchRequest(agent_name=self.agent_name, room=livekit_room)
         )
         return "accepted", made.id
 
-    async def end(self, room: str, handle: str) -> None:
-        await self.livekit.room.delete_room(lk.DeleteRoomRequest(room=room))
+    async def end(self, livekit_room: str, handle: str) -> None:
+        await self.livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room))
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Consultation:
         assert self._joined is not None
         outcome = Outcome(self.side.name, turns=turns)
         asked = time.monotonic()
-        status, self.handle = await self.side.dispatch(self.room)
+        status, self.handle = await self.side.dispatch(self.room, self.patient.room.name)
         if status == "refused":
             outcome.status, outcome.code, self.handle = "refused", self.handle, ""
             return outcome
@@ -175,11 +176,12 @@ class Consultation:
 
     async def close(self) -> None:
         """The patient leaves, then the agent is sent away (no goodbye to an empty room)."""
+        livekit_room = self.patient.room.name if self.patient is not None else ""
         if self.patient is not None:
             await self.patient.leave()
         # the room or the dispatch may be gone already: nothing left to end then
         with contextlib.suppress(httpx.HTTPError, lk.TwirpError):
-            await self.side.end(self.room, self.handle)
+            await self.side.end(livekit_room, self.handle)
 
 
 async def consult(api: httpx.AsyncClient, side: Side, turns: int = 1) -> Outcome:
