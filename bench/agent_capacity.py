@@ -104,6 +104,7 @@ async def level(
     answers = [a for o in outcomes for a in o.answers]
     joins = [o.join_seconds for o in outcomes if o.join_seconds is not None]
     refusals = sorted({o.code for o in outcomes if o.status == "refused"})
+    failures = sorted({o.code for o in outcomes if o.status == "no_agent"})
     return {
         "patients": patients,
         "turns": turns,
@@ -111,6 +112,7 @@ async def level(
         "load_average": load_average(),
         "outcomes": counts(outcomes),
         "refusal_codes": refusals,
+        "no_agent_states": failures,
         "answer": stats(answers),
         "join": stats(joins),
         "cores": cores,
@@ -153,6 +155,9 @@ async def main(levels: list[int], turns: int) -> None:
                 await load.idle()
                 found.append(await level(stack, patients, turns))
                 print(row(found[-1]), flush=True)
+                notes = found[-1]["refusal_codes"] + found[-1]["no_agent_states"]
+                if notes:
+                    print(f"         refused with / dispatches without agent ended: {notes}")
         finally:
             await bus.close()
     path = write_record("agent_capacity", {"pool_limits": pool, "levels": found})

@@ -43,6 +43,10 @@ class Side(Protocol):
 
     async def end(self, livekit_room: str, handle: str) -> None: ...
 
+    async def fate(self, handle: str) -> str:
+        """What became of a dispatch that brought no agent, if the side can say."""
+        ...
+
 
 @dataclass
 class MediAI:
@@ -64,6 +68,10 @@ class MediAI:
         if handle:
             await self.api.delete(f"/v1/agents/{handle}")
 
+    async def fate(self, handle: str) -> str:
+        found = (await self.api.get(f"/v1/agents/{handle}")).json()
+        return f"{found.get('state')} {found.get('reason') or ''}".strip()
+
 
 @dataclass
 class Bare:
@@ -83,6 +91,9 @@ class Bare:
     async def end(self, livekit_room: str, handle: str) -> None:
         await self.livekit.room.delete_room(lk.DeleteRoomRequest(room=livekit_room))
 
+    async def fate(self, handle: str) -> str:
+        return ""  # LiveKit keeps no state of a dispatch that no worker took
+
 
 @dataclass
 class Outcome:
@@ -91,7 +102,7 @@ class Outcome:
 
     side: str
     status: str = "answered"
-    code: str = ""  # the refusal's error code
+    code: str = ""  # the refusal's error code, or what became of a dispatch without agent
     join_seconds: float | None = None
     answers: list[float] = field(default_factory=list)
     turns: int = 0
@@ -136,7 +147,7 @@ class Consultation:
         try:
             seen, agent = await asyncio.wait_for(self._joined, JOIN_TIMEOUT)
         except TimeoutError:
-            outcome.status = "no_agent"
+            outcome.status, outcome.code = "no_agent", await self.side.fate(self.handle)
             return outcome
         outcome.join_seconds = seen - asked
         await asyncio.sleep(SETTLE_SECONDS)
