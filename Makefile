@@ -42,9 +42,10 @@ cluster: install livekit redis
 	$(UV) run pytest -m cluster tests/cluster
 
 # The benchmarks with a bare baseline, each run beside it in the same script (MediAI's token path
-# against a bare Litestar app, a worker's cold start against a bare livekit-agents worker, the
-# billing replay against a bare nats-py consumer), then the others. Each prints its figures and
-# writes bench/results/*.json; none fails on speed. Run on a quiet machine: about 15 minutes here.
+# against a bare Litestar app, a worker's cold start and an agent's join and answer against bare
+# livekit-agents, the billing replay against a bare nats-py consumer), then the others. Each
+# prints its figures and writes bench/results/*.json; none fails on speed. Run on a quiet
+# machine: about 18 minutes here. The soak (python -m bench.soak --minutes 60) is not in it.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
 	$(UV) run python -m bench.read_throughput --runs 3

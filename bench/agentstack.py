@@ -76,8 +76,7 @@ async def logged(log: Path, text: str, timeout: float) -> None:
 
 
 async def script_standin(url: str) -> None:
-    """The stand-in hears the sentence and answers one short sentence, to every patient
-    (again after a reset: its request log would otherwise grow through a soak)."""
+    """The stand-in hears the sentence and answers one short sentence, to every patient."""
     root = url.removesuffix("/v1")
     async with httpx.AsyncClient(base_url=root) as client:
         (await client.post("/_standin/reset")).raise_for_status()
