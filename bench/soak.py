@@ -116,8 +116,12 @@ def flat_view(found: dict[str, Any]) -> dict[str, float]:
 
 
 def report(samples: list[dict[str, Any]]) -> None:
-    first, last = flat_view(samples[0]), flat_view(samples[-1])
-    print(f"\n{'':<44} {'first':>10} {'last':>10} {'change':>10}")
+    """The first sample under load (the one at minute 0 is the idle stack, kept in the record)
+    against the last."""
+    under_load = samples[1] if len(samples) > 2 else samples[0]
+    first, last = flat_view(under_load), flat_view(samples[-1])
+    minutes = f"minute {under_load['minute']:.1f}", f"minute {samples[-1]['minute']:.1f}"
+    print(f"\n{'':<44} {minutes[0]:>10} {minutes[1]:>10} {'change':>10}")
     for name in sorted(set(first) | set(last)):
         a, b = first.get(name, 0.0), last.get(name, 0.0)
         print(f"{name:<44} {a:>10.1f} {b:>10.1f} {b - a:>+10.1f}")
