@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import http.server
 import json
 import os
@@ -56,6 +57,8 @@ class Side(msgspec.Struct, kw_only=True):
     send_lag_p99_ms: float
     client_cpu_ms_per_webhook: float
     cpu_ms_per_webhook: float
+    # What the errors were: an HTTP status, or the client's exception (a refused connection).
+    error_kinds: dict[str, int] = {}
 
 
 async def load(settings: Settings, url: str, pid: int, rate: float, seconds: float) -> Side:
@@ -81,11 +84,16 @@ async def load(settings: Settings, url: str, pid: int, rate: float, seconds: flo
 
 
 def median_side(sides: list[Side]) -> Side:
+    kinds: collections.Counter[str] = collections.Counter()
+    for side in sides:
+        kinds.update(side.error_kinds)
     return Side(
         **{
             field: statistics.median(getattr(s, field) for s in sides)
             for field in Side.__struct_fields__
-        }
+            if field != "error_kinds"
+        },
+        error_kinds=dict(kinds),
     )
 
 
@@ -93,6 +101,7 @@ def row(name: str, side: Side) -> str:
     return (
         f"  {name:<7} {side.rate:6.0f}/s  p50 {side.p50_ms:6.2f}  p90 {side.p90_ms:6.2f}"
         f"  p99 {side.p99_ms:7.2f}  max {side.max_ms:7.2f} ms  errors {side.errors:.0f}"
+        f"{side.error_kinds or ''}"
         f"  CPU {side.cpu_ms_per_webhook:4.2f} ms/webhook"
         f"  (client {side.client_cpu_ms_per_webhook:4.2f}, send lag p99 {side.send_lag_p99_ms:4.1f} ms)"
     )
