@@ -43,8 +43,9 @@ cluster: install livekit redis
 
 # The benchmarks with a bare baseline, each run beside it in the same script (MediAI's token path
 # against a bare Litestar app, a worker's cold start against a bare livekit-agents worker, the
-# billing replay against a bare nats-py consumer), then the others. Each prints its figures and
-# writes bench/results/*.json; none fails on speed. Run on a quiet machine: about 15 minutes here.
+# billing replay against a bare nats-py consumer, LiveKit webhooks at 100/500/1000 per second
+# against a bare app verifying and publishing the same), then the others. Each prints its figures
+# and writes bench/results/*.json; none fails on speed. Run on a quiet machine: about 20 minutes.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
 	$(UV) run python -m bench.read_throughput --runs 3
