@@ -113,6 +113,7 @@ async def main(
     # Spans go over OTLP to a sink in this process, as in bench.token_throughput.
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
+    load_before = os.getloadavg()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
     settings = stack_settings(
         data_dir,
@@ -197,6 +198,8 @@ async def main(
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpus": os.cpu_count(),
+                # Others' work on the same cores moves these figures most: say how much there was.
+                "load_average_before": load_before,
                 "load_average": os.getloadavg(),
                 "python": platform.python_version(),
             },
