@@ -14,6 +14,7 @@ Run: python -m bench.bare_webhooks HOST PORT (bench.webhooks_latency starts it).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +25,6 @@ from litestar import Litestar, Request, Response, get, post
 from livekit.api import TokenVerifier, WebhookReceiver
 from nats.js.api import StorageType, StreamConfig
 
-from shared.bus import nats_options
 from shared.config import load_settings
 from shared.streams import DUPLICATE_WINDOW_SECONDS
 
@@ -32,12 +32,18 @@ STREAM = "BARE_WEBHOOKS"
 SUBJECT = "bare.webhooks"
 
 
-def create_app(nats_connect: dict[str, Any], api_key: str, api_secret: str) -> Litestar:
+def create_app(api_key: str, api_secret: str) -> Litestar:
     receiver = WebhookReceiver(TokenVerifier(api_key, api_secret))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        nc = await nats.connect(**nats_connect)
+        # The stack's operator login, from bench.token_throughput.start_bare (the bench's
+        # plumbing; a user's app would have a NATS user of its own).
+        nc = await nats.connect(
+            os.environ["BARE_NATS_URL"],
+            user=os.environ["BARE_NATS_USER"],
+            password=os.environ["BARE_NATS_PASSWORD"],
+        )
         app.state.js = nc.jetstream()
         await app.state.js.add_stream(
             StreamConfig(
@@ -74,8 +80,7 @@ def create_app(nats_connect: dict[str, Any], api_key: str, api_secret: str) -> L
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     settings = load_settings(env_file=None)
-    # The stack's operator login (the bench's plumbing; a user's app would have its own user).
-    app = create_app(nats_options(settings), settings.livekit_api_key, settings.livekit_api_secret)
+    app = create_app(settings.livekit_api_key, settings.livekit_api_secret)
     uvicorn.run(
         app,
         host=host,

@@ -28,17 +28,16 @@ import statistics
 import sys
 import tempfile
 import threading
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
-from bench.token_throughput import _OtlpSink, cpu_seconds, write_record
-from deploy.stack import Stack, child_environ, gateway_part
-from deploy.supervisor import Part, http_ready
+from bench.cpu import tree_cpu_seconds
+from bench.token_throughput import OtlpSink, start_bare, write_record
+from deploy.stack import Stack, child_environ
 from shared.config import Settings
-from tests.support import free_port, stack_settings
+from tests.support import stack_settings
 
 RESULTS = Path(__file__).parent / "results"
 PATH = "/v1/webhooks/livekit"
@@ -63,7 +62,7 @@ class Side(msgspec.Struct, kw_only=True):
 
 async def load(settings: Settings, url: str, pid: int, rate: float, seconds: float) -> Side:
     """One open-loop run from a process of its own (this one's loop runs the stack)."""
-    before = cpu_seconds(pid)
+    before = tree_cpu_seconds(pid)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -75,7 +74,7 @@ async def load(settings: Settings, url: str, pid: int, rate: float, seconds: flo
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
-    cpu = cpu_seconds(pid) - before
+    cpu = tree_cpu_seconds(pid) - before
     result = json.loads(out)
     return Side(
         **{k: v for k, v in result.items() if k in Side.__struct_fields__},
@@ -111,7 +110,7 @@ async def main(
     rates: list[float], runs: int, seconds: float, sample_ratio: float, output: Path
 ) -> None:
     # Spans go over OTLP to a sink in this process, as in bench.token_throughput.
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     load_before = os.getloadavg()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
@@ -124,32 +123,14 @@ async def main(
     stack = Stack(settings, services=["webhooks"])
     await stack.start()
     try:
-        # The bare app, and a second gateway: the same Caddyfile, its webhooks upstream the bare app.
-        bare_settings = msgspec.structs.replace(
-            settings, webhooks_port=free_port(), gateway_port=free_port()
-        )
-        bare_url = f"http://{settings.host}:{bare_settings.webhooks_port}"
-        bare = Part(
-            name="bare-webhooks",
-            argv=[
-                sys.executable,
-                "-m",
-                "bench.bare_webhooks",
-                settings.host,
-                str(bare_settings.webhooks_port),
-            ],
-            url=bare_url,
-            env=child_environ(settings),
-            ready=lambda: http_ready(f"{bare_url}/healthz"),
-        )
-        await stack.supervisor.start_together([bare])
-        await stack.supervisor.start_together(
-            [replace(gateway_part(bare_settings), name="gateway-bare")]
+        # The bare app behind a second gateway: the same Caddyfile, its webhooks upstream the app.
+        bare_gateway = await start_bare(
+            stack, settings, "bare-webhooks", module="bench.bare_webhooks", service="webhooks"
         )
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
         sides = {
             "mediai": (f"{settings.gateway_url}{PATH}", pids["webhooks"]),
-            "bare": (f"{bare_settings.gateway_url}{PATH}", pids["bare-webhooks"]),
+            "bare": (f"{bare_gateway}{PATH}", pids["bare-webhooks"]),
         }
         for url, pid in sides.values():  # warm-up: connections, code paths
             await load(settings, url, pid, min(rates), 2)
