@@ -42,10 +42,13 @@ cluster: install livekit redis
 	$(UV) run pytest -m cluster tests/cluster
 
 # The benchmarks with a bare baseline, each run beside it in the same script (MediAI's token path
-# against a bare Litestar app, a worker's cold start and an agent's join and answer against bare
-# livekit-agents, the billing replay against a bare nats-py consumer), then the others. Each
-# prints its figures and writes bench/results/*.json; none fails on speed. Run on a quiet
-# machine: about 18 minutes here. The soak (python -m bench.soak --minutes 60) is not in it.
+# against a bare Litestar app, and its read endpoints against one running the same SQL; a
+# worker's cold start and an agent's join and answer against bare livekit-agents; the billing
+# replay against a bare nats-py consumer; LiveKit webhooks at 100/500/1000 per second against a
+# bare app verifying and publishing the same), then the others (agent capacity by concurrency,
+# one node against the cluster). Each prints its figures and writes bench/results/*.json; none
+# fails on speed. Run on a quiet machine: about 35 minutes here. The soak (python -m bench.soak
+# --minutes 60) is not in it.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
 	$(UV) run python -m bench.read_throughput --runs 3

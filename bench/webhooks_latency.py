@@ -1,95 +1,209 @@
-"""How fast the webhooks service answers LiveKit: verify, publish to JetStream, 2xx.
+"""Webhook -> event stored, at a fixed rate: MediAI's webhooks service against a bare app.
 
-Starts a stack with the webhooks service only (NATS, Postgres, LiveKit, gateway), then sends
-signed webhooks as LiveKit does: one at a time (latency) and many at once (throughput), through
-the gateway and straight to the service, plus the same webhook again (a retry JetStream drops).
+Starts a stack with the webhooks service alone (NATS, Postgres, LiveKit, the gateway) as
+``mediai up`` does, then the bare app (``bench.bare_webhooks``: the same signature check,
+one nats-py ``js.publish`` per webhook, nothing else) behind a second Caddy running the same
+Caddyfile; both served by uvicorn with the same options, on the same NATS. For each rate,
+signed webhooks are sent open-loop (``bench.webhook_load``: on a schedule, whatever the answers;
+latency from when each was due to its 200, which comes after JetStream's ack) through each
+gateway for ``--seconds``, MediAI and bare interleaved per run, the order alternating, after a
+warm-up of each; tracing exports over OTLP at ``--sample-ratio`` (0.1). Per rate and side: achieved rate, p50/p90/p99/max, errors, the server's CPU
+per webhook; the ratios MediAI / bare of p50 and p99; a JSON record (``--output``).
 
-Run: uv run python -m bench.webhooks_latency [--count 500]. Prints figures; never fails on speed.
+Run: uv run python -m bench.webhooks_latency [--rates 100 500 1000] [--runs 3] [--seconds 10].
+Prints figures; never fails on speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
+import collections
+import http.server
+import json
+import os
+import platform
 import shutil
 import statistics
+import sys
 import tempfile
-import time
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-from google.protobuf.json_format import MessageToJson
-from livekit.protocol import models
-from livekit.protocol.webhook import WebhookEvent
+import msgspec
 
-from deploy.stack import Stack
-from services.webhooks.signing import sign
+from bench.cpu import tree_cpu_seconds
+from bench.token_throughput import OtlpSink, start_bare, write_record
+from deploy.stack import Stack, child_environ
+from shared.config import Settings
 from tests.support import stack_settings
 
+RESULTS = Path(__file__).parent / "results"
+PATH = "/v1/webhooks/livekit"
 
-def signed(key: str, secret: str, hook_id: str | None = None) -> tuple[bytes, str]:
-    hook = WebhookEvent(
-        event="participant_joined",
-        id=hook_id or f"EV_{secrets.token_hex(6)}",
-        created_at=int(time.time()),
-        room=models.Room(sid="RM_bench", name="tbench00000~bench"),
-        participant=models.ParticipantInfo(sid=f"PA_{secrets.token_hex(4)}", identity="p"),
+
+class Side(msgspec.Struct, kw_only=True):
+    """One open-loop run against one side at one rate."""
+
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    webhooks: int
+    errors: int
+    send_lag_p99_ms: float
+    client_cpu_ms_per_webhook: float
+    cpu_ms_per_webhook: float
+    # What the errors were: an HTTP status, or the client's exception (a refused connection).
+    error_kinds: dict[str, int] = {}
+
+
+async def load(settings: Settings, url: str, pid: int, rate: float, seconds: float) -> Side:
+    """One open-loop run from a process of its own (this one's loop runs the stack)."""
+    before = tree_cpu_seconds(pid)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webhook_load",
+        url,
+        str(rate),
+        str(seconds),
+        env=child_environ(settings),
+        stdout=asyncio.subprocess.PIPE,
     )
-    body = MessageToJson(hook).encode()
-    return body, sign(body, key, secret)
+    out, _ = await process.communicate()
+    cpu = tree_cpu_seconds(pid) - before
+    result = json.loads(out)
+    return Side(
+        **{k: v for k, v in result.items() if k in Side.__struct_fields__},
+        cpu_ms_per_webhook=cpu * 1000 / max(result["webhooks"], 1),
+    )
 
 
-async def timed(client: httpx.AsyncClient, url: str, body: bytes, token: str) -> float:
-    began = time.perf_counter()
-    answer = await client.post(url, content=body, headers={"Authorization": token})
-    assert answer.status_code == 200, answer.text
-    return (time.perf_counter() - began) * 1000
+def median_side(sides: list[Side]) -> Side:
+    kinds: collections.Counter[str] = collections.Counter()
+    for side in sides:
+        kinds.update(side.error_kinds)
+    return Side(
+        **{
+            field: statistics.median(getattr(s, field) for s in sides)
+            for field in Side.__struct_fields__
+            if field != "error_kinds"
+        },
+        error_kinds=dict(kinds),
+    )
 
 
-def summary(name: str, samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p95 = ordered[int(len(ordered) * 0.95) - 1]
-    p99 = ordered[int(len(ordered) * 0.99) - 1]
+def row(name: str, side: Side) -> str:
     return (
-        f"  {name:<34} median {statistics.median(ordered):6.2f} ms  p95 {p95:6.2f} ms  "
-        f"p99 {p99:6.2f} ms  max {ordered[-1]:6.2f} ms"
+        f"  {name:<7} {side.rate:6.0f}/s  p50 {side.p50_ms:6.2f}  p90 {side.p90_ms:6.2f}"
+        f"  p99 {side.p99_ms:7.2f}  max {side.max_ms:7.2f} ms  errors {side.errors:.0f}"
+        f"{side.error_kinds or ''}"
+        f"  CPU {side.cpu_ms_per_webhook:4.2f} ms/webhook"
+        f"  (client {side.client_cpu_ms_per_webhook:4.2f}, send lag p99 {side.send_lag_p99_ms:4.1f} ms)"
     )
 
 
-async def main(count: int) -> None:
+async def main(
+    rates: list[float], runs: int, seconds: float, sample_ratio: float, output: Path
+) -> None:
+    # Spans go over OTLP to a sink in this process, as in bench.token_throughput.
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    load_before = os.getloadavg()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
-    settings = stack_settings(data_dir)
+    settings = stack_settings(
+        data_dir,
+        otel_endpoint=f"http://127.0.0.1:{sink.server_port}",
+        trace_sample_ratio=sample_ratio,
+        log_level="WARNING",
+    )
     stack = Stack(settings, services=["webhooks"])
     await stack.start()
     try:
-        key, secret = settings.livekit_api_key, settings.livekit_api_secret
-        gateway = f"{settings.gateway_url}/v1/webhooks/livekit"
-        direct = f"http://{settings.host}:{settings.webhooks_port}/v1/webhooks/livekit"
-        async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(20):  # warm up connections and code paths
-                await timed(client, gateway, *signed(key, secret))
-            through_gateway = [
-                await timed(client, gateway, *signed(key, secret)) for _ in range(count)
+        # The bare app behind a second gateway: the same Caddyfile, its webhooks upstream the app.
+        bare_gateway = await start_bare(
+            stack, settings, "bare-webhooks", module="bench.bare_webhooks", service="webhooks"
+        )
+        pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
+        sides = {
+            "mediai": (f"{settings.gateway_url}{PATH}", pids["webhooks"]),
+            "bare": (f"{bare_gateway}{PATH}", pids["bare-webhooks"]),
+        }
+        for url, pid in sides.values():  # warm-up: connections, code paths
+            await load(settings, url, pid, min(rates), 2)
+        results: dict[float, dict[str, list[Side]]] = {}
+        for rate in rates:
+            results[rate] = {"mediai": [], "bare": []}
+            for run in range(runs):
+                order = ["mediai", "bare"] if run % 2 == 0 else ["bare", "mediai"]
+                for name in order:
+                    url, pid = sides[name]
+                    results[rate][name].append(await load(settings, url, pid, rate, seconds))
+                print(f"{rate:.0f}/s, run {run + 1}/{runs}:", flush=True)
+                for name in ("mediai", "bare"):
+                    print(row(name, results[rate][name][-1]), flush=True)
+        summary: dict[str, object] = {}
+        print(
+            f"\nwebhook -> event stored (200 after JetStream's ack), through the gateway,"
+            f" open loop, {seconds:.0f} s x {runs} runs per rate (medians):"
+        )
+        for rate, by_side in results.items():
+            medians = {name: median_side(s) for name, s in by_side.items()}
+            p50 = [
+                m.p50_ms / b.p50_ms for m, b in zip(by_side["mediai"], by_side["bare"], strict=True)
             ]
-            to_service = [await timed(client, direct, *signed(key, secret)) for _ in range(count)]
-            body, token = signed(key, secret, hook_id="EV_bench_retry")
-            retries = [await timed(client, gateway, body, token) for _ in range(count)]
-            batch = [signed(key, secret) for _ in range(count)]
-            began = time.perf_counter()
-            await asyncio.gather(*(timed(client, gateway, b, t) for b, t in batch))
-            rate = count / (time.perf_counter() - began)
-        print(f"webhooks service, {count} signed webhooks each (one at a time unless noted):")
-        print(summary("through the gateway", through_gateway))
-        print(summary("straight to the service", to_service))
-        print(summary("the same webhook again (dedup)", retries))
-        print(f"  {count} at once through the gateway: {rate:.0f} webhooks/s")
+            p99 = [
+                m.p99_ms / b.p99_ms for m, b in zip(by_side["mediai"], by_side["bare"], strict=True)
+            ]
+            print(f" {rate:.0f} webhooks/s:")
+            for name in ("mediai", "bare"):
+                print(row(name, medians[name]))
+            print(
+                f"  ratio MediAI / bare: p50 {statistics.median(p50):.2f}"
+                f" (runs {', '.join(f'{r:.2f}' for r in p50)}), p99 {statistics.median(p99):.2f}"
+                f" (runs {', '.join(f'{r:.2f}' for r in p99)})"
+            )
+            summary[f"{rate:.0f}"] = {
+                "ratio_p50_median": statistics.median(p50),
+                "ratio_p99_median": statistics.median(p99),
+                "ratios_p50": p50,
+                "ratios_p99": p99,
+                "median": {name: msgspec.to_builtins(side) for name, side in medians.items()},
+                "runs_detail": {name: msgspec.to_builtins(s) for name, s in by_side.items()},
+            }
+        record = {
+            "benchmark": "webhooks_latency",
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                # Others' work on the same cores moves these figures most: say how much there was.
+                "load_average_before": load_before,
+                "load_average": os.getloadavg(),
+                "python": platform.python_version(),
+            },
+            "load_generator": "bench.webhook_load (open loop, asyncio streams under uvloop)",
+            "seconds_per_run": seconds,
+            "trace_sample_ratio": sample_ratio,
+            "runs": runs,
+            "rates": summary,
+        }
+        write_record(output, record)
+        print(f"record: {output}")
     finally:
         await stack.stop()
+        sink.shutdown()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=500)
-    asyncio.run(main(parser.parse_args().count))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--sample-ratio", type=float, default=0.1, help="MEDIAI_TRACE_SAMPLE_RATIO")
+    parser.add_argument("--output", type=Path, default=RESULTS / "webhooks_latency.json")
+    args = parser.parse_args()
+    asyncio.run(main(args.rates, args.runs, args.seconds, args.sample_ratio, args.output))

@@ -8,8 +8,11 @@ answer 2xx only once JetStream has acknowledged, and 503 when it cannot, so Live
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,21 +20,20 @@ from typing import Any
 import msgspec
 from google.protobuf.json_format import ParseError
 from litestar import Litestar, Request, post
-from litestar.di import NamedDependency, Provide
+from litestar.datastructures import State
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
+from opentelemetry import trace
 
 from services.webhooks.core import translate
 from services.webhooks.tracing import link_to_room
-from shared.bus import BusUnavailableError
+from shared.bus import Bus, BusUnavailableError
 from shared.config import Settings
 from shared.contract import errors
-from shared.http import ApiError, BusDep, UnauthorizedError, create_service_app
+from shared.http import ApiError, UnauthorizedError, create_service_app
 
 log = logging.getLogger(__name__)
-
-ReceiverDep = NamedDependency[WebhookReceiver]
 
 
 class WebhookAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -117,25 +119,36 @@ _ERRORS = errors(
     responses=_ERRORS,
     operation_class=_WebhookOperation,
 )
-async def receive_livekit_webhook(
-    request: Request[Any, Any, Any], bus: BusDep, receiver: ReceiverDep
-) -> WebhookAccepted:
+async def receive_livekit_webhook(request: Request[Any, Any, Any], state: State) -> WebhookAccepted:
+    # The bus and the receiver from the app's state rather than as dependencies: Litestar
+    # resolves two or more dependencies of a handler in an anyio task group, a task each, on
+    # every request (issue 13; as the token route).
+    bus: Bus = state.bus
     started = time.perf_counter()
     body = await request.body()
-    hook = verify(receiver, body, request.headers.get("authorization"))
+    hook = verify(state.webhook_receiver, body, request.headers.get("authorization"))
     publications = translate(hook, body=body, received_at=datetime.now(UTC))
     if not bus.nc.is_connected:
         # Fail fast rather than wait out the publish retries: LiveKit retries anyway.
         raise BusUnavailableError("NATS is not connected")
-    await link_to_room(bus, publications[0])
-    for publication in publications:
-        await bus.publish(
-            publication.data,
-            tenant=publication.tenant,
-            key=publication.key,
-            event_id=publication.event_id,
-            time=publication.time,
-        )
+    # A sampled webhook looks up its room's trace while its event is published, not before:
+    # the lookup is a NATS round trip of its own, and LiveKit's answer waits for neither twice.
+    # (An unsampled one has no span to tag: no task at all.)
+    linking = None
+    if trace.get_current_span().is_recording():
+        linking = asyncio.create_task(link_to_room(bus, publications[0]))
+    try:
+        for publication in publications:
+            await bus.publish(
+                publication.data,
+                tenant=publication.tenant,
+                key=publication.key,
+                event_id=publication.event_id,
+                time=publication.time,
+            )
+    finally:
+        if linking is not None:
+            await linking  # bounded (tracing.LOOKUP_SECONDS), never raises; the span is open
     if hook.num_dropped:
         log.warning(
             "LiveKit dropped %d webhook(s) before %s; the rooms read model heals at its next "
@@ -144,8 +157,9 @@ async def receive_livekit_webhook(
             publications[0].event_id,
             publications[0].time.isoformat(),
         )
-    # Identities and room names stay out of the log: the type and id say enough.
-    log.info(
+    # Identities and room names stay out of the log: the type and id say enough. Debug: at
+    # LiveKit's rate a line per webhook is an access log (the request's span says the same).
+    log.debug(
         "webhook %s %s -> %d event(s) in %.1f ms",
         hook.event,
         publications[0].event_id,
@@ -156,12 +170,18 @@ async def receive_livekit_webhook(
 
 
 def create_app(settings: Settings) -> Litestar:
-    receiver = WebhookReceiver(TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret))
+    @contextlib.asynccontextmanager
+    async def receiver(app: Litestar) -> AsyncIterator[None]:
+        app.state.webhook_receiver = WebhookReceiver(
+            TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+        )
+        yield
+
     return create_service_app(
         service="webhooks",
         settings=settings,
         route_handlers=[receive_livekit_webhook],
-        dependencies={"receiver": Provide(lambda: receiver, sync_to_thread=False)},
+        resources=[receiver],
         description="The LiveKit webhook edge: each verified webhook becomes one event on NATS.",
         # It takes webhooks with NATS alone: ready while PostgreSQL is away (its outbox relay
         # pauses), or LiveKit's webhooks would be refused and, after LiveKit's retries, lost.
