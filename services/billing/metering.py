@@ -25,6 +25,7 @@ MINUTE_MS = 60_000
 MAX_INTERVAL = timedelta(days=31)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_MINUTE = timedelta(milliseconds=MINUTE_MS)
 
 
 class InvalidUsageError(ValueError):
@@ -253,16 +254,18 @@ def interval_pieces(interval: Interval) -> dict[UsageKey, int]:
     start, end = interval.started_at, interval.ended_at
     if start is None or end is None or end <= start or end - start > MAX_INTERVAL:
         return {}
-    start_ms, end_ms = _epoch_ms(start), _epoch_ms(end)
+    tenant, meter, room = interval.tenant, interval.meter, interval.room
+    cursor, end_ms = _epoch_ms(start), _epoch_ms(end)
+    window_ms = cursor - cursor % MINUTE_MS
+    window = _EPOCH + window_ms * _MS
     pieces: dict[UsageKey, int] = {}
-    cursor = start_ms
+    # Replays meter every stay's minutes: each window is the previous one plus a minute.
     while cursor < end_ms:
-        window_ms = cursor - cursor % MINUTE_MS
-        until = min(window_ms + MINUTE_MS, end_ms)
-        window = _EPOCH + timedelta(milliseconds=window_ms)
-        key = UsageKey(interval.tenant, window, interval.meter, interval.room, "")
-        pieces[key] = until - cursor
+        window_ms += MINUTE_MS
+        until = window_ms if window_ms < end_ms else end_ms
+        pieces[UsageKey(tenant, window, meter, room, "")] = until - cursor
         cursor = until
+        window += _MINUTE
     return pieces
 
 
