@@ -3,7 +3,7 @@
     uv run python -m bench.billing_fold [--events 200000] [--runs 7]
 
 Makes the replay benchmark's events (``bench.replay_events``: consultations of one tenant over
-one month, about 93 % of them agent usage reports), encodes them as they are stored, cuts them
+one month, about 94 % of them agent usage reports), encodes them as they are stored, cuts them
 into the batches a replay reads (``shared.replay.BATCH``), then per run times, in turn:
 
 - **decode**: the codec alone on every payload;
