@@ -62,7 +62,7 @@ async def bare_replay(settings: Settings) -> tuple[int, float]:
                     projector.apply(sequence, CODEC.decode(message.data))
                 except EventDecodeError:
                     projector.undecodable(sequence)
-            if len(projector.rows) >= FLUSH_ROWS:
+            if projector.held >= FLUSH_ROWS:
                 await copy_rows()
             if sequence >= end and not done.done():
                 done.set_result(None)

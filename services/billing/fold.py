@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 
 from services.billing.meters import METERED_EVENTS
 from services.billing.projector import Projector, Row
@@ -82,16 +85,36 @@ async def fold_range(
     try:
         async for batch in read_batches(bus, METERED_EVENTS, first=first, last=last, tenant=tenant):
             fold(projector, batch, codec, deferring, deferred)
-            if len(projector.rows) >= FLUSH_ROWS:
+            if projector.held >= FLUSH_ROWS:
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(staging.write(projector.take_rows(), part))
+                with collector_paused():
+                    rows = projector.take_rows()
+                writing = asyncio.create_task(staging.write(rows, part))
         if writing is not None:
             await writing
             writing = None
     finally:
         if writing is not None:
             writing.cancel()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside a stretch of synchronous replay work.
+
+    Folding a batch allocates a few dozen objects per event and keeps some (rows, keys, event
+    ids), none of them in reference cycles; with the collector's default thresholds it runs
+    every 700 allocations and now and then walks every row held, about a third of the fold's
+    time. Paused, it runs once after the batch instead. Nothing else runs meanwhile (no await).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fold(
@@ -102,13 +125,14 @@ def fold(
     deferred: list[tuple[int, bytes]] | None,
 ) -> None:
     decode, apply = codec.decode, projector.apply
-    for sequence, payload in batch:
-        try:
-            event = decode(payload)
-        except EventDecodeError:
-            projector.undecodable(sequence)
-            continue
-        if event.type in deferring and deferred is not None:
-            deferred.append((sequence, payload))
-            continue
-        apply(sequence, event)
+    with collector_paused():
+        for sequence, payload in batch:
+            try:
+                event = decode(payload)
+            except EventDecodeError:
+                projector.undecodable(sequence)
+                continue
+            if event.type in deferring and deferred is not None:
+                deferred.append((sequence, payload))
+                continue
+            apply(sequence, event)

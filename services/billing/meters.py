@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from operator import attrgetter
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -164,6 +165,48 @@ METERED_EVENTS: tuple[type[Event], ...] = (
 )
 
 
+class Counter(NamedTuple):
+    """A ``sum``, ``count`` or ``max`` meter's source, flattened for the metering loop (replays
+    run it for every event): ``field`` is empty for ``count``."""
+
+    meter: str
+    field: str
+    scale: int
+    time_field: str
+    where: tuple[tuple[str, tuple[Any, ...]], ...]
+    is_max: bool
+
+
+class Reading(NamedTuple):
+    """How metering reads one event type's ``sum``, ``count`` and ``max`` meters: ``plain``
+    are those with a field and no ``where`` (read all at once by ``values``, which gives a
+    tuple in their order), ``others`` the rest."""
+
+    plain: tuple[Counter, ...]
+    values: attrgetter[Any] | None
+    others: tuple[Counter, ...]
+
+
+def _reading(pairs: list[tuple[Meter, Source]]) -> Reading:
+    counters = [
+        Counter(
+            meter=meter.id,
+            field="" if meter.aggregation == "count" else source.field,
+            scale=source.scale,
+            time_field=source.time_field,
+            where=tuple(source.where.items()),
+            is_max=meter.aggregation == "max",
+        )
+        for meter, source in pairs
+        if meter.aggregation != "duration"
+    ]
+    plain = tuple(c for c in counters if c.field and not c.where)
+    fields = [c.field for c in plain]
+    # attrgetter of one name gives the value itself, of several a tuple: always ask for two.
+    values = attrgetter(*fields, fields[0]) if fields else None
+    return Reading(plain, values, tuple(c for c in counters if c not in plain))
+
+
 class Catalogue:
     """The catalogue indexed for metering: which meters read each event type."""
 
@@ -175,6 +218,8 @@ class Catalogue:
         for meter in meters:
             for source in meter.sources:
                 self.by_type.setdefault(source.type, []).append((meter, source))
+        # Per event type, how to read the meters that are not durations.
+        self.readings = {event_type: _reading(pairs) for event_type, pairs in self.by_type.items()}
         self.max_meters = sorted(m.id for m in meters if m.aggregation == "max")
         # Event types that open or close intervals (the others need no interval lookup).
         self.interval_types = {

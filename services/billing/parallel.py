@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import msgspec
 
-from services.billing.fold import Staging, fold_range
+from services.billing.fold import Staging, fold, fold_range
 from services.billing.meters import Catalogue
 from services.billing.periods import Period
 from services.billing.projector import Projector, ReplayStats
@@ -116,8 +116,7 @@ async def replay(
 
 def _merge(projector: Projector, results: list[PartResult]) -> None:
     for result in results:
-        for sequence, payload in result.deferred:
-            projector.apply(sequence, CODEC.decode(payload))
+        fold(projector, result.deferred, CODEC, frozenset(), None)
     stats = projector.stats
     for result in results:
         part = result.stats
