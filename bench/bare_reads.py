@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-import uvicorn
 from litestar import Litestar, get
 from litestar.exceptions import NotFoundException
 
+from bench.bare import serve
 from shared.config import load_settings
 
 PRIVATE = ("tenant_id", "livekit_dispatch_id", "worker_id", "updated_at")
@@ -82,15 +82,7 @@ def create_app(database_url: str, tenant: str) -> Litestar:
 def main() -> None:
     host, port, tenant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     app = create_app(load_settings(env_file=None).database_url, tenant)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    serve(app, host, port)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from datetime import timedelta
 
 import msgspec
 import nats
-import uvicorn
 from litestar import Litestar, get, post
 from livekit import api as livekit_api
 from nats.js import JetStreamContext
 
+from bench.bare import serve
 from shared.config import load_settings
 from shared.participants import PATIENT, ROLE_ATTRIBUTE
 
@@ -114,15 +114,7 @@ def main() -> None:
         "tbare000000",
         audit="--audit" in sys.argv[3:],
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    serve(app, host, port)
 
 
 if __name__ == "__main__":

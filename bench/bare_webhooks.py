@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
-import uvicorn
 from litestar import Litestar, Request, Response, get, post
 from livekit.api import TokenVerifier, WebhookReceiver
 from nats.js.api import StorageType, StreamConfig
 
+from bench.bare import serve
 from shared.config import load_settings
 from shared.streams import DUPLICATE_WINDOW_SECONDS
 
@@ -81,15 +81,7 @@ def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     settings = load_settings(env_file=None)
     app = create_app(settings.livekit_api_key, settings.livekit_api_secret)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    serve(app, host, port)
 
 
 if __name__ == "__main__":

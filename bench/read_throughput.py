@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import os
 import platform
-import shutil
 import statistics
-import tempfile
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,7 +31,6 @@ import msgspec
 
 from bench.token_throughput import (
     RESULTS,
-    OtlpSink,
     Side,
     bombardier,
     load,
@@ -44,10 +39,9 @@ from bench.token_throughput import (
     start_bare,
     write_record,
 )
-from deploy.stack import Stack
+from bench.traced import traced_stack
 from shared.tenants import authenticate
 from tests.faults.support import report_room_for_dispatches
-from tests.support import stack_settings
 
 ROOM = "consulta-leitura"
 
@@ -68,22 +62,10 @@ async def dispatches(gateway: str, key: str, count: int) -> list[str]:
 async def main(
     runs: int, duration: float, connections: int, count: int, sample_ratio: float, output: Path
 ) -> None:
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
-    settings = stack_settings(
-        data_dir,
-        otel_endpoint=f"http://127.0.0.1:{sink.server_port}",
-        zipkin=False,
-        trace_sample_ratio=sample_ratio,
-        log_level="WARNING",
-        agent_pool_min=0,
-        agent_pool_max=0,
-    )
     bombardier()
-    stack = Stack(settings, services=["dispatcher"])
-    state = await stack.start()
-    try:
+    async with traced_stack(
+        ["dispatcher"], sample_ratio=sample_ratio, agent_pool_min=0, agent_pool_max=0
+    ) as (settings, stack, state):
         key = state.dev_api_key
         assert key is not None
         connection = await asyncpg.connect(settings.database_url)
@@ -173,10 +155,6 @@ async def main(
             },
         )
         print(f"record: {output}")
-    finally:
-        await stack.stop()
-        sink.shutdown()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
-import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,13 +34,14 @@ from pathlib import Path
 import msgspec
 
 from bench.cpu import tree_cpu_seconds
+from bench.traced import OtlpSink, traced_stack
 from deploy.gotools import GoTool, build
 from deploy.nats import operator_login
 from deploy.stack import Stack, child_environ, gateway_part
 from deploy.supervisor import Part, http_ready
 from shared.bus import OPERATOR_USER
 from shared.config import Settings
-from tests.support import free_port, stack_settings
+from tests.support import free_port
 
 BOMBARDIER = GoTool("bombardier", "github.com/codesenberg/bombardier", "v1.2.6", "bombardier")
 BODY = json.dumps({"room": "consulta-bench", "identity": "paciente-bench", "name": "Paciente"})
@@ -106,20 +103,6 @@ async def load(
         cpu_ms_per_request=per_request["server"],
         cpu_ms_by_part=per_request,
     )
-
-
-class OtlpSink(http.server.BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP exports and drops them: the services export as in production."""
-
-    spans_bytes = 0
-
-    def do_POST(self) -> None:
-        OtlpSink.spans_bytes += len(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def write_record(output: Path, record: dict[str, object]) -> None:
@@ -192,21 +175,8 @@ async def start_bare(
 async def main(
     runs: int, duration: float, connections: int, sample_ratio: float, output: Path
 ) -> None:
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
-    # Spans go over OTLP to the sink rather than to a local Zipkin (a JVM on the same CPUs).
-    settings = stack_settings(
-        data_dir,
-        otel_endpoint=f"http://127.0.0.1:{sink.server_port}",
-        zipkin=False,
-        trace_sample_ratio=sample_ratio,
-        log_level="WARNING",
-    )
     bombardier()
-    stack = Stack(settings, services=["token"])
-    state = await stack.start()
-    try:
+    async with traced_stack(["token"], sample_ratio=sample_ratio) as (settings, stack, state):
         bare = await start_bare(stack, settings, "bare") + "/v1/tokens"
         bare_audit = await start_bare(stack, settings, "bare-audit", "--audit") + "/v1/tokens"
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
@@ -285,10 +255,6 @@ async def main(
         }
         write_record(output, record)
         print(f"record: {output}")
-    finally:
-        await stack.stop()
-        sink.shutdown()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,25 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import http.server
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from bench.cpu import tree_cpu_seconds
-from bench.token_throughput import OtlpSink, start_bare, write_record
-from deploy.stack import Stack, child_environ
+from bench.token_throughput import start_bare, write_record
+from bench.traced import traced_stack
+from deploy.stack import child_environ
 from shared.config import Settings
-from tests.support import stack_settings
 
 RESULTS = Path(__file__).parent / "results"
 PATH = "/v1/webhooks/livekit"
@@ -109,20 +105,8 @@ def row(name: str, side: Side) -> str:
 async def main(
     rates: list[float], runs: int, seconds: float, sample_ratio: float, output: Path
 ) -> None:
-    # Spans go over OTLP to a sink in this process, as in bench.token_throughput.
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
     load_before = os.getloadavg()
-    data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
-    settings = stack_settings(
-        data_dir,
-        otel_endpoint=f"http://127.0.0.1:{sink.server_port}",
-        trace_sample_ratio=sample_ratio,
-        log_level="WARNING",
-    )
-    stack = Stack(settings, services=["webhooks"])
-    await stack.start()
-    try:
+    async with traced_stack(["webhooks"], sample_ratio=sample_ratio) as (settings, stack, _):
         # The bare app behind a second gateway: the same Caddyfile, its webhooks upstream the app.
         bare_gateway = await start_bare(
             stack, settings, "bare-webhooks", module="bench.bare_webhooks", service="webhooks"
@@ -192,10 +176,6 @@ async def main(
         }
         write_record(output, record)
         print(f"record: {output}")
-    finally:
-        await stack.stop()
-        sink.shutdown()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
