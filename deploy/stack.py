@@ -225,8 +225,10 @@ def service_part(
         # A pool is ready once its first agent worker has registered with LiveKit (a dispatch
         # sent then is taken at once); a cold worker takes seconds to start, and past two
         # minutes on a busy machine (several stacks on two cores: a cluster's second pool, its
-        # worker importing for over a minute). A service there took more than 30 s to say ready.
-        ready_timeout=300.0 if service == POOL_SERVICE else 60.0,
+        # worker importing for over a minute). A service there took more than 30 s to say ready,
+        # and the recorder (livekit rtc and PyAV to import, beside eleven other services doing
+        # the same on two cores) more than 60 s while a soak of agent sessions ran.
+        ready_timeout=300.0 if service == POOL_SERVICE else 120.0,
     )
 
 
