@@ -4,7 +4,8 @@ Starts two stacks side by side, as ``mediai up`` and ``mediai up --cluster`` sta
 of everything, and the cluster topology (3 NATS nodes with R3 streams, 2 LiveKit nodes on Redis,
 2 replicas of each service behind the gateway); each with the webhooks, rooms and dispatcher
 services and no agent workers (a worker host's load report on the bus gives the dispatcher room,
-as in the fault suite: agents are measured by ``bench.agent_capacity``). Then, ``--runs`` rounds,
+as in the fault suite: agents are measured by ``bench.agent_capacity``), tracing at the default
+sample ratio (every request). Then, ``--runs`` rounds,
 the two interleaved with the order alternating:
 
 - webhooks/s: ``--webhooks`` signed ``participant_joined`` webhooks through the gateway,
@@ -212,8 +213,9 @@ async def main(runs: int, webhooks: int, dispatches: int, concurrency: int, outp
                     print(line(side.name, by_side[side.name][-1]), flush=True)
     medians: dict[str, dict[str, dict[str, float]]] = {
         kind: {
+            # A process among the most spending in some runs only: its median over those runs.
             name: {
-                field: statistics.median(r.get(field, 0) for r in rows)
+                field: statistics.median(r[field] for r in rows if field in r)
                 for field in {f for r in rows for f in r}
             }
             for name, rows in by_side.items()
