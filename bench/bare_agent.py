@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from livekit.agents import Agent, AgentServer, AgentSession, AutoSubscribe, JobContext, JobProcess
 from livekit.plugins import openai, silero
+
+from bench.bare import run_until_signalled
 
 AGENT_NAME = "bare-agent-bench"
 # The models of tests/test_agent_e2e.OPENAI; the language as MediAI gives OpenAI's STT ("pt").
@@ -49,12 +50,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 async def main() -> None:
-    running = asyncio.create_task(server.run(devmode=False))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await asyncio.wait({running, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED")
-    await server.aclose()
+    await run_until_signalled(server)
 
 
 if __name__ == "__main__":

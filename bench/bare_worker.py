@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from livekit.agents import AgentServer, JobContext
+
+from bench.bare import run_until_signalled
 
 server = AgentServer(num_idle_processes=1, port=0)
 
@@ -24,12 +25,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 async def main() -> None:
-    running = asyncio.create_task(server.run(devmode=False))
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await asyncio.wait({running, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED")
-    await server.aclose()
+    await run_until_signalled(server)
 
 
 if __name__ == "__main__":
