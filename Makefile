@@ -47,9 +47,8 @@ cluster: install livekit redis
 # replay against a bare nats-py consumer; LiveKit webhooks at 100/500/1000 per second against a
 # bare app verifying and publishing the same), then the others (agent capacity by concurrency,
 # one node against the cluster). Each prints its figures and writes bench/results/*.json; none
-# fails on speed. Run on a quiet machine: about 30-35 minutes here, summing its parts (not yet timed
-# whole). The soak (python -m bench.soak
-# --minutes 60) is not in it.
+# fails on speed. Run on a quiet machine: about 30-35 minutes here, summing its parts (not yet
+# timed whole). The soak (python -m bench.soak --minutes 60) is not in it.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
 	$(UV) run python -m bench.read_throughput --runs 3
