@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -17,20 +16,20 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench import records
 from bench.bare_agent import AGENT_NAME
+from bench.records import RESULTS
 from deploy.stack import Stack, StackState
 from shared.bus import connect_bus
 from shared.config import Settings
 from tests.support import stack_settings, until
 from tests.test_agent_e2e import HEARD, registered_workers
 
-RESULTS = Path(__file__).parent / "results"
 ANSWER = "Entendi. Desde quando a dor começou?"
 REGISTERED = "registered worker"
 
@@ -175,9 +174,5 @@ def load_average() -> float:
 
 
 def write_record(name: str, record: dict[str, Any]) -> Path:
-    """bench/results/<name>.json, with when and on what it was measured."""
-    output = RESULTS / f"{name}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()}
-    output.write_text(json.dumps({**stamp, **record}, indent=2) + "\n")
-    return output
+    """bench/results/<name>.json (``bench.records``)."""
+    return records.write_record(RESULTS / f"{name}.json", record)

@@ -27,25 +27,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
 import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from google.protobuf.json_format import MessageToJson
 
 from bench.cpu import tree_cpu_seconds
-from bench.token_throughput import write_record
+from bench.records import RESULTS, write_record
 from deploy.cluster import TOPOLOGY
 from services.webhooks.signing import sign
 from tests.faults.support import FaultStack, fault_stack, now_seconds, participant_hook, unique
 
-RESULTS = Path(__file__).parent / "results"
 SERVICES = ["webhooks", "rooms", "dispatcher"]
 ONE_NODE: dict[str, object] = {"nats_nodes": 1, "livekit_nodes": 1, "service_replicas": 1}
 CLUSTER: dict[str, object] = {**TOPOLOGY, "agent_pools": 1}
@@ -231,12 +227,6 @@ async def main(runs: int, webhooks: int, dispatches: int, concurrency: int, outp
             print(line(name, figures))
     record = {
         "benchmark": "cluster_throughput",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "python": platform.python_version(),
-        },
         "topologies": {"one node": ONE_NODE, "cluster": CLUSTER},
         "runs": runs,
         "concurrency": concurrency,

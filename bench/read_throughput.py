@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
 import msgspec
 
+from bench.records import RESULTS, write_record
 from bench.token_throughput import (
-    RESULTS,
     Side,
     bombardier,
     load,
     median_side,
     row,
     start_bare,
-    write_record,
 )
 from bench.traced import traced_stack
 from shared.tenants import authenticate
@@ -140,12 +136,6 @@ async def main(
             output,
             {
                 "benchmark": "read_throughput",
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg(),
-                    "python": platform.python_version(),
-                },
                 "connections": connections,
                 "duration_seconds": duration,
                 "runs": runs,

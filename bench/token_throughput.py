@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from bench.cpu import tree_cpu_seconds
+from bench.records import RESULTS, write_record
 from bench.traced import OtlpSink, traced_stack
 from deploy.gotools import GoTool, build
 from deploy.nats import operator_login
@@ -45,7 +43,6 @@ from tests.support import free_port
 
 BOMBARDIER = GoTool("bombardier", "github.com/codesenberg/bombardier", "v1.2.6", "bombardier")
 BODY = json.dumps({"room": "consulta-bench", "identity": "paciente-bench", "name": "Paciente"})
-RESULTS = Path(__file__).parent / "results"
 
 
 class Side(msgspec.Struct, kw_only=True):
@@ -103,11 +100,6 @@ async def load(
         cpu_ms_per_request=per_request["server"],
         cpu_ms_by_part=per_request,
     )
-
-
-def write_record(output: Path, record: dict[str, object]) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def median_side(sides: list[Side]) -> Side:
@@ -234,12 +226,6 @@ async def main(
             )
         record = {
             "benchmark": "token_throughput",
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "load_average": os.getloadavg(),
-                "python": platform.python_version(),
-            },
             "load_generator": f"bombardier {BOMBARDIER.version}",
             "connections": connections,
             "duration_seconds": duration,

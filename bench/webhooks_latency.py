@@ -21,21 +21,19 @@ import asyncio
 import collections
 import json
 import os
-import platform
 import statistics
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from bench.cpu import tree_cpu_seconds
-from bench.token_throughput import start_bare, write_record
+from bench.records import RESULTS, write_record
+from bench.token_throughput import start_bare
 from bench.traced import traced_stack
 from deploy.stack import child_environ
 from shared.config import Settings
 
-RESULTS = Path(__file__).parent / "results"
 PATH = "/v1/webhooks/livekit"
 
 
@@ -160,14 +158,8 @@ async def main(
             }
         record = {
             "benchmark": "webhooks_latency",
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                # Others' work on the same cores moves these figures most: say how much there was.
-                "load_average_before": load_before,
-                "load_average": os.getloadavg(),
-                "python": platform.python_version(),
-            },
+            # Others' work on the same cores moves these figures most: say how much there was.
+            "load_average_before": load_before,
             "load_generator": "bench.webhook_load (open loop, asyncio streams under uvloop)",
             "seconds_per_run": seconds,
             "trace_sample_ratio": sample_ratio,
