@@ -99,7 +99,8 @@ async def read_batches(
             frames, final_sequence, done = await pulls.wait(stall_timeout)
             if not done:
                 await pulls.request()  # the server sends while the caller folds this batch
-            found = [(s, payload) for s, payload in frames if s <= last]
+            # Frames come in stream order: only a batch running past ``last`` needs cutting.
+            found = frames if final_sequence <= last else [f for f in frames if f[0] <= last]
             if found:
                 yield found
             if done or final_sequence >= last:

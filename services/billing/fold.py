@@ -17,6 +17,7 @@ from shared.events import CODEC, EventCodec, EventDecodeError
 from shared.replay import Batch, read_batches
 
 FLUSH_ROWS = 200_000
+PART_SETTING = "mediai.replay_part"
 ROW_COLUMNS = [
     "tenant",
     "window_start",
@@ -31,32 +32,38 @@ ROW_COLUMNS = [
 
 class Staging:
     """An unlogged table for one run's rows (keys may repeat: they are summed at the end).
-    Each replaying process writes its rows under its own part number."""
+    Each replaying process writes its rows under its own part number: the column's default,
+    read from a setting of the writer's connection, so rows are copied as the projector hands
+    them over instead of being rebuilt with one more field each (~6 % of a part's time)."""
 
-    def __init__(self, conn: Connection, name: str | None = None) -> None:
+    def __init__(self, conn: Connection, name: str | None = None, part: int = 0) -> None:
         self.conn = conn
         self.name = name or f"run_{secrets.token_hex(8)}"
         self.table = f"billing_replay.{self.name}"
+        self.part = part
         self.rows = 0
 
     async def __aenter__(self) -> Staging:
         await self.conn.execute(
             f"CREATE UNLOGGED TABLE {self.table} (tenant text, window_start timestamptz,"
             " meter text, room text, dispatch text, quantity bigint, first_sequence bigint,"
-            " last_sequence bigint, part int NOT NULL DEFAULT 0)"
+            " last_sequence bigint, part int NOT NULL DEFAULT"
+            f" coalesce(current_setting('{PART_SETTING}', true), '0')::int)"
         )
+        return self
+
+    async def as_part(self) -> Staging:
+        """Mark what this connection writes as this staging's part (a replay process's)."""
+        await self.conn.execute("SELECT set_config($1, $2, false)", PART_SETTING, str(self.part))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.conn.execute(f"DROP TABLE IF EXISTS {self.table}")
 
-    async def write(self, rows: list[Row], part: int = 0) -> None:
+    async def write(self, rows: list[Row]) -> None:
         if rows:
             await self.conn.copy_records_to_table(
-                self.name,
-                schema_name="billing_replay",
-                records=[(*row, part) for row in rows] if part else rows,
-                columns=[*ROW_COLUMNS, "part"] if part else ROW_COLUMNS,
+                self.name, schema_name="billing_replay", records=rows, columns=ROW_COLUMNS
             )
             self.rows += len(rows)
 
@@ -74,7 +81,6 @@ async def fold_range(
     last: int,
     *,
     codec: EventCodec = CODEC,
-    part: int = 0,
     deferred: list[tuple[int, bytes]] | None = None,
 ) -> None:
     """Fold sequences ``first``..``last`` into ``projector``, writing full batches of rows to
@@ -90,7 +96,7 @@ async def fold_range(
                     await writing
                 with collector_paused():
                     rows = projector.take_rows()
-                writing = asyncio.create_task(staging.write(rows, part))
+                writing = asyncio.create_task(staging.write(rows))
         if writing is not None:
             await writing
             writing = None

@@ -145,18 +145,11 @@ async def _run_part(settings: Settings, part: Part) -> PartResult:
         projector.seen.update(part.already_seen)
         deferred: list[tuple[int, bytes]] = []
         async with pool.acquire() as conn:
-            staging = Staging(conn, part.staging)
+            staging = await Staging(conn, part.staging, part.number).as_part()
             await fold_range(
-                bus,
-                projector,
-                staging,
-                part.tenant,
-                part.first,
-                part.last,
-                part=part.number,
-                deferred=deferred,
+                bus, projector, staging, part.tenant, part.first, part.last, deferred=deferred
             )
-            await staging.write(projector.take_rows(), part.number)
+            await staging.write(projector.take_rows())
         assert projector.inbox is not None
         return PartResult(stats=projector.stats, applied=projector.inbox, deferred=deferred)
     finally:

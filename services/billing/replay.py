@@ -50,10 +50,14 @@ async def replay_into(
 
 
 def summed(staging: Staging, max_meters_param: str) -> str:
-    """SELECT of the staging rows summed per key (the largest for ``max`` meters)."""
+    """SELECT of the staging rows summed per key (the largest for ``max`` meters), in key
+    order."""
     return (
         "SELECT tenant, window_start, meter, room, dispatch,"  # noqa: S608 - fixed text
         f" (CASE WHEN meter = ANY({max_meters_param}::text[]) THEN max(quantity)"
         " ELSE sum(quantity) END)::bigint, min(first_sequence), max(last_sequence)"
         f" FROM {staging.table} GROUP BY tenant, window_start, meter, room, dispatch"
+        # In the target's key order: its primary key index then grows at its right edge
+        # instead of taking each row at a random page (2M rows: ~10 s against 18-28 s here).
+        " ORDER BY tenant, window_start, meter, room, dispatch"
     )
