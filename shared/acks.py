@@ -3,10 +3,15 @@
 A publish goes out with the connection's next write, its reply subject one token under a
 single wildcard subscription of this process; the ack comes back there and wakes only its own
 publisher. No publisher waits for another's round trip, and no request is set up per publish
-(``nats.aio.client.request``'s timer task and future chain). Acks are decoded with msgspec.
+(``nats.aio.client.request``'s timer task and future chain). The subscription takes raw frames
+(``shared.natsbulk``): an ack wakes its publisher from the client's read loop, with no message
+object, queue or task switch in between. Acks are decoded with msgspec.
 
 ``nats.js.JetStreamContext.publish_async`` does the same, but loses JetStream's error replies
 (an unmet expectation times out instead of failing), so it is not used.
+
+Waiting is bounded without a timer per publish: one sweep, every ``SWEEP_SECONDS`` while any
+publish waits, fails those past their deadline (so a timeout is late by at most that much).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import itertools
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
-_NO_RESPONDERS = "503"
+from shared.natsbulk import BulkClient
+
+# The inline status of a reply without responders (no stream on the subject): its header block
+# is b"NATS/1.0 503\r\n\r\n".
+_NO_RESPONDERS = b"NATS/1.0 503"
+SWEEP_SECONDS = 0.1
 
 
 class _Reply(msgspec.Struct):
@@ -33,16 +41,21 @@ class _Reply(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Reply).decode
+# An ack as it arrives: its payload and its raw header block (b"" when it has none).
+_Frame = tuple[bytes, bytes]
 
 
 class Acks:
     """The acks of this connection's JetStream publishes, each delivered to its publisher."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: BulkClient) -> None:
         self.nc = nc
         self._prefix = f"{nc.new_inbox()}."
+        self._prefix_length = len(self._prefix.encode())
         self._numbers = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        # Each waiting publisher's future and deadline (the loop's clock), oldest first.
+        self._waiting: dict[bytes, tuple[asyncio.Future[_Frame], float]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._subscribed = False
         self._subscribing = asyncio.Lock()
 
@@ -54,17 +67,20 @@ class Acks:
         if not self._subscribed:
             await self._subscribe()
         token = str(next(self._numbers))
-        waiter: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = waiter
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Frame] = loop.create_future()
+        key = token.encode()
+        self._waiting[key] = (waiter, loop.time() + timeout)
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_SECONDS, self._expire)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            async with asyncio.timeout(timeout):
-                reply = await waiter
+            data, header_block = await waiter
         finally:
-            del self._waiting[token]
-        if reply.headers and reply.headers.get("Status") == _NO_RESPONDERS:
+            del self._waiting[key]
+        if header_block.startswith(_NO_RESPONDERS):
             raise nats.js.errors.NoStreamResponseError
-        ack = _decode(reply.data)
+        ack = _decode(data)
         if ack.error is not None:
             nats.js.errors.APIError.from_error(ack.error)  # raises the error JetStream named
         return PubAck(stream=ack.stream, seq=ack.seq, domain=ack.domain, duplicate=ack.duplicate)
@@ -72,10 +88,20 @@ class Acks:
     async def _subscribe(self) -> None:
         async with self._subscribing:
             if not self._subscribed:
-                await self.nc.subscribe(self._prefix + "*", cb=self._on_reply)
+                await self.nc.subscribe_frames(self._prefix + "*", self._on_frame)
                 self._subscribed = True
 
-    async def _on_reply(self, reply: Msg) -> None:
-        waiter = self._waiting.get(reply.subject[len(self._prefix) :])
-        if waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+    def _on_frame(self, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        # In the client's read loop: only wake the publisher.
+        waiting = self._waiting.get(subject[self._prefix_length :])
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result((data, headers))
+
+    def _expire(self) -> None:
+        """The sweep: fail the publishes past their deadline; again later while any waits."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for waiter, deadline in self._waiting.values():
+            if deadline <= now and not waiter.done():
+                waiter.set_exception(TimeoutError())
+        self._sweep = loop.call_later(SWEEP_SECONDS, self._expire) if self._waiting else None

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
 
 from shared import attributes as attr
 from shared import subjects
@@ -39,7 +39,7 @@ from shared.keys import KeyCache
 from shared.natsbulk import BulkClient
 from shared.phi import Phi
 from shared.streams import check_streams, create_missing_streams, stream_configs
-from shared.telemetry import current_traceparent, inject, parent_of, tracer
+from shared.telemetry import parent_of, trace_headers, traceparent_of, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -93,6 +93,7 @@ class Bus:
         CloudEvents ``subject``. Pass ``event_id`` when the event has a natural dedup key (a
         LiveKit webhook id): a second publish of the same id is dropped by JetStream.
         """
+        current = trace.get_current_span().get_span_context()
         event = envelope(
             data,
             source=self.source,
@@ -100,30 +101,39 @@ class Bus:
             subject=key,
             event_id=event_id,
             time=time,
-            traceparent=current_traceparent(),
+            traceparent=traceparent_of(current),
         )
-        await self.publish_envelope(
-            event, expected_last_subject_sequence=expected_last_subject_sequence
-        )
+        await self._publish(event, current, expected_last_subject_sequence)
         return event
 
     async def publish_envelope(
         self, event: Envelope, *, expected_last_subject_sequence: int | None = None
     ) -> PubAck:
+        """Publish an event made earlier (an outbox row, a spooled session event) and wait for
+        JetStream's ack; as ``publish``."""
+        current = trace.get_current_span().get_span_context()
+        return await self._publish(event, current, expected_last_subject_sequence)
+
+    async def _publish(
+        self, event: Envelope, current: SpanContext, expected_last_subject_sequence: int | None
+    ) -> PubAck:
+        # ``current``: the context the caller publishes in, looked up once per publish.
         event = await self.phi.seal(event)
         subject = subjects.event_subject(event.data, tenant=event.tenant, key=event.subject)
         headers = {"Nats-Msg-Id": event.id}
         if expected_last_subject_sequence is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_sequence)
         payload = CODEC.encode(event)
-        if _unsampled():
-            inject(headers)  # the unsampled trace goes on, so its consumers do not trace it
+        if current.is_valid and not current.trace_flags.sampled:
+            # An unsampled trace: no span to make; its context goes on, so its consumers do
+            # not trace it either.
+            trace_headers(current, headers)
             return await self._publish_with_retry(subject, payload, headers)
         # Published later than made (an outbox row, a spooled session event), the event still
         # belongs to the trace it was made in: its own traceparent.
         with _tracer.start_as_current_span(
             f"publish {event.type}",
-            context=parent_of(event.traceparent),
+            context=None if current.is_valid else parent_of(event.traceparent),
             kind=SpanKind.PRODUCER,
             attributes={
                 attr.MESSAGING_SYSTEM: "nats",
@@ -132,8 +142,8 @@ class Bus:
                 attr.EVENT_TYPE: event.type,
                 attr.TENANT: event.tenant,
             },
-        ):
-            inject(headers)  # the consumer's span is a child of this one
+        ) as span:
+            trace_headers(span.get_span_context(), headers)  # the consumer's span: its child
             return await self._publish_with_retry(subject, payload, headers)
 
     async def _publish_with_retry(
@@ -175,12 +185,6 @@ class Bus:
             # Reconnecting (NATS away): no drain; closing may then meet the dead socket's error.
             with contextlib.suppress(OSError):
                 await self.nc.close()
-
-
-def _unsampled() -> bool:
-    """Whether this publish belongs to a trace that is not sampled (no span to make)."""
-    parent = trace.get_current_span().get_span_context()
-    return parent.is_valid and not parent.trace_flags.sampled
 
 
 @dataclass

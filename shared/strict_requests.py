@@ -10,24 +10,47 @@ from typing import Any, get_args
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 
 
 async def check_request(request: Request[Any, Any, Any]) -> None:
     """Refuse (``ValidationException``: 400 ``invalid_request``) what the document does not
     allow and Litestar would convert: run before the handler's parameters are parsed."""
-    _check_times(request)
-    await _check_body(request)
+    times, body = _checks(request.route_handler)
+    if times:
+        _check_times(request, times)
+    if body is not None:
+        await _check_body(request, body)
 
 
-def _check_times(request: Request[Any, Any, Any]) -> None:
+# Where a handler keeps what there is to check of its requests (the handler's ``opt``): found
+# once per handler rather than per request, on every request's path.
+_CHECKS = "_strict_requests"
+
+
+def _checks(handler: HTTPRouteHandler) -> tuple[tuple[str, ...], Any]:
+    """The handler's date-time query parameters (by the name the client sends) and its body's
+    type (None when it takes none)."""
+    found: tuple[tuple[str, ...], Any] | None = handler.opt.get(_CHECKS)
+    if found is None:
+        dependencies = handler.resolve_dependencies()
+        times = tuple(
+            getattr(field.kwarg_definition, "query", None) or name
+            for name, field in handler.parsed_fn_signature.parameters.items()
+            if name not in dependencies
+            and datetime in (field.annotation, *get_args(field.annotation))
+        )
+        data = handler.parsed_fn_signature.parameters.get("data")
+        found = (times, None if data is None else data.annotation)
+        handler.opt[_CHECKS] = found
+    return found
+
+
+def _check_times(request: Request[Any, Any, Any], keys: tuple[str, ...]) -> None:
     """A date-time query parameter is an RFC 3339 date-time, as the document says: Litestar also
     takes a number of seconds (``?until=0.5``)."""
-    dependencies = request.route_handler.resolve_dependencies()
-    for name, field in request.route_handler.parsed_fn_signature.parameters.items():
-        if name in dependencies or datetime not in (field.annotation, *get_args(field.annotation)):
-            continue
-        key = getattr(field.kwarg_definition, "query", None) or name
+    for key in keys:
         value = request.query_params.get(key)
         if value is None:
             continue
@@ -51,19 +74,18 @@ def _integral(value: Any) -> Any:
     return value
 
 
-async def _check_body(request: Request[Any, Any, Any]) -> None:
+async def _check_body(request: Request[Any, Any, Any], annotation: Any) -> None:
     """Check a JSON body strictly, as its OpenAPI schema says: Litestar converts bodies
     leniently (``0`` for ``false``, ``"5"`` for an integer), which the document does not promise
     and the handlers do not expect. A number with no fraction (``5.0``) is an integer, as in JSON
     Schema. Malformed JSON is left to Litestar's 400."""
-    data = request.route_handler.parsed_fn_signature.parameters.get("data")
-    if data is None or request.headers.get("content-type", "").split(";")[0] != "application/json":
+    if request.headers.get("content-type", "").split(";")[0] != "application/json":
         return
     body = await request.body()
     if not body:
         return
     try:
-        msgspec.convert(_integral(msgspec.json.decode(body)), data.annotation, strict=True)
+        msgspec.convert(_integral(msgspec.json.decode(body)), annotation, strict=True)
     except msgspec.ValidationError as error:
         found = _AT.match(str(error))
         key, message = (found["key"] or "", found["message"]) if found else ("", str(error))

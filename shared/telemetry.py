@@ -157,12 +157,28 @@ def extract(headers: Mapping[str, str] | None) -> context.Context:
 
 
 def current_traceparent() -> str | None:
-    """The current span's W3C ``traceparent`` (None outside any trace), written directly
-    rather than through the propagators: it is on every publish's path."""
-    span = trace.get_current_span().get_span_context()
+    """The current span's W3C ``traceparent`` (None outside any trace)."""
+    return traceparent_of(trace.get_current_span().get_span_context())
+
+
+def traceparent_of(span: trace.SpanContext) -> str | None:
+    """``span``'s W3C ``traceparent`` (None for an invalid one), written directly rather than
+    through the propagators: it is on every publish's path."""
     if not span.is_valid:
         return None
     return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+
+
+def trace_headers(span: trace.SpanContext, headers: MutableMapping[str, str]) -> None:
+    """Write ``span``'s W3C ``traceparent`` (and its ``tracestate``, if any) into ``headers``:
+    what ``inject`` writes for it, without the propagators' lookups (every publish does this;
+    the bus carries W3C trace context only, and no service sets baggage)."""
+    traceparent = traceparent_of(span)
+    if traceparent is None:
+        return
+    headers["traceparent"] = traceparent
+    if span.trace_state:
+        headers["tracestate"] = span.trace_state.to_header()
 
 
 def parent_of(traceparent: str | None) -> context.Context | None:

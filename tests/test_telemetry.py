@@ -207,3 +207,29 @@ def test_the_exporters_drop_what_libraries_record_of_a_conversation() -> None:
         ("exception", {"exception.type": "ValueError", "exception.escaped": "False"}),
     ]
     assert span.status.description == "ValueError"
+
+
+def test_a_span_with_nothing_personal_is_exported_as_it_is_and_a_link_is_scrubbed_too() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared.span_privacy import ScrubbingExporter
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ScrubbingExporter(exported)))
+    probe = provider.get_tracer("probe")
+    with probe.start_as_current_span("publish", attributes={"mediai.tenant": "t1"}) as clean:
+        pass
+    room = clean.get_span_context()
+    said = "Maria da Silva"
+    with probe.start_as_current_span("POST /v1/webhooks/livekit") as span:
+        span.add_link(room, {"mediai.room.sid": "RM_1", "lk.pii.identity": said})
+    first, second = exported.get_finished_spans()
+    assert dict(first.attributes or {}) == {"mediai.tenant": "t1"}
+    assert [dict(link.attributes or {}) for link in second.links] == [{"mediai.room.sid": "RM_1"}]
+    # Nothing to take out: the span itself goes on, not a copy.
+    exported.clear()
+    ScrubbingExporter(exported).export([first])
+    assert exported.get_finished_spans()[0] is first

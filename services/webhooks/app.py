@@ -27,10 +27,11 @@ from livekit.protocol.webhook import WebhookEvent
 from opentelemetry import trace
 
 from services.webhooks.core import translate
-from services.webhooks.tracing import link_to_room
+from services.webhooks.tracing import RoomTraces, link_to_room
 from shared.bus import Bus, BusUnavailableError
 from shared.config import Settings
 from shared.contract import errors
+from shared.events.rooms import RoomStarted
 from shared.http import ApiError, UnauthorizedError, create_service_app
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ async def receive_livekit_webhook(request: Request[Any, Any, Any], state: State)
     # resolves two or more dependencies of a handler in an anyio task group, a task each, on
     # every request (issue 13; as the token route).
     bus: Bus = state.bus
+    rooms: RoomTraces = state.room_traces
     started = time.perf_counter()
     body = await request.body()
     hook = verify(state.webhook_receiver, body, request.headers.get("authorization"))
@@ -136,16 +138,21 @@ async def receive_livekit_webhook(request: Request[Any, Any, Any], state: State)
     # (An unsampled one has no span to tag: no task at all.)
     linking = None
     if trace.get_current_span().is_recording():
-        linking = asyncio.create_task(link_to_room(bus, publications[0]))
+        linking = asyncio.create_task(link_to_room(bus, rooms, publications[0]))
     try:
         for publication in publications:
-            await bus.publish(
+            event = await bus.publish(
                 publication.data,
                 tenant=publication.tenant,
                 key=publication.key,
                 event_id=publication.event_id,
                 time=publication.time,
             )
+            if isinstance(publication.data, RoomStarted):
+                # The room's later webhooks link to this trace without reading the log.
+                rooms.remember(
+                    event.tenant, event.subject, publication.data.room_sid, event.traceparent
+                )
     finally:
         if linking is not None:
             await linking  # bounded (tracing.LOOKUP_SECONDS), never raises; the span is open
@@ -175,6 +182,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.webhook_receiver = WebhookReceiver(
             TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
         )
+        app.state.room_traces = RoomTraces()
         yield
 
     return create_service_app(

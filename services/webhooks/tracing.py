@@ -6,12 +6,17 @@ room, and the agent jobs in it), the room's trace id as a tag, and a span link t
 backend keeps links. The room's trace is read from the log: the last ``RoomStarted`` of that
 room, if it is of the same room session. Best effort: a webhook is never slowed past a short
 bound, nor failed, for its trace.
+
+The process remembers the room traces it published or read (``RoomTraces``, bounded), so the
+room's later webhooks are linked without reading the log again; only a webhook of an unknown
+room session (one another replica started, or one before a restart) costs that read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 import nats.errors
 import nats.js.errors
@@ -27,9 +32,33 @@ from shared.telemetry import extract
 
 log = logging.getLogger(__name__)
 LOOKUP_SECONDS = 0.5
+ROOMS_REMEMBERED = 4096
 
 
-async def link_to_room(bus: Bus, publication: Publication) -> None:
+class RoomTraces:
+    """The room session id and ``traceparent`` of each room's last ``RoomStarted`` this process
+    published or read, for the last ``size`` rooms."""
+
+    def __init__(self, size: int = ROOMS_REMEMBERED) -> None:
+        self.size = size
+        self._rooms: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+
+    def remember(self, tenant: str, room: str, sid: str, traceparent: str | None) -> None:
+        if not sid or not traceparent:
+            return
+        self._rooms[(tenant, room)] = (sid, traceparent)
+        self._rooms.move_to_end((tenant, room))
+        if len(self._rooms) > self.size:
+            self._rooms.popitem(last=False)
+
+    def recall(self, tenant: str, room: str, sid: str) -> tuple[str, str] | None:
+        """The room's (sid, traceparent) if it is of the session ``sid``. A webhook without a
+        session id gets None: which session it is of, only the log's last start says."""
+        known = self._rooms.get((tenant, room))
+        return known if sid and known is not None and known[0] == sid else None
+
+
+async def link_to_room(bus: Bus, rooms: RoomTraces, publication: Publication) -> None:
     """Tag (and link) the current request's span with its room session and the room's trace."""
     span = trace.get_current_span()
     if not span.is_recording():
@@ -43,7 +72,11 @@ async def link_to_room(bus: Bus, publication: Publication) -> None:
         return
     if publication.key == NO_ROOM_KEY:
         return
-    room_started = await _room_started(bus, publication.tenant, publication.key)
+    room_started = rooms.recall(publication.tenant, publication.key, sid)
+    if room_started is None:
+        room_started = await _room_started(bus, publication.tenant, publication.key)
+        if room_started is not None:
+            rooms.remember(publication.tenant, publication.key, *room_started)
     if room_started is None or (sid and room_started[0] != sid):
         return  # no start seen, or another session of a reused room name
     room = trace.get_current_span(extract({"traceparent": room_started[1]})).get_span_context()
