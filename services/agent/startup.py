@@ -33,6 +33,8 @@ LOCAL_INFERENCE_VARIABLE = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
 PRELOAD = [
     "services.agent.session",
     "livekit.plugins.silero",
+    # Silero's VAD built once, shared copy-on-write by the job processes (not in each prewarm).
+    "services.agent.preload",
     "anyio.streams.memory",
     # OpenSSL's bindings load on first use: the job's first key exchange must not pay for it.
     "cryptography.hazmat.backends.openssl.backend",
