@@ -5,9 +5,9 @@ dispatched at once and each patient speaks the same sentence ``--turns`` times
 and speech (bench/agent_latency.py's pair: MediAI's ``generic`` role and bench/bare_agent.py).
 
 Per level and side: the cores of the side's processes (workers, forkservers, job processes)
-and of its job processes alone, sampled from /proc every second; per busy job process (one that
-ran a session: more than ``BUSY_CPU_SECONDS`` of CPU in the level) its CPU per second and its
-unique and proportional memory (USS / PSS) at the end of the conversations.
+and of its job processes alone (also per session: the sessions' processes and the warm ones
+forked to replace them), sampled from /proc every second; per busy job process (one in a room)
+its cores and its unique and proportional memory (USS / PSS) at the end of the conversations.
 
 Run: uv run python -m bench.agent_cost [--patients 1,3] [--turns 3]. Prints a table, writes
 bench/results/agent_cost.json; never fails on speed.
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from livekit import api as lk
@@ -38,10 +39,19 @@ from shared.livekit_api import livekit_api
 from tests.test_agent_e2e import speech
 
 SAMPLE_SECONDS = 1.0
-# A job process that used more CPU than this during a level ran a session (a warm one idles).
-BUSY_CPU_SECONDS = 1.0
+# A job process in a room has webrtc's threads (a warm one waiting for a job has none).
+ROOM_THREAD = "network_thread"
 # After a level, until the ended sessions' processes are gone and the warm ones settle.
 SETTLE_SECONDS = 8.0
+
+
+def in_room(pid: int) -> bool:
+    """Whether a job process runs a session (is in a room)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return any((task / "comm").read_text().strip() == ROOM_THREAD for task in tasks)
+    except OSError:
+        return False
 
 
 class TreeMeter:
@@ -52,12 +62,14 @@ class TreeMeter:
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.jobs: set[int] = set()
+        self.busy: set[int] = set()
         self.began = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> PoolTree:
         found: PoolTree = self.tree()
         self.jobs.update(found.jobs)
+        self.busy.update(pid for pid in found.jobs if in_room(pid))
         for pid in found.all:
             seconds = procs.cpu_seconds(pid)
             if seconds:
@@ -83,7 +95,7 @@ class TreeMeter:
             self._task.cancel()
         now = self.sample()
         wall = time.monotonic() - self.began
-        busy = [pid for pid in now.jobs if self.used(pid) > BUSY_CPU_SECONDS]
+        busy = [pid for pid in now.jobs if pid in self.busy]
         memory = [procs.usage(pid) for pid in busy]
 
         def median(values: list[float]) -> float:
@@ -123,6 +135,9 @@ async def level(
         "answer": stats(answers),
         "load_average": load_average(),
         **found,
+        # every job process (the sessions' and the warm ones forked to replace them) per
+        # session: what a consultation costs the host
+        "cores_jobs_per_session": round(found["cores_jobs"] / patients, 3),
     }
 
 
@@ -132,6 +147,7 @@ def row(found: dict[str, Any]) -> str:
     return (
         f"{found['side']:>6} | {found['patients']:>8} | {found['answered']:>8} | {answer} "
         f"| {found['cores_all']:5.3f} | {found['cores_jobs']:5.3f} "
+        f"| {found['cores_jobs_per_session']:5.3f} "
         f"| {found['busy_job_cores_p50']:5.3f} | {found['busy_job_uss_mib_p50']:6.1f} / "
         f"{found['busy_job_pss_mib_p50']:6.1f} | {found['busy_jobs']:>4} | "
         f"{found['load_average']:5.2f}"
@@ -139,7 +155,8 @@ def row(found: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "  side | patients | answered | p50 s | cores all | cores jobs | per busy job "
+    "  side | patients | answered | p50 s | cores all | cores jobs | jobs per session "
+    "| per busy job "
     "| busy job USS / PSS MiB | busy | load"
 )
 
