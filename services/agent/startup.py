@@ -22,6 +22,12 @@ from services.agent.providers import missing_credentials
 from shared.config import Settings
 
 WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
+# glibc gives a thread that allocates an arena of its own (up to eight per core), each keeping
+# the memory freed in it: a job process runs ~20 threads (webrtc's, tokio's, the VAD's executor).
+# Read by glibc when a process starts: set before the forkserver is started, job processes forked
+# from it inherit it. A deployment's own value wins.
+MALLOC_ARENAS_VARIABLE = "MALLOC_ARENA_MAX"
+MALLOC_ARENAS = "2"
 # The livekit-agents preload of local inference models: the VAD and the end-of-turn model
 # (~250 MB, seconds to load). MediAI's turns end on Silero's VAD (the plugin's model), so a
 # worker never uses them; "0" skips them.
@@ -81,6 +87,7 @@ def start_forkserver(settings: Settings) -> None:
     # credentials a job's ctx.api reads, and a CA bundle where the system has none).
     os.environ[WORKER_ID_VARIABLE] = worker_id()
     os.environ.setdefault(LOCAL_INFERENCE_VARIABLE, "0")
+    os.environ.setdefault(MALLOC_ARENAS_VARIABLE, MALLOC_ARENAS)
     os.environ["LIVEKIT_URL"] = settings.livekit_url
     os.environ["LIVEKIT_API_KEY"] = settings.livekit_api_key
     os.environ["LIVEKIT_API_SECRET"] = settings.livekit_api_secret
