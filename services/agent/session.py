@@ -225,7 +225,7 @@ class SessionRuntime:
             record=False,
             # No session host: livekit-agents' would stream every conversation item, state and
             # usage update to everyone in the room (the patient would get a copilot's hints) and
-            # let any participant drive the session; it was also ~6 % of a job's event loop.
+            # let any participant drive the session; it was also 2–7 % of a job's event loop.
             session_host=False,
         )
         if not self.role.speaks:
