@@ -125,6 +125,14 @@ async def agent_stack(
 @contextlib.asynccontextmanager
 async def bare_agent(stack: AgentStack) -> AsyncIterator[str]:
     """bench/bare_agent.py on the stack's LiveKit, once registered; yields its agent name."""
+    async with bare_agent_process(stack) as (name, _pid):
+        yield name
+
+
+@contextlib.asynccontextmanager
+async def bare_agent_process(stack: AgentStack) -> AsyncIterator[tuple[str, int]]:
+    """bench/bare_agent.py on the stack's LiveKit, once registered; yields its agent name and
+    its pid (its forkserver and job processes are its descendants)."""
     settings = stack.settings
     env = {
         **os.environ,
@@ -135,9 +143,9 @@ async def bare_agent(stack: AgentStack) -> AsyncIterator[str]:
         "OPENAI_BASE_URL": stack.standin_url,
     }
     log = settings.data_dir / "bare-agent.log"
-    async with process([sys.executable, "-m", "bench.bare_agent"], env, log):
+    async with process([sys.executable, "-m", "bench.bare_agent"], env, log) as pid:
         await logged(log, REGISTERED, 120)
-        yield AGENT_NAME
+        yield AGENT_NAME, pid
 
 
 # -- figures -----------------------------------------------------------------------------------

@@ -36,8 +36,15 @@ class PoolTree:
 
 def pool_tree(pool_pid: int) -> PoolTree:
     tree = procs.children_by_parent()
-    workers = tree.get(pool_pid, [])
-    forkservers, jobs, others = [], [], []
+    return workers_tree(tree.get(pool_pid, []), tree)
+
+
+def workers_tree(workers: list[int], tree: dict[int, list[int]] | None = None) -> PoolTree:
+    """Agent workers' processes (any livekit-agents worker: the pool's or a bare one)."""
+    tree = procs.children_by_parent() if tree is None else tree
+    forkservers: list[int] = []
+    jobs: list[int] = []
+    others: list[int] = []
     for worker in workers:
         for child in tree.get(worker, []):
             if FORKSERVER in procs.cmdline(child):

@@ -54,6 +54,9 @@ OPENAI = {
     "tts": "openai/gpt-4o-mini-tts",
 }
 LOUD = 3000  # peak amplitude that no silence or comfort noise reaches
+# Where livekit-agents' session host broadcasts a session (its conversation items, state and
+# usage) to everyone in the room, and takes commands from anyone in it: MediAI's sessions must not.
+SESSION_HOST_TOPIC = "lk.agent.session"
 SESSION_EVENTS = (
     AgentSessionStarted,
     AgentSessionEnded,
@@ -82,6 +85,7 @@ class Participant:
         self.source = rtc.AudioSource(self.RATE, 1)
         self.heard: list[tuple[float, str, int]] = []  # (monotonic, sender, peak amplitude)
         self.texts: list[tuple[str, str, str]] = []  # (topic, sender, text)
+        self.session_host_senders: list[str] = []  # who sent it a session host's stream
         self._tasks: set[asyncio.Task[Any]] = set()
         self._silent: asyncio.Task[None] | None = None  # the silence after the last words
 
@@ -102,6 +106,9 @@ class Participant:
         person.room.on("track_subscribed", person._on_track)
         for topic in topics:
             person.room.register_text_stream_handler(topic, person._text_handler(topic))
+        person.room.register_byte_stream_handler(
+            SESSION_HOST_TOPIC, lambda _, sender: person.session_host_senders.append(sender)
+        )
         await person.room.connect(grant.json()["wsUrl"], grant.json()["token"])
         track = rtc.LocalAudioTrack.create_audio_track("microphone", person.source)
         await person.room.local_participant.publish_track(
@@ -374,6 +381,9 @@ async def test_an_agent_joins_listens_answers_is_commanded_and_ends(
             HEARD,
         )
         assert (agent_said.speaker, agent_said.text) == ("agent", answer)
+        # The conversation reached the patient as speech and transcript only: no session host
+        # broadcast it (it would send every participant what everyone said, and obey them).
+        assert patient.session_host_senders == []
 
         # Commands by dispatch id: new instructions for the next turn, and words to say now.
         response = await api.post(

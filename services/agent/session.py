@@ -43,6 +43,11 @@ GOODBYE_REASONS = ("end_requested", "worker_draining")
 GOODBYE_TIMEOUT = 15.0
 # livekit-agents' shutdown reasons, for a session that ends without our own reason.
 FRAMEWORK_REASONS = {"room disconnected": "room_closed", "job crashed": "error"}
+# The rate the session hears the room at (STT pipeline): Silero's VAD and Gemini's STT work at
+# 16 kHz (their models take nothing more), so the room's audio is resampled once,
+# in livekit-rtc's native code, instead of to livekit-agents' 24 kHz and then again, in every
+# VAD stream (the session's and the STT adapter's) and in the STT stream, on every frame.
+HEARING_RATE = 16_000
 
 
 def utcnow() -> datetime:
@@ -212,12 +217,16 @@ class SessionRuntime:
             room_options=room_io.RoomOptions(
                 audio_output=self.role.speaks,
                 text_output=self.role.speaks,
-                audio_input=hears["audio_input"],
+                audio_input=audio_input(hears["audio_input"], realtime=self.models.realtime),
                 video_input=hears["video_input"],
                 participant_identity=self.presence.initial_identity(),
                 close_on_disconnect=False,
             ),
             record=False,
+            # No session host: livekit-agents' would stream every conversation item, state and
+            # usage update to everyone in the room (the patient would get a copilot's hints) and
+            # let any participant drive the session; it was also 2–7 % of a job's event loop.
+            session_host=False,
         )
         if not self.role.speaks:
             self.text_output = ParticipantsTextOutput(
@@ -401,6 +410,14 @@ class SessionRuntime:
         await self.bus.close()
         if self.job_trace is not None:  # last: the spans of the final events are in it
             await self.job_trace.end(reason)
+
+
+def audio_input(hears: bool, *, realtime: bool) -> room_io.AudioInputOptions | bool:
+    """What the session hears: nothing, the room at ``HEARING_RATE`` (STT and VAD), or, for a
+    realtime model, livekit-agents' default (each realtime plugin takes its own rate)."""
+    if not hears or realtime:
+        return hears
+    return room_io.AudioInputOptions(sample_rate=HEARING_RATE)
 
 
 def auto_subscribe(role: Role, settings: Settings | None = None) -> AutoSubscribe:

@@ -110,14 +110,15 @@ def prewarm(proc: JobProcess) -> None:
     # A job process must not outlive its worker: the pool counts a killed worker's sessions as
     # lost, and an orphan would keep talking in the room with nobody reporting for it.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    from livekit.plugins import silero
+    # Built in the forkserver (its preload): shared by the job processes, not one per process.
+    from services.agent.preload import VAD
 
     settings = load_settings()
     install_tracing(settings)
     proc.userdata["mediai"] = WorkerContext(
         settings=settings,
         roles=load_registry(),
-        vad=silero.VAD.load(),
+        vad=VAD,
         worker_id=worker_id(),
         openai_client=openai_client(settings),
     )
