@@ -45,17 +45,19 @@ cluster: install livekit redis
 # against a bare Litestar app, and its read endpoints against one running the same SQL; a
 # worker's cold start and an agent's join and answer against bare livekit-agents; the billing
 # replay against a bare nats-py consumer; LiveKit webhooks at 100/500/1000 per second against a
-# bare app verifying and publishing the same), then the others (agent capacity by concurrency,
-# one node against the cluster). Each prints its figures and writes bench/results/*.json; none
+# bare app verifying and publishing the same; what one consultation costs the agent host against
+# the bare voice agent), then the others (agent capacity by concurrency, one node against the
+# cluster). Each prints its figures and writes bench/results/*.json; none
 # fails on speed. Run on a quiet machine: about 30-35 minutes here, summing its parts (not yet
 # timed whole). The soak (python -m bench.soak --minutes 60) is not in it.
 bench: install livekit
 	$(UV) run python -m bench.token_throughput --runs 3
 	$(UV) run python -m bench.read_throughput --runs 3
 	$(UV) run python -m bench.worker_cold_start --runs 4
-	$(UV) run python -m bench.billing_replay --events 200000 --runs 1
+	$(UV) run python -m bench.billing_replay --events 1000000 --runs 1
 	$(UV) run python -m bench.webhooks_latency
 	$(UV) run python -m bench.agent_latency --runs 5
+	$(UV) run python -m bench.agent_cost --patients 1,3 --turns 3
 	$(UV) run python -m bench.agent_capacity --patients 1,5,10 --turns 2
 	$(UV) run python -m bench.phi_publish --runs 2
 	$(UV) run python -m bench.stack_startup --runs 2 --without-zipkin
