@@ -34,7 +34,7 @@ async def _replayed(
         else:
             await fold_range(bus, projector, staging, tenant, first, last)
         await staging.write(projector.take_rows())
-        rows = await conn.fetch(summed(staging, "$1"), DEFAULT.max_meters)
+        rows = await conn.fetch(summed(staging, "$1", in_key_order=True), DEFAULT.max_meters)
     return projector, [tuple(row) for row in rows]
 
 

@@ -80,7 +80,7 @@ async def _replace(
     await conn.execute("TRUNCATE billing.usage, billing.intervals, billing.monthly_usage")
     status = await conn.execute(
         "INSERT INTO billing.usage (tenant, window_start, meter, room, dispatch, quantity,"
-        " first_sequence, last_sequence) " + summed(staging, "$1"),
+        " first_sequence, last_sequence) " + summed(staging, "$1", in_key_order=True),
         catalogue.max_meters,
     )
     rows = int(status.split()[-1])
