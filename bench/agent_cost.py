@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from bench.pool_usage import PoolTree, workers_tree
 from shared.livekit_api import livekit_api
 from tests.test_agent_e2e import speech
 
-SAMPLE_SECONDS = 1.0
 # A job process in a room has webrtc's threads (a warm one waiting for a job has none).
 ROOM_THREAD = "network_thread"
 # After a level, until the ended sessions' processes are gone and the warm ones settle.
@@ -54,47 +52,28 @@ def in_room(pid: int) -> bool:
         return False
 
 
-class TreeMeter:
+class TreeMeter(procs.CpuSampler):
     """CPU seconds of a side's processes (``tree()`` names them, again at every sample)."""
 
     def __init__(self, tree: Any) -> None:
+        super().__init__()
         self.tree = tree
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
         self.jobs: set[int] = set()
         self.busy: set[int] = set()
-        self.began = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self.latest: PoolTree | None = None
 
     def sample(self) -> PoolTree:
         found: PoolTree = self.tree()
         self.jobs.update(found.jobs)
         self.busy.update(pid for pid in found.jobs if in_room(pid))
-        for pid in found.all:
-            seconds = procs.cpu_seconds(pid)
-            if seconds:
-                self.first.setdefault(pid, seconds if self.began == 0.0 else 0.0)
-                self.last[pid] = seconds
+        self.record(found.all)
+        self.latest = found
         return found
 
-    async def _forever(self) -> None:
-        while True:
-            await asyncio.sleep(SAMPLE_SECONDS)
-            self.sample()
-
-    def start(self) -> None:
-        self.sample()
-        self.began = time.monotonic()
-        self._task = asyncio.create_task(self._forever())
-
-    def used(self, pid: int) -> float:
-        return self.last.get(pid, 0.0) - self.first.get(pid, 0.0)
-
     def stop(self) -> dict[str, Any]:
-        if self._task is not None:
-            self._task.cancel()
-        now = self.sample()
-        wall = time.monotonic() - self.began
+        wall = self.halt()
+        now = self.latest
+        assert now is not None
         busy = [pid for pid in now.jobs if pid in self.busy]
         memory = [procs.usage(pid) for pid in busy]
 

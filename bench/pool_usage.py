@@ -6,17 +6,14 @@ once a second while the load runs, so processes that start or end meanwhile are 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bench import procs
 from bench.agentstack import AgentStack
 
-SAMPLE_SECONDS = 1.0
 FORKSERVER = "multiprocessing.forkserver"
 
 
@@ -75,47 +72,24 @@ def groups(stack: AgentStack) -> dict[str, list[int]]:
     return named
 
 
-@dataclass
-class CpuMeter:
+class CpuMeter(procs.CpuSampler):
     """CPU seconds per group between ``start`` and ``stop``."""
 
-    stack: AgentStack
-    first: dict[int, float] = field(default_factory=dict)
-    last: dict[int, float] = field(default_factory=dict)
-    members: dict[str, set[int]] = field(default_factory=dict)
-    began: float = 0.0
-    wall: float = 0.0
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, stack: AgentStack) -> None:
+        super().__init__()
+        self.stack = stack
+        self.members: dict[str, set[int]] = {}
+        self.wall = 0.0
 
     def sample(self) -> None:
         for name, pids in groups(self.stack).items():
             self.members.setdefault(name, set()).update(pids)
-            for pid in pids:
-                seconds = procs.cpu_seconds(pid)
-                if seconds:  # 0: gone meanwhile; its last sample stands
-                    self.first.setdefault(pid, seconds if self.began == 0.0 else 0.0)
-                    self.last[pid] = seconds
-
-    async def _forever(self) -> None:
-        while True:
-            await asyncio.sleep(SAMPLE_SECONDS)
-            self.sample()
-
-    def start(self) -> None:
-        self.sample()
-        self.began = time.monotonic()
-        self._task = asyncio.create_task(self._forever())
+            self.record(pids)
 
     async def stop(self) -> dict[str, float]:
         """Cores used per group on average (CPU seconds / wall seconds)."""
-        if self._task is not None:
-            self._task.cancel()
-        self.sample()
-        self.wall = time.monotonic() - self.began
-        used = {
-            name: sum(self.last.get(p, 0.0) - self.first.get(p, 0.0) for p in pids)
-            for name, pids in self.members.items()
-        }
+        self.wall = self.halt()
+        used = {name: sum(self.used(p) for p in pids) for name, pids in self.members.items()}
         return {name: round(seconds / self.wall, 3) for name, seconds in used.items()}
 
 

@@ -5,7 +5,9 @@ The benches name the processes (a service's pid and its descendants); this modul
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +95,47 @@ def usage(pid: int) -> Usage:
 
 def mib(size: float) -> float:
     return size / (1024 * KB)
+
+
+SAMPLE_SECONDS = 1.0
+
+
+class CpuSampler:
+    """CPU seconds of processes between ``start`` and ``stop``, sampled every second (a process
+    that exits meanwhile keeps its last sample). Subclasses say which processes in ``sample``."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.began = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> object:
+        raise NotImplementedError
+
+    def record(self, pids: list[int]) -> None:
+        for pid in pids:
+            seconds = cpu_seconds(pid)
+            if seconds:  # 0: gone meanwhile; its last sample stands
+                self.first.setdefault(pid, seconds if self.began == 0.0 else 0.0)
+                self.last[pid] = seconds
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_SECONDS)
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self.began = time.monotonic()
+        self._task = asyncio.create_task(self._forever())
+
+    def halt(self) -> float:
+        """Stop sampling, take the last sample; returns the wall seconds since ``start``."""
+        if self._task is not None:
+            self._task.cancel()
+        self.sample()
+        return time.monotonic() - self.began
+
+    def used(self, pid: int) -> float:
+        return self.last.get(pid, 0.0) - self.first.get(pid, 0.0)
