@@ -1,9 +1,10 @@
 """The webhooks' memory of room traces: a later webhook of the same room session is linked
-without reading the log; another session, or a webhook without a session id, is not."""
+without reading the log; another session, or a webhook without a session id, is not; a room
+session whose start the log did not have is not looked up again for a few seconds."""
 
 from __future__ import annotations
 
-from services.webhooks.tracing import RoomTraces
+from services.webhooks.tracing import MISS_SECONDS, RoomTraces
 
 ROOM_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -26,3 +27,15 @@ def test_the_least_recently_started_rooms_are_forgotten_first() -> None:
     assert rooms.recall("t1", "a", "RM_a") is None
     assert rooms.recall("t1", "b", "RM_b") is not None
     assert rooms.recall("t1", "c", "RM_c") is not None
+
+
+def test_a_room_session_the_log_did_not_have_is_not_read_again_for_a_few_seconds() -> None:
+    rooms = RoomTraces(size=2)
+    rooms.missed("t1", "consulta-1", "RM_a", now=100.0)
+    assert rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0 + MISS_SECONDS - 0.1)
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0 + MISS_SECONDS)
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_b", now=100.0)  # another session
+    assert not rooms.recently_missed("t2", "consulta-1", "RM_a", now=100.0)  # another tenant
+    for room in ("b", "c"):  # bounded like the rooms remembered
+        rooms.missed("t1", room, "RM_x", now=100.0)
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0)

@@ -9,13 +9,16 @@ bound, nor failed, for its trace.
 
 The process remembers the room traces it published or read (``RoomTraces``, bounded), so the
 room's later webhooks are linked without reading the log again; only a webhook of an unknown
-room session (one another replica started, or one before a restart) costs that read.
+room session (one another replica started, or one before a restart) costs that read. A read
+that found nothing is remembered too, for ``MISS_SECONDS``: a burst of webhooks of a room whose
+start is not in the log (or while the log does not answer) reads it once, not once each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 
 import nats.errors
@@ -33,6 +36,7 @@ from shared.telemetry import extract
 log = logging.getLogger(__name__)
 LOOKUP_SECONDS = 0.5
 ROOMS_REMEMBERED = 4096
+MISS_SECONDS = 5.0
 
 
 class RoomTraces:
@@ -42,6 +46,8 @@ class RoomTraces:
     def __init__(self, size: int = ROOMS_REMEMBERED) -> None:
         self.size = size
         self._rooms: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        # (tenant, room, sid) → when a read of the log found no start for it (monotonic clock)
+        self._missed: OrderedDict[tuple[str, str, str], float] = OrderedDict()
 
     def remember(self, tenant: str, room: str, sid: str, traceparent: str | None) -> None:
         if not sid or not traceparent:
@@ -50,6 +56,19 @@ class RoomTraces:
         self._rooms.move_to_end((tenant, room))
         if len(self._rooms) > self.size:
             self._rooms.popitem(last=False)
+
+    def missed(self, tenant: str, room: str, sid: str, now: float) -> None:
+        """A read of the log found no start of this room session (or did not answer)."""
+        self._missed[(tenant, room, sid)] = now
+        self._missed.move_to_end((tenant, room, sid))
+        if len(self._missed) > self.size:
+            self._missed.popitem(last=False)
+
+    def recently_missed(self, tenant: str, room: str, sid: str, now: float) -> bool:
+        """Whether the log was read for this room session less than ``MISS_SECONDS`` ago and
+        had no start for it: reading it again so soon would find the same."""
+        when = self._missed.get((tenant, room, sid))
+        return when is not None and now - when < MISS_SECONDS
 
     def recall(self, tenant: str, room: str, sid: str) -> tuple[str, str] | None:
         """The room's (sid, traceparent) if it is of the session ``sid``. A webhook without a
@@ -72,11 +91,17 @@ async def link_to_room(bus: Bus, rooms: RoomTraces, publication: Publication) ->
         return
     if publication.key == NO_ROOM_KEY:
         return
-    room_started = rooms.recall(publication.tenant, publication.key, sid)
+    tenant, room_key = publication.tenant, publication.key
+    room_started = rooms.recall(tenant, room_key, sid)
     if room_started is None:
-        room_started = await _room_started(bus, publication.tenant, publication.key)
-        if room_started is not None:
-            rooms.remember(publication.tenant, publication.key, *room_started)
+        now = time.monotonic()
+        if rooms.recently_missed(tenant, room_key, sid, now):
+            return
+        room_started = await _room_started(bus, tenant, room_key)
+        if room_started is None:
+            rooms.missed(tenant, room_key, sid, now)
+        else:
+            rooms.remember(tenant, room_key, *room_started)
     if room_started is None or (sid and room_started[0] != sid):
         return  # no start seen, or another session of a reused room name
     room = trace.get_current_span(extract({"traceparent": room_started[1]})).get_span_context()
