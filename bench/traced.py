@@ -33,10 +33,11 @@ class OtlpSink(http.server.BaseHTTPRequestHandler):
 
 @asynccontextmanager
 async def traced_stack(
-    services: list[str], *, sample_ratio: float, **overrides: object
+    services: list[str], *, sample_ratio: float, keep_logs: bool = False, **overrides: object
 ) -> AsyncIterator[tuple[Settings, Stack, StackState]]:
     """``services`` with NATS, Postgres, LiveKit, the key service and the gateway, tracing at
-    ``sample_ratio``, in a folder of its own removed at the end."""
+    ``sample_ratio``, in a folder of its own removed at the end (with ``keep_logs``, its logs
+    are copied out first: a 503's cause is in its service's log)."""
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     data_dir = Path(tempfile.mkdtemp(prefix="mediai-bench-"))
@@ -55,4 +56,8 @@ async def traced_stack(
     finally:
         await stack.stop()
         sink.shutdown()
+        if keep_logs:
+            kept = Path(tempfile.mkdtemp(prefix="mediai-bench-logs-"))
+            shutil.copytree(data_dir / "logs", kept, dirs_exist_ok=True)
+            print(f"the stack's logs are kept in {kept}")
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -101,10 +101,19 @@ def row(name: str, side: Side) -> str:
 
 
 async def main(
-    rates: list[float], runs: int, seconds: float, sample_ratio: float, output: Path
+    rates: list[float],
+    runs: int,
+    seconds: float,
+    sample_ratio: float,
+    output: Path,
+    keep_logs: bool = False,
 ) -> None:
     load_before = os.getloadavg()
-    async with traced_stack(["webhooks"], sample_ratio=sample_ratio) as (settings, stack, _):
+    async with traced_stack(["webhooks"], sample_ratio=sample_ratio, keep_logs=keep_logs) as (
+        settings,
+        stack,
+        _,
+    ):
         # The bare app behind a second gateway: the same Caddyfile, its webhooks upstream the app.
         bare_gateway = await start_bare(
             stack, settings, "bare-webhooks", module="bench.bare_webhooks", service="webhooks"
@@ -177,5 +186,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sample-ratio", type=float, default=0.1, help="MEDIAI_TRACE_SAMPLE_RATIO")
     parser.add_argument("--output", type=Path, default=RESULTS / "webhooks_latency.json")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the stack's logs (why a webhook got 503)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.rates, args.runs, args.seconds, args.sample_ratio, args.output))
+    asyncio.run(
+        main(args.rates, args.runs, args.seconds, args.sample_ratio, args.output, args.keep_logs)
+    )
