@@ -30,12 +30,17 @@ def test_the_least_recently_started_rooms_are_forgotten_first() -> None:
 
 
 def test_a_room_session_the_log_did_not_have_is_not_read_again_for_a_few_seconds() -> None:
-    rooms = RoomTraces(size=2)
-    rooms.missed("t1", "consulta-1", "RM_a", now=100.0)
-    assert rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0 + MISS_SECONDS - 0.1)
-    assert not rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0 + MISS_SECONDS)
-    assert not rooms.recently_missed("t1", "consulta-1", "RM_b", now=100.0)  # another session
-    assert not rooms.recently_missed("t2", "consulta-1", "RM_a", now=100.0)  # another tenant
+    now = [100.0]
+    rooms = RoomTraces(size=2, clock=lambda: now[0])
+    rooms.missed("t1", "consulta-1", "RM_a")
+    now[0] = 100.0 + MISS_SECONDS - 0.1
+    assert rooms.recently_missed("t1", "consulta-1", "RM_a")
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_b")  # another session
+    assert not rooms.recently_missed("t2", "consulta-1", "RM_a")  # another tenant
+    now[0] = 100.0 + MISS_SECONDS
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_a")
+    now[0] = 200.0
+    rooms.missed("t1", "consulta-1", "RM_a")
     for room in ("b", "c"):  # bounded like the rooms remembered
-        rooms.missed("t1", room, "RM_x", now=100.0)
-    assert not rooms.recently_missed("t1", "consulta-1", "RM_a", now=100.0)
+        rooms.missed("t1", room, "RM_x")
+    assert not rooms.recently_missed("t1", "consulta-1", "RM_a")

@@ -20,9 +20,11 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
+from cachetools import TTLCache
 from opentelemetry import trace
 
 from services.webhooks.core import NO_ROOM_KEY, Publication
@@ -43,11 +45,15 @@ class RoomTraces:
     """The room session id and ``traceparent`` of each room's last ``RoomStarted`` this process
     published or read, for the last ``size`` rooms."""
 
-    def __init__(self, size: int = ROOMS_REMEMBERED) -> None:
+    def __init__(
+        self, size: int = ROOMS_REMEMBERED, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.size = size
         self._rooms: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
-        # (tenant, room, sid) → when a read of the log found no start for it (monotonic clock)
-        self._missed: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        # The room sessions a read of the log found no start for, each for MISS_SECONDS.
+        self._missed: TTLCache[tuple[str, str, str], bool] = TTLCache(
+            maxsize=size, ttl=MISS_SECONDS, timer=clock
+        )
 
     def remember(self, tenant: str, room: str, sid: str, traceparent: str | None) -> None:
         if not sid or not traceparent:
@@ -57,18 +63,14 @@ class RoomTraces:
         if len(self._rooms) > self.size:
             self._rooms.popitem(last=False)
 
-    def missed(self, tenant: str, room: str, sid: str, now: float) -> None:
+    def missed(self, tenant: str, room: str, sid: str) -> None:
         """A read of the log found no start of this room session (or did not answer)."""
-        self._missed[(tenant, room, sid)] = now
-        self._missed.move_to_end((tenant, room, sid))
-        if len(self._missed) > self.size:
-            self._missed.popitem(last=False)
+        self._missed[(tenant, room, sid)] = True
 
-    def recently_missed(self, tenant: str, room: str, sid: str, now: float) -> bool:
+    def recently_missed(self, tenant: str, room: str, sid: str) -> bool:
         """Whether the log was read for this room session less than ``MISS_SECONDS`` ago and
         had no start for it: reading it again so soon would find the same."""
-        when = self._missed.get((tenant, room, sid))
-        return when is not None and now - when < MISS_SECONDS
+        return (tenant, room, sid) in self._missed
 
     def recall(self, tenant: str, room: str, sid: str) -> tuple[str, str] | None:
         """The room's (sid, traceparent) if it is of the session ``sid``. A webhook without a
@@ -94,12 +96,11 @@ async def link_to_room(bus: Bus, rooms: RoomTraces, publication: Publication) ->
     tenant, room_key = publication.tenant, publication.key
     room_started = rooms.recall(tenant, room_key, sid)
     if room_started is None:
-        now = time.monotonic()
-        if rooms.recently_missed(tenant, room_key, sid, now):
+        if rooms.recently_missed(tenant, room_key, sid):
             return
         room_started = await _room_started(bus, tenant, room_key)
         if room_started is None:
-            rooms.missed(tenant, room_key, sid, now)
+            rooms.missed(tenant, room_key, sid)
         else:
             rooms.remember(tenant, room_key, *room_started)
     if room_started is None or (sid and room_started[0] != sid):
