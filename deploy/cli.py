@@ -208,6 +208,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# How long a service keeps an idle connection open: longer than the gateways keep theirs to it
+# (`keepalive 60s` in deploy/Caddyfile and deploy/production/Caddyfile), so the gateway always
+# closes first. With uvicorn's default of 5 s, a request the gateway sent on a connection the
+# service was closing that instant got no answer: a 502 through the gateway, not retried for a
+# POST.
+KEEP_ALIVE_SECONDS = 75
+
+
 @cli.command()
 @click.argument("service")
 def serve(service: str) -> None:
@@ -234,6 +242,7 @@ def serve(service: str) -> None:
         http="httptools",
         access_log=False,  # request lines are traced; logging them could leak identities
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -286,3 +287,34 @@ def test_without_a_provider_for_the_default_models_ready_says_how_to_fix_it() ->
     assert warning is not None and "GOOGLE_API_KEY is not set" in warning
     assert "\n" not in warning
     assert provider_warning(msgspec.structs.replace(bare, google_api_key="k")) is None
+
+
+def test_the_gateways_close_idle_connections_before_the_services_do(repo_root: Path) -> None:
+    """A gateway must never send a request on a connection the service is closing that instant
+    (a 502, not retried for a POST): its idle timeout to the services is the shorter one."""
+    from deploy.cli import KEEP_ALIVE_SECONDS
+
+    for caddyfile in ("deploy/Caddyfile", "deploy/production/Caddyfile"):
+        idle = re.findall(r"^\s*keepalive (\d+)s$", (repo_root / caddyfile).read_text(), re.M)
+        assert idle, f"{caddyfile} leaves the idle timeout at Caddy's default (2 min)"
+        assert all(int(seconds) < KEEP_ALIVE_SECONDS for seconds in idle), (caddyfile, idle)
+
+
+async def test_a_service_keeps_an_idle_connection_open(
+    stack: StackState, settings: Settings
+) -> None:
+    """The same connection still answers after an idle spell longer than uvicorn's default
+    keep-alive (5 s), which is what the gateway's pooled connections see between requests."""
+    request = f"GET /healthz HTTP/1.1\r\nHost: {settings.host}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection(settings.host, settings.service_port("token"))
+    try:
+        for _ in range(2):
+            writer.write(request)
+            status = await asyncio.wait_for(reader.readline(), timeout=5)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            length = int(re.search(rb"content-length: (\d+)", headers, re.I)[1])  # type: ignore[index]
+            await asyncio.wait_for(reader.readexactly(length), timeout=5)
+            await asyncio.sleep(6)  # the idle spell itself, the condition under test
+    finally:
+        writer.close()
