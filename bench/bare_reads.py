@@ -1,10 +1,17 @@
 """The baseline of the read benchmark: what a user would build without MediAI.
 
-A bare Litestar app answering ``GET /v1/agents/{id}`` and ``GET /v1/agents?room=`` from the
-same table with the same SQL as the dispatcher (asyncpg, a pool of the same size), the same
-public fields in camelCase, served by uvicorn exactly as ``mediai serve`` serves a service
-(uvloop, httptools, no access log). No API key, no tenant lookup, no tracing, no metrics: the
-tenant is fixed on the command line.
+A bare Litestar app answering, from the same tables with the same SQL as the services (their
+own store functions, called directly), an asyncpg pool of the same size, served by uvicorn
+exactly as ``mediai serve`` serves a service (uvloop, httptools, no access log):
+
+- ``GET /v1/agents/{id}`` and ``GET /v1/agents?room=`` (the dispatcher's), with the same public
+  fields in camelCase;
+- ``GET /v1/rooms/{name}`` (the rooms service's open instance and who is present);
+- ``GET /v1/appointments/{id}`` (scheduling's), the stored row as it is: a bare app keeps a
+  patient's name in plain text, so nothing is opened and no read of personal data is recorded;
+- ``GET /v1/usage`` (billing's usage of the current month by meter, and its open intervals).
+
+No API key, no tenant lookup, no tracing, no metrics: the tenant is fixed on the command line.
 
 Run: python -m bench.bare_reads HOST PORT TENANT (bench.read_throughput starts it; the database
 from MEDIAI_DATABASE_URL).
@@ -15,13 +22,21 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
+import msgspec
 from litestar import Litestar, get
 from litestar.exceptions import NotFoundException
 
 from bench.bare import serve
+from services.billing import queries as billing
+from services.billing.meters import DEFAULT as CATALOGUE
+from services.billing.periods import month_of
+from services.rooms import store as rooms
+from services.scheduling import store as scheduling
 from shared.config import load_settings
 
 PRIVATE = ("tenant_id", "livekit_dispatch_id", "worker_id", "updated_at")
@@ -38,7 +53,7 @@ def _public(row: asyncpg.Record) -> dict[str, Any]:
     return fields
 
 
-def create_app(database_url: str, tenant: str) -> Litestar:
+def create_app(database_url: str, tenant: str, zone: ZoneInfo) -> Litestar:
     pools: list[asyncpg.Pool] = []
 
     @asynccontextmanager
@@ -70,18 +85,48 @@ def create_app(database_url: str, tenant: str) -> Litestar:
         )
         return [_public(r) for r in rows]
 
+    @get("/v1/rooms/{name:str}")
+    async def get_room(name: str) -> dict[str, Any]:
+        row = await rooms.open_room(pools[0], tenant, name)
+        if row is None:
+            raise NotFoundException(f"no room {name!r}")
+        present = await rooms.count_present(pools[0], row.sid)
+        return {**msgspec.to_builtins(row), "numParticipants": present}
+
+    @get("/v1/appointments/{appointment_id:str}")
+    async def get_appointment(appointment_id: str) -> dict[str, Any]:
+        async with pools[0].acquire() as conn:
+            appointment = await scheduling.get_appointment(conn, tenant, appointment_id)
+        if appointment is None:
+            raise NotFoundException(f"no appointment {appointment_id!r}")
+        return msgspec.to_builtins(appointment)  # type: ignore[no-any-return]
+
+    @get("/v1/usage")
+    async def get_usage() -> dict[str, Any]:
+        month = month_of(datetime.now(UTC), zone)
+        async with pools[0].acquire() as conn:
+            rows = await billing.usage_by(conn, tenant, month, "meter", zone.key, CATALOGUE)
+            open_count = await billing.open_intervals(conn, tenant, month)
+        return {
+            "rows": [{"meter": r["meter"], "quantity": r["quantity"]} for r in rows],
+            "openIntervals": open_count,
+        }
+
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
     return Litestar(
-        route_handlers=[get_agent, list_agents, healthz], lifespan=[connected], debug=False
+        route_handlers=[get_agent, list_agents, get_room, get_appointment, get_usage, healthz],
+        lifespan=[connected],
+        debug=False,
     )
 
 
 def main() -> None:
     host, port, tenant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    app = create_app(load_settings(env_file=None).database_url, tenant)
+    settings = load_settings(env_file=None)
+    app = create_app(settings.database_url, tenant, ZoneInfo(settings.billing_timezone))
     serve(app, host, port)
 
 

@@ -1,17 +1,22 @@
-"""Read endpoints through the gateway: MediAI's dispatcher against a bare app with the same SQL.
+"""Read endpoints through the gateway: MediAI's services against a bare app with the same SQL.
 
-Starts a stack with the dispatcher (NATS, Postgres, LiveKit, the key service, the gateway) as
-``mediai up`` does, tracing on (exported over OTLP to a sink in this process at
-``--sample-ratio``) and the Prometheus metrics on, and makes ``--dispatches`` dispatches in one
-room (no agent workers: a worker host's load report on the bus gives the dispatcher room, as in
-the fault suite). Then the bare app (``bench.bare_reads``: the same table, the same SQL, the same
-public fields; no API key, no tracing, no metrics) behind a second Caddy running the same
-Caddyfile. For each endpoint, ``GET /v1/agents/{id}`` and ``GET /v1/agents?room=`` (all the
-room's dispatches), bombardier with ``--connections`` clients for ``--duration`` seconds per run,
-MediAI and bare interleaved with the order alternating, after a warm-up of each: requests/s,
-p50/p90/p99, errors, CPU per request of each process a side runs on, the ratio, and a JSON record.
+Starts a stack with the dispatcher, rooms, scheduling and billing (NATS, Postgres, LiveKit, the
+key service, the gateway) as ``mediai up`` does, tracing on (exported over OTLP to a sink in this
+process at ``--sample-ratio``) and the Prometheus metrics on, and makes what is read, through the
+API where the API makes it: ``--dispatches`` dispatches in one room (no agent workers: a worker
+host's load report on the bus gives the dispatcher room, as in the fault suite), a consultation
+room for a patient (its metadata sealed with the patient's key), a doctor and an appointment
+with the patient's name, contact and reason (sealed; each read of them is recorded as an access
+event), and ``--usage-events`` usage-bearing events of this month published to the stream and
+projected by billing. Then the bare app (``bench.bare_reads``: the same tables, the same SQL;
+no API key, no tracing, no metrics, no sealing) behind a second Caddy running the same
+Caddyfile. For each endpoint (``ENDPOINTS``), bombardier with ``--connections`` clients for
+``--duration`` seconds per run, MediAI and bare interleaved with the order alternating, after a
+warm-up of each: requests/s, p50/p90/p99, errors, CPU per request of each process a side runs
+on, the ratio, and a JSON record.
 
-Run: uv run python -m bench.read_throughput [--runs 3] [--duration 8] [--connections 64].
+Run: uv run python -m bench.read_throughput [--runs 3] [--duration 8] [--connections 64]
+[--only rooms,usage].
 Prints figures; never fails on speed.
 """
 
@@ -20,13 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
 import msgspec
 
 from bench.records import RESULTS, write_record
+from bench.replay_events import consultations, publish
 from bench.token_throughput import (
     Side,
     bombardier,
@@ -36,31 +44,111 @@ from bench.token_throughput import (
     start_bare,
 )
 from bench.traced import traced_stack
+from services.billing.consumers import USAGE_PROJECTION
+from services.billing.periods import month_name
+from shared.bus import connect_bus
+from shared.config import Settings
 from shared.tenants import authenticate
 from tests.faults.support import report_room_for_dispatches
+from tests.support import eventually
 
 ROOM = "consulta-leitura"
+SERVICES = ["dispatcher", "rooms", "scheduling", "billing"]
+# Each endpoint's name, with the service it reads from (for the CPU per request).
+ENDPOINTS = {
+    "agent": ("GET /v1/agents/{id}", "dispatcher"),
+    "agents": ("GET /v1/agents?room=", "dispatcher"),
+    "room": ("GET /v1/rooms/{name}", "rooms"),
+    "appointment": ("GET /v1/appointments/{id}", "scheduling"),
+    "usage": ("GET /v1/usage", "billing"),
+}
 
 
-async def dispatches(gateway: str, key: str, count: int) -> list[str]:
+async def dispatches(api: httpx.AsyncClient, count: int) -> list[str]:
     """``count`` dispatches in ROOM, made through the API: their ids."""
-    async with httpx.AsyncClient(
-        base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    ) as api:
-        made = []
-        for _ in range(count):
-            answer = await api.post("/v1/agents", json={"room": ROOM, "role": "generic"})
-            answer.raise_for_status()
-            made.append(answer.json()["id"])
-        return made
+    made = []
+    for _ in range(count):
+        answer = await api.post("/v1/agents", json={"room": ROOM, "role": "generic"})
+        answer.raise_for_status()
+        made.append(answer.json()["id"])
+    return made
+
+
+async def consultation_room(api: httpx.AsyncClient) -> None:
+    """A patient's consultation room, through the API, once the rooms service shows it."""
+    body = {"name": ROOM, "patientRef": "paciente-leitura", "metadata": '{"motivo": "retorno"}'}
+    (await api.post("/v1/rooms", json=body)).raise_for_status()
+
+    async def shown() -> bool:
+        return (await api.get(f"/v1/rooms/{ROOM}")).status_code == 200
+
+    await eventually(shown, timeout=30, step=0.2)
+
+
+async def appointment(api: httpx.AsyncClient) -> str:
+    """A doctor and a booked appointment with the patient's name, contact and reason: its id."""
+    week = [
+        {"day": day, "start": "00:00", "end": "23:30"}
+        for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    ]
+    doctor = await api.post(
+        "/v1/doctors",
+        json={
+            "name": "Dra. Ana Souza",
+            "specialty": "Cardiologia",
+            "city": "São Paulo",
+            "schedule": {"timezone": "America/Sao_Paulo", "slotMinutes": 30, "weekly": week},
+        },
+    )
+    doctor.raise_for_status()
+    slots = await api.get(f"/v1/doctors/{doctor.json()['id']}/slots", params={"limit": 1})
+    slots.raise_for_status()
+    booked = await api.post(
+        "/v1/appointments",
+        json={
+            "doctorId": doctor.json()["id"],
+            "startsAt": slots.json()["slots"][0]["startsAt"],
+            "patientRef": "paciente-leitura",
+            "patientName": "Maria da Silva",
+            "patientContact": "+55 11 91234-5678",
+            "reason": "dor no peito ao subir escadas",
+        },
+    )
+    booked.raise_for_status()
+    made: str = booked.json()["id"]
+    return made
+
+
+async def usage(settings: Settings, tenant: str, count: int) -> None:
+    """``count`` usage-bearing events of this month in the stream, once billing projected them."""
+    zone = ZoneInfo(settings.billing_timezone)
+    bus = await connect_bus(settings, "bench", streams="skip")
+    try:
+        month = month_name(datetime.now(UTC), zone)
+        await publish(bus, consultations(count, zone, month), count, tenant=tenant)
+
+        async def projected() -> bool:
+            info = await bus.js.consumer_info(USAGE_PROJECTION.stream, USAGE_PROJECTION.durable)
+            return not info.num_pending and not info.num_ack_pending
+
+        await eventually(projected, timeout=120, step=0.5)
+    finally:
+        await bus.close()
 
 
 async def main(
-    runs: int, duration: float, connections: int, count: int, sample_ratio: float, output: Path
+    runs: int,
+    duration: float,
+    connections: int,
+    count: int,
+    usage_events: int,
+    sample_ratio: float,
+    only: list[str],
+    output: Path,
 ) -> None:
     bombardier()
     async with traced_stack(
-        ["dispatcher"], sample_ratio=sample_ratio, agent_pool_min=0, agent_pool_max=0
+        SERVICES, sample_ratio=sample_ratio, agent_pool_min=0, agent_pool_max=0
     ) as (settings, stack, state):
         key = state.dev_api_key
         assert key is not None
@@ -71,38 +159,62 @@ async def main(
             await connection.close()
         assert tenant is not None
         await report_room_for_dispatches(settings)
-        ids = await dispatches(state.gateway_url, key, count)
+        async with httpx.AsyncClient(
+            base_url=state.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as api:
+            ids = await dispatches(api, count)
+            await consultation_room(api)
+            appointment_id = await appointment(api)
+        await usage(settings, tenant.id, usage_events)
         bare = await start_bare(
-            stack, settings, "bare", tenant.id, module="bench.bare_reads", service="dispatcher"
+            stack,
+            settings,
+            "bare",
+            tenant.id,
+            module="bench.bare_reads",
+            services=tuple(SERVICES),
         )
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
-        gateways = {
-            "mediai": (
-                state.gateway_url,
-                {
-                    "server": pids["dispatcher"],
-                    "gateway": pids["gateway"],
-                    "postgres": pids["postgres"],
-                },
-            ),
-            "bare": (
-                bare,
-                {
-                    "server": pids["bare"],
-                    "gateway": pids["gateway-bare"],
-                    "postgres": pids["postgres"],
-                },
-            ),
-        }
-        endpoints = {
-            "GET /v1/agents/{id}": f"/v1/agents/{ids[0]}",
-            "GET /v1/agents?room=": f"/v1/agents?room={ROOM}",
+        paths = {
+            "agent": f"/v1/agents/{ids[0]}",
+            "agents": f"/v1/agents?room={ROOM}",
+            "room": f"/v1/rooms/{ROOM}",
+            "appointment": f"/v1/appointments/{appointment_id}",
+            "usage": "/v1/usage",
         }
         record_endpoints: dict[str, object] = {}
-        for endpoint, path in endpoints.items():
+        for short in only:
+            endpoint, service = ENDPOINTS[short]
+            # The processes each side runs on: its server, its gateway, PostgreSQL, and NATS
+            # (MediAI's reads of personal data record an access event).
+            gateways = {
+                "mediai": (
+                    state.gateway_url,
+                    {
+                        "server": pids[service],
+                        "gateway": pids["gateway"],
+                        "postgres": pids["postgres"],
+                        "nats": pids["nats"],
+                    },
+                ),
+                "bare": (
+                    bare,
+                    {
+                        "server": pids["bare"],
+                        "gateway": pids["gateway-bare"],
+                        "postgres": pids["postgres"],
+                        "nats": pids["nats"],
+                    },
+                ),
+            }
 
-            async def run(name: str, seconds: float, path: str = path) -> Side:
-                url, side_pids = gateways[name]
+            async def run(
+                name: str,
+                seconds: float,
+                path: str = paths[short],
+                sides: dict[str, tuple[str, dict[str, int]]] = gateways,
+            ) -> Side:
+                url, side_pids = sides[name]
                 return await load(
                     url + path, key, side_pids, seconds, connections, method="GET", body=""
                 )
@@ -118,7 +230,7 @@ async def main(
             ]
             medians = {name: median_side(sides) for name, sides in results.items()}
             print(
-                f"\n{endpoint} ({count} dispatches in the room), {connections} connections, "
+                f"\n{endpoint} ({service}), {connections} connections, "
                 f"{duration:.0f} s x {runs} runs (medians):"
             )
             for name in ("mediai", "bare"):
@@ -128,6 +240,7 @@ async def main(
                 f" (runs: {', '.join(f'{r:.2f}' for r in ratios)})"
             )
             record_endpoints[endpoint] = {
+                "service": service,
                 "ratio_rps_median": statistics.median(ratios),
                 "ratios_rps": ratios,
                 "median": {name: msgspec.to_builtins(side) for name, side in medians.items()},
@@ -140,11 +253,22 @@ async def main(
                 "duration_seconds": duration,
                 "runs": runs,
                 "dispatches_in_room": count,
+                "usage_events": usage_events,
                 "trace_sample_ratio": sample_ratio,
                 "endpoints": record_endpoints,
             },
         )
         print(f"record: {output}")
+
+
+def endpoint_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(ENDPOINTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown endpoint {', '.join(unknown)}; one of {', '.join(ENDPOINTS)}"
+        )
+    return names
 
 
 if __name__ == "__main__":
@@ -153,6 +277,10 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--dispatches", type=int, default=20)
+    parser.add_argument("--usage-events", type=int, default=20_000)
+    parser.add_argument(
+        "--only", type=endpoint_names, default=list(ENDPOINTS), help=", ".join(ENDPOINTS)
+    )
     parser.add_argument("--sample-ratio", type=float, default=0.1, help="MEDIAI_TRACE_SAMPLE_RATIO")
     parser.add_argument("--output", type=Path, default=RESULTS / "read_throughput.json")
     args = parser.parse_args()
@@ -162,7 +290,9 @@ if __name__ == "__main__":
             args.duration,
             args.connections,
             args.dispatches,
+            args.usage_events,
             args.sample_ratio,
+            args.only,
             args.output,
         )
     )

@@ -32,10 +32,10 @@ REPORTS_PER_SESSION = 80  # 20 minutes of reports every 15 s
 WINDOW = 20_000  # publishes awaiting their acknowledgement at most
 
 
-def consultations(count: int, zone: ZoneInfo) -> Iterator[Event]:
+def consultations(count: int, zone: ZoneInfo, month_name: str = MONTH) -> Iterator[Event]:
     """``count`` events: consultations spread evenly over the month, each one a dispatch's
     usage reports, a patient and a doctor, and a recording every third consultation."""
-    month = month_period(MONTH, zone)
+    month = month_period(month_name, zone)
     produced, number = 0, 0
     per_session = REPORTS_PER_SESSION + 4 + 2
     sessions = max(1, count // per_session)
@@ -127,9 +127,9 @@ class _Acks:
             raise RuntimeError(f"JetStream refused a benchmark event: {self.error}")
 
 
-async def publish(bus: Bus, events: Iterator[Event], total: int) -> float:
-    """Publish ``events`` (``total`` of them) to the stream with asynchronous acknowledgements;
-    returns the seconds it took until the last one was acknowledged."""
+async def publish(bus: Bus, events: Iterator[Event], total: int, tenant: str = TENANT) -> float:
+    """Publish ``events`` (``total`` of them) of ``tenant`` to the stream with asynchronous
+    acknowledgements; returns the seconds it took until the last one was acknowledged."""
     started = time.monotonic()
     acks = _Acks()
     inbox = bus.nc.new_inbox()
@@ -138,10 +138,10 @@ async def publish(bus: Bus, events: Iterator[Event], total: int) -> float:
         sent = 0
         for data in events:
             document = envelope(
-                data, source="mediai/bench", tenant=TENANT, subject=getattr(data, "room", "x")
+                data, source="mediai/bench", tenant=tenant, subject=getattr(data, "room", "x")
             )
             await bus.nc.publish(
-                subjects.event_subject(data, tenant=TENANT, key=document.subject),
+                subjects.event_subject(data, tenant=tenant, key=document.subject),
                 CODEC.encode(document),
                 reply=f"{inbox}.{sent}",
                 headers={"Nats-Msg-Id": document.id},

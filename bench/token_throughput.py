@@ -129,13 +129,14 @@ async def start_bare(
     name: str,
     *options: str,
     module: str = "bench.bare_token",
-    service: str = "token",
+    services: tuple[str, ...] = ("token",),
 ) -> str:
     """A bare app (``module``, run as ``python -m module HOST PORT *options``) behind its own
-    gateway running the same Caddyfile, given ``service``'s port there: that gateway's URL."""
+    gateway running the same Caddyfile, where each of ``services`` routes to it: that
+    gateway's URL."""
     port = free_port()
     bare_settings = msgspec.structs.replace(
-        settings, **{f"{service}_port": port}, gateway_port=free_port()
+        settings, **{f"{service}_port": port for service in services}, gateway_port=free_port()
     )
     url = f"http://{settings.host}:{port}"
     env = child_environ(settings) | {

@@ -116,7 +116,7 @@ async def main(
     ):
         # The bare app behind a second gateway: the same Caddyfile, its webhooks upstream the app.
         bare_gateway = await start_bare(
-            stack, settings, "bare-webhooks", module="bench.bare_webhooks", service="webhooks"
+            stack, settings, "bare-webhooks", module="bench.bare_webhooks", services=("webhooks",)
         )
         pids = {p.name: p.process.pid for p in stack.supervisor.parts if p.process}
         sides = {
