@@ -9,7 +9,9 @@ exactly as ``mediai serve`` serves a service (uvloop, httptools, no access log):
 - ``GET /v1/rooms/{name}`` (the rooms service's open instance and who is present);
 - ``GET /v1/appointments/{id}`` (scheduling's), the stored row as it is: a bare app keeps a
   patient's name in plain text, so nothing is opened and no read of personal data is recorded;
-- ``GET /v1/usage`` (billing's usage of the current month by meter, and its open intervals).
+- ``GET /v1/usage`` (billing's usage of the current month by meter, and its open intervals);
+- ``GET /v1/sessions`` (the sessions service's room sessions with their dispatches, and the
+  dispatches that joined none), the rows as they are.
 
 No API key, no tenant lookup, no tracing, no metrics: the tenant is fixed on the command line.
 
@@ -37,6 +39,7 @@ from services.billing.meters import DEFAULT as CATALOGUE
 from services.billing.periods import month_of
 from services.rooms import store as rooms
 from services.scheduling import store as scheduling
+from services.sessions import store as sessions
 from shared.config import load_settings
 
 PRIVATE = ("tenant_id", "livekit_dispatch_id", "worker_id", "updated_at")
@@ -112,12 +115,33 @@ def create_app(database_url: str, tenant: str, zone: ZoneInfo) -> Litestar:
             "openIntervals": open_count,
         }
 
+    @get("/v1/sessions")
+    async def list_sessions(limit: int = 50) -> dict[str, Any]:
+        async with pools[0].acquire() as conn:
+            rooms = await sessions.room_sessions(conn, tenant, live=None, limit=limit)
+            sids = [r["room_sid"] for r in rooms]
+            dispatches = await sessions.dispatches_of(conn, tenant, sids)
+            roomless = await sessions.roomless_dispatches(conn, tenant, live=None, limit=limit)
+        return {
+            "rooms": [dict(r) for r in rooms],
+            "dispatches": [dict(d) for d in dispatches],
+            "roomless": [dict(d) for d in roomless],
+        }
+
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
     return Litestar(
-        route_handlers=[get_agent, list_agents, get_room, get_appointment, get_usage, healthz],
+        route_handlers=[
+            get_agent,
+            list_agents,
+            get_room,
+            get_appointment,
+            get_usage,
+            list_sessions,
+            healthz,
+        ],
         lifespan=[connected],
         debug=False,
     )

@@ -1,19 +1,19 @@
 """Read endpoints through the gateway: MediAI's services against a bare app with the same SQL.
 
-Starts a stack with the dispatcher, rooms, scheduling and billing (NATS, Postgres, LiveKit, the
-key service, the gateway) as ``mediai up`` does, tracing on (exported over OTLP to a sink in this
-process at ``--sample-ratio``) and the Prometheus metrics on, and makes what is read, through the
-API where the API makes it: ``--dispatches`` dispatches in one room (no agent workers: a worker
-host's load report on the bus gives the dispatcher room, as in the fault suite), a consultation
-room for a patient (its metadata sealed with the patient's key), a doctor and an appointment
-with the patient's name, contact and reason (sealed; each read of them is recorded as an access
-event), and ``--usage-events`` usage-bearing events of this month published to the stream and
-projected by billing. Then the bare app (``bench.bare_reads``: the same tables, the same SQL;
-no API key, no tracing, no metrics, no sealing) behind a second Caddy running the same
-Caddyfile. For each endpoint (``ENDPOINTS``), bombardier with ``--connections`` clients for
-``--duration`` seconds per run, MediAI and bare interleaved with the order alternating, after a
-warm-up of each: requests/s, p50/p90/p99, errors, CPU per request of each process a side runs
-on, the ratio, and a JSON record.
+Starts a stack with the dispatcher, rooms, scheduling, billing and sessions (NATS, Postgres,
+LiveKit, the key service, the gateway) as ``mediai up`` does, tracing on (exported over OTLP to
+a sink in this process at ``--sample-ratio``) and the Prometheus metrics on, and makes what is
+read, through the API where the API makes it: ``--dispatches`` dispatches in one room (no agent
+workers: a worker host's load report on the bus gives the dispatcher room, as in the fault
+suite), a consultation room for a patient (its metadata sealed with the patient's key), a doctor
+and an appointment with the patient's name, contact and reason (sealed; each read of them is
+recorded as an access event), and ``--usage-events`` usage-bearing events of this month
+published to the stream and projected by billing. Then the bare app (``bench.bare_reads``: the
+same tables, the same SQL; no API key, no tracing, no metrics, no sealing) behind a second Caddy
+running the same Caddyfile. For each endpoint (``ENDPOINTS``), bombardier with ``--connections``
+clients for ``--duration`` seconds per run, MediAI and bare interleaved with the order
+alternating, after a warm-up of each: requests/s, p50/p90/p99, errors, CPU per request of each
+process a side runs on, the ratio, and a JSON record.
 
 Run: uv run python -m bench.read_throughput [--runs 3] [--duration 8] [--connections 64]
 [--only rooms,usage].
@@ -53,7 +53,7 @@ from tests.faults.support import report_room_for_dispatches
 from tests.support import eventually
 
 ROOM = "consulta-leitura"
-SERVICES = ["dispatcher", "rooms", "scheduling", "billing"]
+SERVICES = ["dispatcher", "rooms", "scheduling", "billing", "sessions"]
 # Each endpoint's name, with the service it reads from (for the CPU per request).
 ENDPOINTS = {
     "agent": ("GET /v1/agents/{id}", "dispatcher"),
@@ -61,6 +61,7 @@ ENDPOINTS = {
     "room": ("GET /v1/rooms/{name}", "rooms"),
     "appointment": ("GET /v1/appointments/{id}", "scheduling"),
     "usage": ("GET /v1/usage", "billing"),
+    "sessions": ("GET /v1/sessions", "sessions"),
 }
 
 
@@ -181,6 +182,7 @@ async def main(
             "room": f"/v1/rooms/{ROOM}",
             "appointment": f"/v1/appointments/{appointment_id}",
             "usage": "/v1/usage",
+            "sessions": "/v1/sessions",
         }
         record_endpoints: dict[str, object] = {}
         for short in only:
