@@ -16,7 +16,7 @@ alternating, after a warm-up of each: requests/s, p50/p90/p99, errors, CPU per r
 process a side runs on, the ratio, and a JSON record.
 
 Run: uv run python -m bench.read_throughput [--runs 3] [--duration 8] [--connections 64]
-[--only rooms,usage].
+[--only room,usage].
 Prints figures; never fails on speed.
 """
 
