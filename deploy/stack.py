@@ -229,6 +229,9 @@ def service_part(
         # and the recorder (livekit rtc and PyAV to import, beside eleven other services doing
         # the same on two cores) more than 60 s while a soak of agent sessions ran.
         ready_timeout=300.0 if service == POOL_SERVICE else 120.0,
+        # The services stopping beside it may still seal what they flush (an agent's last
+        # events) with data keys only the key service gives.
+        stops_after_its_group=service == KEY_SERVICE,
     )
 
 

@@ -73,6 +73,8 @@ class Part:
     prepare: Callable[[], Awaitable[None]] | None = None
     after_ready: Callable[[], Awaitable[None]] | None = None
     stop_signal: signal.Signals = signal.SIGTERM
+    # Stopped once the rest of the parts started with it have stopped (they may need it then).
+    stops_after_its_group: bool = False
     ready_timeout: float = 30.0
     process: asyncio.subprocess.Process | None = None
 
@@ -108,12 +110,18 @@ class Supervisor:
         self.host = host
         self.log_dir = log_dir
         self.parts: list[Part] = []
+        # The parts started together, in the order they were started: a stop goes back
+        # through them, each group at once (nothing in a group depends on another of it).
+        self.groups: list[list[Part]] = []
 
     def log_path(self, part: Part) -> Path:
         return self.log_dir / f"{part.name}.log"
 
     async def start(self, part: Part) -> None:
         """Start one part and wait until it is ready; StackError with one line otherwise."""
+        await self.start_together([part])
+
+    async def _start(self, part: Part) -> None:
         for setting, port in part.ports:
             if port_in_use(self.host, port):
                 raise StackError(
@@ -138,8 +146,6 @@ class Supervisor:
         finally:
             log_file.close()
         part.process = process
-        if part not in self.parts:
-            self.parts.append(part)
         deadline = time.monotonic() + part.ready_timeout
         while True:
             if process.returncode is not None:
@@ -163,7 +169,11 @@ class Supervisor:
 
     async def start_together(self, parts: list[Part]) -> None:
         """Start parts concurrently; the first failure is raised once all have settled."""
-        results = await asyncio.gather(*(self.start(p) for p in parts), return_exceptions=True)
+        new = [p for p in parts if p not in self.parts]
+        self.parts.extend(new)
+        if new:
+            self.groups.append(new)
+        results = await asyncio.gather(*(self._start(p) for p in parts), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -180,12 +190,18 @@ class Supervisor:
         await asyncio.gather(*(watch(p) for p in self.parts if p.process is not None))
 
     async def stop(self, budget: float = STOP_BUDGET_SECONDS) -> None:
-        """Stop every part in reverse order; whatever is still running at its share of the
-        budget gets SIGKILL, so the whole stop takes at most ``budget`` seconds."""
+        """Stop every part, the groups started together in reverse order and the parts of a
+        group at once (the services before NATS and PostgreSQL, which they flush to as they
+        stop); whatever is still running at its share of the budget gets SIGKILL, so the
+        whole stop takes at most ``budget`` seconds."""
         deadline = time.monotonic() + budget - 0.5
-        for part in reversed(self.parts):
-            await _stop(part, max(0.1, min(4.0, deadline - time.monotonic())))
+        for group in reversed(self.groups):
+            first = [p for p in group if not p.stops_after_its_group]
+            for parts in (first, [p for p in group if p.stops_after_its_group]):
+                timeout = max(0.1, min(4.0, deadline - time.monotonic()))
+                await asyncio.gather(*(_stop(part, timeout) for part in parts))
         self.parts.clear()
+        self.groups.clear()
 
     # -- one part of a running stack ------------------------------------------------------
 

@@ -69,3 +69,31 @@ async def test_kill_then_start_again_runs_a_new_process_and_a_frozen_part_still_
     assert [p.name for p in supervisor.parts] == ["tree"]  # stopped, not forgotten
     with pytest.raises(StackError, match="no part 'nats'"):
         supervisor.part("nats")
+
+
+def recording_part(name: str, record: Path, waits_for: str = "", *, last: bool = False) -> Part:
+    """A part that, on SIGTERM, writes its name to ``record`` and, before exiting, waits for
+    ``waits_for`` to have written its own (stopped one after the other, it never would)."""
+    wait = f"until grep -qx {waits_for} {record}; do sleep 0.05; done; " if waits_for else ""
+    script = f"trap 'echo {name} >> {record}; {wait}exit 0' TERM; while :; do sleep 0.1; done"
+    return Part(
+        name=name, argv=["sh", "-c", script], url="", ready=_always, stops_after_its_group=last
+    )
+
+
+async def test_stop_goes_back_through_the_groups_each_at_once_and_the_key_service_last(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "stopped"
+    record.touch()
+    running = Supervisor("127.0.0.1", tmp_path / "logs")
+    server = recording_part("server", record)
+    first, second = recording_part("a", record, "b"), recording_part("b", record, "a")
+    keys = recording_part("keys", record, last=True)
+    await running.start_together([server])
+    await running.start_together([keys, first, second])
+    await running.stop()
+    stopped = record.read_text().split()
+    assert sorted(stopped[:2]) == ["a", "b"] and stopped[2:] == ["keys", "server"], stopped
+    # Each of a and b waited for the other: both exited on their own, neither was killed.
+    assert [p.process.returncode for p in (first, second)] == [0, 0]  # type: ignore[union-attr]
