@@ -33,10 +33,10 @@ BEFORE_SPEECH_SECONDS = 0.8
 NO_STREAM_RETRY = APIConnectOptions(max_retry=0, timeout=DEFAULT_API_CONNECT_OPTIONS.timeout)
 
 
-class UtteranceSTT(lk_stt.STT):
+class UtteranceSTT(lk_stt.STT[Any]):
     """``stt`` as a streaming STT that transcribes each utterance when the session flushes it."""
 
-    def __init__(self, stt: lk_stt.STT) -> None:
+    def __init__(self, stt: lk_stt.STT[Any]) -> None:
         super().__init__(
             capabilities=lk_stt.STTCapabilities(
                 streaming=True,
