@@ -76,7 +76,9 @@ class RoomListener:
         return lk_stt.StreamAdapter(stt=self.stt, vad=self.vad)
 
     async def _transcribe(self, track: rtc.Track, identity: str) -> None:
-        audio = rtc.AudioStream(track, sample_rate=16_000, num_channels=1)
+        # 100 ms frames, as the speaking session hears (session.HEARING_FRAME_MS): livekit-rtc's
+        # default is 10 ms, ten times the events and channel hops per second on the event loop.
+        audio = rtc.AudioStream(track, sample_rate=16_000, num_channels=1, frame_size_ms=100)
         stream = self._recognizer().stream()
 
         async def push() -> None:

@@ -136,7 +136,9 @@ def _tts(model: str, settings: Settings, openai_args: dict[str, Any]) -> Any:
     if provider == "openai":
         from livekit.plugins import openai
 
-        return openai.TTS(model=name, **openai_args)
+        # Raw 24 kHz PCM, not the plugin's default MP3: nothing to decode (MP3 goes through
+        # PyAV's decoder, in a thread, for every answer), and OpenAI's fastest to a first byte.
+        return openai.TTS(model=name, response_format="pcm", **openai_args)
     from livekit.plugins import google
 
     return google.beta.GeminiTTS(model=name, api_key=settings.google_api_key or "")

@@ -25,6 +25,7 @@ from services.agent.spool import Journal, spool_root
 from services.agent.tooluse import tool_calls
 from services.agent.tracing import JobTrace
 from services.agent.usage import UsageMeter, totals_from_model_usage
+from services.agent.utterances import UtteranceSTT
 from shared.bus import Bus
 from shared.config import Settings
 from shared.events.agents import (
@@ -46,8 +47,13 @@ FRAMEWORK_REASONS = {"room disconnected": "room_closed", "job crashed": "error"}
 # The rate the session hears the room at (STT pipeline): Silero's VAD and Gemini's STT work at
 # 16 kHz (their models take nothing more), so the room's audio is resampled once,
 # in livekit-rtc's native code, instead of to livekit-agents' 24 kHz and then again, in every
-# VAD stream (the session's and the STT adapter's) and in the STT stream, on every frame.
+# VAD stream and in the STT stream, on every frame.
 HEARING_RATE = 16_000
+# The room's audio reaches the session in 100 ms frames (livekit-agents' default is 50): every
+# frame costs a native event to the loop and a hop through half a dozen asyncio channels
+# (room input, session, VAD, STT) on the job's event loop, so this halves that work. The VAD still
+# infers every 32 ms window; it only learns of the last ones up to 50 ms later.
+HEARING_FRAME_MS = 100
 
 
 def utcnow() -> datetime:
@@ -151,8 +157,9 @@ class SessionRuntime:
             empty_timeout=deps.settings.agent_empty_room_timeout,
             on_empty=lambda reason: self.finish_soon(reason),
         )
+        stt = session_stt(models.stt)
         self.session: AgentSession[SessionRuntime] = AgentSession(
-            stt=models.stt if models.stt is not None else NOT_GIVEN,
+            stt=stt if stt is not None else NOT_GIVEN,
             llm=models.llm,
             tts=models.tts if models.tts is not None else NOT_GIVEN,
             vad=deps.vad,
@@ -162,6 +169,8 @@ class SessionRuntime:
             },
             userdata=self,
         )
+        if isinstance(stt, UtteranceSTT):  # its utterances begin when the session's VAD says so
+            self.session.on("user_state_changed", stt.on_user_state)
         # The medical roles' behaviour (consent first, tools, copilot, vision, avatar): issue 5.
         self.medical = Medical(self)
         self.consultation = self.medical.consultation  # what the medical tools reach
@@ -412,12 +421,21 @@ class SessionRuntime:
             await self.job_trace.end(reason)
 
 
+def session_stt(stt: Any) -> Any:
+    """The STT the session runs: a non-streaming one (OpenAI's) transcribes the utterances the
+    session's VAD cuts (services/agent/utterances.py), not through livekit-agents' StreamAdapter,
+    which would run a second VAD stream over the same audio."""
+    if stt is None or stt.capabilities.streaming:
+        return stt
+    return UtteranceSTT(stt)
+
+
 def audio_input(hears: bool, *, realtime: bool) -> room_io.AudioInputOptions | bool:
     """What the session hears: nothing, the room at ``HEARING_RATE`` (STT and VAD), or, for a
     realtime model, livekit-agents' default (each realtime plugin takes its own rate)."""
     if not hears or realtime:
         return hears
-    return room_io.AudioInputOptions(sample_rate=HEARING_RATE)
+    return room_io.AudioInputOptions(sample_rate=HEARING_RATE, frame_size_ms=HEARING_FRAME_MS)
 
 
 def auto_subscribe(role: Role, settings: Settings | None = None) -> AutoSubscribe:

@@ -28,6 +28,12 @@ WORKER_ID_VARIABLE = "MEDIAI_AGENT_WORKER_ID"
 # from it inherit it. A deployment's own value wins.
 MALLOC_ARENAS_VARIABLE = "MALLOC_ARENA_MAX"
 MALLOC_ARENAS = "2"
+# livekit-agents' event-loop monitor ticks every fifth of its warn threshold, twice (a heartbeat
+# on the loop, a watchdog thread): at its default 100 ms, 100 wake-ups a second in every job
+# process, the warm ones waiting for a job too. At 250 ms it ticks every 50 ms (its slowest) and
+# still reports every block of a quarter second or more. A deployment's own value wins.
+LOOP_BLOCK_VARIABLE = "LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS"
+LOOP_BLOCK_WARN_MS = "250"
 # The livekit-agents preload of local inference models: the VAD and the end-of-turn model
 # (~250 MB, seconds to load). MediAI's turns end on Silero's VAD (the plugin's model), so a
 # worker never uses them; "0" skips them.
@@ -88,6 +94,7 @@ def start_forkserver(settings: Settings) -> None:
     os.environ[WORKER_ID_VARIABLE] = worker_id()
     os.environ.setdefault(LOCAL_INFERENCE_VARIABLE, "0")
     os.environ.setdefault(MALLOC_ARENAS_VARIABLE, MALLOC_ARENAS)
+    os.environ.setdefault(LOOP_BLOCK_VARIABLE, LOOP_BLOCK_WARN_MS)
     os.environ["LIVEKIT_URL"] = settings.livekit_url
     os.environ["LIVEKIT_API_KEY"] = settings.livekit_api_key
     os.environ["LIVEKIT_API_SECRET"] = settings.livekit_api_secret
