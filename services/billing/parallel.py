@@ -95,7 +95,8 @@ async def replay(
         for number, (start, end) in enumerate(ranges(first, last, processes), start=1)
     ]
     loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(len(parts), mp_context=_context()) as pool:
+    context = multiprocessing.get_context("spawn")  # no forked copies of this event loop
+    with ProcessPoolExecutor(len(parts), mp_context=context) as pool:
         results = list(
             await asyncio.gather(
                 *(loop.run_in_executor(pool, run_part, settings, part) for part in parts)
@@ -111,16 +112,6 @@ async def replay(
                 part = msgspec.structs.replace(part, already_seen=sorted(again))
                 results[index] = await loop.run_in_executor(pool, run_part, settings, part)
     _merge(projector, results)
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """Parts are forked from a forkserver that has imported this module once (~1.3 s of CPU),
-    rather than spawned each importing it anew: no forked copies of this process's event loop
-    or connections, and the import is paid once per process that replays (not at all by a
-    service's later replays: the forkserver stays up)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
 
 
 def _merge(projector: Projector, results: list[PartResult]) -> None:
