@@ -49,6 +49,10 @@ class Staging:
             " meter text, room text, dispatch text, quantity bigint, first_sequence bigint,"
             " last_sequence bigint, part int NOT NULL DEFAULT"
             f" coalesce(current_setting('{PART_SETTING}', true), '0')::int)"
+            # Never vacuumed: it lives for one run. Autovacuum started on a million-row staging
+            # table while the run summed it, and the DROP at the end waited for its cancelling
+            # (deadlock_timeout, 1 s) on a 1M-event rebuild.
+            " WITH (autovacuum_enabled = false)"
         )
         return self
 
