@@ -51,6 +51,7 @@ from shared.config import Settings
 from shared.tenants import authenticate
 from tests.faults.support import report_room_for_dispatches
 from tests.support import eventually
+from tests.test_scheduling_http import free_slots, new_doctor
 
 ROOM = "consulta-leitura"
 SERVICES = ["dispatcher", "rooms", "scheduling", "billing", "sessions"]
@@ -88,27 +89,13 @@ async def consultation_room(api: httpx.AsyncClient) -> None:
 
 async def appointment(api: httpx.AsyncClient) -> str:
     """A doctor and a booked appointment with the patient's name, contact and reason: its id."""
-    week = [
-        {"day": day, "start": "00:00", "end": "23:30"}
-        for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-    ]
-    doctor = await api.post(
-        "/v1/doctors",
-        json={
-            "name": "Dra. Ana Souza",
-            "specialty": "Cardiologia",
-            "city": "São Paulo",
-            "schedule": {"timezone": "America/Sao_Paulo", "slotMinutes": 30, "weekly": week},
-        },
-    )
-    doctor.raise_for_status()
-    slots = await api.get(f"/v1/doctors/{doctor.json()['id']}/slots", params={"limit": 1})
-    slots.raise_for_status()
+    doctor = await new_doctor(api)  # the scheduling tests' doctor, open every day
+    [slot] = await free_slots(api, doctor["id"], limit=1)
     booked = await api.post(
         "/v1/appointments",
         json={
-            "doctorId": doctor.json()["id"],
-            "startsAt": slots.json()["slots"][0]["startsAt"],
+            "doctorId": doctor["id"],
+            "startsAt": slot["startsAt"],
             "patientRef": "paciente-leitura",
             "patientName": "Maria da Silva",
             "patientContact": "+55 11 91234-5678",
