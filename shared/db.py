@@ -7,6 +7,7 @@ order by one runner under an advisory lock, each file in its own transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -88,6 +89,24 @@ async def create_pool(
     pool.acquire_timeout = settings.db_acquire_timeout
     await pool
     return pool
+
+
+# How long a stopping service waits for its connections to come back to the pool: within the
+# stop's share of each part (4 s, deploy/supervisor.py) and an orchestrator's grace period.
+POOL_CLOSE_SECONDS = 3.0
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = POOL_CLOSE_SECONDS) -> None:
+    """Close the pool once its connections are back; past ``timeout``, close them anyway and
+    say so (a stop that waited for a held connection until SIGKILL said nothing)."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning(
+            "database pool: connections still in use %.0f s after the close began; closed them",
+            timeout,
+        )
+        pool.terminate()
 
 
 @dataclass(frozen=True)

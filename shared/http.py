@@ -44,7 +44,7 @@ from shared.contract import (
     StrictStructs,
     document_errors,
 )
-from shared.db import create_pool
+from shared.db import close_pool, create_pool
 from shared.failures import unavailable_dependency
 from shared.http_telemetry import RequestTelemetry
 from shared.outbox import run_outbox_relay
@@ -335,7 +335,7 @@ def create_service_app(
         app.state.tasks = {task.name: TaskHealth(task.name) for task in tasks}
         async with contextlib.AsyncExitStack() as stack:
             app.state.pool = await create_pool(settings)
-            stack.push_async_callback(app.state.pool.close)
+            stack.push_async_callback(close_pool, app.state.pool)
             app.state.bus = await connect_bus(settings, service)
             stack.push_async_callback(app.state.bus.close)
             app.state.api_keys = ApiKeys(
