@@ -73,11 +73,20 @@ async def test_kill_then_start_again_runs_a_new_process_and_a_frozen_part_still_
 
 def recording_part(name: str, record: Path, waits_for: str = "", *, last: bool = False) -> Part:
     """A part that, on SIGTERM, writes its name to ``record`` and, before exiting, waits for
-    ``waits_for`` to have written its own (stopped one after the other, it never would)."""
+    ``waits_for`` to have written its own (stopped one after the other, it never would). It is
+    ready once its trap is set: a SIGTERM before that would end it without a record."""
+    armed = record.with_name(f"{name}.armed")
     wait = f"until grep -qx {waits_for} {record}; do sleep 0.05; done; " if waits_for else ""
-    script = f"trap 'echo {name} >> {record}; {wait}exit 0' TERM; while :; do sleep 0.1; done"
+    script = (
+        f"trap 'echo {name} >> {record}; {wait}exit 0' TERM; touch {armed}; "
+        "while :; do sleep 0.1; done"
+    )
+
+    async def trap_set() -> bool:
+        return armed.exists()
+
     return Part(
-        name=name, argv=["sh", "-c", script], url="", ready=_always, stops_after_its_group=last
+        name=name, argv=["sh", "-c", script], url="", ready=trap_set, stops_after_its_group=last
     )
 
 
