@@ -11,7 +11,9 @@ exactly as ``mediai serve`` serves a service (uvloop, httptools, no access log):
   patient's name in plain text, so nothing is opened and no read of personal data is recorded;
 - ``GET /v1/usage`` (billing's usage of the current month by meter, and its open intervals);
 - ``GET /v1/sessions`` (the sessions service's room sessions with their dispatches, and the
-  dispatches that joined none), the rows as they are.
+  dispatches that joined none), the rows as they are;
+- ``GET /v1/sessions/{id}/timeline`` (a session's first page of timeline entries, the id a room
+  SID or a dispatch id), the rows as they are: sealed parts stay sealed.
 
 No API key, no tenant lookup, no tracing, no metrics: the tenant is fixed on the command line.
 
@@ -128,6 +130,29 @@ def create_app(database_url: str, tenant: str, zone: ZoneInfo) -> Litestar:
             "roomless": [dict(d) for d in roomless],
         }
 
+    @get("/v1/sessions/{session_id:str}/timeline")
+    async def get_timeline(session_id: str, after: int = 0, limit: int = 200) -> dict[str, Any]:
+        async with pools[0].acquire() as conn:
+            room = await sessions.room_session(conn, tenant, session_id)
+            if room is not None:  # a room session: its own entries and its dispatches'
+                joined = await sessions.dispatches_of(conn, tenant, [session_id])
+                room_sid, ids = session_id, [d["dispatch_id"] for d in joined]
+            else:  # a consultation: the dispatch's entries and its room session's
+                dispatch = await sessions.dispatch(conn, tenant, session_id)
+                if dispatch is None:
+                    raise NotFoundException(f"no session {session_id!r}")
+                room_sid, ids = dispatch["room_sid"] or "", [session_id]
+                if room_sid:
+                    room = await sessions.room_session(conn, tenant, room_sid)
+            rows = await sessions.entries(
+                conn, tenant, room_sid=room_sid, dispatch_ids=ids, after=after, limit=limit + 1
+            )
+        return {
+            "room": dict(room) if room else None,
+            "entries": [dict(r) for r in rows[:limit]],
+            "more": len(rows) > limit,
+        }
+
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -140,6 +165,7 @@ def create_app(database_url: str, tenant: str, zone: ZoneInfo) -> Litestar:
             get_appointment,
             get_usage,
             list_sessions,
+            get_timeline,
             healthz,
         ],
         lifespan=[connected],

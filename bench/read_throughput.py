@@ -7,7 +7,8 @@ read, through the API where the API makes it: ``--dispatches`` dispatches in one
 workers: a worker host's load report on the bus gives the dispatcher room, as in the fault
 suite), a consultation room for a patient (its metadata sealed with the patient's key), a doctor
 and an appointment with the patient's name, contact and reason (sealed; each read of them is
-recorded as an access event), and ``--usage-events`` usage-bearing events of this month
+recorded as an access event), the timeline of one of the dispatches (the sessions service's
+projection of the log), and ``--usage-events`` usage-bearing events of this month
 published to the stream and projected by billing. Then the bare app (``bench.bare_reads``: the
 same tables, the same SQL; no API key, no tracing, no metrics, no sealing) behind a second Caddy
 running the same Caddyfile. For each endpoint (``ENDPOINTS``), bombardier with ``--connections``
@@ -63,6 +64,7 @@ ENDPOINTS = {
     "appointment": ("GET /v1/appointments/{id}", "scheduling"),
     "usage": ("GET /v1/usage", "billing"),
     "sessions": ("GET /v1/sessions", "sessions"),
+    "timeline": ("GET /v1/sessions/{id}/timeline", "sessions"),
 }
 
 
@@ -74,6 +76,16 @@ async def dispatches(api: httpx.AsyncClient, count: int) -> list[str]:
         answer.raise_for_status()
         made.append(answer.json()["id"])
     return made
+
+
+async def timeline_shown(api: httpx.AsyncClient, dispatch_id: str) -> None:
+    """Wait until the sessions service has projected the dispatch's timeline."""
+
+    async def shown() -> bool:
+        answer = await api.get(f"/v1/sessions/{dispatch_id}/timeline")
+        return answer.status_code == 200 and bool(answer.json()["entries"])
+
+    await eventually(shown, timeout=30, step=0.2)
 
 
 async def consultation_room(api: httpx.AsyncClient) -> None:
@@ -151,6 +163,7 @@ async def main(
             base_url=state.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
         ) as api:
             ids = await dispatches(api, count)
+            await timeline_shown(api, ids[0])
             await consultation_room(api)
             appointment_id = await appointment(api)
         await usage(settings, tenant.id, usage_events)
@@ -170,6 +183,7 @@ async def main(
             "appointment": f"/v1/appointments/{appointment_id}",
             "usage": "/v1/usage",
             "sessions": "/v1/sessions",
+            "timeline": f"/v1/sessions/{ids[0]}/timeline",
         }
         record_endpoints: dict[str, object] = {}
         for short in only:
