@@ -181,11 +181,23 @@ async def entries(
     limit: int,
 ) -> list[asyncpg.Record]:
     """A session's entries after the cursor ``after``, in the order they were written: the room
-    session's own (``room_sid``, "" for none) and its dispatches'."""
+    session's own (``room_sid``, "" for none) and its dispatches'.
+
+    The room's entries and each dispatch's are read apart, each by equality on its partial
+    index (whose condition is written out), so that every plan reads them in ``seq`` order from
+    that index. With one ``… OR dispatch_id = ANY(…)`` condition, a prepared statement's generic
+    plan (what a pooled connection may settle on after five runs) walked the tenant's whole
+    timeline in ``seq`` order instead: 6 ms to find a page of three among 19,000 entries of other
+    consultations."""
     return list(
         await conn.fetch(
-            "SELECT * FROM timeline_entries WHERE tenant_id = $1 AND seq > $4"
-            " AND ((room_sid = $2 AND $2 <> '') OR dispatch_id = ANY($3::text[]))"
+            "(SELECT * FROM timeline_entries WHERE tenant_id = $1 AND room_sid = $2"
+            "  AND room_sid <> '' AND seq > $4 ORDER BY seq LIMIT $5)"
+            " UNION ALL"
+            " (SELECT e.* FROM (SELECT DISTINCT unnest($3::text[])) AS d (id), LATERAL ("
+            "  SELECT * FROM timeline_entries WHERE tenant_id = $1 AND dispatch_id = d.id"
+            "  AND dispatch_id <> '' AND (room_sid <> $2 OR room_sid = '') AND seq > $4"
+            "  ORDER BY seq LIMIT $5) AS e)"
             " ORDER BY seq LIMIT $5",
             tenant,
             room_sid,
