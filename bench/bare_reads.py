@@ -81,13 +81,22 @@ def create_app(database_url: str, tenant: str, zone: ZoneInfo) -> Litestar:
 
     @get("/v1/agents")
     async def list_agents(room: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await pools[0].fetch(
-            "SELECT * FROM agent_dispatches WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR room = $2) ORDER BY requested_at DESC LIMIT $3",
-            tenant,
-            room,
-            limit,
-        )
+        # The dispatcher's two statements (services/dispatcher/store.py), without a state.
+        if room is None:
+            rows = await pools[0].fetch(
+                "SELECT * FROM agent_dispatches WHERE tenant_id = $1"
+                " ORDER BY requested_at DESC LIMIT $2",
+                tenant,
+                limit,
+            )
+        else:
+            rows = await pools[0].fetch(
+                "SELECT * FROM agent_dispatches WHERE tenant_id = $1 AND room = $3"
+                " ORDER BY requested_at DESC LIMIT $2",
+                tenant,
+                limit,
+                room,
+            )
         return [_public(r) for r in rows]
 
     @get("/v1/rooms/{name:str}")

@@ -46,15 +46,27 @@ async def for_tenant(pool: asyncpg.Pool, tenant_id: str, dispatch_id: str) -> Di
 async def list_for_tenant(
     pool: asyncpg.Pool, tenant_id: str, *, room: str | None, state: str | None, limit: int
 ) -> list[DispatchState]:
-    rows = await pool.fetch(
-        "SELECT * FROM agent_dispatches WHERE tenant_id = $1"
-        " AND ($2::text IS NULL OR room = $2) AND ($3::text IS NULL OR state = $3)"
-        " ORDER BY requested_at DESC LIMIT $4",
-        tenant_id,
-        room,
-        state,
-        limit,
-    )
+    # A room's list is a statement of its own: with "($2 IS NULL OR room = $2)" a prepared
+    # statement's generic plan (what a pooled connection may settle on after five runs) cannot
+    # use the room in the index, and reads every dispatch the tenant ever had.
+    by_state = "($2::text IS NULL OR state = $2)"
+    if room is None:
+        rows = await pool.fetch(
+            f"SELECT * FROM agent_dispatches WHERE tenant_id = $1 AND {by_state}"  # noqa: S608
+            " ORDER BY requested_at DESC LIMIT $3",
+            tenant_id,
+            state,
+            limit,
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT * FROM agent_dispatches WHERE tenant_id = $1 AND {by_state}"  # noqa: S608
+            " AND room = $4 ORDER BY requested_at DESC LIMIT $3",
+            tenant_id,
+            state,
+            limit,
+            room,
+        )
     return [_state(r) for r in rows]
 
 
