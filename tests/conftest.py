@@ -119,6 +119,14 @@ async def other_tenant_key(pool: asyncpg.Pool) -> str:
 
 
 @pytest.fixture
+async def fresh_tenant(pool: asyncpg.Pool) -> str:
+    """A new tenant's id: a clinic with nothing of its own yet."""
+    async with pool.acquire() as conn:
+        tenant, _ = await create_tenant(conn, "A new clinic")
+    return tenant.id
+
+
+@pytest.fixture
 async def api(stack: StackState, tenant_key: str) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client to the gateway, authenticated as the development tenant."""
     async with httpx.AsyncClient(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import pytest
 
 from services.dispatcher import store
 
@@ -15,14 +14,10 @@ OTHERS = 3000  # the tenant's dispatches in other rooms
 RUNS = 4
 
 
-@pytest.fixture
-async def tenant(pool: asyncpg.Pool) -> str:
-    name = f"t-agents-{uuid.uuid4().hex[:8]}"
-    await pool.execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", name)
-    return name
-
-
-async def test_a_rooms_list_reads_that_rooms_dispatches(pool: asyncpg.Pool, tenant: str) -> None:
+async def test_a_rooms_list_reads_that_rooms_dispatches(
+    pool: asyncpg.Pool, fresh_tenant: str
+) -> None:
+    tenant = fresh_tenant
     rooms = [f"sala-{i % 300}" for i in range(OTHERS)] + ["consulta"] * 3
     await pool.executemany(
         "INSERT INTO agent_dispatches (dispatch_id, tenant_id, room, role, state, language,"

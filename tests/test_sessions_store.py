@@ -7,19 +7,11 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import pytest
 
 from services.sessions import store
 
 OTHERS = 3000  # entries of the tenant's other consultations
 RUNS = 4
-
-
-@pytest.fixture
-async def tenant(pool: asyncpg.Pool) -> str:
-    name = f"t-timeline-{uuid.uuid4().hex[:8]}"
-    await pool.execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", name)
-    return name
 
 
 async def add_entries(pool: asyncpg.Pool, tenant: str, rows: list[tuple[str, str]]) -> None:
@@ -48,7 +40,10 @@ async def rows_read(
     return [(r["room_sid"], r["dispatch_id"]) for r in page], read // RUNS
 
 
-async def test_a_page_reads_its_sessions_entries_only(pool: asyncpg.Pool, tenant: str) -> None:
+async def test_a_page_reads_its_sessions_entries_only(
+    pool: asyncpg.Pool, fresh_tenant: str
+) -> None:
+    tenant = fresh_tenant
     others = [(f"RM_other{i % 50}", f"other-{i}") for i in range(OTHERS)]
     ours = [("", "ours"), ("RM_ours", ""), ("RM_ours", "ours"), ("RM_ours", "joined")]
     await add_entries(pool, tenant, others[: OTHERS // 2] + ours + others[OTHERS // 2 :])
